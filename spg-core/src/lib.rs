@@ -1,0 +1,41 @@
+//! # spg-core
+//!
+//! Shared vocabulary of SPG, the serverless PostgreSQL platform: names, generations, LSNs, lifecycle
+//! states, the SCRAM-SHA-256 verifier format, and the five central traits every other crate is
+//! written against:
+//!
+//! | trait | contract |
+//! |---|---|
+//! | [`Gateway`] | the public PostgreSQL entry point, as the control plane sees it |
+//! | [`Lease`] | a claim that keeps a database's compute running |
+//! | [`WalQuorum`] | WAL durability and generation fencing on a quorum of safekeepers |
+//! | [`PageStore`] | durable database images that a compute starts from and writes back to |
+//! | [`AutoscaleHandoff`] | replacing a database's writer by a new generation without client errors |
+//!
+//! Libraries (`spg-gateway-lib`, `spg-storage-lib`, `spg-lifecycle-lib`) depend on this crate only,
+//! never on each other; binaries compose concrete implementations.
+
+#![warn(missing_docs)]
+
+mod autoscale;
+mod endpoint;
+mod error;
+mod gateway;
+mod lease;
+mod names;
+mod page_store;
+pub mod scram;
+mod state;
+mod types;
+mod wal;
+
+pub use autoscale::{AutoscaleHandoff, HandoffPlan, HandoffReport, ScaleProfile};
+pub use endpoint::ComputeEndpoint;
+pub use error::{CoreError, CoreResult};
+pub use gateway::{Gateway, GatewaySessions};
+pub use lease::{Lease, LeaseGrant, LeaseId};
+pub use names::{DatabaseName, NameError, RoleName};
+pub use page_store::{Checkout, ImageInfo, PageStore};
+pub use state::{ComputeState, TargetScale};
+pub use types::{Generation, Lsn, ParseLsnError, TimelineId};
+pub use wal::{Election, WalQuorum};

@@ -1,0 +1,256 @@
+//! A client of the API, used by the `spg` command and by daemons (a standalone gateway takes
+//! leases, wakes databases and reads verifiers through it).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use spg_core::scram::ScramVerifier;
+use spg_core::{
+    ComputeEndpoint, CoreError, CoreResult, DatabaseName, Lease, LeaseGrant, LeaseId, RoleName,
+};
+
+use super::model::*;
+use crate::LifecycleError;
+
+/// API client. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    /// A client of the API at `base_url` (e.g. `https://127.0.0.1:9443`), trusting the CA
+    /// certificate `ca_pem` (the platform's self-signed CA) in addition to none other.
+    pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> Result<Self, LifecycleError> {
+        let ca = reqwest::Certificate::from_pem(ca_pem)
+            .map_err(|e| LifecycleError::Tls(format!("CA certificate: {e}")))?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(180))
+            .build()
+            .map_err(|e| LifecycleError::Tls(e.to_string()))?;
+        Ok(ApiClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            key: api_key.to_string(),
+            http,
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, LifecycleError> {
+        let resp = self.send(method, path, body).await?;
+        resp.json::<T>().await.map_err(|e| LifecycleError::Api {
+            status: None,
+            message: format!("bad response body: {e}"),
+        })
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, LifecycleError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| LifecycleError::Api {
+            status: None,
+            message: format!("{}: {}", self.base, describe(&e)),
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let message = match resp.json::<ErrorBody>().await {
+            Ok(b) => b.error.message,
+            Err(_) => status.to_string(),
+        };
+        Err(match status {
+            StatusCode::NOT_FOUND if message.starts_with("database") => {
+                LifecycleError::DatabaseNotFound(message)
+            }
+            StatusCode::CONFLICT => LifecycleError::AlreadyExists {
+                kind: "object",
+                name: message,
+            },
+            _ => LifecycleError::Api {
+                status: Some(status.as_u16()),
+                message,
+            },
+        })
+    }
+
+    /// Create a database.
+    pub async fn create_database(&self, name: &str) -> Result<DatabaseView, LifecycleError> {
+        let body = CreateDatabase { name: name.into() };
+        self.call(Method::POST, "/v1/databases", Some(&body)).await
+    }
+
+    /// List databases.
+    pub async fn databases(&self) -> Result<Vec<DatabaseView>, LifecycleError> {
+        self.call::<(), _>(Method::GET, "/v1/databases", None).await
+    }
+
+    /// Show one database.
+    pub async fn database(&self, name: &str) -> Result<DatabaseView, LifecycleError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/databases/{name}"), None)
+            .await
+    }
+
+    /// Stop a database's compute.
+    pub async fn stop_database(&self, name: &str) -> Result<DatabaseView, LifecycleError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/databases/{name}/stop"), None)
+            .await
+    }
+
+    /// Wake a database; returns its compute's endpoint.
+    pub async fn wake(&self, name: &str) -> Result<ComputeEndpoint, LifecycleError> {
+        let w: WakeView = self
+            .call::<(), _>(Method::POST, &format!("/v1/databases/{name}/wake"), None)
+            .await?;
+        let addr = w.addr.parse().map_err(|_| LifecycleError::Api {
+            status: None,
+            message: format!("bad compute address {:?}", w.addr),
+        })?;
+        Ok(ComputeEndpoint {
+            addr,
+            generation: w.generation,
+        })
+    }
+
+    /// Create a role with a password.
+    pub async fn create_role(
+        &self,
+        db: &str,
+        role: &str,
+        password: &str,
+    ) -> Result<RoleView, LifecycleError> {
+        let body = CreateRole {
+            name: role.into(),
+            password: Some(password.into()),
+            scram_verifier: None,
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{db}/roles"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// List roles.
+    pub async fn roles(&self, db: &str) -> Result<Vec<RoleView>, LifecycleError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/databases/{db}/roles"), None)
+            .await
+    }
+
+    /// A role's verifier; `None` when the role does not exist.
+    pub async fn role_verifier(
+        &self,
+        db: &DatabaseName,
+        role: &RoleName,
+    ) -> Result<Option<ScramVerifier>, LifecycleError> {
+        let path = format!("/v1/databases/{db}/roles/{role}/verifier");
+        match self
+            .call::<(), VerifierView>(Method::GET, &path, None)
+            .await
+        {
+            Ok(v) => ScramVerifier::parse(&v.scram_verifier)
+                .map(Some)
+                .map_err(|e| LifecycleError::Api {
+                    status: None,
+                    message: e.to_string(),
+                }),
+            Err(LifecycleError::Api {
+                status: Some(404), ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Recent transitions of one database, or of all.
+    pub async fn transitions(
+        &self,
+        db: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TransitionView>, LifecycleError> {
+        let path = match db {
+            Some(db) => format!("/v1/databases/{db}/transitions?limit={limit}"),
+            None => format!("/v1/transitions?limit={limit}"),
+        };
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[async_trait]
+impl Lease for ApiClient {
+    async fn acquire(&self, db: &DatabaseName, holder: &str) -> CoreResult<LeaseGrant> {
+        let body = AcquireLease {
+            holder: holder.into(),
+        };
+        Ok(self
+            .call(
+                Method::POST,
+                &format!("/v1/databases/{db}/leases"),
+                Some(&body),
+            )
+            .await?)
+    }
+
+    async fn renew(&self, id: &LeaseId) -> CoreResult<LeaseGrant> {
+        match self
+            .call::<(), _>(Method::POST, &format!("/v1/leases/{}/renew", id.0), None)
+            .await
+        {
+            Err(LifecycleError::Api {
+                status: Some(404), ..
+            })
+            | Err(LifecycleError::DatabaseNotFound(_)) => {
+                Err(CoreError::not_found("lease", id.0.clone()))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn release(&self, id: &LeaseId) -> CoreResult<()> {
+        self.send::<()>(Method::DELETE, &format!("/v1/leases/{}", id.0), None)
+            .await?;
+        Ok(())
+    }
+}

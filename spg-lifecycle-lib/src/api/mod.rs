@@ -1,0 +1,31 @@
+//! The control plane's HTTPS JSON API.
+//!
+//! Every `/v1/...` route requires `Authorization: Bearer <api key>`; the API key is a platform
+//! secret, separate from every database credential. `/healthz` and `/metrics` are open.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/databases` `{"name"}` | create a database |
+//! | GET | `/v1/databases` | list databases |
+//! | GET | `/v1/databases/{name}` | show one |
+//! | POST | `/v1/databases/{name}/stop` | stop its compute now |
+//! | POST | `/v1/databases/{name}/wake` | start its compute; returns the endpoint |
+//! | GET | `/v1/databases/{name}/transitions?limit=N` | its recent state transitions |
+//! | GET | `/v1/transitions?limit=N` | recent transitions of all databases |
+//! | POST | `/v1/databases/{name}/roles` `{"name","password"}` or `{"name","scram_verifier"}` | create a role |
+//! | GET | `/v1/databases/{name}/roles` | list roles (names only) |
+//! | GET | `/v1/databases/{name}/roles/{role}/verifier` | a role's SCRAM verifier (for gateways) |
+//! | POST | `/v1/databases/{name}/leases` `{"holder"}` | take a lease |
+//! | POST | `/v1/leases/{id}/renew` | renew it |
+//! | DELETE | `/v1/leases/{id}` | release it |
+//!
+//! Errors are `{"error": {"code": "...", "message": "..."}}` with a matching HTTP status; `503`
+//! means retrying may succeed.
+
+pub mod client;
+pub mod http;
+pub mod model;
+pub mod server;
+
+pub use client::ApiClient;
+pub use server::{router, ApiKey};

@@ -1,0 +1,193 @@
+//! JSON bodies of the API.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use spg_core::{ComputeState, DatabaseName, Generation, RoleName};
+
+use crate::store::{RoleRecord, Transition};
+use crate::timing::StepTimings;
+use crate::DatabaseStatus;
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseView {
+    /// Name.
+    pub name: DatabaseName,
+    /// `stopped`, `booting`, `ready` or `stopping`.
+    pub state: ComputeState,
+    /// 0 or 1.
+    pub target_scale: u8,
+    /// Generation of the newest compute.
+    pub generation: Generation,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// When the current state was entered (RFC 3339): the last transition time.
+    pub state_since: String,
+    /// When a compute last became ready.
+    pub last_started_at: Option<String>,
+    /// When a compute last stopped.
+    pub last_stopped_at: Option<String>,
+    /// Successful starts.
+    pub wake_count: u64,
+    /// Leases currently held.
+    pub leases: usize,
+    /// Compute address while ready.
+    pub endpoint: Option<String>,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Step timings of the last start (ms).
+    pub last_boot: Option<StepTimings>,
+    /// Step timings of the last stop (ms).
+    pub last_stop: Option<StepTimings>,
+}
+
+impl From<DatabaseStatus> for DatabaseView {
+    fn from(s: DatabaseStatus) -> Self {
+        let r = s.record;
+        DatabaseView {
+            name: r.name,
+            state: r.state,
+            target_scale: r.target_scale,
+            generation: r.generation,
+            created_at: rfc3339(r.created_at_ms),
+            state_since: rfc3339(r.state_since_ms),
+            last_started_at: r.last_started_ms.map(rfc3339),
+            last_stopped_at: r.last_stopped_ms.map(rfc3339),
+            wake_count: r.wake_count,
+            leases: s.leases,
+            endpoint: s.endpoint.map(|e| e.addr.to_string()),
+            last_error: r.last_error,
+            last_boot: r.last_boot,
+            last_stop: r.last_stop,
+        }
+    }
+}
+
+/// A state transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// Database.
+    pub database: DatabaseName,
+    /// Previous state (absent at creation).
+    pub from: Option<ComputeState>,
+    /// New state.
+    pub to: ComputeState,
+    /// Generation.
+    pub generation: Generation,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<Transition> for TransitionView {
+    fn from(t: Transition) -> Self {
+        TransitionView {
+            database: t.database,
+            from: t.from,
+            to: t.to,
+            generation: t.generation,
+            at: rfc3339(t.at_ms),
+            reason: t.reason,
+        }
+    }
+}
+
+/// A role (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleView {
+    /// Database.
+    pub database: DatabaseName,
+    /// Role name.
+    pub name: RoleName,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+}
+
+impl From<RoleRecord> for RoleView {
+    fn from(r: RoleRecord) -> Self {
+        RoleView {
+            database: r.database,
+            name: r.name,
+            created_at: rfc3339(r.created_at_ms),
+        }
+    }
+}
+
+/// Body of `POST /v1/databases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateDatabase {
+    /// Name.
+    pub name: String,
+}
+
+/// Body of `POST /v1/databases/{name}/roles`: exactly one of `password` and `scram_verifier`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreateRole {
+    /// Role name.
+    pub name: String,
+    /// Plaintext password (hashed at once, never stored or logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A SCRAM-SHA-256 verifier in PostgreSQL's format, instead of a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram_verifier: Option<String>,
+}
+
+impl std::fmt::Debug for CreateRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateRole")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of `GET .../roles/{role}/verifier`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifierView {
+    /// Verifier in PostgreSQL's format.
+    pub scram_verifier: String,
+}
+
+/// Body of `POST /v1/databases/{name}/wake`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WakeView {
+    /// Compute address.
+    pub addr: String,
+    /// Compute generation.
+    pub generation: Generation,
+}
+
+/// Body of `POST /v1/databases/{name}/leases`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcquireLease {
+    /// Who holds it (free text, for logs).
+    pub holder: String,
+}
+
+/// Error body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Error detail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code (`not_found`, `already_exists`, `invalid`, `unauthorized`,
+    /// `unavailable`, `internal`).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// Current time for views.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

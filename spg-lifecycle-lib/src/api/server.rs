@@ -1,0 +1,395 @@
+//! Routes of the API.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use spg_core::scram::{ct_eq, sha256, ScramVerifier};
+use spg_core::{CoreError, DatabaseName, Lease, LeaseId, RoleName};
+
+use super::model::*;
+use crate::{ControlPlane, LifecycleError, RoleSecret};
+
+/// The API key, kept only as its SHA-256 hash; compared in constant time.
+#[derive(Clone)]
+pub struct ApiKey {
+    hash: [u8; 32],
+}
+
+impl ApiKey {
+    /// From the plaintext key.
+    pub fn new(key: &str) -> Self {
+        ApiKey {
+            hash: sha256(key.as_bytes()),
+        }
+    }
+
+    /// From a hex-encoded SHA-256 hash of the key (as stored).
+    pub fn from_hash_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(chunk).ok()?;
+            hash[i] = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(ApiKey { hash })
+    }
+
+    /// Hex-encoded SHA-256 hash, for storage.
+    pub fn hash_hex(&self) -> String {
+        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `presented` is the key.
+    pub fn matches(&self, presented: &str) -> bool {
+        ct_eq(&sha256(presented.as_bytes()), &self.hash)
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    cp: ControlPlane,
+    key: ApiKey,
+    metrics: Arc<Registry>,
+}
+
+/// An API error response.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.1.into(),
+                message: self.2,
+            },
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        use LifecycleError as L;
+        match &e {
+            L::DatabaseNotFound(_) | L::RoleNotFound { .. } => {
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            L::AlreadyExists { .. } => {
+                ApiError(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
+            L::Invalid { .. } => ApiError(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
+            L::ShuttingDown => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            _ if e.is_retryable() => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+            _ => {
+                tracing::error!(error = %e, "API request failed");
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the control plane log".into(),
+                )
+            }
+        }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::NotFound { .. } | CoreError::DatabaseNotFound(_) => {
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            other => LifecycleError::from_core(other).into(),
+        }
+    }
+}
+
+impl LifecycleError {
+    fn from_core(e: CoreError) -> LifecycleError {
+        match e {
+            CoreError::ShuttingDown => LifecycleError::ShuttingDown,
+            CoreError::Invalid { what, reason } => LifecycleError::Invalid { what, reason },
+            other if other.is_retryable() => LifecycleError::Timeout(other.to_string()),
+            other => LifecycleError::Store(other.to_string()),
+        }
+    }
+}
+
+fn bad_request(what: &'static str, reason: impl ToString) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        format!("invalid {what}: {}", reason.to_string()),
+    )
+}
+
+fn db_name(s: &str) -> Result<DatabaseName, ApiError> {
+    DatabaseName::new(s).map_err(|e| bad_request("database name", e))
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| bad_request("request body", e.body_text()))
+}
+
+async fn require_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| st.key.matches(k.trim()));
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key (Authorization: Bearer <key>)".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The API router for `cp`, guarded by `key`, with `/metrics` rendering `metrics`.
+pub fn router(cp: ControlPlane, key: ApiKey, metrics: Arc<Registry>) -> Router {
+    let st = AppState { cp, key, metrics };
+    let v1 = Router::new()
+        .route("/v1/databases", post(create_database).get(list_databases))
+        .route("/v1/databases/{name}", get(show_database))
+        .route("/v1/databases/{name}/stop", post(stop_database))
+        .route("/v1/databases/{name}/wake", post(wake_database))
+        .route(
+            "/v1/databases/{name}/transitions",
+            get(database_transitions),
+        )
+        .route("/v1/transitions", get(all_transitions))
+        .route(
+            "/v1/databases/{name}/roles",
+            post(create_role).get(list_roles),
+        )
+        .route(
+            "/v1/databases/{name}/roles/{role}/verifier",
+            get(role_verifier),
+        )
+        .route("/v1/databases/{name}/leases", post(acquire_lease))
+        .route("/v1/leases/{id}/renew", post(renew_lease))
+        .route("/v1/leases/{id}", delete(release_lease))
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .merge(v1)
+        .with_state(st)
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    render_metrics(&st.metrics)
+}
+
+/// Render a registry as a Prometheus text response.
+pub fn render_metrics(registry: &Registry) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, registry) {
+        Ok(()) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                    .parse()
+                    .expect("static header value"),
+            );
+            (headers, out).into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn create_database(
+    State(st): State<AppState>,
+    body: Result<Json<CreateDatabase>, JsonRejection>,
+) -> Result<(StatusCode, Json<DatabaseView>), ApiError> {
+    let body = json_body(body)?;
+    let name = db_name(&body.name)?;
+    let status = st.cp.create_database(name).await?;
+    Ok((StatusCode::CREATED, Json(status.into())))
+}
+
+async fn list_databases(State(st): State<AppState>) -> Result<Json<Vec<DatabaseView>>, ApiError> {
+    let all = st.cp.databases().await?;
+    Ok(Json(all.into_iter().map(Into::into).collect()))
+}
+
+async fn show_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DatabaseView>, ApiError> {
+    Ok(Json(st.cp.database(&db_name(&name)?).await?.into()))
+}
+
+async fn stop_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DatabaseView>, ApiError> {
+    Ok(Json(st.cp.stop_database(&db_name(&name)?).await?.into()))
+}
+
+async fn wake_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<WakeView>, ApiError> {
+    let ep = st.cp.wake(&db_name(&name)?).await?;
+    Ok(Json(WakeView {
+        addr: ep.addr.to_string(),
+        generation: ep.generation,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn database_transitions(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<TransitionView>>, ApiError> {
+    let db = db_name(&name)?;
+    let ts = st
+        .cp
+        .transitions(Some(&db), q.limit.unwrap_or(50).min(1000))
+        .await?;
+    Ok(Json(ts.into_iter().map(Into::into).collect()))
+}
+
+async fn all_transitions(
+    State(st): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<TransitionView>>, ApiError> {
+    let ts = st
+        .cp
+        .transitions(None, q.limit.unwrap_or(50).min(1000))
+        .await?;
+    Ok(Json(ts.into_iter().map(Into::into).collect()))
+}
+
+async fn create_role(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<CreateRole>, JsonRejection>,
+) -> Result<(StatusCode, Json<RoleView>), ApiError> {
+    let db = db_name(&name)?;
+    let body = json_body(body)?;
+    let role = RoleName::new(body.name).map_err(|e| bad_request("role name", e))?;
+    let secret = match (body.password, body.scram_verifier) {
+        (Some(pw), None) => RoleSecret::Password(pw),
+        (None, Some(v)) => RoleSecret::Verifier(
+            ScramVerifier::parse(&v).map_err(|e| bad_request("scram_verifier", e))?,
+        ),
+        _ => {
+            return Err(bad_request(
+                "role",
+                "give exactly one of password and scram_verifier",
+            ))
+        }
+    };
+    let rec = st.cp.create_role(&db, role, secret).await?;
+    Ok((StatusCode::CREATED, Json(rec.into())))
+}
+
+async fn list_roles(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<RoleView>>, ApiError> {
+    let roles = st.cp.roles(&db_name(&name)?).await?;
+    Ok(Json(roles.into_iter().map(Into::into).collect()))
+}
+
+async fn role_verifier(
+    State(st): State<AppState>,
+    Path((name, role)): Path<(String, String)>,
+) -> Result<Json<VerifierView>, ApiError> {
+    let db = db_name(&name)?;
+    let role_name = RoleName::new(role.clone()).map_err(|_| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("role {role:?} does not exist"),
+        )
+    })?;
+    match st.cp.role_verifier(&db, &role_name).await? {
+        Some(v) => Ok(Json(VerifierView {
+            scram_verifier: v.to_postgres_string(),
+        })),
+        None => Err(LifecycleError::RoleNotFound {
+            database: db.to_string(),
+            role,
+        }
+        .into()),
+    }
+}
+
+async fn acquire_lease(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<AcquireLease>, JsonRejection>,
+) -> Result<(StatusCode, Json<spg_core::LeaseGrant>), ApiError> {
+    let db = db_name(&name)?;
+    let body = json_body(body)?;
+    let grant = st.cp.acquire(&db, &body.holder).await?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+async fn renew_lease(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<spg_core::LeaseGrant>, ApiError> {
+    Ok(Json(st.cp.renew(&LeaseId(id)).await?))
+}
+
+async fn release_lease(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.cp.release(&LeaseId(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_hash_roundtrip() {
+        let k = ApiKey::new("s3cret");
+        assert!(k.matches("s3cret"));
+        assert!(!k.matches("s3cre"));
+        let again = ApiKey::from_hash_hex(&k.hash_hex()).unwrap();
+        assert!(again.matches("s3cret"));
+        assert!(ApiKey::from_hash_hex("zz").is_none());
+        assert!(!format!("{k:?}").contains("s3cret"));
+    }
+}

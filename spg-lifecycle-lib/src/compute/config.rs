@@ -1,0 +1,101 @@
+//! Configuration files the agent writes into a compute's data directory at every start.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use spg_core::ScaleProfile;
+
+/// The platform's own superuser inside every compute. Tenants never get it: it can only log in
+/// over the compute's private Unix socket, through `peer` authentication mapped from the OS user
+/// the platform runs as.
+pub const ADMIN_ROLE: &str = "spg_admin";
+/// Group role owning tenant databases; every tenant role is a member (no superuser rights).
+pub const TENANT_GROUP: &str = "spg_tenant";
+
+/// The writer profile used when none is configured (`L1`).
+pub fn default_profile() -> ScaleProfile {
+    ScaleProfile {
+        name: "L1".into(),
+        shared_buffers_mb: 128,
+        max_connections: 100,
+    }
+}
+
+/// Quote a configuration-file string value.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `postgresql.conf` for a compute listening on `127.0.0.1:port`.
+pub fn postgresql_conf(port: u16, socket_dir: &Path, profile: &ScaleProfile) -> String {
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "# Written by the SPG compute agent at every start. Do not edit."
+    );
+    let _ = writeln!(c, "listen_addresses = '127.0.0.1'");
+    let _ = writeln!(c, "port = {port}");
+    let _ = writeln!(
+        c,
+        "unix_socket_directories = {}",
+        conf_quote(&socket_dir.to_string_lossy())
+    );
+    let _ = writeln!(c, "unix_socket_permissions = 0700");
+    let _ = writeln!(c, "# profile {}", profile.name);
+    let _ = writeln!(c, "max_connections = {}", profile.max_connections);
+    let _ = writeln!(c, "shared_buffers = '{}MB'", profile.shared_buffers_mb);
+    let _ = writeln!(c, "password_encryption = 'scram-sha-256'");
+    let _ = writeln!(c, "fsync = on");
+    let _ = writeln!(c, "synchronous_commit = on");
+    let _ = writeln!(c, "full_page_writes = on");
+    let _ = writeln!(c, "dynamic_shared_memory_type = posix");
+    let _ = writeln!(c, "logging_collector = off");
+    let _ = writeln!(c, "log_destination = 'stderr'");
+    let _ = writeln!(c, "log_line_prefix = '%m [%p] %q%u@%d '");
+    let _ = writeln!(c, "lc_messages = 'C'");
+    let _ = writeln!(c, "datestyle = 'iso, mdy'");
+    let _ = writeln!(c, "timezone = 'UTC'");
+    let _ = writeln!(c, "log_timezone = 'UTC'");
+    let _ = writeln!(c, "default_text_search_config = 'pg_catalog.english'");
+    c
+}
+
+/// `pg_hba.conf`: the admin role only over the Unix socket with `peer`, tenants over loopback TCP
+/// with SCRAM-SHA-256. Nothing else, and never `trust`.
+pub fn pg_hba_conf() -> String {
+    format!(
+        "# Written by the SPG compute agent at every start. Do not edit.\n\
+         local all {ADMIN_ROLE} peer map=spg\n\
+         host all {ADMIN_ROLE} all reject\n\
+         host all all 127.0.0.1/32 scram-sha-256\n\
+         host all all ::1/128 scram-sha-256\n"
+    )
+}
+
+/// `pg_ident.conf`: the OS user the platform runs as may log in as the admin role.
+pub fn pg_ident_conf(platform_os_user: &str) -> String {
+    format!(
+        "# Written by the SPG compute agent at every start. Do not edit.\n\
+         spg {platform_os_user} {ADMIN_ROLE}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_config() {
+        let c = postgresql_conf(5555, Path::new("/run/it's"), &default_profile());
+        assert!(c.contains("port = 5555\n"));
+        assert!(c.contains("unix_socket_directories = '/run/it''s'\n"));
+        assert!(c.contains("shared_buffers = '128MB'"));
+        let hba = pg_hba_conf();
+        assert!(!hba.contains("trust"));
+        assert!(hba.contains("local all spg_admin peer map=spg"));
+        assert_eq!(
+            pg_ident_conf("root").lines().last(),
+            Some("spg root spg_admin")
+        );
+    }
+}

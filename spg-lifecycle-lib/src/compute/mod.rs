@@ -1,0 +1,515 @@
+//! The compute agent: prepares and runs one PostgreSQL generation of a database.
+//!
+//! Start: check out the data directory from the [`PageStore`] (initialising it with `initdb` and
+//! writing it back as the base image on first start), write the configuration, start stock
+//! `postgres` as the compute user on a free loopback port, wait until it accepts connections, and
+//! install the database's roles (with their SCRAM verifiers) and the tenant database. Stop: fast
+//! shutdown, kill after a deadline, write the directory back as a new image, release it. Every
+//! step is timed.
+
+pub mod config;
+pub mod process;
+mod sql;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spg_core::scram::ScramVerifier;
+use spg_core::{
+    ComputeEndpoint, DatabaseName, Generation, ImageInfo, PageStore, RoleName, ScaleProfile,
+};
+use tokio_postgres::NoTls;
+use tracing::{info, warn};
+
+use crate::os_user::RunAs;
+use crate::pg_bin::PgBinaries;
+use crate::timing::{StepTimer, StepTimings};
+use crate::LifecycleError;
+use config::ADMIN_ROLE;
+use process::{free_loopback_port, is_postgres_on, ExitInfo, ExitWatch, PostgresProcess};
+
+/// File in a compute's run directory naming its postmaster, for cleanup after a platform crash.
+const PID_RECORD: &str = "spg-postmaster.pid";
+/// Start attempts on fresh ports when the chosen one was taken meanwhile.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Settings of the agent, shared by all computes of a provisioner.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Directory for per-database run directories (logs, sockets).
+    pub run_root: PathBuf,
+    /// PostgreSQL binaries.
+    pub bins: PgBinaries,
+    /// OS user computes run as.
+    pub run_as: RunAs,
+    /// OS user of the platform itself (mapped to the admin role for `peer` authentication).
+    pub platform_os_user: String,
+    /// How long a start may take until PostgreSQL accepts connections.
+    pub ready_timeout: Duration,
+    /// How long a fast shutdown may take before the compute is killed.
+    pub stop_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults: binaries located as documented on [`PgBinaries::locate`], the compute user from
+    /// [`RunAs::detect`], 60 s to become ready, 30 s to shut down.
+    pub fn new(run_root: impl Into<PathBuf>, bins: PgBinaries) -> Result<Self, LifecycleError> {
+        Ok(AgentConfig {
+            run_root: run_root.into(),
+            bins,
+            run_as: RunAs::detect()?,
+            platform_os_user: crate::os_user::current_user_name(),
+            ready_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+/// A tenant role to install in the compute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSpec {
+    /// Role name.
+    pub name: RoleName,
+    /// Its SCRAM verifier (installed verbatim, so the gateway can log in with the client's key).
+    pub verifier: ScramVerifier,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ComputeSpec {
+    /// Database.
+    pub database: DatabaseName,
+    /// Generation of this compute.
+    pub generation: Generation,
+    /// Tenant roles.
+    pub roles: Vec<RoleSpec>,
+    /// Writer profile.
+    pub profile: ScaleProfile,
+}
+
+/// What a stop did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopReport {
+    /// Timed steps (`shutdown`, `write_back`, `total`).
+    pub timings: StepTimings,
+    /// Whether the fast shutdown completed (otherwise the compute was killed).
+    pub clean: bool,
+    /// The image written back, if any.
+    pub image: Option<ImageInfo>,
+    /// What went wrong after the shutdown, if anything (the compute is stopped regardless).
+    pub error: Option<String>,
+}
+
+/// A running compute generation.
+pub struct RunningCompute {
+    cfg: Arc<AgentConfig>,
+    page_store: Arc<dyn PageStore>,
+    database: DatabaseName,
+    generation: Generation,
+    endpoint: ComputeEndpoint,
+    socket_dir: PathBuf,
+    run_dir: PathBuf,
+    process: Option<PostgresProcess>,
+    boot: StepTimings,
+}
+
+impl std::fmt::Debug for RunningCompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningCompute")
+            .field("database", &self.database)
+            .field("generation", &self.generation)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningCompute {
+    /// Start a compute for `spec`; returns once it accepts connections with roles in place.
+    pub async fn start(
+        cfg: Arc<AgentConfig>,
+        page_store: Arc<dyn PageStore>,
+        spec: ComputeSpec,
+    ) -> Result<RunningCompute, LifecycleError> {
+        let mut timer = StepTimer::new();
+        let checkout = page_store
+            .checkout(&spec.database, spec.generation)
+            .await
+            .map_err(LifecycleError::PageStore)?;
+        timer.step("checkout");
+        match Self::boot(
+            &cfg,
+            &page_store,
+            &spec,
+            &checkout.data_dir,
+            checkout.image.is_none(),
+            &mut timer,
+        )
+        .await
+        {
+            Ok((process, port, socket_dir, run_dir)) => {
+                let boot = timer.finish();
+                info!(db = %spec.database, generation = %spec.generation, port,
+                      ms = boot.get("total").map(|d| d.as_millis() as u64), "compute ready");
+                Ok(RunningCompute {
+                    cfg,
+                    page_store,
+                    endpoint: ComputeEndpoint {
+                        addr: ([127, 0, 0, 1], port).into(),
+                        generation: spec.generation,
+                    },
+                    database: spec.database,
+                    generation: spec.generation,
+                    socket_dir,
+                    run_dir,
+                    process: Some(process),
+                    boot,
+                })
+            }
+            Err(e) => {
+                if let Err(re) = page_store.release(&spec.database, spec.generation).await {
+                    warn!(db = %spec.database, error = %re, "releasing checkout after failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(
+        cfg: &AgentConfig,
+        page_store: &Arc<dyn PageStore>,
+        spec: &ComputeSpec,
+        data_dir: &Path,
+        fresh: bool,
+        timer: &mut StepTimer,
+    ) -> Result<(PostgresProcess, u16, PathBuf, PathBuf), LifecycleError> {
+        let fail = |step: &'static str, reason: String| LifecycleError::Compute {
+            database: spec.database.to_string(),
+            generation: spec.generation.0,
+            step,
+            reason,
+        };
+        cfg.run_as.check_reachable(data_dir)?;
+        cfg.run_as.chown_tree(data_dir)?;
+        if fresh {
+            initdb(cfg, data_dir).await.map_err(|r| fail("initdb", r))?;
+            let base = page_store
+                .write_back(&spec.database, spec.generation)
+                .await
+                .map_err(LifecycleError::PageStore)?;
+            info!(db = %spec.database, lsn = %base.lsn, "base image written");
+            timer.step("initdb");
+        }
+
+        let run_dir = cfg.run_root.join(spec.database.as_str());
+        create_private_dir(&run_dir)?;
+        cfg.run_as.chown(&run_dir)?;
+        let socket_dir = socket_dir_for(&run_dir, &spec.database)?;
+        if socket_dir != run_dir {
+            create_private_dir(&socket_dir)?;
+            cfg.run_as.chown(&socket_dir)?;
+        }
+        write_owned(cfg, &data_dir.join("pg_hba.conf"), &config::pg_hba_conf())?;
+        write_owned(
+            cfg,
+            &data_dir.join("pg_ident.conf"),
+            &config::pg_ident_conf(&cfg.platform_os_user),
+        )?;
+
+        let mut last_failure = String::new();
+        for attempt in 1..=PORT_ATTEMPTS {
+            let port = free_loopback_port()?;
+            write_owned(
+                cfg,
+                &data_dir.join("postgresql.conf"),
+                &config::postgresql_conf(port, &socket_dir, &spec.profile),
+            )?;
+            if attempt == 1 {
+                timer.step("configure");
+            }
+            let mut process = PostgresProcess::spawn(
+                &cfg.bins,
+                &cfg.run_as,
+                data_dir,
+                &run_dir.join("postgres.log"),
+            )?;
+            match process.wait_ready(cfg.ready_timeout).await {
+                Ok(()) => {
+                    timer.step("start");
+                    let record = format!("{}\n{}\n", process.pid(), data_dir.display());
+                    std::fs::write(run_dir.join(PID_RECORD), record)
+                        .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
+                    if let Err(reason) = sync_roles(&socket_dir, port, spec).await {
+                        process.kill().await;
+                        return Err(fail("roles", reason));
+                    }
+                    timer.step("roles");
+                    return Ok((process, port, socket_dir, run_dir));
+                }
+                Err(failure) if failure.is_port_in_use() && attempt < PORT_ATTEMPTS => {
+                    warn!(db = %spec.database, port, "port taken meanwhile; retrying on another");
+                    last_failure = failure.to_string();
+                }
+                Err(failure) => {
+                    process.kill().await;
+                    return Err(fail("start", failure.to_string()));
+                }
+            }
+        }
+        Err(fail("start", last_failure))
+    }
+
+    /// Where the compute accepts connections.
+    pub fn endpoint(&self) -> ComputeEndpoint {
+        self.endpoint
+    }
+
+    /// Timings of the start.
+    pub fn boot_timings(&self) -> &StepTimings {
+        &self.boot
+    }
+
+    /// Receiver that turns `Some` when the postmaster exits.
+    pub fn exit_watch(&self) -> Option<ExitWatch> {
+        self.process.as_ref().map(|p| p.exit_watch())
+    }
+
+    /// Install or update tenant roles in the running compute.
+    pub async fn apply_roles(&self, roles: &[RoleSpec]) -> Result<(), LifecycleError> {
+        let client = admin_client(&self.socket_dir, self.endpoint.addr.port())
+            .await
+            .map_err(|reason| self.fail("roles", reason))?;
+        client
+            .batch_execute(&sql::role_sync_sql(roles))
+            .await
+            .map_err(|e| self.fail("roles", e.to_string()))
+    }
+
+    /// Fast shutdown (killed after the configured deadline), write-back, release.
+    pub async fn stop(mut self) -> StopReport {
+        let mut timer = StepTimer::new();
+        let (exit, killed) = match self.process.take() {
+            Some(p) => p.stop(self.cfg.stop_timeout).await,
+            None => (
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+                true,
+            ),
+        };
+        timer.step("shutdown");
+        let clean = exit.success() && !killed;
+        let mut error = None;
+        let mut image = None;
+        if clean {
+            match self
+                .page_store
+                .write_back(&self.database, self.generation)
+                .await
+            {
+                Ok(img) => image = Some(img),
+                Err(e) => error = Some(format!("write-back: {e}")),
+            }
+            timer.step("write_back");
+        } else {
+            error = Some(format!("compute did not shut down cleanly ({exit})"));
+        }
+        self.finish().await;
+        StopReport {
+            timings: timer.finish(),
+            clean,
+            image,
+            error,
+        }
+    }
+
+    /// Clean up after the postmaster exited on its own (crash): release the checkout.
+    pub async fn abandon(mut self) {
+        if let Some(p) = self.process.take() {
+            p.kill().await;
+        }
+        self.finish().await;
+    }
+
+    async fn finish(&mut self) {
+        if let Err(e) = self
+            .page_store
+            .release(&self.database, self.generation)
+            .await
+        {
+            warn!(db = %self.database, error = %e, "releasing checkout");
+        }
+        let _ = std::fs::remove_file(self.run_dir.join(PID_RECORD));
+    }
+
+    fn fail(&self, step: &'static str, reason: String) -> LifecycleError {
+        LifecycleError::Compute {
+            database: self.database.to_string(),
+            generation: self.generation.0,
+            step,
+            reason,
+        }
+    }
+}
+
+/// Stop a postmaster left behind by an earlier run of the platform for `db` (found through the
+/// pid record in its run directory): fast shutdown, then kill after `timeout`.
+pub async fn cleanup_stale(
+    run_root: &Path,
+    db: &DatabaseName,
+    timeout: Duration,
+) -> Result<bool, LifecycleError> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let record = run_root.join(db.as_str()).join(PID_RECORD);
+    let Ok(text) = std::fs::read_to_string(&record) else {
+        return Ok(false);
+    };
+    let mut lines = text.lines();
+    let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
+    let data_dir = lines.next().map(PathBuf::from);
+    let mut stopped = false;
+    if let (Some(pid), Some(data_dir)) = (pid, data_dir) {
+        if is_postgres_on(pid, &data_dir) {
+            warn!(%db, pid, "stopping a compute left behind by an earlier run");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+            let deadline = tokio::time::Instant::now() + timeout;
+            while is_postgres_on(pid, &data_dir) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if is_postgres_on(pid, &data_dir) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                while is_postgres_on(pid, &data_dir) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            stopped = true;
+        }
+    }
+    let _ = std::fs::remove_file(&record);
+    Ok(stopped)
+}
+
+async fn initdb(cfg: &AgentConfig, data_dir: &Path) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(cfg.bins.exe("initdb"));
+    cmd.arg("-D")
+        .arg(data_dir)
+        .args(["-U", ADMIN_ROLE, "-E", "UTF8", "--no-locale"])
+        .args(["--auth-local=peer", "--auth-host=reject"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .kill_on_drop(true);
+    if cfg.run_as.switch_user {
+        cmd.uid(cfg.run_as.uid).gid(cfg.run_as.gid);
+    }
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| format!("running initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "initdb exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+async fn admin_client(socket_dir: &Path, port: u16) -> Result<tokio_postgres::Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(socket_dir)
+        .port(port)
+        .user(ADMIN_ROLE)
+        .dbname("postgres")
+        .application_name("spg-agent")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("admin connection: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "admin connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn sync_roles(socket_dir: &Path, port: u16, spec: &ComputeSpec) -> Result<(), String> {
+    let client = admin_client(socket_dir, port).await?;
+    client
+        .batch_execute(&sql::role_sync_sql(&spec.roles))
+        .await
+        .map_err(|e| format!("installing roles: {e}"))?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&spec.database.as_str()],
+        )
+        .await
+        .map_err(|e| format!("looking up database: {e}"))?;
+    if exists.is_none() {
+        client
+            .batch_execute(&sql::create_database_sql(&spec.database))
+            .await
+            .map_err(|e| format!("creating database: {e}"))?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), LifecycleError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| LifecycleError::io("create dir", dir, e))
+}
+
+/// Write a file the compute user owns.
+fn write_owned(cfg: &AgentConfig, path: &Path, contents: &str) -> Result<(), LifecycleError> {
+    std::fs::write(path, contents).map_err(|e| LifecycleError::io("write", path, e))?;
+    cfg.run_as.chown(path)
+}
+
+/// Unix socket paths are limited to 107 bytes; use the run directory when the socket fits there,
+/// else a short directory under the system temporary directory.
+fn socket_dir_for(run_dir: &Path, db: &DatabaseName) -> Result<PathBuf, LifecycleError> {
+    const SOCKET_NAME_LEN: usize = ".s.PGSQL.65535".len() + 1;
+    let abs =
+        std::path::absolute(run_dir).map_err(|e| LifecycleError::io("resolve", run_dir, e))?;
+    if abs.as_os_str().len() + SOCKET_NAME_LEN <= 100 {
+        return Ok(abs);
+    }
+    let tag = spg_core::scram::sha256(abs.as_os_str().as_encoded_bytes());
+    Ok(std::env::temp_dir().join(format!(
+        "spg-{}-{:02x}{:02x}{:02x}{:02x}",
+        db.as_str().chars().take(20).collect::<String>(),
+        tag[0],
+        tag[1],
+        tag[2],
+        tag[3]
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_run_dirs_get_short_socket_dirs() {
+        let db = DatabaseName::new("shop").unwrap();
+        let short = socket_dir_for(Path::new("/tmp/x/shop"), &db).unwrap();
+        assert_eq!(short, Path::new("/tmp/x/shop"));
+        let long = format!("/tmp/{}/shop", "d".repeat(120));
+        let s = socket_dir_for(Path::new(&long), &db).unwrap();
+        assert!(s.as_os_str().len() < 60, "{}", s.display());
+        assert_eq!(s, socket_dir_for(Path::new(&long), &db).unwrap());
+    }
+}

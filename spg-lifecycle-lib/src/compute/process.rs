@@ -1,0 +1,338 @@
+//! One `postgres` postmaster process: spawn as the compute user, wait until it accepts
+//! connections, stop it (fast shutdown, then kill after a deadline). The process is killed when
+//! its handle is dropped, so a failing test or a panicking caller never leaves it behind.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::os_user::RunAs;
+use crate::pg_bin::PgBinaries;
+use crate::LifecycleError;
+
+/// How a postmaster ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if one killed it.
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// Whether it exited with status 0 (a completed shutdown).
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            _ => write!(f, "unknown exit"),
+        }
+    }
+}
+
+/// Receiver that turns `Some` once the process has exited and been reaped.
+pub type ExitWatch = watch::Receiver<Option<ExitInfo>>;
+
+/// A running postmaster.
+#[derive(Debug)]
+pub struct PostgresProcess {
+    pid: i32,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    exit: ExitWatch,
+}
+
+impl PostgresProcess {
+    /// Start `postgres -D data_dir` as `run_as`, appending its output to `log_path`.
+    pub fn spawn(
+        bins: &PgBinaries,
+        run_as: &RunAs,
+        data_dir: &Path,
+        log_path: &Path,
+    ) -> Result<PostgresProcess, LifecycleError> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(|e| LifecycleError::io("open", log_path, e))?;
+        run_as.chown(log_path)?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| LifecycleError::io("dup", log_path, e))?;
+        let mut cmd = tokio::process::Command::new(bins.exe("postgres"));
+        cmd.arg("-D")
+            .arg(data_dir)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            // Own process group: a Ctrl-C at the terminal reaches the platform, which then stops
+            // its computes in order, instead of reaching postgres directly.
+            .process_group(0)
+            .kill_on_drop(true);
+        if run_as.switch_user {
+            // std/tokio drop supplementary groups when switching uid as root.
+            cmd.uid(run_as.uid).gid(run_as.gid);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| LifecycleError::io("spawn", bins.exe("postgres"), e))?;
+        let pid = child.id().ok_or_else(|| {
+            LifecycleError::Setup("postgres exited before its pid was known".into())
+        })? as i32;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let info = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    ExitInfo {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                Err(_) => ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+            };
+            let _ = tx.send(Some(info));
+        });
+        Ok(PostgresProcess {
+            pid,
+            data_dir: data_dir.to_path_buf(),
+            log_path: log_path.to_path_buf(),
+            exit: rx,
+        })
+    }
+
+    /// Process id of the postmaster.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A receiver that reports the exit.
+    pub fn exit_watch(&self) -> ExitWatch {
+        self.exit.clone()
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Wait until the postmaster reports `ready` in `postmaster.pid` (it then accepts
+    /// connections), it exits, or `timeout` passes.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), StartFailure> {
+        let deadline = Instant::now() + timeout;
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(exit) = self.exit.borrow().clone() {
+                let log = self.log_tail();
+                return Err(StartFailure::Exited { exit, log });
+            }
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                if pid_file_says_ready(&text, self.pid) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(StartFailure::Timeout {
+                    log: self.log_tail(),
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.exit.changed() => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Fast shutdown (SIGINT): PostgreSQL disconnects sessions, writes a shutdown checkpoint and
+    /// exits. If it has not exited after `timeout`, it is killed. Returns how it exited and
+    /// whether it had to be killed.
+    pub async fn stop(mut self, timeout: Duration) -> (ExitInfo, bool) {
+        self.signal(Signal::SIGINT);
+        if let Some(exit) = self.wait_exit(timeout).await {
+            return (exit, false);
+        }
+        tracing::warn!(pid = self.pid, "fast shutdown timed out; killing postgres");
+        self.signal(Signal::SIGKILL);
+        let exit = self
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or(ExitInfo {
+                code: None,
+                signal: Some(Signal::SIGKILL as i32),
+            });
+        (exit, true)
+    }
+
+    /// Kill the postmaster at once (SIGKILL) and wait until it is reaped.
+    pub async fn kill(mut self) -> ExitInfo {
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or(ExitInfo {
+                code: None,
+                signal: Some(Signal::SIGKILL as i32),
+            })
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitInfo> {
+        let mut exit = self.exit.clone();
+        let waited = tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some())).await;
+        if let Ok(Ok(info)) = waited {
+            return info.clone();
+        }
+        drop(waited);
+        let current = self.exit.borrow().clone();
+        current
+    }
+
+    fn signal(&self, sig: Signal) {
+        if !self.has_exited() {
+            let _ = kill(Pid::from_raw(self.pid), sig);
+        }
+    }
+
+    /// The last lines of the process's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path, 2048)
+    }
+}
+
+impl Drop for PostgresProcess {
+    fn drop(&mut self) {
+        // The guard: whoever drops a live handle (an error path, a panicking test) kills it.
+        if !self.has_exited() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Why a start did not reach `ready`.
+#[derive(Debug)]
+pub enum StartFailure {
+    /// postgres exited; `log` is the end of its log.
+    Exited {
+        /// How it exited.
+        exit: ExitInfo,
+        /// Tail of the log.
+        log: String,
+    },
+    /// Not ready within the timeout.
+    Timeout {
+        /// Tail of the log.
+        log: String,
+    },
+}
+
+impl StartFailure {
+    /// Whether the failure was a port already in use (so a retry on another port may work).
+    pub fn is_port_in_use(&self) -> bool {
+        match self {
+            StartFailure::Exited { log, .. } => {
+                log.contains("could not bind") || log.contains("Address already in use")
+            }
+            StartFailure::Timeout { .. } => false,
+        }
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFailure::Exited { exit, log } => {
+                write!(
+                    f,
+                    "postgres stopped during start ({exit}); log ends with: {log}"
+                )
+            }
+            StartFailure::Timeout { log } => {
+                write!(f, "postgres not ready in time; log ends with: {log}")
+            }
+        }
+    }
+}
+
+/// Line 8 of `postmaster.pid` is the postmaster's status; `ready` means it accepts connections.
+/// Line 1 must be our pid: a stale file of an earlier run may also say `ready`.
+fn pid_file_says_ready(text: &str, pid: i32) -> bool {
+    let mut lines = text.lines();
+    let file_pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
+    file_pid == Some(pid) && lines.nth(6).map(str::trim) == Some("ready")
+}
+
+/// Up to `max` trailing bytes of a file, lossily decoded.
+pub fn log_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// A free TCP port on 127.0.0.1, chosen by the OS.
+pub fn free_loopback_port() -> Result<u16, LifecycleError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| LifecycleError::io("bind", "127.0.0.1:0", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LifecycleError::io("local_addr", "127.0.0.1:0", e))
+}
+
+/// Whether a process with this pid is a `postgres` whose command line names `data_dir`.
+pub fn is_postgres_on(pid: i32, data_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_postgres = args
+        .first()
+        .is_some_and(|a| a.ends_with(b"postgres") || a.ends_with(b"postmaster"));
+    let dir = data_dir.as_os_str().as_encoded_bytes();
+    is_postgres && args.iter().any(|a| *a == dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pid_file_status() {
+        let ready = "4242\n/data\n1700000000\n5432\n/tmp\n127.0.0.1\n  1234   5678\nready   \n";
+        assert!(pid_file_says_ready(ready, 4242));
+        assert!(!pid_file_says_ready(ready, 4243));
+        assert!(!pid_file_says_ready(
+            &ready.replace("ready", "starting"),
+            4242
+        ));
+        assert!(!pid_file_says_ready("4242\n", 4242));
+        assert!(!pid_file_says_ready("", 4242));
+    }
+
+    #[test]
+    fn free_ports_are_not_5432() {
+        let p = free_loopback_port().unwrap();
+        assert_ne!(p, 0);
+    }
+}

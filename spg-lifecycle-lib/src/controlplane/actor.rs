@@ -1,0 +1,479 @@
+//! One task per database serialises its lifecycle: wakes, stops, leases, idle stop and crash
+//! detection. Because commands are handled one at a time, wakes that arrive while a start is in
+//! progress simply wait for it and share its outcome: concurrent wakes merge into one start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::RngExt;
+use spg_core::{ComputeEndpoint, ComputeState, DatabaseName, LeaseGrant, LeaseId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::{now_ms, Shared};
+use crate::compute::process::ExitWatch;
+use crate::compute::{ComputeSpec, RoleSpec};
+use crate::metrics::ReasonLabel;
+use crate::provisioner::Compute;
+use crate::store::{DatabaseRecord, Transition};
+use crate::LifecycleError;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
+
+pub(crate) enum Command {
+    Wake {
+        requested: Instant,
+        reply: Reply<ComputeEndpoint>,
+    },
+    Stop {
+        reason: &'static str,
+        reply: Reply<()>,
+    },
+    AcquireLease {
+        holder: String,
+        reply: Reply<LeaseGrant>,
+    },
+    RenewLease {
+        id: LeaseId,
+        reply: Reply<LeaseGrant>,
+    },
+    ReleaseLease {
+        id: LeaseId,
+        reply: Reply<()>,
+    },
+    ApplyRoles {
+        reply: Reply<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the rest of the control plane can read without a round trip to the actor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveStatus {
+    pub(crate) record: Option<DatabaseRecord>,
+    pub(crate) endpoint: Option<ComputeEndpoint>,
+    pub(crate) leases: usize,
+}
+
+struct HeldLease {
+    holder: String,
+    expires: Instant,
+}
+
+pub(crate) struct DbActor {
+    shared: Arc<Shared>,
+    name: DatabaseName,
+    rec: DatabaseRecord,
+    compute: Option<Box<dyn Compute>>,
+    exit: Option<ExitWatch>,
+    leases: HashMap<String, HeldLease>,
+    /// Since when no lease has been held (the idle clock).
+    idle_since: Instant,
+    /// When the last failed start finished, and its error: wakes sent before then share it.
+    last_failed_boot: Option<(Instant, String)>,
+    live: watch::Sender<LiveStatus>,
+    rx: mpsc::Receiver<Command>,
+}
+
+impl DbActor {
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        rec: DatabaseRecord,
+    ) -> (mpsc::Sender<Command>, watch::Receiver<LiveStatus>) {
+        let (tx, rx) = mpsc::channel(256);
+        let (live, live_rx) = watch::channel(LiveStatus {
+            record: Some(rec.clone()),
+            ..LiveStatus::default()
+        });
+        let span = info_span!("database", db = %rec.name);
+        let actor = DbActor {
+            name: rec.name.clone(),
+            shared: Arc::clone(&shared),
+            rec,
+            compute: None,
+            exit: None,
+            leases: HashMap::new(),
+            idle_since: Instant::now(),
+            last_failed_boot: None,
+            live,
+            rx,
+        };
+        shared.tasks.spawn(actor.run().instrument(span));
+        (tx, live_rx)
+    }
+
+    async fn run(mut self) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Some(done) = self.handle(cmd).await {
+                        // Shutdown: stop the compute, then confirm.
+                        self.stop("shutdown").await.ok();
+                        let _ = done.send(());
+                        break;
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => self.on_timer().await,
+                _ = exited(&mut self.exit), if self.exit.is_some() => self.on_compute_exit().await,
+            }
+        }
+        // Dropping the actor drops a compute still held, which kills its process.
+        if self.compute.is_some() {
+            warn!("actor ended with a running compute; stopping it");
+            self.stop("shutdown").await.ok();
+        }
+    }
+
+    /// Handles one command; returns the confirmation channel when asked to shut down.
+    async fn handle(&mut self, cmd: Command) -> Option<oneshot::Sender<()>> {
+        match cmd {
+            Command::Wake { requested, reply } => {
+                let r = self.wake(requested).await;
+                let _ = reply.send(r);
+            }
+            Command::Stop { reason, reply } => {
+                let r = self.stop(reason).await;
+                let _ = reply.send(r);
+            }
+            Command::AcquireLease { holder, reply } => {
+                let id = format!("{}.{:016x}", self.name, rand::rng().random::<u64>());
+                let ttl = self.shared.config.lease_ttl;
+                self.leases.insert(
+                    id.clone(),
+                    HeldLease {
+                        holder,
+                        expires: Instant::now() + ttl,
+                    },
+                );
+                self.publish();
+                let _ = reply.send(Ok(LeaseGrant {
+                    id: LeaseId(id),
+                    database: self.name.clone(),
+                    ttl,
+                }));
+            }
+            Command::RenewLease { id, reply } => {
+                let ttl = self.shared.config.lease_ttl;
+                let now = Instant::now();
+                let r = match self.leases.get_mut(&id.0) {
+                    Some(l) if l.expires > now => {
+                        l.expires = now + ttl;
+                        Ok(LeaseGrant {
+                            id,
+                            database: self.name.clone(),
+                            ttl,
+                        })
+                    }
+                    _ => Err(LifecycleError::Invalid {
+                        what: "lease",
+                        reason: format!("lease {} is not held (expired or released)", id.0),
+                    }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::ReleaseLease { id, reply } => {
+                if let Some(l) = self.leases.remove(&id.0) {
+                    tracing::debug!(holder = %l.holder, "lease released");
+                    if self.leases.is_empty() {
+                        // The idle clock starts when the last lease goes.
+                        self.idle_since = Instant::now();
+                    }
+                }
+                self.publish();
+                let _ = reply.send(Ok(()));
+            }
+            Command::ApplyRoles { reply } => {
+                let r = self.apply_roles().await;
+                let _ = reply.send(r);
+            }
+            Command::Shutdown { reply } => return Some(reply),
+        }
+        None
+    }
+
+    fn publish(&mut self) {
+        let status = LiveStatus {
+            record: Some(self.rec.clone()),
+            endpoint: self.compute.as_ref().map(|c| c.endpoint()),
+            leases: self.leases.len(),
+        };
+        self.live.send_replace(status);
+        self.shared.refresh_lease_gauge();
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let lease_expiry = self.leases.values().map(|l| l.expires).min();
+        let idle_stop = (self.compute.is_some() && self.leases.is_empty())
+            .then(|| self.idle_since + self.shared.config.idle_timeout);
+        match (lease_expiry, idle_stop) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        let before = self.leases.len();
+        self.leases.retain(|_, l| l.expires > now);
+        if self.leases.len() != before {
+            info!(expired = before - self.leases.len(), "leases expired");
+            if self.leases.is_empty() {
+                self.idle_since = now;
+            }
+            self.publish();
+        }
+        if self.compute.is_some()
+            && self.leases.is_empty()
+            && now >= self.idle_since + self.shared.config.idle_timeout
+        {
+            info!(idle_for = ?self.shared.config.idle_timeout, "idle: stopping compute");
+            if let Err(e) = self.stop("idle").await {
+                warn!(error = %e, "idle stop failed");
+            }
+        }
+    }
+
+    async fn wake(&mut self, requested: Instant) -> Result<ComputeEndpoint, LifecycleError> {
+        if let Some(c) = &self.compute {
+            return Ok(c.endpoint());
+        }
+        if let Some((finished, error)) = &self.last_failed_boot {
+            if requested < *finished {
+                // This wake waited for a start that failed: share its outcome, do not start again.
+                return Err(LifecycleError::Compute {
+                    database: self.name.to_string(),
+                    generation: self.rec.generation.0,
+                    step: "boot",
+                    reason: error.clone(),
+                });
+            }
+        }
+        let started = Instant::now();
+        let generation = self.rec.generation.next();
+        self.transition(ComputeState::Booting, "wake", |r| {
+            r.generation = generation;
+            r.target_scale = 1;
+        })
+        .await?;
+        let span = info_span!("compute", %generation);
+        let result = self.boot().instrument(span).await;
+        match result {
+            Ok(compute) => {
+                let endpoint = compute.endpoint();
+                let timings = compute.boot_timings();
+                self.exit = compute.exit_watch();
+                self.compute = Some(compute);
+                self.last_failed_boot = None;
+                let now = now_ms();
+                let stored = self
+                    .transition(ComputeState::Ready, "compute ready", |r| {
+                        r.wake_count += 1;
+                        r.last_started_ms = Some(now);
+                        r.last_error = None;
+                        r.last_boot = Some(timings.clone());
+                    })
+                    .await;
+                if let Err(e) = stored {
+                    // Running without the state saying so would confuse everyone: undo.
+                    self.stop("store failure").await.ok();
+                    return Err(e);
+                }
+                let m = &self.shared.metrics;
+                m.wakes.inc();
+                m.boot_seconds.observe(started.elapsed().as_secs_f64());
+                m.record_steps("boot", &timings);
+                if self.leases.is_empty() {
+                    self.idle_since = Instant::now();
+                }
+                self.publish();
+                Ok(endpoint)
+            }
+            Err(e) => {
+                warn!(error = %e, "compute start failed");
+                self.shared.metrics.boot_failures.inc();
+                self.last_failed_boot = Some((Instant::now(), e.to_string()));
+                let msg = e.to_string();
+                self.transition(ComputeState::Stopped, "start failed", |r| {
+                    r.target_scale = 0;
+                    r.last_error = Some(msg);
+                })
+                .await
+                .ok();
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(&mut self) -> Result<Box<dyn Compute>, LifecycleError> {
+        let roles = self
+            .shared
+            .store
+            .roles(&self.name)
+            .await?
+            .into_iter()
+            .map(|r| RoleSpec {
+                name: r.name,
+                verifier: r.verifier,
+            })
+            .collect();
+        let spec = ComputeSpec {
+            database: self.name.clone(),
+            generation: self.rec.generation,
+            roles,
+            profile: self.shared.config.profile.clone(),
+        };
+        let timeout = self.shared.config.boot_timeout;
+        match tokio::time::timeout(timeout, self.shared.provisioner.start(spec)).await {
+            Ok(r) => r,
+            Err(_) => Err(LifecycleError::Timeout(format!(
+                "compute not ready within {timeout:?}"
+            ))),
+        }
+    }
+
+    async fn stop(&mut self, reason: &'static str) -> Result<(), LifecycleError> {
+        let Some(compute) = self.compute.take() else {
+            return Ok(());
+        };
+        self.exit = None;
+        self.transition(ComputeState::Stopping, reason, |r| r.target_scale = 0)
+            .await?;
+        let report = compute.stop().await;
+        if let Some(e) = &report.error {
+            warn!(error = %e, "stop finished with an error");
+        }
+        self.shared
+            .metrics
+            .stops
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+        self.shared.metrics.record_steps("stop", &report.timings);
+        let now = now_ms();
+        self.transition(ComputeState::Stopped, reason, |r| {
+            r.last_stopped_ms = Some(now);
+            r.last_stop = Some(report.timings.clone());
+            if report.error.is_some() {
+                r.last_error = report.error.clone();
+            }
+        })
+        .await?;
+        self.publish();
+        Ok(())
+    }
+
+    async fn on_compute_exit(&mut self) {
+        let Some(compute) = self.compute.take() else {
+            return;
+        };
+        let exit = self
+            .exit
+            .take()
+            .and_then(|w| w.borrow().clone())
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        warn!(%exit, "compute exited on its own");
+        compute.abandon().await;
+        self.shared
+            .metrics
+            .stops
+            .get_or_create(&ReasonLabel {
+                reason: "exit".into(),
+            })
+            .inc();
+        let now = now_ms();
+        let msg = format!("compute exited unexpectedly ({exit})");
+        self.transition(ComputeState::Stopped, "compute exited", |r| {
+            r.target_scale = 0;
+            r.last_stopped_ms = Some(now);
+            r.last_error = Some(msg);
+        })
+        .await
+        .ok();
+        self.publish();
+    }
+
+    async fn apply_roles(&mut self) -> Result<(), LifecycleError> {
+        let Some(compute) = &self.compute else {
+            return Ok(()); // installed at the next start
+        };
+        let roles: Vec<RoleSpec> = self
+            .shared
+            .store
+            .roles(&self.name)
+            .await?
+            .into_iter()
+            .map(|r| RoleSpec {
+                name: r.name,
+                verifier: r.verifier,
+            })
+            .collect();
+        compute.apply_roles(&roles).await
+    }
+
+    /// Persist a state change (compare-and-set) with its transition record.
+    async fn transition(
+        &mut self,
+        to: ComputeState,
+        reason: &str,
+        update: impl FnOnce(&mut DatabaseRecord),
+    ) -> Result<(), LifecycleError> {
+        let from = self.rec.state;
+        debug_assert!(from.can_become(to), "{from} -> {to}");
+        let mut next = self.rec.clone();
+        let now = now_ms();
+        next.state = to;
+        next.state_since_ms = now;
+        next.version += 1;
+        update(&mut next);
+        let t = Transition {
+            database: self.name.clone(),
+            from: Some(from),
+            to,
+            generation: next.generation,
+            at_ms: now,
+            reason: reason.to_string(),
+        };
+        if !self
+            .shared
+            .store
+            .update_database(&next, self.rec.version, Some(&t))
+            .await?
+        {
+            if let Some(current) = self.shared.store.database(&self.name).await? {
+                self.rec = current;
+            }
+            self.publish();
+            return Err(LifecycleError::Conflict(self.name.to_string()));
+        }
+        info!(%from, %to, generation = %next.generation, reason, "state");
+        self.shared.metrics.state_changed(Some(from), to);
+        self.rec = next;
+        self.publish();
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn exited(exit: &mut Option<ExitWatch>) {
+    match exit {
+        Some(w) => {
+            if w.wait_for(|e| e.is_some()).await.is_err() {
+                // Sender gone without a value: the waiter task ended; treat as exited.
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,29 @@
+//! # spg-lifecycle-lib
+//!
+//! The lifecycle of SPG databases:
+//!
+//! - [`controlplane::ControlPlane`]: databases, roles, states (`stopped` → `booting` → `ready` →
+//!   `stopping` → `stopped`), generations bumped by compare-and-set, leases, idle auto-stop,
+//!   transition history — over a [`store::StateStore`] (embedded SQLite by default).
+//! - [`provisioner::Provisioner`]: brings computes up and down; [`provisioner::LocalProvisioner`]
+//!   runs them as local processes through the [`compute`] agent.
+//! - [`compute`]: the compute agent — data directory from a [`spg_core::PageStore`], config,
+//!   stock `postgres` as an unprivileged user, readiness, roles, fast shutdown, write-back, with
+//!   every step timed.
+//! - [`api`]: the HTTPS JSON API (server and client), authenticated by an API key.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod compute;
+pub mod controlplane;
+mod error;
+pub mod metrics;
+pub mod os_user;
+pub mod pg_bin;
+pub mod provisioner;
+pub mod store;
+pub mod timing;
+
+pub use controlplane::{ControlPlane, ControlPlaneConfig, DatabaseStatus, RoleSecret};
+pub use error::LifecycleError;

@@ -1,0 +1,125 @@
+//! Prometheus metrics of the control plane.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use spg_core::ComputeState;
+
+/// Label: a lifecycle step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// Operation (`boot` or `stop`).
+    pub op: String,
+    /// Step name.
+    pub step: String,
+}
+
+/// Label: why something happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Reason.
+    pub reason: String,
+}
+
+/// Label: a state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// State name.
+    pub state: String,
+}
+
+/// The control plane's metrics.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneMetrics {
+    /// Successful compute starts (wakes).
+    pub wakes: Counter,
+    /// Failed compute starts.
+    pub boot_failures: Counter,
+    /// Time from wake decision to a ready compute.
+    pub boot_seconds: Histogram,
+    /// Time of each lifecycle step.
+    pub step_seconds: Family<StepLabel, Histogram>,
+    /// Compute stops by reason (`idle`, `api`, `exit`, `shutdown`).
+    pub stops: Family<ReasonLabel, Counter>,
+    /// Databases per state.
+    pub databases: Family<StateLabel, Gauge>,
+    /// Leases held.
+    pub leases: Gauge,
+}
+
+impl Default for ControlPlaneMetrics {
+    fn default() -> Self {
+        ControlPlaneMetrics {
+            wakes: Counter::default(),
+            boot_failures: Counter::default(),
+            boot_seconds: Histogram::new(exponential_buckets(0.01, 1.6, 16)),
+            step_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            stops: Family::default(),
+            databases: Family::default(),
+            leases: Gauge::default(),
+        }
+    }
+}
+
+impl ControlPlaneMetrics {
+    /// Create and register under `spg_controlplane_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ControlPlaneMetrics::default();
+        let r = registry.sub_registry_with_prefix("spg_controlplane");
+        r.register("wakes", "Successful compute starts", m.wakes.clone());
+        r.register(
+            "boot_failures",
+            "Failed compute starts",
+            m.boot_failures.clone(),
+        );
+        r.register(
+            "boot_seconds",
+            "Time from wake decision to a ready compute",
+            m.boot_seconds.clone(),
+        );
+        r.register(
+            "step_seconds",
+            "Time of each compute lifecycle step",
+            m.step_seconds.clone(),
+        );
+        r.register("stops", "Compute stops by reason", m.stops.clone());
+        r.register(
+            "databases",
+            "Databases per lifecycle state",
+            m.databases.clone(),
+        );
+        r.register("leases", "Leases currently held", m.leases.clone());
+        m
+    }
+
+    pub(crate) fn state_changed(&self, from: Option<ComputeState>, to: ComputeState) {
+        if let Some(from) = from {
+            self.databases
+                .get_or_create(&StateLabel {
+                    state: from.as_str().into(),
+                })
+                .dec();
+        }
+        self.databases
+            .get_or_create(&StateLabel {
+                state: to.as_str().into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn record_steps(&self, op: &str, timings: &crate::timing::StepTimings) {
+        for s in &timings.steps {
+            self.step_seconds
+                .get_or_create(&StepLabel {
+                    op: op.into(),
+                    step: s.step.clone(),
+                })
+                .observe(s.ms / 1000.0);
+        }
+    }
+}

@@ -1,0 +1,64 @@
+use std::path::PathBuf;
+
+use spg_core::CoreError;
+use thiserror::Error;
+
+/// Errors of the storage library.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored bytes are not what they must be.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// Which file or structure.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A generation older than the newest one seen tried to act.
+    #[error("generation {offered} is stale: generation {current} is already in place")]
+    StaleGeneration {
+        /// The caller's generation.
+        offered: u64,
+        /// The newest generation seen.
+        current: u64,
+    },
+    /// The generation has no checkout to act on.
+    #[error("generation {0} holds no checkout")]
+    NotCheckedOut(u64),
+    /// A data directory was not shut down cleanly and cannot become an image.
+    #[error("data directory is not cleanly shut down (state {0})")]
+    NotShutDown(String),
+}
+
+impl StorageError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StorageError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<StorageError> for CoreError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::StaleGeneration { offered, current } => {
+                CoreError::StaleGeneration { offered, current }
+            }
+            StorageError::Io { .. } => CoreError::Unavailable(e.to_string()),
+            other => CoreError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! # spg-storage-lib
+//!
+//! Durable state of SPG databases, outside the compute.
+//!
+//! - [`local_dir::LocalDirPageStore`]: a [`PageStore`](spg_core::PageStore) that keeps each
+//!   database's data directory on local disk between generations, with generation fencing and a
+//!   crash-safe image record. Later backends (images in object storage, lazy pages) implement the
+//!   same trait.
+//! - [`pg_control`]: a reader of PostgreSQL's `global/pg_control`, used to learn the checkpoint LSN
+//!   and whether a data directory was shut down cleanly.
+//! - [`fuzzing`]: entry points of the fuzz targets over untrusted bytes.
+
+#![warn(missing_docs)]
+
+mod error;
+mod fsutil;
+pub mod fuzzing;
+pub mod local_dir;
+pub mod pg_control;
+
+pub use error::StorageError;
+pub use local_dir::LocalDirPageStore;

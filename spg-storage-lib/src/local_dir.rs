@@ -1,0 +1,336 @@
+//! A [`PageStore`] that keeps each database's data directory on local disk between generations.
+//!
+//! Layout under the store's root:
+//!
+//! ```text
+//! <root>/<database>/pgdata/      the data directory every generation runs on
+//! <root>/<database>/store.json   fenced generation, current checkout, image history
+//! ```
+//!
+//! The data directory itself is the durable state: an image is the record that a generation shut
+//! the directory down cleanly at a checkpoint LSN. After a crash the directory still carries the
+//! WAL written since the last image, and PostgreSQL's crash recovery replays it on the next start.
+//! Generations fence each other exactly as the trait requires: a checkout raises the fence, and
+//! older generations can no longer write back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use spg_core::{Checkout, CoreResult, DatabaseName, Generation, ImageInfo, PageStore};
+use tracing::{info, warn};
+
+use crate::fsutil::write_atomic;
+use crate::pg_control::ControlFile;
+use crate::StorageError;
+
+/// How many image records are kept per database.
+const IMAGE_HISTORY: usize = 16;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreRecord {
+    /// The newest generation that checked out; older generations are fenced.
+    fenced_generation: u64,
+    /// The generation currently holding the directory, if any.
+    checked_out: Option<u64>,
+    /// Images, oldest first.
+    images: Vec<ImageInfo>,
+}
+
+/// Local-directory page store; see the module documentation. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LocalDirPageStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    locks: Mutex<HashMap<DatabaseName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LocalDirPageStore {
+    /// A store rooted at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalDirPageStore {
+            inner: Arc::new(Inner {
+                root: root.into(),
+                locks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The directory a database's computes run on.
+    pub fn data_dir(&self, db: &DatabaseName) -> PathBuf {
+        self.inner.data_dir(db)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        db: &DatabaseName,
+        f: impl FnOnce(&Inner, &DatabaseName) -> Result<T, StorageError> + Send + 'static,
+    ) -> CoreResult<T> {
+        let lock = self.inner.lock_for(db);
+        let _guard = lock.lock().await;
+        let inner = Arc::clone(&self.inner);
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || f(&inner, &db))
+            .await
+            .map_err(|e| spg_core::CoreError::Internal(format!("page store task failed: {e}")))?
+            .map_err(Into::into)
+    }
+}
+
+impl Inner {
+    fn data_dir(&self, db: &DatabaseName) -> PathBuf {
+        self.root.join(db.as_str()).join("pgdata")
+    }
+
+    fn record_path(&self, db: &DatabaseName) -> PathBuf {
+        self.root.join(db.as_str()).join("store.json")
+    }
+
+    fn lock_for(&self, db: &DatabaseName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(db.clone()).or_default().clone()
+    }
+
+    fn load(&self, db: &DatabaseName) -> Result<StoreRecord, StorageError> {
+        let path = self.record_path(db);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreRecord::default()),
+            Err(e) => Err(StorageError::io("read", path, e)),
+        }
+    }
+
+    fn save(&self, db: &DatabaseName, rec: &StoreRecord) -> Result<(), StorageError> {
+        let path = self.record_path(db);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| StorageError::Corrupt {
+            what: "store record".into(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes)
+    }
+
+    fn checkout_blocking(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+    ) -> Result<Checkout, StorageError> {
+        let mut rec = self.load(db)?;
+        if generation.0 <= rec.fenced_generation {
+            return Err(StorageError::StaleGeneration {
+                offered: generation.0,
+                current: rec.fenced_generation,
+            });
+        }
+        let data_dir = self.data_dir(db);
+        if rec.images.is_empty() && data_dir.exists() {
+            // An initialisation that never registered its base image: no compute ever ran on it,
+            // so nothing acknowledged can be inside. Start over.
+            warn!(%db, dir = %data_dir.display(), "discarding data directory without a base image");
+            std::fs::remove_dir_all(&data_dir)
+                .map_err(|e| StorageError::io("remove", &data_dir, e))?;
+        }
+        create_private_dir(&data_dir)?;
+        rec.fenced_generation = generation.0;
+        rec.checked_out = Some(generation.0);
+        self.save(db, &rec)?;
+        Ok(Checkout {
+            data_dir,
+            image: rec.images.last().cloned(),
+        })
+    }
+
+    fn write_back_blocking(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+    ) -> Result<ImageInfo, StorageError> {
+        let mut rec = self.load(db)?;
+        if generation.0 < rec.fenced_generation {
+            return Err(StorageError::StaleGeneration {
+                offered: generation.0,
+                current: rec.fenced_generation,
+            });
+        }
+        if rec.checked_out != Some(generation.0) {
+            return Err(StorageError::NotCheckedOut(generation.0));
+        }
+        let control = ControlFile::read(&self.data_dir(db))?;
+        if !control.state.is_clean_shutdown() {
+            return Err(StorageError::NotShutDown(control.state.to_string()));
+        }
+        let lsn = control.checkpoint;
+        let image = ImageInfo {
+            database: db.clone(),
+            generation,
+            lsn,
+            created_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        rec.images.push(image.clone());
+        if rec.images.len() > IMAGE_HISTORY {
+            let excess = rec.images.len() - IMAGE_HISTORY;
+            rec.images.drain(..excess);
+        }
+        self.save(db, &rec)?;
+        info!(%db, %generation, %lsn, "image written");
+        Ok(image)
+    }
+
+    fn release_blocking(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+    ) -> Result<(), StorageError> {
+        let mut rec = self.load(db)?;
+        if rec.checked_out == Some(generation.0) {
+            rec.checked_out = None;
+            self.save(db, &rec)?;
+        }
+        Ok(())
+    }
+}
+
+/// Create `dir` with mode 0700 (PostgreSQL insists); its parents get the default mode so that
+/// the compute user can reach it.
+fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StorageError::io("create dir", parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::io("create dir", dir, e)),
+    }
+}
+
+#[async_trait]
+impl PageStore for LocalDirPageStore {
+    async fn checkout(&self, db: &DatabaseName, generation: Generation) -> CoreResult<Checkout> {
+        self.blocking(db, move |s, db| s.checkout_blocking(db, generation))
+            .await
+    }
+
+    async fn write_back(&self, db: &DatabaseName, generation: Generation) -> CoreResult<ImageInfo> {
+        self.blocking(db, move |s, db| s.write_back_blocking(db, generation))
+            .await
+    }
+
+    async fn release(&self, db: &DatabaseName, generation: Generation) -> CoreResult<()> {
+        self.blocking(db, move |s, db| s.release_blocking(db, generation))
+            .await
+    }
+
+    async fn latest_image(&self, db: &DatabaseName) -> CoreResult<Option<ImageInfo>> {
+        self.blocking(db, |s, db| Ok(s.load(db)?.images.last().cloned()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spg_core::{CoreError, Lsn};
+
+    fn write_control(dir: &Path, state: u32, checkpoint: u64) {
+        let mut b = vec![0u8; 8192];
+        b[8..12].copy_from_slice(&1300u32.to_le_bytes());
+        b[16..20].copy_from_slice(&state.to_le_bytes());
+        b[32..40].copy_from_slice(&checkpoint.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..288]);
+        b[288..292].copy_from_slice(&crc.to_le_bytes());
+        std::fs::create_dir_all(dir.join("global")).unwrap();
+        std::fs::write(dir.join("global/pg_control"), b).unwrap();
+    }
+
+    fn store() -> (tempfile::TempDir, LocalDirPageStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalDirPageStore::new(dir.path());
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn lifecycle_and_fencing() {
+        let (_tmp, s) = store();
+        let db = DatabaseName::new("shop").unwrap();
+        let c1 = s.checkout(&db, Generation(1)).await.unwrap();
+        assert!(c1.image.is_none());
+        write_control(&c1.data_dir, 1, 0x100);
+        let img = s.write_back(&db, Generation(1)).await.unwrap();
+        assert_eq!(img.lsn, Lsn(0x100));
+        assert_eq!(img.generation, Generation(1));
+        s.release(&db, Generation(1)).await.unwrap();
+
+        // Generation 2 sees the image; generation 1 is fenced from now on.
+        let c2 = s.checkout(&db, Generation(2)).await.unwrap();
+        assert_eq!(c2.image.as_ref().map(|i| i.lsn), Some(Lsn(0x100)));
+        assert_eq!(c2.data_dir, c1.data_dir);
+        let stale = s.write_back(&db, Generation(1)).await;
+        assert!(matches!(
+            stale,
+            Err(CoreError::StaleGeneration {
+                offered: 1,
+                current: 2
+            })
+        ));
+        assert!(matches!(
+            s.checkout(&db, Generation(2)).await,
+            Err(CoreError::StaleGeneration { .. })
+        ));
+        // A crashed generation releases without an image; the next one still starts from the dir.
+        s.release(&db, Generation(2)).await.unwrap();
+        let c3 = s.checkout(&db, Generation(3)).await.unwrap();
+        assert_eq!(c3.image.map(|i| i.generation), Some(Generation(1)));
+    }
+
+    #[tokio::test]
+    async fn write_back_requires_clean_shutdown_and_the_checkout() {
+        let (_tmp, s) = store();
+        let db = DatabaseName::new("shop").unwrap();
+        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        write_control(&c.data_dir, 6, 0x200);
+        assert!(s.write_back(&db, Generation(1)).await.is_err());
+        write_control(&c.data_dir, 1, 0x200);
+        assert!(s.write_back(&db, Generation(2)).await.is_err());
+        assert!(s.write_back(&db, Generation(1)).await.is_ok());
+        assert_eq!(
+            s.latest_image(&db).await.unwrap().map(|i| i.lsn),
+            Some(Lsn(0x200))
+        );
+    }
+
+    #[tokio::test]
+    async fn unregistered_initialisation_is_discarded() {
+        let (_tmp, s) = store();
+        let db = DatabaseName::new("shop").unwrap();
+        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        std::fs::write(c.data_dir.join("PG_VERSION"), "15\n").unwrap();
+        s.release(&db, Generation(1)).await.unwrap();
+        let c = s.checkout(&db, Generation(2)).await.unwrap();
+        assert!(!c.data_dir.join("PG_VERSION").exists());
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_is_a_clear_error() {
+        let (_tmp, s) = store();
+        let db = DatabaseName::new("shop").unwrap();
+        s.checkout(&db, Generation(1)).await.unwrap();
+        std::fs::write(s.inner.record_path(&db), b"{not json").unwrap();
+        let err = s.checkout(&db, Generation(2)).await.unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}
