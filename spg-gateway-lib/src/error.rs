@@ -1,0 +1,173 @@
+use thiserror::Error;
+
+use crate::proto::backend::Severity;
+
+/// Errors of the gateway. Those that reach a client become a PostgreSQL `ErrorResponse` with the
+/// SQLSTATE of [`GatewayError::sqlstate`] and the text of [`GatewayError::client_message`], which
+/// never includes internal details (those go to the log).
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    /// Socket error; the connection is gone.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A message longer than the configured bound.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// Body length the client announced.
+        len: usize,
+        /// Configured bound.
+        max: usize,
+    },
+    /// A feature the gateway does not provide.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// Plaintext connection while TLS is required.
+    #[error("TLS is required")]
+    TlsRequired,
+    /// TLS setup or handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Unknown database.
+    #[error("database {0:?} does not exist")]
+    UnknownDatabase(String),
+    /// Wrong password or unknown role (deliberately indistinguishable to the client).
+    #[error("authentication failed")]
+    AuthFailed,
+    /// Too many client connections.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// The database could not be woken or reached before the deadline.
+    #[error("database {database:?} could not be woken in time: {detail}")]
+    WakeTimeout {
+        /// Database.
+        database: String,
+        /// Last error seen (logged, not shown to the client).
+        detail: String,
+    },
+    /// Waking failed for a reason retrying will not fix.
+    #[error("waking database {database:?} failed: {detail}")]
+    WakeFailed {
+        /// Database.
+        database: String,
+        /// Why (logged, not shown to the client).
+        detail: String,
+    },
+    /// The compute refused the gateway's login or broke the protocol.
+    #[error("compute rejected the connection: {0}")]
+    BackendRejected(String),
+    /// The compute could not be reached (retryable).
+    #[error("compute unavailable: {0}")]
+    BackendUnavailable(String),
+    /// The gateway is shutting down.
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+    /// Anything else.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// SQLSTATE shown to the client; `None` when no message can or should be sent.
+    pub fn sqlstate(&self) -> Option<&'static str> {
+        Some(match self {
+            GatewayError::Io(_) | GatewayError::Tls(_) => return None,
+            GatewayError::Protocol(_) | GatewayError::MessageTooLarge { .. } => "08P01",
+            GatewayError::Unsupported(_) => "0A000",
+            GatewayError::TlsRequired => "28000",
+            GatewayError::UnknownDatabase(_) => "3D000",
+            GatewayError::AuthFailed => "28P01",
+            GatewayError::TooManyConnections => "53300",
+            GatewayError::WakeTimeout { .. } | GatewayError::WakeFailed { .. } => "57P03",
+            GatewayError::BackendRejected(_) => "08004",
+            GatewayError::BackendUnavailable(_) => "08006",
+            GatewayError::ShuttingDown => "57P01",
+            GatewayError::Internal(_) => "XX000",
+        })
+    }
+
+    /// Message and hint shown to the client, for `user` connecting to `database`.
+    pub fn client_message(&self, user: &str, database: &str) -> (String, Option<&'static str>) {
+        match self {
+            GatewayError::Protocol(m) => (m.clone(), None),
+            GatewayError::MessageTooLarge { .. } | GatewayError::Unsupported(_) => {
+                (self.to_string(), None)
+            }
+            GatewayError::TlsRequired => (
+                "connection requires TLS".into(),
+                Some("Connect with sslmode=require (or stronger)."),
+            ),
+            GatewayError::UnknownDatabase(db) => {
+                (format!("database \"{db}\" does not exist"), None)
+            }
+            GatewayError::AuthFailed => (
+                format!("password authentication failed for user \"{user}\""),
+                None,
+            ),
+            GatewayError::TooManyConnections => ("sorry, too many clients already".into(), None),
+            GatewayError::WakeTimeout { .. } => (
+                format!("database \"{database}\" could not be woken in time"),
+                Some("The database is starting up. Retry the connection in a few seconds."),
+            ),
+            GatewayError::WakeFailed { .. } => (
+                format!("database \"{database}\" could not be started"),
+                Some("Retry the connection; if it keeps failing, contact the operator."),
+            ),
+            GatewayError::BackendRejected(_) => (
+                format!("database \"{database}\" rejected the connection"),
+                None,
+            ),
+            GatewayError::BackendUnavailable(_) => (
+                format!("connection to database \"{database}\" was lost"),
+                Some("Retry the connection."),
+            ),
+            GatewayError::ShuttingDown => (
+                "terminating connection due to administrator command".into(),
+                None,
+            ),
+            GatewayError::Io(_) | GatewayError::Tls(_) | GatewayError::Internal(_) => {
+                ("internal error".into(), None)
+            }
+        }
+    }
+
+    /// Errors at connection time are FATAL (the session ends).
+    pub fn severity(&self) -> Severity {
+        Severity::Fatal
+    }
+
+    /// Whether retrying (waking again, reconnecting) may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BackendUnavailable(_) | GatewayError::WakeTimeout { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_do_not_leak_details() {
+        let e = GatewayError::WakeTimeout {
+            database: "shop".into(),
+            detail: "/var/lib/secret/path: permission denied".into(),
+        };
+        let (m, h) = e.client_message("app", "shop");
+        assert!(!m.contains("/var/lib"));
+        assert!(h.unwrap().contains("Retry"));
+        assert_eq!(e.sqlstate(), Some("57P03"));
+        let (m, _) = GatewayError::Internal("stack".into()).client_message("a", "b");
+        assert_eq!(m, "internal error");
+        assert_eq!(GatewayError::AuthFailed.sqlstate(), Some("28P01"));
+        assert_eq!(
+            GatewayError::UnknownDatabase("x".into()).sqlstate(),
+            Some("3D000")
+        );
+        assert_eq!(GatewayError::TooManyConnections.sqlstate(), Some("53300"));
+    }
+}

@@ -1,0 +1,216 @@
+//! The gateway server: accept loop, shared state, graceful shutdown, and the
+//! [`spg_core::Gateway`] handle the control plane uses.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use spg_core::{DatabaseName, GatewaySessions, Lease};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::cancel::CancelRegistry;
+use crate::deps::{AuthSource, Waker};
+use crate::leases::LeaseKeeper;
+use crate::metrics::GatewayMetrics;
+use crate::sessions::SessionRegistry;
+use crate::tls::GatewayTls;
+use crate::wake::WakeCoalescer;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// TLS; `None` leaves only plaintext (which must then be allowed).
+    pub tls: Option<GatewayTls>,
+    /// Accept plaintext sessions (default false: `SSLRequest` or direct TLS is required).
+    pub allow_plaintext: bool,
+    /// Client connections at once (default 10 000); beyond, clients get `53300`.
+    pub max_client_conn: usize,
+    /// Largest client message body relayed (default 1 GiB, PostgreSQL's own limit).
+    pub max_message_bytes: usize,
+    /// Time from accept to a completed login (default 30 s).
+    pub auth_timeout: Duration,
+    /// Time to wake the database and connect to it, retries included (default 30 s).
+    pub wake_timeout: Duration,
+    /// Time one compute connection attempt may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// On shutdown, how long open sessions may continue before they are closed (default 10 s).
+    pub shutdown_grace: Duration,
+    /// Name this gateway gives when taking leases.
+    pub lease_holder: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            tls: None,
+            allow_plaintext: false,
+            max_client_conn: 10_000,
+            max_message_bytes: 1 << 30,
+            auth_timeout: Duration::from_secs(30),
+            wake_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            lease_holder: format!("gateway-{}", std::process::id()),
+        }
+    }
+}
+
+/// What the gateway is built on.
+#[derive(Clone)]
+pub struct GatewayDeps {
+    /// Credentials.
+    pub auth: Arc<dyn AuthSource>,
+    /// Waking databases.
+    pub waker: Arc<dyn Waker>,
+    /// Leases that keep databases awake while sessions are open (`None`: no leases, e.g. for
+    /// a fleet that never idles).
+    pub lease: Option<Arc<dyn Lease>>,
+}
+
+/// Counts client connections.
+#[derive(Default)]
+pub(crate) struct ConnectionCounter(AtomicUsize);
+
+pub(crate) struct ConnectionGuard<'a>(&'a ConnectionCounter);
+
+impl ConnectionCounter {
+    pub(crate) fn enter(&self) -> ConnectionGuard<'_> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard(self)
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: GatewayConfig,
+    pub(crate) auth: Arc<dyn AuthSource>,
+    pub(crate) wakes: Arc<WakeCoalescer>,
+    pub(crate) leases: Option<Arc<LeaseKeeper>>,
+    pub(crate) cancels: Arc<CancelRegistry>,
+    pub(crate) sessions: Arc<SessionRegistry>,
+    pub(crate) connections: ConnectionCounter,
+    pub(crate) metrics: GatewayMetrics,
+    /// Per-process secret for mock salts of unknown roles.
+    pub(crate) mock_secret: [u8; 32],
+}
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayServer {
+    shared: Arc<Shared>,
+}
+
+impl GatewayServer {
+    /// A gateway with `config` over `deps`, reporting to `metrics`.
+    pub fn new(config: GatewayConfig, deps: GatewayDeps, metrics: GatewayMetrics) -> Self {
+        let mut mock_secret = [0u8; 32];
+        rand::rng().fill(&mut mock_secret[..]);
+        let leases = deps
+            .lease
+            .map(|l| LeaseKeeper::new(l, config.lease_holder.clone()));
+        GatewayServer {
+            shared: Arc::new(Shared {
+                wakes: WakeCoalescer::new(deps.waker),
+                auth: deps.auth,
+                leases,
+                cancels: CancelRegistry::new(),
+                sessions: SessionRegistry::new(),
+                connections: ConnectionCounter::default(),
+                metrics,
+                mock_secret,
+                config,
+            }),
+        }
+    }
+
+    /// Client connections open now (including ones still logging in).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.count()
+    }
+
+    /// Serve clients from `listener` until `shutdown` is cancelled; then stop accepting, let
+    /// open sessions finish for up to `shutdown_grace`, close the rest and return.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        let force = CancellationToken::new();
+        let ids = AtomicU64::new(1);
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "gateway listening");
+        }
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            self.shared.metrics.connections.inc();
+            let id = ids.fetch_add(1, Ordering::Relaxed);
+            let span = info_span!(
+                "conn",
+                id,
+                %peer,
+                db = tracing::field::Empty,
+                user = tracing::field::Empty
+            );
+            let shared = Arc::clone(&self.shared);
+            let force = force.clone();
+            tasks.spawn(
+                async move {
+                    tokio::select! {
+                        _ = crate::session::serve_connection(shared, tcp) => {}
+                        _ = force.cancelled() => {}
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
+        tasks.close();
+        let open = tasks.len();
+        if open > 0 {
+            info!(open, "gateway draining sessions");
+        }
+        if tokio::time::timeout(self.shared.config.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = tasks.len(),
+                "closing sessions still open after the grace period"
+            );
+            force.cancel();
+            tasks.wait().await;
+        }
+        info!("gateway stopped");
+    }
+}
+
+impl spg_core::Gateway for GatewayServer {
+    fn sessions(&self, db: &DatabaseName) -> GatewaySessions {
+        self.shared.sessions.sessions(db)
+    }
+
+    fn set_frozen(&self, db: &DatabaseName, frozen: bool) {
+        self.shared.sessions.set_frozen(db, frozen)
+    }
+}

@@ -1,0 +1,535 @@
+//! One client connection, from its first byte to its end:
+//!
+//! 1. negotiation: direct TLS, `SSLRequest`, `GSSENCRequest` (refused), `CancelRequest`,
+//!    `StartupMessage`; plaintext refused unless allowed;
+//! 2. SCRAM-SHA-256 against the role's verifier, before anything is woken;
+//! 3. lease, wake and compute connection (SCRAM key passthrough), retried with backoff within the
+//!    wake deadline;
+//! 4. the gateway's own cancel key, then the relay.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rand::RngExt;
+use spg_core::scram::{Key, ScramVerifier};
+use spg_core::{CoreError, DatabaseName, RoleName};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::backend::{self, BackendConn};
+use crate::cancel::CancelTarget;
+use crate::proto::backend as msg;
+use crate::proto::io::{read_message, read_startup_packet};
+use crate::proto::startup::{parse_initial_packet, InitialPacket, StartupMessage};
+use crate::proto::{ALPN_POSTGRESQL, MAX_AUTH_MESSAGE, TLS_HANDSHAKE_BYTE};
+use crate::relay::{relay, RelayEnd};
+use crate::scram::server::{mechanisms, ScramServer};
+use crate::server::Shared;
+use crate::stream::ClientStream;
+use crate::GatewayError;
+
+/// Outcome of negotiation.
+enum Negotiated {
+    Session(ClientStream, StartupMessage),
+    /// Cancel request handled, or the client went away.
+    Done,
+}
+
+type Failed = (Option<ClientStream>, GatewayError);
+
+/// Serve one connection. Errors are reported to the client (when possible) and logged.
+pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let _conn = shared.connections.enter();
+    let setup = tokio::time::timeout(shared.config.auth_timeout, async {
+        let (stream, startup) = match negotiate(&shared, tcp).await {
+            Ok(Negotiated::Session(s, st)) => (s, st),
+            Ok(Negotiated::Done) => return Ok(None),
+            Err((stream, e)) => return Err((stream, e, String::new(), String::new())),
+        };
+        let mut stream = stream;
+        match authenticate(&shared, &mut stream, &startup).await {
+            Ok(auth) => Ok(Some((stream, startup, auth))),
+            Err(e) => {
+                let user = startup.param("user").unwrap_or_default().to_string();
+                let db = startup.database().unwrap_or_default().to_string();
+                Err((Some(stream), e, user, db))
+            }
+        }
+    })
+    .await;
+    let (mut stream, startup, auth) = match setup {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return,
+        Ok(Err((stream, e, user, db))) => {
+            report(&shared, stream, &e, &user, &db).await;
+            return;
+        }
+        Err(_) => {
+            debug!("authentication timed out");
+            return;
+        }
+    };
+    let user = auth.role_text.clone();
+    let dbname = auth.db.to_string();
+    let span = tracing::Span::current();
+    span.record("db", dbname.as_str());
+    span.record("user", user.as_str());
+    if let Err(e) = run_session(&shared, &mut stream, &startup, auth).await {
+        report(&shared, Some(stream), &e, &user, &dbname).await;
+    }
+}
+
+/// Write an error to the client (if the stream is usable) and log it.
+async fn report(
+    shared: &Shared,
+    stream: Option<ClientStream>,
+    e: &GatewayError,
+    user: &str,
+    db: &str,
+) {
+    match e {
+        GatewayError::Io(_) | GatewayError::Tls(_) => debug!(error = %e, "connection failed"),
+        GatewayError::AuthFailed => info!(%user, %db, "authentication failed"),
+        GatewayError::Protocol(m) if m.contains("connection closed") => {
+            debug!(error = %e, "client went away")
+        }
+        _ => warn!(error = %e, "connection refused"),
+    }
+    let (Some(mut stream), Some(code)) = (stream, e.sqlstate()) else {
+        return;
+    };
+    shared
+        .metrics
+        .errors
+        .get_or_create(&crate::metrics::SqlstateLabel {
+            sqlstate: code.into(),
+        })
+        .inc();
+    let (text, hint) = e.client_message(user, db);
+    let mut out = BytesMut::new();
+    msg::error_response(&mut out, e.severity(), code, &text, hint);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Failed> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => return Ok(Negotiated::Done),
+        Ok(_) => {}
+        Err(e) => return Err((None, e.into())),
+    }
+    let mut stream = if first[0] == TLS_HANDSHAKE_BYTE {
+        // Direct TLS (PostgreSQL 17 `sslnegotiation=direct`): ALPN `postgresql` is mandatory.
+        let Some(tls) = &shared.config.tls else {
+            return Err((
+                None,
+                GatewayError::Tls("direct TLS, but TLS is not configured".into()),
+            ));
+        };
+        let s = tls
+            .acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| (None, GatewayError::Tls(e.to_string())))?;
+        if s.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+            return Err((
+                None,
+                GatewayError::Tls("direct TLS connection without ALPN postgresql".into()),
+            ));
+        }
+        ClientStream::Tls(Box::new(s))
+    } else {
+        ClientStream::Plain(tcp)
+    };
+    let mut negotiated_tls = stream.is_tls();
+    let mut negotiated_gss = false;
+    loop {
+        let packet = match read_startup_packet(&mut stream).await {
+            Ok(p) => p,
+            Err(e) => return Err((Some(stream), e)),
+        };
+        let parsed = match parse_initial_packet(&packet) {
+            Ok(p) => p,
+            Err(e) => return Err((Some(stream), e)),
+        };
+        match parsed {
+            InitialPacket::SslRequest => {
+                if negotiated_tls {
+                    return Err((
+                        Some(stream),
+                        GatewayError::Protocol("SSLRequest after encryption was negotiated".into()),
+                    ));
+                }
+                negotiated_tls = true;
+                let ClientStream::Plain(mut tcp) = stream else {
+                    unreachable!("negotiated_tls is set for TLS streams")
+                };
+                match &shared.config.tls {
+                    Some(tls) => {
+                        tcp.write_all(b"S").await.map_err(|e| (None, e.into()))?;
+                        let s = tls
+                            .acceptor
+                            .accept(tcp)
+                            .await
+                            .map_err(|e| (None, GatewayError::Tls(e.to_string())))?;
+                        stream = ClientStream::Tls(Box::new(s));
+                    }
+                    None => {
+                        tcp.write_all(b"N").await.map_err(|e| (None, e.into()))?;
+                        stream = ClientStream::Plain(tcp);
+                    }
+                }
+            }
+            InitialPacket::GssEncRequest => {
+                if negotiated_gss || stream.is_tls() {
+                    return Err((
+                        Some(stream),
+                        GatewayError::Protocol("unexpected GSSENCRequest".into()),
+                    ));
+                }
+                negotiated_gss = true;
+                if let Err(e) = stream.write_all(b"N").await {
+                    return Err((None, e.into()));
+                }
+            }
+            InitialPacket::Cancel { pid, secret } => {
+                shared.metrics.cancel_requests.inc();
+                let forwarded = shared.cancels.cancel(pid, secret).await;
+                debug!(forwarded, "cancel request");
+                return Ok(Negotiated::Done);
+            }
+            InitialPacket::Startup(startup) => {
+                if !stream.is_tls() && !shared.config.allow_plaintext {
+                    return Err((Some(stream), GatewayError::TlsRequired));
+                }
+                return Ok(Negotiated::Session(stream, startup));
+            }
+        }
+    }
+}
+
+/// A client that proved who it is.
+pub(crate) struct Authenticated {
+    db: DatabaseName,
+    role: RoleName,
+    role_text: String,
+    client_key: Key,
+    verifier: ScramVerifier,
+}
+
+async fn authenticate(
+    shared: &Shared,
+    stream: &mut ClientStream,
+    startup: &StartupMessage,
+) -> Result<Authenticated, GatewayError> {
+    let user = startup.user()?.to_string();
+    let dbname = startup.database()?.to_string();
+    if let Some(r) = startup.param("replication") {
+        if !matches!(r, "false" | "off" | "no" | "0") {
+            return Err(GatewayError::Unsupported(
+                "replication connections are not supported through the gateway".into(),
+            ));
+        }
+    }
+    if shared.connections.count() > shared.config.max_client_conn {
+        return Err(GatewayError::TooManyConnections);
+    }
+    let mut out = BytesMut::new();
+    let options = startup.protocol_options();
+    if startup.minor > 0 || !options.is_empty() {
+        msg::negotiate_protocol_version(&mut out, 0, &options);
+    }
+    let db = DatabaseName::new(dbname.clone())
+        .map_err(|_| GatewayError::UnknownDatabase(dbname.clone()))?;
+    // A name that cannot be a role is an unknown role: authenticate against a mock verifier so
+    // the client cannot tell, and fail at the end.
+    let role = RoleName::new(user.clone()).ok();
+    let stored = match &role {
+        Some(r) => shared.auth.role_verifier(&db, r).await,
+        None => Ok(None),
+    };
+    let verifier = match stored {
+        Ok(v) => v,
+        Err(CoreError::DatabaseNotFound(_)) => return Err(GatewayError::UnknownDatabase(dbname)),
+        Err(e) if e.is_retryable() => {
+            return Err(GatewayError::WakeTimeout {
+                database: dbname,
+                detail: format!("credential lookup: {e}"),
+            })
+        }
+        Err(e) => {
+            return Err(GatewayError::Internal(format!("credential lookup: {e}")));
+        }
+    };
+    let known = verifier.is_some();
+    let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(&user, &shared.mock_secret));
+    let channel_binding = if stream.is_tls() {
+        shared
+            .config
+            .tls
+            .as_ref()
+            .and_then(|t| t.channel_binding.clone())
+    } else {
+        None
+    };
+    msg::auth_sasl(&mut out, mechanisms(channel_binding.as_ref()));
+    stream.write_all(&out).await?;
+    out.clear();
+
+    let mut server = ScramServer::new(verifier.clone(), channel_binding);
+    let body = expect_sasl(stream).await?;
+    let (mechanism, data) = msg::parse_sasl_initial_response(&body)?;
+    let server_first = server.client_first(mechanism, data)?;
+    msg::auth_sasl_continue(&mut out, server_first.as_bytes());
+    stream.write_all(&out).await?;
+    out.clear();
+
+    let body = expect_sasl(stream).await?;
+    let outcome = server.client_final(&body);
+    let (server_final, client_key) = match outcome {
+        Ok(x) if known => x,
+        Ok(_) | Err(GatewayError::AuthFailed) => {
+            shared.metrics.auth_failures.inc();
+            return Err(GatewayError::AuthFailed);
+        }
+        Err(e) => {
+            shared.metrics.auth_failures.inc();
+            return Err(e);
+        }
+    };
+    msg::auth_sasl_final(&mut out, server_final.as_bytes());
+    msg::auth_ok(&mut out);
+    stream.write_all(&out).await?;
+    let Some(role) = role else {
+        return Err(GatewayError::AuthFailed);
+    };
+    Ok(Authenticated {
+        db,
+        role,
+        role_text: user,
+        client_key,
+        verifier,
+    })
+}
+
+/// Read a `SASLInitialResponse`/`SASLResponse` (`p`).
+async fn expect_sasl(stream: &mut ClientStream) -> Result<Vec<u8>, GatewayError> {
+    let (tag, body) = read_message(stream, MAX_AUTH_MESSAGE).await?;
+    if tag != b'p' {
+        return Err(GatewayError::Protocol(format!(
+            "expected SASL response, got message type {}",
+            tag as char
+        )));
+    }
+    Ok(body)
+}
+
+async fn run_session(
+    shared: &Arc<Shared>,
+    stream: &mut ClientStream,
+    startup: &StartupMessage,
+    auth: Authenticated,
+) -> Result<(), GatewayError> {
+    let _session = shared.sessions.enter(&auth.db);
+    shared.sessions.wait_unfrozen(&auth.db).await;
+    let started = Instant::now();
+    let deadline = started + shared.config.wake_timeout;
+    let lease = match &shared.leases {
+        Some(keeper) => Some(
+            retry_until(
+                deadline,
+                &auth.db,
+                || keeper.hold(&auth.db),
+                |e: &CoreError| classify_core(e, &auth.db),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let conn = wake_and_connect(shared, &auth, startup, deadline).await;
+    let conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            return Err(e);
+        }
+    };
+    shared
+        .metrics
+        .wake_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let BackendConn {
+        stream: backend,
+        mut forward,
+        key,
+        ready_status,
+    } = conn;
+    let addr = backend.peer_addr()?;
+    let cancel_key =
+        key.map(|(pid, secret)| shared.cancels.register(CancelTarget { addr, pid, secret }));
+    let (pid, secret) = match &cancel_key {
+        Some(k) => (k.pid, k.secret),
+        // A compute that sent no key: hand out one that cancels nothing.
+        None => (rand::rng().random_range(1..i32::MAX), rand::rng().random()),
+    };
+    msg::backend_key_data(&mut forward, pid, secret);
+    msg::ready_for_query(&mut forward, ready_status);
+    stream.write_all(&forward).await?;
+    debug!(ms = started.elapsed().as_millis() as u64, "session ready");
+
+    shared.metrics.active_sessions.inc();
+    let ended = relay(stream, backend, shared.config.max_message_bytes).await;
+    shared.metrics.active_sessions.dec();
+    drop(cancel_key);
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    match ended {
+        Ok(RelayEnd::Client) | Ok(RelayEnd::Backend) => Ok(()),
+        Err(GatewayError::Io(e)) => {
+            debug!(error = %e, "session ended by a socket error");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Map a lease or wake error of the platform to what the client sees.
+fn classify_core(e: &CoreError, db: &DatabaseName) -> (bool, GatewayError) {
+    let retryable = e.is_retryable();
+    let err = match e {
+        CoreError::DatabaseNotFound(_) => GatewayError::UnknownDatabase(db.to_string()),
+        _ if retryable => GatewayError::WakeTimeout {
+            database: db.to_string(),
+            detail: e.to_string(),
+        },
+        _ => GatewayError::WakeFailed {
+            database: db.to_string(),
+            detail: e.to_string(),
+        },
+    };
+    (retryable, err)
+}
+
+/// Backoff between attempts: 25 ms doubling to 1 s, with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(25u64 << attempt.min(6)).min(Duration::from_secs(1));
+    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 4);
+    base + Duration::from_millis(jitter)
+}
+
+async fn retry_until<T, E, F, Fut>(
+    deadline: Instant,
+    db: &DatabaseName,
+    mut op: F,
+    classify: impl Fn(&E) -> (bool, GatewayError),
+) -> Result<T, GatewayError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let r = match tokio::time::timeout(remaining, op()).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(GatewayError::WakeTimeout {
+                    database: db.to_string(),
+                    detail: "deadline passed".into(),
+                })
+            }
+        };
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let (retryable, err) = classify(&e);
+                let pause = backoff(attempt);
+                if !retryable || Instant::now() + pause >= deadline {
+                    return Err(match err {
+                        GatewayError::BackendUnavailable(detail) if retryable => {
+                            GatewayError::WakeTimeout {
+                                database: db.to_string(),
+                                detail,
+                            }
+                        }
+                        other => other,
+                    });
+                }
+                debug!(error = %err, attempt, "retrying");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn wake_and_connect(
+    shared: &Arc<Shared>,
+    auth: &Authenticated,
+    startup: &StartupMessage,
+    deadline: Instant,
+) -> Result<BackendConn, GatewayError> {
+    let db = &auth.db;
+    retry_until(
+        deadline,
+        db,
+        || async {
+            let (leader, woken) = shared.wakes.wake(db).await;
+            if leader {
+                shared.metrics.wakes.inc();
+            }
+            let endpoint = woken.map_err(|f| {
+                if f.not_found {
+                    GatewayError::UnknownDatabase(db.to_string())
+                } else if f.retryable {
+                    GatewayError::BackendUnavailable(f.message)
+                } else {
+                    GatewayError::WakeFailed {
+                        database: db.to_string(),
+                        detail: f.message,
+                    }
+                }
+            })?;
+            let connect = backend::connect(
+                endpoint.addr,
+                auth.role.as_str(),
+                db.as_str(),
+                auth.client_key,
+                &auth.verifier,
+                &startup.params,
+            );
+            match tokio::time::timeout(shared.config.connect_timeout, connect).await {
+                Ok(r) => r,
+                Err(_) => Err(GatewayError::BackendUnavailable(format!(
+                    "no answer from {} within {:?}",
+                    endpoint.addr, shared.config.connect_timeout
+                ))),
+            }
+        },
+        |e: &GatewayError| {
+            let retryable = e.is_retryable();
+            let copy = match e {
+                GatewayError::UnknownDatabase(d) => GatewayError::UnknownDatabase(d.clone()),
+                GatewayError::TooManyConnections => GatewayError::TooManyConnections,
+                GatewayError::BackendRejected(m) => GatewayError::BackendRejected(m.clone()),
+                GatewayError::WakeFailed { database, detail } => GatewayError::WakeFailed {
+                    database: database.clone(),
+                    detail: detail.clone(),
+                },
+                other => GatewayError::BackendUnavailable(other.to_string()),
+            };
+            (retryable, copy)
+        },
+    )
+    .await
+}
