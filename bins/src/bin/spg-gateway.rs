@@ -1,0 +1,110 @@
+//! `spg-gateway`: the PostgreSQL entry point as its own daemon, talking to a control plane
+//! (`spg-controlplane` or `spg up`) over its HTTPS API for credentials, wakes and leases.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use spg::adapters::OverApi;
+use spg::tls::TlsMaterial;
+use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
+use spg_lifecycle_lib::api::ApiClient;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "spg-gateway", version, about = "SPG gateway daemon")]
+struct Args {
+    /// PostgreSQL entry point.
+    #[arg(long, env = "SPG_GATEWAY_LISTEN", default_value = "127.0.0.1:6432")]
+    listen: SocketAddr,
+    /// Control plane API URL.
+    #[arg(long, env = "SPG_API_URL")]
+    api_url: String,
+    /// Control plane API key.
+    #[arg(long, env = "SPG_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// CA certificate the API's certificate is checked against.
+    #[arg(long, env = "SPG_API_CA")]
+    api_ca: PathBuf,
+    /// Directory for a generated TLS certificate (when none is configured).
+    #[arg(long, env = "SPG_GATEWAY_DATA_DIR", default_value = "./.spg-gateway")]
+    data_dir: PathBuf,
+    /// TLS certificate (PEM); default: self-signed, generated.
+    #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert.
+    #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept plaintext (non-TLS) client connections.
+    #[arg(long, env = "SPG_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
+    /// Plain-HTTP Prometheus metrics.
+    #[arg(long, env = "SPG_METRICS_LISTEN", default_value = "127.0.0.1:9187")]
+    metrics_listen: SocketAddr,
+    /// How long a connection may wait for its database to wake.
+    #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
+    wake_timeout: Duration,
+    /// Client connections at once.
+    #[arg(long, env = "SPG_MAX_CLIENT_CONN", default_value_t = 10_000)]
+    max_client_conn: usize,
+    /// Largest client message accepted, in bytes.
+    #[arg(long, env = "SPG_MAX_MESSAGE_BYTES", default_value_t = 1 << 30)]
+    max_message_bytes: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    spg::init_logging();
+    let args = Args::parse();
+    let ca = std::fs::read(&args.api_ca)
+        .with_context(|| format!("reading {}", args.api_ca.display()))?;
+    let api = ApiClient::new(&args.api_url, &args.api_key, &ca)?;
+    let tls = TlsMaterial::load_or_generate(
+        &args.data_dir.join("tls"),
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        None,
+    )?;
+    let mut registry = Registry::default();
+    let metrics = GatewayMetrics::register(&mut registry);
+    let gateway = GatewayServer::new(
+        GatewayConfig {
+            tls: Some(tls.gateway()?),
+            allow_plaintext: args.allow_plaintext,
+            wake_timeout: args.wake_timeout,
+            max_client_conn: args.max_client_conn,
+            max_message_bytes: args.max_message_bytes,
+            lease_holder: format!("spg-gateway-{}@{}", std::process::id(), args.listen),
+            ..GatewayConfig::default()
+        },
+        GatewayDeps {
+            auth: Arc::new(OverApi(api.clone())),
+            waker: Arc::new(OverApi(api.clone())),
+            lease: Some(Arc::new(api)),
+        },
+        metrics,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("metrics cannot listen on {}", args.metrics_listen))?;
+    let stop = CancellationToken::new();
+    let metrics_task = tokio::spawn(spg_lifecycle_lib::api::http::serve_http(
+        metrics_listener,
+        spg::platform::metrics_router(Arc::new(registry)),
+        stop.clone(),
+    ));
+    let gw_stop = stop.clone();
+    let serve = tokio::spawn(async move { gateway.serve(listener, gw_stop).await });
+    spg::shutdown_signal().await;
+    stop.cancel();
+    let _ = serve.await;
+    let _ = metrics_task.await;
+    Ok(())
+}

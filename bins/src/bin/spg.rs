@@ -1,0 +1,358 @@
+//! `spg`: run the whole platform on this machine (`spg up`), and manage databases and roles
+//! through the control plane's API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use spg::envfile::EnvFile;
+use spg::platform::{Platform, PlatformConfig};
+use spg_core::{DatabaseName, RoleName};
+use spg_lifecycle_lib::api::ApiClient;
+use spg_lifecycle_lib::{LifecycleError, RoleSecret};
+
+#[derive(Parser)]
+#[command(name = "spg", version, about = "SPG: serverless PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole platform on this machine (control plane, gateway, local computes).
+    Up(UpArgs),
+    /// Manage databases.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Manage roles.
+    #[command(subcommand)]
+    Role(RoleCommand),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Where state, images, certificates and the env file live.
+    #[arg(long, env = "SPG_DATA_DIR", default_value = "./.spg")]
+    data_dir: PathBuf,
+    /// Stop a database's compute after this long without sessions (e.g. 3s, 5m).
+    #[arg(long, env = "SPG_IDLE_TIMEOUT", default_value = "5m", value_parser = spg::parse_duration)]
+    idle_timeout: Duration,
+    /// PostgreSQL entry point.
+    #[arg(long, env = "SPG_GATEWAY_LISTEN", default_value = "127.0.0.1:6432")]
+    gateway_listen: SocketAddr,
+    /// HTTPS API.
+    #[arg(long, env = "SPG_API_LISTEN", default_value = "127.0.0.1:9443")]
+    api_listen: SocketAddr,
+    /// Plain-HTTP Prometheus metrics (they are also on the API at /metrics).
+    #[arg(long, env = "SPG_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// PostgreSQL bin directory (default: pg_config --bindir, else the newest installed).
+    #[arg(long, env = "SPG_PG_BIN")]
+    pg_bin: Option<PathBuf>,
+    /// TLS certificate (PEM) for the gateway and the API; default: self-signed, generated.
+    #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert.
+    #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept plaintext (non-TLS) client connections.
+    #[arg(long, env = "SPG_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
+    /// How long a connection may wait for its database to wake.
+    #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
+    wake_timeout: Duration,
+}
+
+#[derive(Args, Clone)]
+struct ApiArgs {
+    /// API URL (default: from <data-dir>/env).
+    #[arg(long, env = "SPG_API_URL")]
+    api_url: Option<String>,
+    /// API key (default: from <data-dir>/env).
+    #[arg(long, env = "SPG_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// CA certificate to trust for the API (default: from <data-dir>/env).
+    #[arg(long, env = "SPG_API_CA")]
+    api_ca: Option<PathBuf>,
+    /// Data directory of a local `spg up`, whose env file supplies the defaults.
+    #[arg(long, env = "SPG_DATA_DIR", default_value = "./.spg")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Create a database.
+    Create {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List databases.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a database (state, generation, wakes, timings).
+    Show {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop a database's compute now.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Recent state transitions (of one database, or of all).
+    History {
+        name: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Create a login role (never a superuser). Prints a generated password unless one is given.
+    Create {
+        /// Database the role belongs to.
+        #[arg(long)]
+        db: String,
+        /// Role name.
+        name: String,
+        /// Password (default: generated and printed). Prefer SPG_ROLE_PASSWORD over the flag.
+        #[arg(long, env = "SPG_ROLE_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List a database's roles.
+    List {
+        #[arg(long)]
+        db: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up(args).await,
+            Command::Db(cmd) => db(cmd).await,
+            Command::Role(cmd) => role(cmd).await,
+        }
+    })
+}
+
+const DEFAULT_DB: &str = "appdb";
+const DEFAULT_ROLE: &str = "app";
+
+async fn up(args: UpArgs) -> Result<()> {
+    spg::init_logging();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::path::absolute(&args.data_dir)?;
+    let env_path = data_dir.join("env");
+    let existing = EnvFile::read(&env_path)?;
+    let mut cfg = PlatformConfig::new(&data_dir);
+    cfg.idle_timeout = args.idle_timeout;
+    cfg.gateway_listen = Some(args.gateway_listen);
+    cfg.api_listen = args.api_listen;
+    cfg.metrics_listen = args.metrics_listen;
+    cfg.pg_bin = args.pg_bin;
+    cfg.tls_cert = args.tls_cert;
+    cfg.tls_key = args.tls_key;
+    cfg.allow_plaintext = args.allow_plaintext;
+    cfg.wake_timeout = args.wake_timeout;
+    cfg.api_key = existing
+        .as_ref()
+        .and_then(|e| e.get("SPG_API_KEY"))
+        .map(String::from);
+    let platform = Platform::start(cfg).await?;
+
+    let password = match existing
+        .as_ref()
+        .and_then(|e| e.get("SPG_DSN"))
+        .and_then(dsn_password)
+    {
+        Some(pw) => Some(pw),
+        None => first_run(&platform).await?,
+    };
+    let mut env = existing.unwrap_or_default();
+    let dsn = platform
+        .dsn(
+            DEFAULT_ROLE,
+            password.as_deref().unwrap_or("PASSWORD"),
+            DEFAULT_DB,
+        )
+        .context("spg up runs a gateway")?;
+    env.0.insert("SPG_DSN".into(), dsn.clone());
+    env.0.insert("SPG_API_URL".into(), platform.api_url());
+    if let Some(k) = &platform.api_key {
+        env.0.insert("SPG_API_KEY".into(), k.clone());
+    }
+    env.0
+        .insert("SPG_API_CA".into(), platform.ca_file.display().to_string());
+    env.write(&env_path)?;
+
+    println!(
+        "SPG is up. Databases sleep after {} idle and wake on the next connection.",
+        humantime::format_duration(args.idle_timeout)
+    );
+    println!();
+    println!("  DSN      {dsn}");
+    println!("  API      {}", platform.api_url());
+    if let Some(k) = &platform.api_key {
+        println!("  API key  {k}");
+    }
+    println!("  CA       {}", platform.ca_file.display());
+    println!("  env      {}", env_path.display());
+    println!();
+    println!("Connect:  . {} && psql \"$SPG_DSN\"", env_path.display());
+    println!("Stop:     Ctrl-C");
+    spg::shutdown_signal().await;
+    platform.shutdown().await;
+    Ok(())
+}
+
+/// Create the default database and role; returns the role's password, or `None` if the role
+/// existed already (its password is not recoverable: only a verifier is stored).
+async fn first_run(platform: &Platform) -> Result<Option<String>> {
+    let cp = &platform.control_plane;
+    let db = DatabaseName::new(DEFAULT_DB)?;
+    match cp.create_database(db.clone()).await {
+        Ok(_) | Err(LifecycleError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let password = spg::random_secret(24);
+    match cp
+        .create_role(
+            &db,
+            RoleName::new(DEFAULT_ROLE)?,
+            RoleSecret::Password(password.clone()),
+        )
+        .await
+    {
+        Ok(_) => Ok(Some(password)),
+        Err(LifecycleError::AlreadyExists { .. }) => {
+            eprintln!(
+                "warning: role {DEFAULT_ROLE} exists but its password is not in the env file; \
+                 create another role with `spg role create --db {DEFAULT_DB} NAME`"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The password in `postgresql://user:password@...`.
+fn dsn_password(dsn: &str) -> Option<String> {
+    let rest = dsn.split_once("://")?.1;
+    let userinfo = rest.rsplit_once('@')?.0;
+    let (_, pw) = userinfo.split_once(':')?;
+    (!pw.is_empty() && pw != "PASSWORD").then(|| pw.to_string())
+}
+
+fn client(args: &ApiArgs) -> Result<ApiClient> {
+    let env = EnvFile::read(&args.data_dir.join("env"))?.unwrap_or_default();
+    let url = args
+        .api_url
+        .clone()
+        .or_else(|| env.get("SPG_API_URL").map(String::from))
+        .context("no API URL: pass --api-url, set SPG_API_URL, or run from where `spg up` wrote its env file")?;
+    let key = args
+        .api_key
+        .clone()
+        .or_else(|| env.get("SPG_API_KEY").map(String::from))
+        .context("no API key: pass --api-key or set SPG_API_KEY")?;
+    let ca = args
+        .api_ca
+        .clone()
+        .or_else(|| env.get("SPG_API_CA").map(PathBuf::from))
+        .context("no CA certificate for the API: pass --api-ca or set SPG_API_CA")?;
+    let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+    Ok(ApiClient::new(&url, &key, &pem)?)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn db(cmd: DbCommand) -> Result<()> {
+    match cmd {
+        DbCommand::Create { name, api } => print_json(&client(&api)?.create_database(&name).await?),
+        DbCommand::Show { name, api } => print_json(&client(&api)?.database(&name).await?),
+        DbCommand::Stop { name, api } => print_json(&client(&api)?.stop_database(&name).await?),
+        DbCommand::List { api } => {
+            let dbs = client(&api)?.databases().await?;
+            println!(
+                "{:<24} {:<9} {:>10} {:>6} {:>6}  STATE SINCE",
+                "NAME", "STATE", "GENERATION", "WAKES", "LEASES"
+            );
+            for d in dbs {
+                println!(
+                    "{:<24} {:<9} {:>10} {:>6} {:>6}  {}",
+                    d.name.as_str(),
+                    d.state.as_str(),
+                    d.generation.0,
+                    d.wake_count,
+                    d.leases,
+                    d.state_since
+                );
+            }
+            Ok(())
+        }
+        DbCommand::History { name, limit, api } => {
+            let ts = client(&api)?.transitions(name.as_deref(), limit).await?;
+            for t in ts.iter().rev() {
+                println!(
+                    "{}  {:<16} {:>9} -> {:<9} g{:<5} {}",
+                    t.at,
+                    t.database.as_str(),
+                    t.from.map(|s| s.as_str()).unwrap_or("-"),
+                    t.to.as_str(),
+                    t.generation.0,
+                    t.reason
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn role(cmd: RoleCommand) -> Result<()> {
+    match cmd {
+        RoleCommand::Create {
+            db,
+            name,
+            password,
+            api,
+        } => {
+            let generated = password.is_none();
+            let password = password.unwrap_or_else(|| spg::random_secret(24));
+            if password.is_empty() {
+                bail!("the password must not be empty");
+            }
+            let view = client(&api)?.create_role(&db, &name, &password).await?;
+            print_json(&view)?;
+            if generated {
+                println!("password: {password}");
+            }
+            Ok(())
+        }
+        RoleCommand::List { db, api } => print_json(&client(&api)?.roles(&db).await?),
+    }
+}

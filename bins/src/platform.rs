@@ -1,0 +1,306 @@
+//! The whole platform in one process: state store, page store, local provisioner, control plane,
+//! HTTPS API, gateway and metrics. `spg up` runs this; tests and benchmarks do too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prometheus_client::registry::Registry;
+use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
+use spg_lifecycle_lib::api::{self, ApiKey};
+use spg_lifecycle_lib::compute::AgentConfig;
+use spg_lifecycle_lib::metrics::ControlPlaneMetrics;
+use spg_lifecycle_lib::pg_bin::PgBinaries;
+use spg_lifecycle_lib::provisioner::LocalProvisioner;
+use spg_lifecycle_lib::store::{SqliteStateStore, StateStore};
+use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
+use spg_storage_lib::LocalDirPageStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::adapters::InProcess;
+use crate::tls::TlsMaterial;
+
+/// Key under which the API key's hash is stored.
+const API_KEY_META: &str = "api_key_sha256";
+
+/// Settings of an in-process platform.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Where everything is kept (state, images, run directories, TLS material, env file).
+    pub data_dir: PathBuf,
+    /// Stop computes after this long without a lease.
+    pub idle_timeout: Duration,
+    /// Gateway address (port 0: any free port); `None` runs no gateway (`spg-controlplane`).
+    pub gateway_listen: Option<SocketAddr>,
+    /// API address (port 0: any free port).
+    pub api_listen: SocketAddr,
+    /// Optional plain-HTTP `/metrics` address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// PostgreSQL `bin` directory (else located automatically).
+    pub pg_bin: Option<PathBuf>,
+    /// Configured TLS certificate (PEM); else a self-signed one is generated.
+    pub tls_cert: Option<PathBuf>,
+    /// Key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Accept plaintext client sessions.
+    pub allow_plaintext: bool,
+    /// Gateway's wake deadline.
+    pub wake_timeout: Duration,
+    /// Gateway's client connection limit.
+    pub max_client_conn: usize,
+    /// Gateway's bound on a client message body.
+    pub max_message_bytes: usize,
+    /// Use this API key (its hash replaces the stored one); else the stored one, or a new one.
+    pub api_key: Option<String>,
+    /// Lease lifetime between renewals.
+    pub lease_ttl: Duration,
+}
+
+impl PlatformConfig {
+    /// Defaults of `spg up` for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        PlatformConfig {
+            data_dir: data_dir.into(),
+            idle_timeout: Duration::from_secs(300),
+            gateway_listen: Some(([127, 0, 0, 1], 6432).into()),
+            api_listen: ([127, 0, 0, 1], 9443).into(),
+            metrics_listen: None,
+            pg_bin: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
+            wake_timeout: Duration::from_secs(30),
+            max_client_conn: 10_000,
+            max_message_bytes: 1 << 30,
+            api_key: None,
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running platform.
+pub struct Platform {
+    /// The control plane.
+    pub control_plane: ControlPlane,
+    /// The gateway, if this process runs one.
+    pub gateway: Option<GatewayServer>,
+    /// Where the gateway listens.
+    pub gateway_addr: Option<SocketAddr>,
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where plain-HTTP metrics are served, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The API key in plaintext, when this process knows it (given or newly generated).
+    pub api_key: Option<String>,
+    /// CA certificate file clients should trust.
+    pub ca_file: PathBuf,
+    gateway_stop: CancellationToken,
+    servers_stop: CancellationToken,
+    gateway_task: Option<JoinHandle<()>>,
+    server_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Platform {
+    /// Start everything.
+    pub async fn start(cfg: PlatformConfig) -> Result<Platform> {
+        let data_dir = std::path::absolute(&cfg.data_dir)?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let tls = TlsMaterial::load_or_generate(
+            &data_dir.join("tls"),
+            cfg.tls_cert.as_deref(),
+            cfg.tls_key.as_deref(),
+            None,
+        )?;
+
+        let store = Arc::new(SqliteStateStore::open(&data_dir.join("state.db"))?);
+        let api_key = match &cfg.api_key {
+            Some(k) => {
+                store
+                    .set_meta(API_KEY_META, &ApiKey::new(k).hash_hex())
+                    .await?;
+                Some(k.clone())
+            }
+            None => match store.meta(API_KEY_META).await? {
+                Some(_) => None,
+                None => {
+                    let k = format!("spg_{}", crate::random_secret(40));
+                    store
+                        .set_meta(API_KEY_META, &ApiKey::new(&k).hash_hex())
+                        .await?;
+                    Some(k)
+                }
+            },
+        };
+        let key_hash = store
+            .meta(API_KEY_META)
+            .await?
+            .and_then(|h| ApiKey::from_hash_hex(&h))
+            .context("stored API key hash is corrupt")?;
+
+        let mut registry = Registry::default();
+        let cp_metrics = ControlPlaneMetrics::register(&mut registry);
+        let gw_metrics = GatewayMetrics::register(&mut registry);
+
+        let bins = PgBinaries::locate(cfg.pg_bin.as_deref())?;
+        info!(bindir = %bins.bindir().display(), major = bins.major(), "PostgreSQL binaries");
+        let pages = LocalDirPageStore::new(data_dir.join("pages"));
+        let agent = AgentConfig::new(data_dir.join("run"), bins)?;
+        let provisioner = LocalProvisioner::new(agent, Arc::new(pages))?;
+        let cp_config = ControlPlaneConfig {
+            idle_timeout: cfg.idle_timeout,
+            lease_ttl: cfg.lease_ttl,
+            ..ControlPlaneConfig::default()
+        };
+        let control_plane =
+            ControlPlane::start(cp_config, store, Arc::new(provisioner), cp_metrics).await?;
+
+        let gateway = cfg
+            .gateway_listen
+            .is_some()
+            .then(|| -> Result<GatewayServer> {
+                Ok(GatewayServer::new(
+                    GatewayConfig {
+                        tls: Some(tls.gateway()?),
+                        allow_plaintext: cfg.allow_plaintext,
+                        wake_timeout: cfg.wake_timeout,
+                        max_client_conn: cfg.max_client_conn,
+                        max_message_bytes: cfg.max_message_bytes,
+                        lease_holder: format!("spg-up-{}", std::process::id()),
+                        ..GatewayConfig::default()
+                    },
+                    GatewayDeps {
+                        auth: Arc::new(InProcess(control_plane.clone())),
+                        waker: Arc::new(InProcess(control_plane.clone())),
+                        lease: Some(Arc::new(control_plane.clone())),
+                    },
+                    gw_metrics,
+                ))
+            })
+            .transpose()?;
+
+        let registry = Arc::new(registry);
+        let gateway_listener = match cfg.gateway_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("gateway cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
+        let api_listener = TcpListener::bind(cfg.api_listen)
+            .await
+            .with_context(|| format!("API cannot listen on {}", cfg.api_listen))?;
+        let gateway_addr = gateway_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let api_addr = api_listener.local_addr()?;
+
+        let gateway_stop = CancellationToken::new();
+        let servers_stop = CancellationToken::new();
+        let gateway_task = match (&gateway, gateway_listener) {
+            (Some(gw), Some(listener)) => {
+                let gw = gw.clone();
+                let stop = gateway_stop.clone();
+                Some(tokio::spawn(async move { gw.serve(listener, stop).await }))
+            }
+            _ => None,
+        };
+        let mut server_tasks = Vec::new();
+        let router = api::router(control_plane.clone(), key_hash, Arc::clone(&registry));
+        server_tasks.push(tokio::spawn(api::http::serve_https(
+            api_listener,
+            tls.https()?,
+            router,
+            servers_stop.clone(),
+        )));
+        let mut metrics_addr = None;
+        if let Some(addr) = cfg.metrics_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics cannot listen on {addr}"))?;
+            metrics_addr = Some(l.local_addr()?);
+            server_tasks.push(tokio::spawn(api::http::serve_http(
+                l,
+                metrics_router(registry),
+                servers_stop.clone(),
+            )));
+        }
+        info!(gateway_addr = ?gateway_addr, %api_addr, "platform up");
+        Ok(Platform {
+            control_plane,
+            gateway,
+            gateway_addr,
+            api_addr,
+            metrics_addr,
+            api_key,
+            ca_file: tls.ca_file,
+            gateway_stop,
+            servers_stop,
+            gateway_task,
+            server_tasks,
+        })
+    }
+
+    /// `https://host:port` of the API.
+    pub fn api_url(&self) -> String {
+        format!("https://{}", client_host(self.api_addr))
+    }
+
+    /// The DSN of `role`/`password` on database `db` through this process's gateway.
+    pub fn dsn(&self, role: &str, password: &str, db: &str) -> Option<String> {
+        let gw = self.gateway_addr?;
+        Some(format!(
+            "postgresql://{role}:{password}@{}/{db}?sslmode=require",
+            client_host(gw)
+        ))
+    }
+
+    /// Stop: the gateway stops accepting, every compute is shut down (which ends the sessions),
+    /// the gateway drains, the API stops. No `postgres` process is left.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.gateway_stop.cancel();
+        self.control_plane.shutdown().await;
+        if let Some(t) = self.gateway_task {
+            let _ = t.await;
+        }
+        self.servers_stop.cancel();
+        for t in self.server_tasks {
+            let _ = t.await;
+        }
+        info!("shut down");
+    }
+}
+
+/// `host:port` a local client should use for a listen address (unspecified → loopback).
+pub fn client_host(addr: SocketAddr) -> String {
+    let ip = addr.ip();
+    let ip = if ip.is_unspecified() {
+        if ip.is_ipv4() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        }
+    } else {
+        ip
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+/// A router serving only `/metrics`.
+pub fn metrics_router(registry: Arc<Registry>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let r = Arc::clone(&registry);
+            async move { api::server::render_metrics(&r) }
+        }),
+    )
+}

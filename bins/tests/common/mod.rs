@@ -1,0 +1,278 @@
+//! Shared harness of the end-to-end tests: a platform on OS-chosen loopback ports in a temporary
+//! directory, real clients (psql, tokio-postgres over rustls), and process guards.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spg::platform::{Platform, PlatformConfig};
+use spg_core::{ComputeState, DatabaseName, RoleName};
+use spg_lifecycle_lib::{DatabaseStatus, RoleSecret};
+
+pub const DB: &str = "appdb";
+pub const ROLE: &str = "app";
+pub const PASSWORD: &str = "s3cret-Pa55";
+pub const API_KEY: &str = "spg_test_key_0123456789";
+
+/// A temporary directory the compute user can reach.
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("spg-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+pub struct TestPlatform {
+    pub dir: tempfile::TempDir,
+    pub platform: Option<Platform>,
+    pub dsn: String,
+}
+
+impl TestPlatform {
+    pub async fn start(idle: Duration) -> TestPlatform {
+        Self::start_with(idle, |_| {}).await
+    }
+
+    pub async fn start_with(
+        idle: Duration,
+        tweak: impl FnOnce(&mut PlatformConfig),
+    ) -> TestPlatform {
+        let dir = reachable_tempdir();
+        let mut cfg = PlatformConfig::new(dir.path().join("data"));
+        cfg.idle_timeout = idle;
+        cfg.gateway_listen = Some(([127, 0, 0, 1], 0).into());
+        cfg.api_listen = ([127, 0, 0, 1], 0).into();
+        cfg.api_key = Some(API_KEY.into());
+        cfg.lease_ttl = Duration::from_secs(5);
+        tweak(&mut cfg);
+        let platform = Platform::start(cfg).await.unwrap();
+        let db = DatabaseName::new(DB).unwrap();
+        platform
+            .control_plane
+            .create_database(db.clone())
+            .await
+            .unwrap();
+        platform
+            .control_plane
+            .create_role(
+                &db,
+                RoleName::new(ROLE).unwrap(),
+                RoleSecret::Password(PASSWORD.into()),
+            )
+            .await
+            .unwrap();
+        let dsn = platform.dsn(ROLE, PASSWORD, DB).unwrap();
+        TestPlatform {
+            dir,
+            platform: Some(platform),
+            dsn,
+        }
+    }
+
+    pub fn p(&self) -> &Platform {
+        self.platform.as_ref().unwrap()
+    }
+
+    pub fn gateway_port(&self) -> u16 {
+        self.p().gateway_addr.unwrap().port()
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.p().ca_file.clone()
+    }
+
+    pub async fn status(&self) -> DatabaseStatus {
+        self.p()
+            .control_plane
+            .database(&DatabaseName::new(DB).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Wait until the database is in `state` (panics after `timeout`).
+    pub async fn wait_state(&self, state: ComputeState, timeout: Duration) -> DatabaseStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status().await;
+            if st.record.state == state {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "database stayed {} instead of becoming {state}",
+                st.record.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A DSN for other credentials or options on the same gateway.
+    pub fn dsn_with(&self, user: &str, password: &str, db: &str, params: &str) -> String {
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{db}?{params}",
+            self.gateway_port()
+        )
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(p) = self.platform.take() {
+            p.shutdown().await;
+        }
+        assert_eq!(
+            postgres_processes_under(self.dir.path()),
+            Vec::<i32>::new(),
+            "postgres processes left behind"
+        );
+    }
+}
+
+/// Path of psql.
+pub fn psql_bin() -> PathBuf {
+    if let Ok(p) = which("psql") {
+        return p;
+    }
+    let bins = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None).unwrap();
+    bins.exe("psql")
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
+
+/// Run psql on `dsn` with `-c sql`; returns the output. `PGCONNECT_TIMEOUT` bounds the connect.
+pub fn psql(dsn: &str, sql: &str) -> Output {
+    Command::new(psql_bin())
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            dsn,
+            "-c",
+            sql,
+        ])
+        .env("PGCONNECT_TIMEOUT", "30")
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap()
+}
+
+pub fn psql_ok(dsn: &str, sql: &str) -> String {
+    let out = psql(dsn, sql);
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A rustls client configuration trusting `ca_file`.
+pub fn client_tls(ca_file: &Path, alpn: Option<&[u8]>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    if let Some(a) = alpn {
+        c.alpn_protocols = vec![a.to_vec()];
+    }
+    c
+}
+
+/// Connect with tokio-postgres over rustls (sslmode=require, certificate verified).
+pub async fn tokio_pg(
+    t: &TestPlatform,
+    dsn: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(&t.ca_file(), None));
+    let (client, conn) = tokio_postgres::connect(dsn, tls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+pub fn tls_maker(t: &TestPlatform) -> tokio_postgres_rustls::MakeRustlsConnect {
+    tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(&t.ca_file(), None))
+}
+
+/// Pids of postgres processes whose command line mentions a path under `dir`.
+pub fn postgres_processes_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let is_pg = cmdline
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|a| a.ends_with(b"postgres"));
+        if is_pg && cmdline.windows(needle.len()).any(|w| w == needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills a child process (and postgres processes under a directory) when dropped, so a failing
+/// test leaves nothing behind.
+pub struct ChildGuard {
+    pub child: Option<std::process::Child>,
+    pub dir: PathBuf,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in postgres_processes_under(&self.dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A free loopback port chosen by the OS.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
