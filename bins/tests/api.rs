@@ -1,0 +1,402 @@
+//! The control plane's HTTPS API and the Prometheus metrics, over real TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn http(t: &TestPlatform) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(t.ca_file()).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requires_its_key_and_manages_databases_and_roles() {
+    let t = TestPlatform::start(Duration::from_secs(300)).await;
+    let c = http(&t);
+    let url = |p: &str| format!("{}{p}", t.p().api_url());
+
+    // No key, wrong key, a database password as key: 401.
+    for auth in [None, Some("wrong"), Some(PASSWORD)] {
+        let mut r = c.get(url("/v1/databases"));
+        if let Some(a) = auth {
+            r = r.bearer_auth(a);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    // Health is open.
+    assert_eq!(c.get(url("/healthz")).send().await.unwrap().status(), 200);
+
+    // Create, duplicate, invalid.
+    let r = c
+        .post(url("/v1/databases"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "shop"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["state"], "stopped");
+    assert_eq!(created["generation"], 0);
+    let r = c
+        .post(url("/v1/databases"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "shop"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    for bad in [
+        json!({"name": "Shop"}),
+        json!({"name": "postgres"}),
+        json!({"nom": "x"}),
+    ] {
+        let r = c
+            .post(url("/v1/databases"))
+            .bearer_auth(API_KEY)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = c
+        .post(url("/v1/databases"))
+        .bearer_auth(API_KEY)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Roles: password or verifier, never both; never stored in plaintext.
+    let pw = "correct horse battery staple";
+    let r = c
+        .post(url("/v1/databases/shop/roles"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "web", "password": pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let role: Value = r.json().await.unwrap();
+    assert_eq!(role["name"], "web");
+    assert!(!role.to_string().contains(pw));
+    let r = c
+        .post(url("/v1/databases/shop/roles"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "web", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = c
+        .post(url("/v1/databases/shop/roles"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "x", "password": "a", "scram_verifier": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(url("/v1/databases/shop/roles"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "spg_admin", "password": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "reserved role names are refused");
+    let r = c
+        .post(url("/v1/databases/nosuch/roles"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "a", "password": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let roles: Value = c
+        .get(url("/v1/databases/shop/roles"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(roles.as_array().unwrap().len(), 1);
+    let v: Value = c
+        .get(url("/v1/databases/shop/roles/web/verifier"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["scram_verifier"]
+        .as_str()
+        .unwrap()
+        .starts_with("SCRAM-SHA-256$4096:"));
+    assert_eq!(
+        c.get(url("/v1/databases/shop/roles/ghost/verifier"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let state = std::fs::read(t.dir.path().join("data/state.db")).unwrap();
+    assert!(
+        !state.windows(pw.len()).any(|w| w == pw.as_bytes()),
+        "plaintext password in the state store"
+    );
+    assert!(
+        !state
+            .windows(API_KEY.len())
+            .any(|w| w == API_KEY.as_bytes()),
+        "plaintext API key in the state store"
+    );
+
+    // The new role logs in through the gateway, which wakes the database.
+    let dsn = t.dsn_with(
+        "web",
+        "correct%20horse%20battery%20staple",
+        "shop",
+        "sslmode=require",
+    );
+    let out = tokio::task::spawn_blocking(move || psql_ok(&dsn, "SELECT current_user"))
+        .await
+        .unwrap();
+    assert_eq!(out, "web");
+
+    // Show: state, generation, transition times, wake count, boot timings.
+    let shop: Value = c
+        .get(url("/v1/databases/shop"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shop["name"], "shop");
+    assert_eq!(shop["state"], "ready");
+    assert_eq!(shop["target_scale"], 1);
+    assert_eq!(shop["generation"], 1);
+    assert_eq!(shop["wake_count"], 1);
+    assert!(shop["state_since"].as_str().unwrap().ends_with('Z'));
+    assert!(shop["last_started_at"].is_string());
+    let steps: Vec<&str> = shop["last_boot"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["checkout", "initdb", "configure", "start", "roles", "total"]
+    );
+
+    // Stop; list; transitions.
+    let stopped: Value = c
+        .post(url("/v1/databases/shop/stop"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped["target_scale"], 0);
+    assert!(stopped["last_stopped_at"].is_string());
+    let all: Value = c
+        .get(url("/v1/databases"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["appdb", "shop"]);
+    let ts: Value = c
+        .get(url("/v1/databases/shop/transitions?limit=10"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seq: Vec<String> = ts
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|t| {
+            format!(
+                "{}:{}",
+                t["to"].as_str().unwrap(),
+                t["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "stopped:created",
+            "booting:wake",
+            "ready:compute ready",
+            "stopping:api",
+            "stopped:api"
+        ]
+    );
+    assert_eq!(
+        c.get(url("/v1/databases/nosuch"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let all_ts: Value = c
+        .get(url("/v1/transitions?limit=3"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all_ts.as_array().unwrap().len(), 3);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_over_the_api_keep_a_database_awake() {
+    let t = TestPlatform::start(Duration::from_millis(800)).await;
+    let c = http(&t);
+    let url = |p: &str| format!("{}{p}", t.p().api_url());
+    let grant: Value = c
+        .post(url("/v1/databases/appdb/leases"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"holder": "test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = grant["id"].as_str().unwrap().to_string();
+    assert_eq!(grant["ttl"], 5000);
+    let woken: Value = c
+        .post(url("/v1/databases/appdb/wake"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(woken["generation"], 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(t.status().await.record.state, spg_core::ComputeState::Ready);
+    assert_eq!(
+        c.post(url(&format!("/v1/leases/{id}/renew")))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.delete(url(&format!("/v1/leases/{id}")))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        c.post(url(&format!("/v1/leases/{id}/renew")))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    t.wait_state(spg_core::ComputeState::Stopped, Duration::from_secs(20))
+        .await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_wakes_sessions_and_auth_failures() {
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| {
+        c.metrics_listen = Some(([127, 0, 0, 1], 0).into())
+    })
+    .await;
+    let bad = t.dsn_with(ROLE, "nope", DB, "sslmode=require");
+    assert!(tokio_pg(&t, &bad).await.is_err());
+    let client = tokio_pg(&t, &t.dsn).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+
+    let plain = reqwest::get(format!("http://{}/metrics", t.p().metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let via_api = http(&t)
+        .get(format!("{}/metrics", t.p().api_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for text in [&plain, &via_api] {
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+        };
+        assert_eq!(value("spg_gateway_auth_failures_total"), 1.0);
+        assert_eq!(value("spg_gateway_active_sessions"), 1.0);
+        assert_eq!(value("spg_gateway_wakes_total"), 1.0);
+        assert_eq!(value("spg_gateway_wake_seconds_count"), 1.0);
+        assert_eq!(value("spg_controlplane_wakes_total"), 1.0);
+        assert_eq!(value("spg_controlplane_boot_seconds_count"), 1.0);
+        assert!(text.contains("spg_controlplane_step_seconds_count{op=\"boot\",step=\"start\"} 1"));
+        assert!(text.contains("spg_controlplane_databases{state=\"ready\"} 1"));
+        assert!(text.contains("spg_controlplane_leases 1"));
+    }
+    drop(client);
+    t.shutdown().await;
+}

@@ -1,0 +1,309 @@
+//! The binaries as a user runs them: `spg up`, the `spg` client commands, and the standalone
+//! `spg-controlplane` + `spg-gateway` daemons.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use spg::envfile::EnvFile;
+
+const SPG: &str = env!("CARGO_BIN_EXE_spg");
+const SPG_GATEWAY: &str = env!("CARGO_BIN_EXE_spg-gateway");
+const SPG_CONTROLPLANE: &str = env!("CARGO_BIN_EXE_spg-controlplane");
+
+fn wait_for_env(path: &Path, key: &str, guard: &mut ChildGuard) -> EnvFile {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(env)) = EnvFile::read(path) {
+            if env.get(key).is_some() {
+                return env;
+            }
+        }
+        if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("process exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never got {key}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Wait until something accepts connections on `port`.
+fn wait_listening(port: u16, guard: &mut ChildGuard) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("process exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spg_up(data: &Path, gw: u16, api: u16) -> ChildGuard {
+    let child = Command::new(SPG)
+        .args(["up", "--data-dir"])
+        .arg(data)
+        .args(["--idle-timeout", "2s"])
+        .args(["--gateway-listen", &format!("127.0.0.1:{gw}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .env("SPG_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    ChildGuard {
+        child: Some(child),
+        dir: data.to_path_buf(),
+    }
+}
+
+/// Signal the process and wait for it to exit successfully.
+fn stop(mut guard: ChildGuard, sig: Signal) -> String {
+    kill(Pid::from_raw(guard.pid()), sig).unwrap();
+    let mut child = guard.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit after {sig}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exited with {status}");
+    let mut out = String::new();
+    if let Some(mut so) = child.stdout.take() {
+        use std::io::Read;
+        let _ = so.read_to_string(&mut out);
+    }
+    out
+}
+
+fn spg_cli(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(SPG)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("SPG_API_URL")
+        .env_remove("SPG_API_KEY")
+        .env_remove("SPG_API_CA")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "spg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn spg_up_serves_a_dsn_keeps_it_across_restarts_and_leaves_no_postgres() {
+    let tmp = reachable_tempdir();
+    let data = tmp.path().join("spgdata");
+    let (gw, api) = (free_port(), free_port());
+
+    let mut up = spg_up(&data, gw, api);
+    let env = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
+    wait_listening(gw, &mut up);
+    let dsn = env.get("SPG_DSN").unwrap().to_string();
+    assert!(dsn.starts_with("postgresql://app:"), "{dsn}");
+    assert!(
+        dsn.ends_with(&format!("@127.0.0.1:{gw}/appdb?sslmode=require")),
+        "{dsn}"
+    );
+    assert_eq!(
+        env.get("SPG_API_URL"),
+        Some(format!("https://127.0.0.1:{api}").as_str())
+    );
+    assert!(env.get("SPG_API_KEY").unwrap().starts_with("spg_"));
+    assert!(Path::new(env.get("SPG_API_CA").unwrap()).is_file());
+
+    psql_ok(
+        &dsn,
+        "CREATE TABLE notes (t text); INSERT INTO notes VALUES ('kept')",
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&spg_cli(&data, &["db", "show", "appdb"])).unwrap();
+    assert_eq!(shown["state"], "ready");
+    let created = spg_cli(&data, &["role", "create", "--db", "appdb", "reporter"]);
+    let pw = created
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("generated password printed");
+    let reporter = format!("postgresql://reporter:{pw}@127.0.0.1:{gw}/appdb?sslmode=require");
+    assert_eq!(psql_ok(&reporter, "SELECT current_user"), "reporter");
+    spg_cli(&data, &["db", "create", "other"]);
+    let list = spg_cli(&data, &["db", "list"]);
+    assert!(list.contains("appdb") && list.contains("other"), "{list}");
+    let history = spg_cli(&data, &["db", "history", "appdb"]);
+    assert!(history.contains("booting -> ready"), "{history}");
+
+    let out = stop(up, Signal::SIGTERM);
+    assert!(out.contains(&dsn), "spg up prints the DSN:\n{out}");
+    assert!(
+        out.contains(env.get("SPG_API_KEY").unwrap()),
+        "spg up prints the API key"
+    );
+    assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
+
+    // Second run: same env, same DSN, same data.
+    let mut up = spg_up(&data, gw, api);
+    wait_listening(gw, &mut up);
+    wait_listening(api, &mut up);
+    let env2 = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
+    assert_eq!(env2, env, "a later run reuses DSN and API key");
+    assert_eq!(psql_ok(&dsn, "SELECT t FROM notes"), "kept");
+    stop(up, Signal::SIGINT);
+    assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
+}
+
+#[test]
+fn spg_up_recovers_after_being_killed() {
+    let tmp = reachable_tempdir();
+    let data = tmp.path().join("spgdata");
+    let (gw, api) = (free_port(), free_port());
+    let mut up = spg_up(&data, gw, api);
+    let env = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
+    let dsn = env.get("SPG_DSN").unwrap().to_string();
+    psql_ok(&dsn, "CREATE TABLE t (v int); INSERT INTO t VALUES (7)");
+    // kill -9: the compute is orphaned.
+    let mut child = up.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!postgres_processes_under(tmp.path()).is_empty());
+    // The next start stops the leftover compute and serves again, with the data.
+    let up = spg_up(&data, gw, api);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let out = psql(&dsn, "SELECT v FROM t");
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(v.trim(), "7");
+    stop(up, Signal::SIGTERM);
+    assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
+}
+
+#[test]
+fn gateway_and_control_plane_run_as_separate_daemons() {
+    let tmp = reachable_tempdir();
+    let cp_data = tmp.path().join("cp");
+    let (api, gw, metrics) = (free_port(), free_port(), free_port());
+    let child = Command::new(SPG_CONTROLPLANE)
+        .arg("--data-dir")
+        .arg(&cp_data)
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--idle-timeout", "2s", "--lease-ttl", "3s"])
+        .env("SPG_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut cp = ChildGuard {
+        child: Some(child),
+        dir: tmp.path().to_path_buf(),
+    };
+    let env = wait_for_env(&cp_data.join("env"), "SPG_API_KEY", &mut cp);
+
+    spg_cli(&cp_data, &["db", "create", "shop"]);
+    spg_cli(
+        &cp_data,
+        &[
+            "role",
+            "create",
+            "--db",
+            "shop",
+            "clerk",
+            "--password",
+            "pw-clerk",
+        ],
+    );
+
+    let child = Command::new(SPG_GATEWAY)
+        .args(["--listen", &format!("127.0.0.1:{gw}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .arg("--data-dir")
+        .arg(tmp.path().join("gw"))
+        .env("SPG_API_URL", env.get("SPG_API_URL").unwrap())
+        .env("SPG_API_KEY", env.get("SPG_API_KEY").unwrap())
+        .env("SPG_API_CA", env.get("SPG_API_CA").unwrap())
+        .env("SPG_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let gateway = ChildGuard {
+        child: Some(child),
+        dir: tmp.path().to_path_buf(),
+    };
+    let dsn = format!("postgresql://clerk:pw-clerk@127.0.0.1:{gw}/shop?sslmode=require");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = psql(&dsn, "SELECT current_user");
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "clerk");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bad = format!("postgresql://clerk:nope@127.0.0.1:{gw}/shop?sslmode=require");
+    let out = psql(&bad, "SELECT 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+
+    // The database idles out once the gateway's lease is released.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&spg_cli(&cp_data, &["db", "show", "shop"])).unwrap();
+        if shown["state"] == "stopped" {
+            assert_eq!(shown["wake_count"], 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "database did not idle out: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = http_get(metrics, "/metrics");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(text.contains("spg_gateway_auth_failures_total 1"), "{text}");
+    assert!(text.contains("spg_gateway_wakes_total 1"), "{text}");
+    stop(gateway, Signal::SIGTERM);
+    stop(cp, Signal::SIGTERM);
+    assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
+}
