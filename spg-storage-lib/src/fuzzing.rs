@@ -8,3 +8,9 @@ pub fn pg_control(data: &[u8]) {
         assert!((900..10_000).contains(&c.pg_control_version));
     }
 }
+
+/// A fuzz entry point.
+pub type FuzzTarget = fn(&[u8]);
+
+/// The fuzz targets of this crate, by name (for the corpus tests).
+pub const TARGETS: &[(&str, FuzzTarget)] = &[("pg_control", pg_control)];

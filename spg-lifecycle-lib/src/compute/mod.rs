@@ -464,12 +464,17 @@ async fn sync_roles(socket_dir: &Path, port: u16, spec: &ComputeSpec) -> Result<
     Ok(())
 }
 
+/// Create `dir` with mode 0700; missing parents get the default mode so that the compute user
+/// can reach it.
 fn create_private_dir(dir: &Path) -> Result<(), LifecycleError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| LifecycleError::io("create dir", dir, e))
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| LifecycleError::io("create dir", parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(LifecycleError::io("create dir", dir, e)),
+    }
 }
 
 /// Write a file the compute user owns.

@@ -288,7 +288,16 @@ pub fn log_tail(path: &Path, max: u64) -> String {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_string()
+    // Start at a line boundary unless the whole file fit.
+    let start = if len > max {
+        buf.iter()
+            .position(|b| *b == b'\n')
+            .map(|p| p + 1)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    String::from_utf8_lossy(&buf[start..]).trim().to_string()
 }
 
 /// A free TCP port on 127.0.0.1, chosen by the OS.
@@ -310,7 +319,7 @@ pub fn is_postgres_on(pid: i32, data_dir: &Path) -> bool {
         .first()
         .is_some_and(|a| a.ends_with(b"postgres") || a.ends_with(b"postmaster"));
     let dir = data_dir.as_os_str().as_encoded_bytes();
-    is_postgres && args.iter().any(|a| *a == dir)
+    is_postgres && args.contains(&dir)
 }
 
 #[cfg(test)]

@@ -1,0 +1,23 @@
+//! Helpers shared by the examples in this directory:
+//!
+//! - `wake_on_connect`: embed `spg-gateway-lib` with your own credentials and your own
+//!   [`spg_gateway_lib::Waker`] — here one that starts a PostgreSQL compute with SPG's compute
+//!   agent on the first connection.
+//! - `api_client`: run the platform in-process and drive it through the HTTPS API client.
+//!
+//! Run one with `cargo run -p spg-examples --example wake_on_connect`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+/// A fresh scratch directory under the system temporary directory that the compute user (the
+/// `postgres` user when running as root) can reach.
+pub fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("spg-example-{name}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
