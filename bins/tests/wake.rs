@@ -198,3 +198,62 @@ async fn tenants_are_not_superusers_and_channel_binding_works() {
     assert_eq!(out, ROLE);
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_past_the_deadline_is_57p03_with_a_hint_and_a_retry_succeeds() {
+    // The first start runs initdb, which takes far longer than 50 ms.
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| {
+        c.wake_timeout = Duration::from_millis(50)
+    })
+    .await;
+    let e = tokio_pg(&t, &t.dsn).await.unwrap_err();
+    let db = e.as_db_error().expect("a PostgreSQL error");
+    assert_eq!(db.code().code(), "57P03");
+    assert!(
+        db.message().contains("could not be woken in time"),
+        "{}",
+        db.message()
+    );
+    assert!(db.hint().unwrap_or("").contains("Retry"), "{:?}", db.hint());
+    // The start went on in the background; the retry connects.
+    t.wait_state(ComputeState::Ready, Duration::from_secs(60))
+        .await;
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_databases_make_new_sessions_wait_not_fail() {
+    use spg_core::Gateway;
+    let t = TestPlatform::start(Duration::from_secs(300)).await;
+    let gw = t.p().gateway.clone().unwrap();
+    let db = spg_core::DatabaseName::new(DB).unwrap();
+    let first = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(gw.sessions(&db).sessions, 1);
+    gw.set_frozen(&db, true);
+    let dsn = t.dsn.clone();
+    let tls = tls_maker(&t);
+    let waiting = tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&dsn, tls).await?;
+        tokio::spawn(conn);
+        c.simple_query("SELECT 1").await?;
+        Ok::<_, tokio_postgres::Error>(())
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a frozen database must hold new sessions back"
+    );
+    assert!(gw.sessions(&db).frozen);
+    // Work already running continues.
+    first.simple_query("SELECT 1").await.unwrap();
+    gw.set_frozen(&db, false);
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(first);
+    t.shutdown().await;
+}

@@ -72,9 +72,10 @@ pub async fn connect(
                 .await
                 .map_err(|e| match e {
                     GatewayError::Io(e) => unavailable(e),
-                    GatewayError::Protocol(m) if m.contains("closed") => {
-                        GatewayError::BackendUnavailable(m)
-                    }
+                    // The compute went away during startup (shutting down, crashed): try again.
+                    GatewayError::Truncated(what) => GatewayError::BackendUnavailable(format!(
+                        "compute closed the connection in {what}"
+                    )),
                     other => other,
                 })?;
         match tag {

@@ -13,6 +13,9 @@ pub enum GatewayError {
     /// The client broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer closed the connection in the middle of a message.
+    #[error("connection closed in the middle of {0}")]
+    Truncated(&'static str),
     /// A message longer than the configured bound.
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge {
@@ -74,7 +77,9 @@ impl GatewayError {
     pub fn sqlstate(&self) -> Option<&'static str> {
         Some(match self {
             GatewayError::Io(_) | GatewayError::Tls(_) => return None,
-            GatewayError::Protocol(_) | GatewayError::MessageTooLarge { .. } => "08P01",
+            GatewayError::Protocol(_)
+            | GatewayError::Truncated(_)
+            | GatewayError::MessageTooLarge { .. } => "08P01",
             GatewayError::Unsupported(_) => "0A000",
             GatewayError::TlsRequired => "28000",
             GatewayError::UnknownDatabase(_) => "3D000",
@@ -92,9 +97,9 @@ impl GatewayError {
     pub fn client_message(&self, user: &str, database: &str) -> (String, Option<&'static str>) {
         match self {
             GatewayError::Protocol(m) => (m.clone(), None),
-            GatewayError::MessageTooLarge { .. } | GatewayError::Unsupported(_) => {
-                (self.to_string(), None)
-            }
+            GatewayError::Truncated(_)
+            | GatewayError::MessageTooLarge { .. }
+            | GatewayError::Unsupported(_) => (self.to_string(), None),
             GatewayError::TlsRequired => (
                 "connection requires TLS".into(),
                 Some("Connect with sslmode=require (or stronger)."),

@@ -93,9 +93,7 @@ async fn report(
     match e {
         GatewayError::Io(_) | GatewayError::Tls(_) => debug!(error = %e, "connection failed"),
         GatewayError::AuthFailed => info!(%user, %db, "authentication failed"),
-        GatewayError::Protocol(m) if m.contains("connection closed") => {
-            debug!(error = %e, "client went away")
-        }
+        GatewayError::Truncated(_) => debug!(error = %e, "client went away"),
         _ => warn!(error = %e, "connection refused"),
     }
     let (Some(mut stream), Some(code)) = (stream, e.sqlstate()) else {
@@ -347,7 +345,7 @@ async fn run_session(
                 deadline,
                 &auth.db,
                 || keeper.hold(&auth.db),
-                |e: &CoreError| classify_core(e, &auth.db),
+                |e: CoreError| classify_core(&e, &auth.db),
             )
             .await?,
         ),
@@ -427,11 +425,14 @@ fn backoff(attempt: u32) -> Duration {
     base + Duration::from_millis(jitter)
 }
 
+/// Run `op` until it succeeds, fails for good, or `deadline` passes. `classify` says whether an
+/// error is worth retrying and what the client sees; retryable errors still failing at the
+/// deadline become [`GatewayError::WakeTimeout`].
 async fn retry_until<T, E, F, Fut>(
     deadline: Instant,
     db: &DatabaseName,
     mut op: F,
-    classify: impl Fn(&E) -> (bool, GatewayError),
+    classify: impl Fn(E) -> (bool, GatewayError),
 ) -> Result<T, GatewayError>
 where
     F: FnMut() -> Fut,
@@ -452,17 +453,18 @@ where
         match r {
             Ok(v) => return Ok(v),
             Err(e) => {
-                let (retryable, err) = classify(&e);
+                let (retryable, err) = classify(e);
                 let pause = backoff(attempt);
-                if !retryable || Instant::now() + pause >= deadline {
+                if !retryable {
+                    return Err(err);
+                }
+                if Instant::now() + pause >= deadline {
                     return Err(match err {
-                        GatewayError::BackendUnavailable(detail) if retryable => {
-                            GatewayError::WakeTimeout {
-                                database: db.to_string(),
-                                detail,
-                            }
-                        }
-                        other => other,
+                        timeout @ GatewayError::WakeTimeout { .. } => timeout,
+                        other => GatewayError::WakeTimeout {
+                            database: db.to_string(),
+                            detail: other.to_string(),
+                        },
                     });
                 }
                 debug!(error = %err, attempt, "retrying");
@@ -516,20 +518,7 @@ async fn wake_and_connect(
                 ))),
             }
         },
-        |e: &GatewayError| {
-            let retryable = e.is_retryable();
-            let copy = match e {
-                GatewayError::UnknownDatabase(d) => GatewayError::UnknownDatabase(d.clone()),
-                GatewayError::TooManyConnections => GatewayError::TooManyConnections,
-                GatewayError::BackendRejected(m) => GatewayError::BackendRejected(m.clone()),
-                GatewayError::WakeFailed { database, detail } => GatewayError::WakeFailed {
-                    database: database.clone(),
-                    detail: detail.clone(),
-                },
-                other => GatewayError::BackendUnavailable(other.to_string()),
-            };
-            (retryable, copy)
-        },
+        |e: GatewayError| (e.is_retryable(), e),
     )
     .await
 }

@@ -143,14 +143,3 @@ impl From<LifecycleError> for CoreError {
         }
     }
 }
-
-impl From<CoreError> for LifecycleError {
-    fn from(e: CoreError) -> Self {
-        match e {
-            CoreError::DatabaseNotFound(db) => LifecycleError::DatabaseNotFound(db),
-            CoreError::ShuttingDown => LifecycleError::ShuttingDown,
-            CoreError::Timeout(what) => LifecycleError::Timeout(what),
-            other => LifecycleError::PageStore(other),
-        }
-    }
-}

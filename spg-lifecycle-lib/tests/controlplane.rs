@@ -187,8 +187,10 @@ async fn concurrent_wakes_share_one_start() {
 async fn idle_stop_waits_for_leases() {
     let f = Fixture::new(Duration::from_millis(700)).await;
     f.cp.create_database(db()).await.unwrap();
-    let lease = f.cp.acquire(&db(), "test").await.unwrap();
+    // (Wake first: the first start runs initdb, which may outlast the 2 s lease on a busy
+    // machine, and this test holder does not renew while it waits.)
     f.cp.wake(&db()).await.unwrap();
+    let lease = f.cp.acquire(&db(), "test").await.unwrap();
     // Held (and renewed) lease: no idle stop, well past idle_timeout.
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -5,9 +5,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::MAX_STARTUP_PACKET;
 use crate::GatewayError;
 
-fn eof_as_protocol(e: std::io::Error, what: &str) -> GatewayError {
+fn eof_as_truncated(e: std::io::Error, what: &'static str) -> GatewayError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        GatewayError::Protocol(format!("connection closed in the middle of {what}"))
+        GatewayError::Truncated(what)
     } else {
         GatewayError::Io(e)
     }
@@ -19,7 +19,7 @@ pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<
     let mut len = [0u8; 4];
     r.read_exact(&mut len)
         .await
-        .map_err(|e| eof_as_protocol(e, "the startup packet"))?;
+        .map_err(|e| eof_as_truncated(e, "the startup packet"))?;
     let n = u32::from_be_bytes(len) as usize;
     if !(8..=MAX_STARTUP_PACKET).contains(&n) {
         return Err(GatewayError::Protocol(format!(
@@ -30,7 +30,7 @@ pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<
     packet[..4].copy_from_slice(&len);
     r.read_exact(&mut packet[4..])
         .await
-        .map_err(|e| eof_as_protocol(e, "the startup packet"))?;
+        .map_err(|e| eof_as_truncated(e, "the startup packet"))?;
     Ok(packet)
 }
 
@@ -42,7 +42,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     let mut head = [0u8; 5];
     r.read_exact(&mut head)
         .await
-        .map_err(|e| eof_as_protocol(e, "a message"))?;
+        .map_err(|e| eof_as_truncated(e, "a message"))?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len < 4 {
         return Err(GatewayError::Protocol(format!(
@@ -58,7 +58,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     let mut body = vec![0u8; len - 4];
     r.read_exact(&mut body)
         .await
-        .map_err(|e| eof_as_protocol(e, "a message"))?;
+        .map_err(|e| eof_as_truncated(e, "a message"))?;
     Ok((head[0], body))
 }
 
@@ -81,7 +81,7 @@ mod tests {
         let mut short: &[u8] = b"p\0\0\0\x09ab";
         assert!(matches!(
             read_message(&mut short, 100).await,
-            Err(GatewayError::Protocol(_))
+            Err(GatewayError::Truncated(_))
         ));
         let mut tiny: &[u8] = b"p\0\0\0\x02";
         assert!(read_message(&mut tiny, 100).await.is_err());

@@ -109,6 +109,9 @@ impl DbActor {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
+                // Commands first: renewals that queued while a start or stop kept the actor busy
+                // are honoured before any lease is reaped for lack of them.
+                biased;
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Some(done) = self.handle(cmd).await {
@@ -159,17 +162,17 @@ impl DbActor {
             }
             Command::RenewLease { id, reply } => {
                 let ttl = self.shared.config.lease_ttl;
-                let now = Instant::now();
+                // A lease is held until the timer reaps it.
                 let r = match self.leases.get_mut(&id.0) {
-                    Some(l) if l.expires > now => {
-                        l.expires = now + ttl;
+                    Some(l) => {
+                        l.expires = Instant::now() + ttl;
                         Ok(LeaseGrant {
                             id,
                             database: self.name.clone(),
                             ttl,
                         })
                     }
-                    _ => Err(LifecycleError::Invalid {
+                    None => Err(LifecycleError::Invalid {
                         what: "lease",
                         reason: format!("lease {} is not held (expired or released)", id.0),
                     }),
