@@ -9,6 +9,7 @@
 //! - [`envfile`]: `<data-dir>/env`, the shell-sourceable file with the DSN, API URL and key.
 
 pub mod adapters;
+pub mod cli;
 pub mod envfile;
 pub mod platform;
 pub mod tls;

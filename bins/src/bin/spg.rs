@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use spg::cli::{env_path, write_env, PlatformArgs};
 use spg::envfile::EnvFile;
-use spg::platform::{Platform, PlatformConfig};
+use spg::platform::Platform;
 use spg_core::{DatabaseName, RoleName};
 use spg_lifecycle_lib::api::ApiClient;
 use spg_lifecycle_lib::{LifecycleError, RoleSecret};
@@ -34,30 +35,11 @@ enum Command {
 
 #[derive(Args)]
 struct UpArgs {
-    /// Where state, images, certificates and the env file live.
-    #[arg(long, env = "SPG_DATA_DIR", default_value = "./.spg")]
-    data_dir: PathBuf,
-    /// Stop a database's compute after this long without sessions (e.g. 3s, 5m).
-    #[arg(long, env = "SPG_IDLE_TIMEOUT", default_value = "5m", value_parser = spg::parse_duration)]
-    idle_timeout: Duration,
+    #[command(flatten)]
+    platform: PlatformArgs,
     /// PostgreSQL entry point.
     #[arg(long, env = "SPG_GATEWAY_LISTEN", default_value = "127.0.0.1:6432")]
     gateway_listen: SocketAddr,
-    /// HTTPS API.
-    #[arg(long, env = "SPG_API_LISTEN", default_value = "127.0.0.1:9443")]
-    api_listen: SocketAddr,
-    /// Plain-HTTP Prometheus metrics (they are also on the API at /metrics).
-    #[arg(long, env = "SPG_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
-    /// PostgreSQL bin directory (default: pg_config --bindir, else the newest installed).
-    #[arg(long, env = "SPG_PG_BIN")]
-    pg_bin: Option<PathBuf>,
-    /// TLS certificate (PEM) for the gateway and the API; default: self-signed, generated.
-    #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert.
-    #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
     /// Accept plaintext (non-TLS) client connections.
     #[arg(long, env = "SPG_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
@@ -161,36 +143,20 @@ const DEFAULT_ROLE: &str = "app";
 
 async fn up(args: UpArgs) -> Result<()> {
     spg::init_logging();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = std::path::absolute(&args.data_dir)?;
-    let env_path = data_dir.join("env");
-    let existing = EnvFile::read(&env_path)?;
-    let mut cfg = PlatformConfig::new(&data_dir);
-    cfg.idle_timeout = args.idle_timeout;
+    let (data_dir, existing, mut cfg) = args.platform.prepare()?;
     cfg.gateway_listen = Some(args.gateway_listen);
-    cfg.api_listen = args.api_listen;
-    cfg.metrics_listen = args.metrics_listen;
-    cfg.pg_bin = args.pg_bin;
-    cfg.tls_cert = args.tls_cert;
-    cfg.tls_key = args.tls_key;
     cfg.allow_plaintext = args.allow_plaintext;
     cfg.wake_timeout = args.wake_timeout;
-    cfg.api_key = existing
-        .as_ref()
-        .and_then(|e| e.get("SPG_API_KEY"))
-        .map(String::from);
     let platform = Platform::start(cfg).await?;
 
-    let password = match existing
+    let stored = existing
         .as_ref()
         .and_then(|e| e.get("SPG_DSN"))
-        .and_then(dsn_password)
-    {
+        .and_then(dsn_password);
+    let password = match stored {
         Some(pw) => Some(pw),
         None => first_run(&platform).await?,
     };
-    let mut env = existing.unwrap_or_default();
     let dsn = platform
         .dsn(
             DEFAULT_ROLE,
@@ -198,18 +164,11 @@ async fn up(args: UpArgs) -> Result<()> {
             DEFAULT_DB,
         )
         .context("spg up runs a gateway")?;
-    env.0.insert("SPG_DSN".into(), dsn.clone());
-    env.0.insert("SPG_API_URL".into(), platform.api_url());
-    if let Some(k) = &platform.api_key {
-        env.0.insert("SPG_API_KEY".into(), k.clone());
-    }
-    env.0
-        .insert("SPG_API_CA".into(), platform.ca_file.display().to_string());
-    env.write(&env_path)?;
+    write_env(&data_dir, existing, &platform, Some(&dsn))?;
 
     println!(
         "SPG is up. Databases sleep after {} idle and wake on the next connection.",
-        humantime::format_duration(args.idle_timeout)
+        humantime::format_duration(args.platform.idle_timeout)
     );
     println!();
     println!("  DSN      {dsn}");
@@ -218,9 +177,12 @@ async fn up(args: UpArgs) -> Result<()> {
         println!("  API key  {k}");
     }
     println!("  CA       {}", platform.ca_file.display());
-    println!("  env      {}", env_path.display());
+    println!("  env      {}", env_path(&data_dir).display());
     println!();
-    println!("Connect:  . {} && psql \"$SPG_DSN\"", env_path.display());
+    println!(
+        "Connect:  . {} && psql \"$SPG_DSN\"",
+        env_path(&data_dir).display()
+    );
     println!("Stop:     Ctrl-C");
     spg::shutdown_signal().await;
     platform.shutdown().await;

@@ -313,17 +313,7 @@ impl DbActor {
     }
 
     async fn boot(&mut self) -> Result<Box<dyn Compute>, LifecycleError> {
-        let roles = self
-            .shared
-            .store
-            .roles(&self.name)
-            .await?
-            .into_iter()
-            .map(|r| RoleSpec {
-                name: r.name,
-                verifier: r.verifier,
-            })
-            .collect();
+        let roles = self.role_specs().await?;
         let spec = ComputeSpec {
             database: self.name.clone(),
             generation: self.rec.generation,
@@ -402,21 +392,23 @@ impl DbActor {
         self.publish();
     }
 
-    async fn apply_roles(&mut self) -> Result<(), LifecycleError> {
-        let Some(compute) = &self.compute else {
-            return Ok(()); // installed at the next start
-        };
-        let roles: Vec<RoleSpec> = self
-            .shared
-            .store
-            .roles(&self.name)
-            .await?
+    /// The database's roles, as the compute installs them.
+    async fn role_specs(&self) -> Result<Vec<RoleSpec>, LifecycleError> {
+        let roles = self.shared.store.roles(&self.name).await?;
+        Ok(roles
             .into_iter()
             .map(|r| RoleSpec {
                 name: r.name,
                 verifier: r.verifier,
             })
-            .collect();
+            .collect())
+    }
+
+    async fn apply_roles(&mut self) -> Result<(), LifecycleError> {
+        let Some(compute) = &self.compute else {
+            return Ok(()); // installed at the next start
+        };
+        let roles = self.role_specs().await?;
         compute.apply_roles(&roles).await
     }
 
