@@ -33,6 +33,28 @@ pub enum StorageError {
         /// The newest generation seen.
         current: u64,
     },
+    /// A safekeeper was sent WAL by a generation it does not follow (not yet reconciled, or
+    /// fenced by a newer election).
+    #[error("not following generation {0}")]
+    NotFollowing(u64),
+    /// WAL arrived that does not continue the held WAL.
+    #[error("WAL gap: expected data at {expected}, got {got}")]
+    WalGap {
+        /// The end of the WAL held.
+        expected: spg_core::Lsn,
+        /// Where the offered data starts.
+        got: spg_core::Lsn,
+    },
+    /// A read asked for WAL this safekeeper does not hold.
+    #[error("WAL at {lsn} is not held (held: {start}..{flush})")]
+    NotHeld {
+        /// The first LSN asked for.
+        lsn: spg_core::Lsn,
+        /// The first LSN held.
+        start: spg_core::Lsn,
+        /// The end of the durable WAL.
+        flush: spg_core::Lsn,
+    },
     /// The generation has no checkout to act on.
     #[error("generation {0} holds no checkout")]
     NotCheckedOut(u64),

@@ -17,6 +17,7 @@ mod fsutil;
 pub mod fuzzing;
 pub mod local_dir;
 pub mod pg_control;
+pub mod safekeeper;
 
 pub use error::StorageError;
 pub use local_dir::LocalDirPageStore;
