@@ -1,7 +1,7 @@
 //! The safekeeper's protocol state machine, written against [`WalStore`] so that the daemon and
 //! the deterministic simulation run the same code.
 
-use spg_core::{Generation, Lsn};
+use spg_core::{Generation, Lsn, TimelineId};
 
 use super::log::{History, WalLog};
 use super::store::{Control, WalStore};
@@ -289,6 +289,38 @@ impl<S: WalStore> Safekeeper<S> {
         self.store.read_wal(lsn, len)
     }
 
+    /// The contents PostgreSQL expects in segment file `segno` of timeline `tli` (for a
+    /// `restore_command`), built from the durable log: bytes of the segment that lie on `tli`'s
+    /// path up to where `tli` ends here (or the flush LSN), zeros after. `None` when this log does
+    /// not hold that timeline in that segment.
+    pub fn segment_file(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+        segment_size: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let log = &self.control.log;
+        let Some(span) = log.history.spans().iter().find(|s| s.tli == tli) else {
+            return Ok(None);
+        };
+        let seg_start = segno.saturating_mul(segment_size);
+        let seg_end = seg_start.saturating_add(segment_size);
+        let valid_end = log
+            .history
+            .end_of(tli)
+            .unwrap_or(log.flush)
+            .min(log.flush)
+            .0;
+        // The segment must reach into the timeline's span, and its start must be held.
+        if seg_end <= span.begin.0 || seg_start >= valid_end || seg_start < log.start.0 {
+            return Ok(None);
+        }
+        let n = (valid_end.min(seg_end) - seg_start) as usize;
+        let mut out = self.store.read_wal(Lsn(seg_start), n)?;
+        out.resize(segment_size as usize, 0);
+        Ok(Some(out))
+    }
+
     /// Durable bytes from `from` up to `to` that lie on `path` (for a peer catching up to the
     /// primary whose path that is). Empty when nothing there agrees.
     pub fn read_on_path(
@@ -310,7 +342,6 @@ impl<S: WalStore> Safekeeper<S> {
 mod tests {
     use super::*;
     use crate::safekeeper::{choose_source, timeline_of, MemWalStore};
-    use spg_core::TimelineId;
 
     fn g(n: u64) -> Generation {
         Generation(n)

@@ -27,6 +27,7 @@
 //! daemon and the deterministic simulation in this module's tests run the same code.
 
 mod core;
+pub mod file;
 mod log;
 mod store;
 
@@ -34,6 +35,7 @@ mod store;
 mod sim;
 
 pub use self::core::{Safekeeper, Vote};
+pub use self::file::FileWalStore;
 pub use self::log::{History, Span, WalLog};
 pub use self::store::{Control, MemWalStore, WalStore};
 
