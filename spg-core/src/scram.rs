@@ -18,6 +18,8 @@ use subtle::ConstantTimeEq;
 
 use crate::CoreError;
 
+pub mod client;
+
 /// Length of SHA-256 output, and so of every SCRAM key.
 pub const KEY_LEN: usize = 32;
 /// Iteration count PostgreSQL uses by default (`scram_iterations`).

@@ -62,7 +62,7 @@ pub async fn connect(
         .await
         .map_err(unavailable)?;
 
-    let mut scram = ScramClient::new(client_key, verifier.clone());
+    let mut scram = ScramClient::with_client_key(client_key, verifier.clone());
     let mut forward = BytesMut::new();
     let mut key = None;
     let mut out = BytesMut::new();

@@ -152,6 +152,16 @@ impl GatewayError {
     }
 }
 
+impl From<spg_core::scram::client::ScramClientError> for GatewayError {
+    fn from(e: spg_core::scram::client::ScramClientError) -> Self {
+        use spg_core::scram::client::ScramClientError as E;
+        match e {
+            E::Malformed(_) => GatewayError::Protocol(e.to_string()),
+            E::Rejected(m) => GatewayError::BackendRejected(m),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

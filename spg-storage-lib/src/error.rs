@@ -55,6 +55,17 @@ pub enum StorageError {
         /// The end of the durable WAL.
         flush: spg_core::Lsn,
     },
+    /// A peer (a compute's walsender) broke the wire protocol.
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    /// The compute answered with an error.
+    #[error("compute refused: {message} (SQLSTATE {sqlstate})")]
+    Upstream {
+        /// The SQLSTATE.
+        sqlstate: String,
+        /// The server's message.
+        message: String,
+    },
     /// The generation has no checkout to act on.
     #[error("generation {0} holds no checkout")]
     NotCheckedOut(u64),

@@ -21,9 +21,34 @@ pub fn sk_control(data: &[u8]) {
     let _ = decode_flush(data);
 }
 
+/// Fuzz entry: bytes a compute's walsender sends a safekeeper (CopyData, DataRow, auth
+/// requests, errors, timeline history files). Must never panic.
+pub fn replication_messages(data: &[u8]) {
+    use crate::safekeeper::wire;
+    if let Ok(wire::CopyMessage::XLogData {
+        start, data: wal, ..
+    }) = wire::parse_copy_data(data)
+    {
+        assert!(start.0.checked_add(wal.len() as u64).is_some());
+    }
+    let _ = wire::parse_data_row(data);
+    let _ = wire::parse_auth(data);
+    let _ = wire::parse_error(data);
+    if let Ok(h) = wire::parse_history_file(data, spg_core::TimelineId(u32::MAX)) {
+        let again = wire::parse_history_file(
+            wire::format_history_file(&h).as_bytes(),
+            spg_core::TimelineId(u32::MAX),
+        );
+        assert_eq!(again.ok().as_ref(), Some(&h));
+    }
+}
+
 /// A fuzz entry point.
 pub type FuzzTarget = fn(&[u8]);
 
 /// The fuzz targets of this crate, by name (for the corpus tests).
-pub const TARGETS: &[(&str, FuzzTarget)] =
-    &[("pg_control", pg_control), ("sk_control", sk_control)];
+pub const TARGETS: &[(&str, FuzzTarget)] = &[
+    ("pg_control", pg_control),
+    ("sk_control", sk_control),
+    ("replication_messages", replication_messages),
+];

@@ -2,7 +2,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use spg_core::scram::{Key, KEY_LEN, MAX_ITERATIONS};
+use spg_core::scram::Key;
 
 use crate::GatewayError;
 
@@ -125,57 +125,7 @@ pub fn parse_client_final(s: &str) -> Result<ClientFinal<'_>, GatewayError> {
     })
 }
 
-/// A parsed `server-first-message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerFirst<'a> {
-    /// Combined nonce.
-    pub nonce: &'a str,
-    /// Salt.
-    pub salt: Vec<u8>,
-    /// Iteration count.
-    pub iterations: u32,
-}
-
-/// Parse a `server-first-message`.
-pub fn parse_server_first(s: &str) -> Result<ServerFirst<'_>, GatewayError> {
-    if s.starts_with("m=") {
-        return Err(malformed("server requires an extension"));
-    }
-    let mut attrs = s.split(',');
-    let nonce = attrs
-        .next()
-        .and_then(|a| a.strip_prefix("r="))
-        .filter(|n| valid_nonce(n))
-        .ok_or_else(|| malformed("nonce"))?;
-    let salt = attrs
-        .next()
-        .and_then(|a| a.strip_prefix("s="))
-        .and_then(|b| B64.decode(b).ok())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| malformed("salt"))?;
-    let iterations = attrs
-        .next()
-        .and_then(|a| a.strip_prefix("i="))
-        .and_then(|i| i.parse::<u32>().ok())
-        .filter(|i| (1..=MAX_ITERATIONS).contains(i))
-        .ok_or_else(|| malformed("iteration count"))?;
-    Ok(ServerFirst {
-        nonce,
-        salt,
-        iterations,
-    })
-}
-
-/// Parse a `server-final-message`: the server signature, or the server's error.
-pub fn parse_server_final(s: &str) -> Result<[u8; KEY_LEN], GatewayError> {
-    if let Some(e) = s.strip_prefix("e=") {
-        return Err(GatewayError::BackendRejected(format!("SCRAM error: {e}")));
-    }
-    s.strip_prefix("v=")
-        .and_then(|v| B64.decode(v.split(',').next().unwrap_or("")).ok())
-        .and_then(|v| Key::try_from(v.as_slice()).ok())
-        .ok_or_else(|| malformed("server signature"))
-}
+pub use spg_core::scram::client::{parse_server_final, parse_server_first, ServerFirst};
 
 #[cfg(test)]
 mod tests {
@@ -212,27 +162,11 @@ mod tests {
         assert!(parse_client_final(&format!("c=!!,r=abc,p={p}")).is_err());
     }
 
-    #[test]
-    fn server_messages() {
-        let f = parse_server_first("r=abcdef,s=c2FsdA==,i=4096").unwrap();
-        assert_eq!(
-            (f.nonce, f.salt.as_slice(), f.iterations),
-            ("abcdef", &b"salt"[..], 4096)
-        );
-        assert!(parse_server_first("r=abc,s=c2FsdA==,i=0").is_err());
-        assert!(parse_server_first("r=abc,s=,i=10").is_err());
-        assert!(parse_server_first("r=abc,s=c2FsdA==,i=99999999999").is_err());
-        assert!(parse_server_final("e=invalid-proof").is_err());
-        assert!(parse_server_final(&format!("v={}", B64.encode([0u8; 32]))).is_ok());
-    }
-
     proptest! {
         #[test]
         fn parsers_never_panic(s in "\\PC{0,80}") {
             let _ = parse_client_first(&s);
             let _ = parse_client_final(&s);
-            let _ = parse_server_first(&s);
-            let _ = parse_server_final(&s);
         }
     }
 }

@@ -7,13 +7,10 @@
 //!
 //! Channel binding `tls-server-end-point` (`SCRAM-SHA-256-PLUS`) is supported on TLS connections.
 
-pub mod client;
+/// The client side lives in `spg-core`, shared with the safekeepers' replication login.
+pub use spg_core::scram::client;
 pub mod messages;
 pub mod server;
-
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use rand::RngExt;
 
 /// Mechanism name without channel binding.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -32,18 +29,15 @@ impl std::fmt::Debug for ChannelBinding {
     }
 }
 
-/// A fresh nonce: 18 random bytes, base64 (printable, no commas), as PostgreSQL makes them.
-pub(crate) fn nonce() -> String {
-    let mut raw = [0u8; 18];
-    rand::rng().fill(&mut raw[..]);
-    B64.encode(raw)
-}
+pub(crate) use spg_core::scram::client::nonce;
 
 #[cfg(test)]
 mod tests {
     use super::client::ScramClient;
     use super::server::ScramServer;
     use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
     use spg_core::scram::{hmac_sha256, ScramVerifier};
 
     /// A client that knows the password, as libpq computes it.
@@ -147,7 +141,7 @@ mod tests {
 
         // Compute side holds the same verifier; the gateway logs in with the key alone.
         let mut compute = ScramServer::new(v.clone(), None);
-        let mut client = ScramClient::new(client_key, v.clone());
+        let mut client = ScramClient::with_client_key(client_key, v.clone());
         let (mech, cf) = client.client_first();
         let sf = compute.client_first(mech, &cf).unwrap();
         let cfin = client.server_first(sf.as_bytes()).unwrap();
@@ -163,12 +157,12 @@ mod tests {
         let salted = spg_core::scram::salted_password(b"pencil", &v.salt, v.iterations);
         let key = hmac_sha256(&salted, &[b"Client Key"]);
         let mut compute = ScramServer::new(other, None);
-        let mut client = ScramClient::new(key, v.clone());
+        let mut client = ScramClient::with_client_key(key, v.clone());
         let (mech, cf) = client.client_first();
         let sf = compute.client_first(mech, &cf).unwrap();
         assert!(client.server_first(sf.as_bytes()).is_err());
 
-        let mut client = ScramClient::new(key, v.clone());
+        let mut client = ScramClient::with_client_key(key, v.clone());
         let (_, cf) = client.client_first();
         let nonce = std::str::from_utf8(&cf)
             .unwrap()

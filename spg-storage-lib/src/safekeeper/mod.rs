@@ -30,6 +30,8 @@ mod core;
 pub mod file;
 mod log;
 mod store;
+pub mod stream;
+pub mod wire;
 
 #[cfg(test)]
 mod sim;
