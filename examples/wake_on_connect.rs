@@ -79,7 +79,7 @@ impl Waker for StartOnce {
             profile: default_profile(),
         };
         let pages: Arc<dyn spg_core::PageStore> = self.pages.clone();
-        let compute = RunningCompute::start(self.agent.clone(), pages, spec)
+        let compute = RunningCompute::start(self.agent.clone(), pages, None, spec)
             .await
             .map_err(|e| {
                 eprintln!("start failed: {e}");

@@ -8,14 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use prometheus_client::registry::Registry;
+use spg_core::WalQuorum;
 use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
 use spg_lifecycle_lib::api::{self, ApiKey};
+use spg_lifecycle_lib::compute::wal::WalSetup;
 use spg_lifecycle_lib::compute::AgentConfig;
 use spg_lifecycle_lib::metrics::ControlPlaneMetrics;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_lifecycle_lib::provisioner::LocalProvisioner;
 use spg_lifecycle_lib::store::{SqliteStateStore, StateStore};
 use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
+use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
+use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
+use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
 use spg_storage_lib::LocalDirPageStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -59,6 +64,12 @@ pub struct PlatformConfig {
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
     pub lease_ttl: Duration,
+    /// Safekeepers run in this process (quorum: a majority); 0 runs computes without a WAL
+    /// quorum (their data directories are then the only copy).
+    pub safekeepers: usize,
+    /// The program computes run as `restore_command` (`spg wal-restore`); default: the `spg`
+    /// binary next to the running one.
+    pub restore_program: Option<PathBuf>,
 }
 
 impl PlatformConfig {
@@ -79,6 +90,8 @@ impl PlatformConfig {
             max_message_bytes: 1 << 30,
             api_key: None,
             lease_ttl: Duration::from_secs(30),
+            safekeepers: 3,
+            restore_program: None,
         }
     }
 }
@@ -103,6 +116,8 @@ pub struct Platform {
     servers_stop: CancellationToken,
     gateway_task: Option<JoinHandle<()>>,
     server_tasks: Vec<JoinHandle<()>>,
+    /// The in-process safekeepers.
+    pub safekeepers: Vec<Arc<SafekeeperNode>>,
 }
 
 impl Platform {
@@ -151,7 +166,24 @@ impl Platform {
         info!(bindir = %bins.bindir().display(), major = bins.major(), "PostgreSQL binaries");
         let pages = LocalDirPageStore::new(data_dir.join("pages"));
         let agent = AgentConfig::new(data_dir.join("run"), bins)?;
-        let provisioner = LocalProvisioner::new(agent, Arc::new(pages))?;
+        let mut provisioner = LocalProvisioner::new(agent, Arc::new(pages))?;
+        let safekeepers = start_safekeepers(&data_dir, cfg.safekeepers, &mut registry)?;
+        if !safekeepers.is_empty() {
+            let members: Vec<Arc<dyn SafekeeperApi>> = safekeepers
+                .iter()
+                .map(|n| Arc::new(Arc::clone(n)) as Arc<dyn SafekeeperApi>)
+                .collect();
+            let quorum = Arc::new(SafekeeperSet::new(members, Duration::from_secs(5)));
+            info!(safekeepers = %quorum.synchronous_standby_names(), "WAL quorum");
+            let restore_program = match &cfg.restore_program {
+                Some(p) => p.clone(),
+                None => default_restore_program()?,
+            };
+            provisioner = provisioner.with_wal(WalSetup {
+                quorum,
+                restore_program,
+            });
+        }
         let cp_config = ControlPlaneConfig {
             idle_timeout: cfg.idle_timeout,
             lease_ttl: cfg.lease_ttl,
@@ -245,6 +277,7 @@ impl Platform {
             servers_stop,
             gateway_task,
             server_tasks,
+            safekeepers,
         })
     }
 
@@ -275,6 +308,9 @@ impl Platform {
         for t in self.server_tasks {
             let _ = t.await;
         }
+        for sk in &self.safekeepers {
+            sk.shutdown().await;
+        }
         info!("shut down");
     }
 }
@@ -295,6 +331,33 @@ pub fn client_host(addr: SocketAddr) -> String {
 }
 
 /// A router serving only `/metrics`.
+/// Start `n` safekeepers under `<data_dir>/safekeepers/sk<i>` and register their metrics.
+fn start_safekeepers(
+    data_dir: &std::path::Path,
+    n: usize,
+    registry: &mut Registry,
+) -> Result<Vec<Arc<SafekeeperNode>>> {
+    let mut nodes = Vec::with_capacity(n);
+    for i in 1..=n {
+        let node = SafekeeperNode::new(NodeConfig {
+            name: format!("sk{i}"),
+            dir: data_dir.join("safekeepers").join(format!("sk{i}")),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+        })?;
+        node.metrics().register(registry);
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// The `spg` binary next to the running executable (the daemons and `spg` ship together), else
+/// the running executable itself.
+fn default_restore_program() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let spg = exe.with_file_name("spg");
+    Ok(if spg.is_file() { spg } else { exe })
+}
+
 pub fn metrics_router(registry: Arc<Registry>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",

@@ -38,4 +38,4 @@ pub use names::{DatabaseName, NameError, RoleName};
 pub use page_store::{Checkout, ImageInfo, PageStore};
 pub use state::{ComputeState, TargetScale};
 pub use types::{Generation, Lsn, ParseLsnError, TimelineId};
-pub use wal::{Election, WalQuorum};
+pub use wal::{Election, ReplicationSource, WalQuorum};

@@ -3,34 +3,100 @@ use serde::{Deserialize, Serialize};
 
 use crate::{CoreResult, DatabaseName, Generation, Lsn, TimelineId};
 
-/// The outcome of electing a generation on the safekeepers.
+/// The outcome of electing a generation on the safekeepers: the fence is in place and this is
+/// what the new compute must recover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Election {
     /// The generation now in force.
     pub generation: Generation,
-    /// The newest timeline a quorum member holds WAL for.
-    pub timeline: TimelineId,
-    /// The highest flush LSN reported by the quorum that voted: every acknowledged commit lies at
-    /// or below it, so the new compute must recover up to here before it promotes.
-    pub flush_lsn: Lsn,
-    /// How many safekeepers voted (at least a quorum).
+    /// How many safekeepers promised (at least a quorum).
     pub voters: usize,
+    /// The safekeeper whose log the compute recovers from; `None` when no voter holds WAL (a
+    /// database that never ran with safekeepers).
+    pub source: Option<String>,
+    /// The timeline path of that log, oldest first: `(timeline, first LSN on it)`.
+    pub history: Vec<(TimelineId, Lsn)>,
+    /// The end of that log. Every acknowledged commit lies below it, so the compute recovers up
+    /// to here before it promotes.
+    pub flush_lsn: Lsn,
+    /// The timeline this generation promotes onto (no other generation ever writes it).
+    pub new_timeline: TimelineId,
+}
+
+impl Election {
+    /// The timeline recovery targets: the newest one of the source log, if any.
+    pub fn recovery_timeline(&self) -> Option<TimelineId> {
+        self.history.last().map(|(t, _)| *t)
+    }
+}
+
+/// How safekeepers reach the compute they are to follow.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationSource {
+    /// Host of the compute.
+    pub host: String,
+    /// Port of the compute.
+    pub port: u16,
+    /// The role with the REPLICATION attribute.
+    pub user: String,
+    /// Its password, minted for this generation (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for ReplicationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSource")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// WAL durability by quorum, with generations as fences (DESIGN §2–3).
 ///
 /// Contract:
 /// - `elect(db, g)` persists `g` on a quorum of safekeepers before returning. From then on, a
-///   quorum refuses to acknowledge WAL from any generation older than `g`; so after the election
-///   of `g + 1` no commit of generation `g` can be acknowledged (single writer).
-/// - `elect` with a generation not newer than one already persisted on the quorum fails with
-///   `StaleGeneration`.
+///   quorum refuses WAL from any generation older than `g`; so after the election of `g + 1` no
+///   commit written by generation `g` can be acknowledged (single writer). `elect` with a
+///   generation older than one already promised by a quorum fails with `StaleGeneration`; an
+///   unreachable quorum is `Unavailable` (retryable).
+/// - The [`Election`] names the log that holds every acknowledged commit; `read_wal_file` serves
+///   it file by file, as PostgreSQL's `restore_command` asks (`000000030000000000000002`,
+///   `00000003.history`), including placeholder history files for the timelines between the
+///   recovery target and `new_timeline`, so that PostgreSQL promotes onto exactly that timeline.
+///   A read fenced by a newer generation fails with `StaleGeneration`.
+/// - `follow(db, g, source)` makes the safekeepers stream from the compute of `g`, which runs
+///   with `synchronous_standby_names` = [`WalQuorum::synchronous_standby_names`].
 /// - `commit_lsn` is an LSN at or below which every byte of WAL is flushed on a quorum.
-/// - Neither call ever loses acknowledged WAL, whatever crashes happen while it runs.
+/// - No call ever loses acknowledged WAL, whatever crashes happen while it runs.
 #[async_trait]
 pub trait WalQuorum: Send + Sync {
     /// Elect generation `generation` for `db` on a quorum; see the trait contract.
     async fn elect(&self, db: &DatabaseName, generation: Generation) -> CoreResult<Election>;
+
+    /// One WAL segment or timeline history file for recovery under `election`; `None` if it
+    /// does not exist.
+    async fn read_wal_file(
+        &self,
+        db: &DatabaseName,
+        election: &Election,
+        file_name: &str,
+    ) -> CoreResult<Option<Vec<u8>>>;
+
+    /// Have the safekeepers stream from the compute of `generation`.
+    async fn follow(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        source: &ReplicationSource,
+    ) -> CoreResult<()>;
+
+    /// Stop following the compute of `generation` (it stopped). Its WAL stays.
+    async fn unfollow(&self, db: &DatabaseName, generation: Generation) -> CoreResult<()>;
+
+    /// The value for the compute's `synchronous_standby_names`, e.g. `ANY 2 (sk1, sk2, sk3)`.
+    fn synchronous_standby_names(&self) -> String;
 
     /// The quorum-flushed LSN of `db`.
     async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn>;

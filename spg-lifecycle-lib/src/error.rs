@@ -60,6 +60,9 @@ pub enum LifecycleError {
     /// The page store failed.
     #[error("page store: {0}")]
     PageStore(CoreError),
+    /// The WAL quorum failed (no quorum reachable, or this generation was fenced).
+    #[error("safekeepers: {0}")]
+    WalQuorum(CoreError),
     /// A file system operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -113,7 +116,7 @@ impl LifecycleError {
             | LifecycleError::Timeout(_)
             | LifecycleError::Compute { .. }
             | LifecycleError::Io { .. } => true,
-            LifecycleError::PageStore(e) => e.is_retryable(),
+            LifecycleError::PageStore(e) | LifecycleError::WalQuorum(e) => e.is_retryable(),
             LifecycleError::Api { status, .. } => match status {
                 None => true,
                 Some(s) => *s == 503 || *s == 504 || *s == 409,
@@ -133,7 +136,7 @@ impl From<LifecycleError> for CoreError {
             LifecycleError::Conflict(what) => CoreError::Conflict(what),
             LifecycleError::Timeout(what) => CoreError::Timeout(what),
             LifecycleError::ShuttingDown => CoreError::ShuttingDown,
-            LifecycleError::PageStore(inner) => inner,
+            LifecycleError::PageStore(inner) | LifecycleError::WalQuorum(inner) => inner,
             LifecycleError::Api {
                 status: Some(404),
                 message,

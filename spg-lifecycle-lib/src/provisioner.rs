@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use spg_core::{ComputeEndpoint, DatabaseName, PageStore};
 
 use crate::compute::process::ExitWatch;
+use crate::compute::wal::WalSetup;
 use crate::compute::{
     cleanup_stale, AgentConfig, ComputeSpec, RoleSpec, RunningCompute, StopReport,
 };
@@ -52,6 +53,7 @@ pub trait Compute: Send + Sync {
 pub struct LocalProvisioner {
     cfg: Arc<AgentConfig>,
     page_store: Arc<dyn PageStore>,
+    wal: Option<WalSetup>,
 }
 
 impl LocalProvisioner {
@@ -63,7 +65,15 @@ impl LocalProvisioner {
         Ok(LocalProvisioner {
             cfg: Arc::new(cfg),
             page_store,
+            wal: None,
         })
+    }
+
+    /// Run computes in a WAL quorum: elected on the safekeepers before they start, recovering
+    /// from them, committing only once a quorum has the WAL.
+    pub fn with_wal(mut self, wal: WalSetup) -> Self {
+        self.wal = Some(wal);
+        self
     }
 
     /// The agent settings.
@@ -75,9 +85,13 @@ impl LocalProvisioner {
 #[async_trait]
 impl Provisioner for LocalProvisioner {
     async fn start(&self, spec: ComputeSpec) -> Result<Box<dyn Compute>, LifecycleError> {
-        let compute =
-            RunningCompute::start(Arc::clone(&self.cfg), Arc::clone(&self.page_store), spec)
-                .await?;
+        let compute = RunningCompute::start(
+            Arc::clone(&self.cfg),
+            Arc::clone(&self.page_store),
+            self.wal.clone(),
+            spec,
+        )
+        .await?;
         Ok(Box::new(compute))
     }
 

@@ -31,6 +31,17 @@ enum Command {
     /// Manage roles.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Fetch one WAL file for a compute's recovery (PostgreSQL's `restore_command`; not for
+    /// interactive use). Exits 0 when fetched, 1 when the file does not exist, 2 on errors.
+    #[command(hide = true)]
+    WalRestore {
+        /// The compute's restore endpoint.
+        url: String,
+        /// File name PostgreSQL asks for (`%f`).
+        file: String,
+        /// Where PostgreSQL wants it (`%p`).
+        dest: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -125,6 +136,17 @@ enum RoleCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::WalRestore { url, file, dest } = &cli.command {
+        // No runtime, no logging setup: PostgreSQL runs this once per file during recovery.
+        match spg_lifecycle_lib::compute::wal::fetch_wal_file(url, file, dest) {
+            Ok(true) => std::process::exit(0),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("spg wal-restore {file}: {e}");
+                std::process::exit(2)
+            }
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,6 +156,7 @@ fn main() -> Result<()> {
             Command::Up(args) => up(args).await,
             Command::Db(cmd) => db(cmd).await,
             Command::Role(cmd) => role(cmd).await,
+            Command::WalRestore { .. } => Ok(()),
         }
     })
 }

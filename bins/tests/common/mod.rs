@@ -50,6 +50,7 @@ impl TestPlatform {
         cfg.api_listen = ([127, 0, 0, 1], 0).into();
         cfg.api_key = Some(API_KEY.into());
         cfg.lease_ttl = Duration::from_secs(5);
+        cfg.restore_program = Some(PathBuf::from(env!("CARGO_BIN_EXE_spg")));
         tweak(&mut cfg);
         let platform = Platform::start(cfg).await.unwrap();
         let db = DatabaseName::new(DB).unwrap();

@@ -26,8 +26,25 @@ fn conf_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// `postgresql.conf` for a compute listening on `127.0.0.1:port`.
-pub fn postgresql_conf(port: u16, socket_dir: &Path, profile: &ScaleProfile) -> String {
+/// What a compute in a WAL quorum adds to its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConf {
+    /// `synchronous_standby_names`, e.g. `ANY 2 ("sk1", "sk2", "sk3")`.
+    pub standby_names: String,
+    /// `restore_command`.
+    pub restore_command: String,
+    /// `recovery_target_timeline`: a timeline id, or `current`.
+    pub recovery_target_timeline: String,
+}
+
+/// `postgresql.conf` for a compute listening on `127.0.0.1:port`; with `wal`, one that recovers
+/// from the safekeepers, promotes, and commits only once a quorum of them has the WAL.
+pub fn postgresql_conf(
+    port: u16,
+    socket_dir: &Path,
+    profile: &ScaleProfile,
+    wal: Option<&WalConf>,
+) -> String {
     let mut c = String::new();
     let _ = writeln!(
         c,
@@ -57,19 +74,50 @@ pub fn postgresql_conf(port: u16, socket_dir: &Path, profile: &ScaleProfile) -> 
     let _ = writeln!(c, "timezone = 'UTC'");
     let _ = writeln!(c, "log_timezone = 'UTC'");
     let _ = writeln!(c, "default_text_search_config = 'pg_catalog.english'");
+    if let Some(w) = wal {
+        let _ = writeln!(c, "# WAL quorum: safekeepers are synchronous standbys");
+        let _ = writeln!(c, "wal_level = replica");
+        let _ = writeln!(c, "max_wal_senders = 16");
+        let _ = writeln!(c, "wal_keep_size = '256MB'");
+        let _ = writeln!(c, "wal_sender_timeout = '10s'");
+        let _ = writeln!(
+            c,
+            "synchronous_standby_names = {}",
+            conf_quote(&w.standby_names)
+        );
+        let _ = writeln!(
+            c,
+            "# Recovery from the safekeepers, then promotion onto this generation's timeline"
+        );
+        let _ = writeln!(c, "restore_command = {}", conf_quote(&w.restore_command));
+        let _ = writeln!(
+            c,
+            "recovery_target_timeline = {}",
+            conf_quote(&w.recovery_target_timeline)
+        );
+        // Accept connections only once promoted: readiness means read-write.
+        let _ = writeln!(c, "hot_standby = off");
+    }
     c
 }
 
 /// `pg_hba.conf`: the admin role only over the Unix socket with `peer`, tenants over loopback TCP
+/// with SCRAM-SHA-256, and (with `replication`) the safekeepers' role for physical replication
 /// with SCRAM-SHA-256. Nothing else, and never `trust`.
-pub fn pg_hba_conf() -> String {
-    format!(
+pub fn pg_hba_conf(replication: bool) -> String {
+    let mut s = format!(
         "# Written by the SPG compute agent at every start. Do not edit.\n\
          local all {ADMIN_ROLE} peer map=spg\n\
-         host all {ADMIN_ROLE} all reject\n\
-         host all all 127.0.0.1/32 scram-sha-256\n\
-         host all all ::1/128 scram-sha-256\n"
-    )
+         host all {ADMIN_ROLE} all reject\n"
+    );
+    if replication {
+        let r = super::wal::REPLICATOR_ROLE;
+        s.push_str(&format!(
+            "host replication {r} 127.0.0.1/32 scram-sha-256\nhost all {r} all reject\n"
+        ));
+    }
+    s.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n");
+    s
 }
 
 /// `pg_ident.conf`: the OS user the platform runs as may log in as the admin role.
@@ -86,11 +134,22 @@ mod tests {
 
     #[test]
     fn renders_config() {
-        let c = postgresql_conf(5555, Path::new("/run/it's"), &default_profile());
+        let c = postgresql_conf(5555, Path::new("/run/it's"), &default_profile(), None);
         assert!(c.contains("port = 5555\n"));
         assert!(c.contains("unix_socket_directories = '/run/it''s'\n"));
         assert!(c.contains("shared_buffers = '128MB'"));
-        let hba = pg_hba_conf();
+        assert!(!c.contains("restore_command"));
+        let w = WalConf {
+            standby_names: "ANY 2 (\"sk1\", \"sk2\", \"sk3\")".into(),
+            restore_command: "\"/bin/spg\" wal-restore http://x \"%f\" \"%p\"".into(),
+            recovery_target_timeline: "current".into(),
+        };
+        let c = postgresql_conf(5555, Path::new("/run"), &default_profile(), Some(&w));
+        assert!(c.contains("synchronous_standby_names = 'ANY 2 (\"sk1\", \"sk2\", \"sk3\")'\n"));
+        assert!(c.contains("hot_standby = off\n"));
+        assert!(pg_hba_conf(true)
+            .contains("host replication spg_replicator 127.0.0.1/32 scram-sha-256"));
+        let hba = pg_hba_conf(false);
         assert!(!hba.contains("trust"));
         assert!(hba.contains("local all spg_admin peer map=spg"));
         assert_eq!(

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod process;
 mod sql;
+pub mod wal;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spg_core::scram::ScramVerifier;
 use spg_core::{
-    ComputeEndpoint, DatabaseName, Generation, ImageInfo, PageStore, RoleName, ScaleProfile,
+    ComputeEndpoint, DatabaseName, Election, Generation, ImageInfo, PageStore, ReplicationSource,
+    RoleName, ScaleProfile,
 };
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
@@ -30,6 +32,11 @@ use crate::timing::{StepTimer, StepTimings};
 use crate::LifecycleError;
 use config::ADMIN_ROLE;
 use process::{free_loopback_port, is_postgres_on, ExitInfo, ExitWatch, PostgresProcess};
+use wal::{RestoreService, WalSetup, REPLICATOR_ROLE};
+
+/// How often a running compute re-asserts to the safekeepers that they follow it (a restarted
+/// safekeeper learns it again this way).
+const FOLLOW_REFRESH: Duration = Duration::from_secs(1);
 
 /// File in a compute's run directory naming its postmaster, for cleanup after a platform crash.
 const PID_RECORD: &str = "spg-postmaster.pid";
@@ -114,6 +121,8 @@ pub struct RunningCompute {
     run_dir: PathBuf,
     process: Option<PostgresProcess>,
     boot: StepTimings,
+    wal: Option<WalSetup>,
+    follow_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningCompute {
@@ -128,20 +137,42 @@ impl std::fmt::Debug for RunningCompute {
 
 impl RunningCompute {
     /// Start a compute for `spec`; returns once it accepts connections with roles in place.
+    ///
+    /// With `wal`, the generation is first elected on the safekeepers (fencing every older one),
+    /// PostgreSQL recovers everything the quorum holds and promotes onto the generation's own
+    /// timeline, and the safekeepers follow it before any role is installed (so that commit
+    /// already needs the quorum).
     pub async fn start(
         cfg: Arc<AgentConfig>,
         page_store: Arc<dyn PageStore>,
+        wal: Option<WalSetup>,
         spec: ComputeSpec,
     ) -> Result<RunningCompute, LifecycleError> {
         let mut timer = StepTimer::new();
+        let election = match &wal {
+            Some(w) => {
+                let e = w
+                    .quorum
+                    .elect(&spec.database, spec.generation)
+                    .await
+                    .map_err(LifecycleError::WalQuorum)?;
+                info!(db = %spec.database, generation = %spec.generation, voters = e.voters,
+                      source = ?e.source, flush = %e.flush_lsn, timeline = %e.new_timeline, "elected");
+                timer.step("elect");
+                Some(e)
+            }
+            None => None,
+        };
         let checkout = page_store
             .checkout(&spec.database, spec.generation)
             .await
             .map_err(LifecycleError::PageStore)?;
         timer.step("checkout");
+        let wal_boot = wal.as_ref().zip(election);
         match Self::boot(
             &cfg,
             &page_store,
+            wal_boot,
             &spec,
             &checkout.data_dir,
             checkout.image.is_none(),
@@ -149,7 +180,7 @@ impl RunningCompute {
         )
         .await
         {
-            Ok((process, port, socket_dir, run_dir)) => {
+            Ok((process, port, socket_dir, run_dir, follow_task)) => {
                 let boot = timer.finish();
                 info!(db = %spec.database, generation = %spec.generation, port,
                       ms = boot.get("total").map(|d| d.as_millis() as u64), "compute ready");
@@ -166,6 +197,8 @@ impl RunningCompute {
                     run_dir,
                     process: Some(process),
                     boot,
+                    wal,
+                    follow_task,
                 })
             }
             Err(e) => {
@@ -177,14 +210,25 @@ impl RunningCompute {
         }
     }
 
+    #[allow(clippy::type_complexity)]
     async fn boot(
         cfg: &AgentConfig,
         page_store: &Arc<dyn PageStore>,
+        wal: Option<(&WalSetup, Election)>,
         spec: &ComputeSpec,
         data_dir: &Path,
         fresh: bool,
         timer: &mut StepTimer,
-    ) -> Result<(PostgresProcess, u16, PathBuf, PathBuf), LifecycleError> {
+    ) -> Result<
+        (
+            PostgresProcess,
+            u16,
+            PathBuf,
+            PathBuf,
+            Option<tokio::task::JoinHandle<()>>,
+        ),
+        LifecycleError,
+    > {
         let fail = |step: &'static str, reason: String| LifecycleError::Compute {
             database: spec.database.to_string(),
             generation: spec.generation.0,
@@ -211,7 +255,68 @@ impl RunningCompute {
             create_private_dir(&socket_dir)?;
             cfg.run_as.chown(&socket_dir)?;
         }
-        write_owned(cfg, &data_dir.join("pg_hba.conf"), &config::pg_hba_conf())?;
+        write_owned(
+            cfg,
+            &data_dir.join("pg_hba.conf"),
+            &config::pg_hba_conf(wal.is_some()),
+        )?;
+        let restore = match &wal {
+            Some((w, election)) => {
+                cfg.run_as
+                    .check_reachable(w.restore_program.parent().unwrap_or(Path::new("/")))?;
+                let svc = RestoreService::start(
+                    Arc::clone(&w.quorum),
+                    spec.database.clone(),
+                    election.clone(),
+                )
+                .await?;
+                write_owned(cfg, &data_dir.join("recovery.signal"), "")?;
+                let conf = config::WalConf {
+                    standby_names: w.quorum.synchronous_standby_names(),
+                    restore_command: svc.restore_command(&w.restore_program),
+                    recovery_target_timeline: election
+                        .recovery_timeline()
+                        .map_or_else(|| "current".to_owned(), |t| t.to_string()),
+                };
+                Some((svc, conf))
+            }
+            None => None,
+        };
+        let result = Self::spawn_and_setup(
+            cfg,
+            wal,
+            spec,
+            data_dir,
+            &run_dir,
+            &socket_dir,
+            restore.as_ref().map(|(_, c)| c),
+            timer,
+        )
+        .await;
+        if let Some((svc, _)) = restore {
+            svc.stop().await;
+        }
+        let (process, port, follow_task) = result?;
+        Ok((process, port, socket_dir, run_dir, follow_task))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn_and_setup(
+        cfg: &AgentConfig,
+        wal: Option<(&WalSetup, Election)>,
+        spec: &ComputeSpec,
+        data_dir: &Path,
+        run_dir: &Path,
+        socket_dir: &Path,
+        wal_conf: Option<&config::WalConf>,
+        timer: &mut StepTimer,
+    ) -> Result<(PostgresProcess, u16, Option<tokio::task::JoinHandle<()>>), LifecycleError> {
+        let fail = |step: &'static str, reason: String| LifecycleError::Compute {
+            database: spec.database.to_string(),
+            generation: spec.generation.0,
+            step,
+            reason,
+        };
         write_owned(
             cfg,
             &data_dir.join("pg_ident.conf"),
@@ -224,7 +329,7 @@ impl RunningCompute {
             write_owned(
                 cfg,
                 &data_dir.join("postgresql.conf"),
-                &config::postgresql_conf(port, &socket_dir, &spec.profile),
+                &config::postgresql_conf(port, socket_dir, &spec.profile, wal_conf),
             )?;
             if attempt == 1 {
                 timer.step("configure");
@@ -241,12 +346,26 @@ impl RunningCompute {
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
                     std::fs::write(run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
-                    if let Err(reason) = sync_roles(&socket_dir, port, spec).await {
+                    let mut follow_task = None;
+                    if let Some((w, _)) = &wal {
+                        match start_replication(w, spec, socket_dir, port).await {
+                            Ok(task) => follow_task = Some(task),
+                            Err(reason) => {
+                                process.kill().await;
+                                return Err(fail("follow", reason));
+                            }
+                        }
+                        timer.step("follow");
+                    }
+                    if let Err(reason) = sync_roles(socket_dir, port, spec).await {
+                        if let Some(t) = follow_task {
+                            t.abort();
+                        }
                         process.kill().await;
                         return Err(fail("roles", reason));
                     }
                     timer.step("roles");
-                    return Ok((process, port, socket_dir, run_dir));
+                    return Ok((process, port, follow_task));
                 }
                 Err(failure) if failure.is_port_in_use() && attempt < PORT_ATTEMPTS => {
                     warn!(db = %spec.database, port, "port taken meanwhile; retrying on another");
@@ -287,7 +406,9 @@ impl RunningCompute {
             .map_err(|e| self.fail("roles", e.to_string()))
     }
 
-    /// Fast shutdown (killed after the configured deadline), write-back, release.
+    /// Fast shutdown (killed after the configured deadline), write-back, release. With a WAL
+    /// quorum, the walsenders hand the shutdown checkpoint to the safekeepers before PostgreSQL
+    /// exits; then the safekeepers stop following.
     pub async fn stop(mut self) -> StopReport {
         let mut timer = StepTimer::new();
         let (exit, killed) = match self.process.take() {
@@ -301,6 +422,7 @@ impl RunningCompute {
             ),
         };
         timer.step("shutdown");
+        self.stop_following().await;
         let clean = exit.success() && !killed;
         let mut error = None;
         let mut image = None;
@@ -331,7 +453,19 @@ impl RunningCompute {
         if let Some(p) = self.process.take() {
             p.kill().await;
         }
+        self.stop_following().await;
         self.finish().await;
+    }
+
+    async fn stop_following(&mut self) {
+        if let Some(t) = self.follow_task.take() {
+            t.abort();
+        }
+        if let Some(w) = &self.wal {
+            if let Err(e) = w.quorum.unfollow(&self.database, self.generation).await {
+                warn!(db = %self.database, error = %e, "safekeepers did not stop following");
+            }
+        }
     }
 
     async fn finish(&mut self) {
@@ -440,6 +574,59 @@ async fn admin_client(socket_dir: &Path, port: u16) -> Result<tokio_postgres::Cl
         }
     });
     Ok(client)
+}
+
+/// Mint this generation's replication password (stored as a SCRAM verifier, with a local-only
+/// commit: no safekeeper streams yet), then have the safekeepers follow, and keep re-asserting
+/// it while the compute runs.
+async fn start_replication(
+    w: &WalSetup,
+    spec: &ComputeSpec,
+    socket_dir: &Path,
+    port: u16,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let password = wal::replication_password();
+    let verifier = ScramVerifier::from_password(&password).to_postgres_string();
+    let client = admin_client(socket_dir, port).await?;
+    client
+        .batch_execute(&format!(
+            "SET synchronous_commit = local;\n\
+             DO $$ BEGIN\n\
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR_ROLE}') THEN\n\
+                 CREATE ROLE {REPLICATOR_ROLE} REPLICATION LOGIN;\n\
+               END IF;\n\
+             END $$;\n\
+             ALTER ROLE {REPLICATOR_ROLE} WITH NOSUPERUSER REPLICATION LOGIN PASSWORD '{verifier}';"
+        ))
+        .await
+        .map_err(|e| format!("replication role: {e}"))?;
+    let source = ReplicationSource {
+        host: "127.0.0.1".into(),
+        port,
+        user: REPLICATOR_ROLE.into(),
+        password,
+    };
+    w.quorum
+        .follow(&spec.database, spec.generation, &source)
+        .await
+        .map_err(|e| format!("safekeepers: {e}"))?;
+    let (quorum, db, g) = (
+        Arc::clone(&w.quorum),
+        spec.database.clone(),
+        spec.generation,
+    );
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(FOLLOW_REFRESH).await;
+            if let Err(e) = quorum.follow(&db, g, &source).await {
+                if matches!(e, spg_core::CoreError::StaleGeneration { .. }) {
+                    warn!(%db, generation = %g, error = %e, "fenced by a newer generation");
+                    return;
+                }
+                tracing::debug!(%db, generation = %g, error = %e, "re-asserting follow");
+            }
+        }
+    }))
 }
 
 async fn sync_roles(socket_dir: &Path, port: u16, spec: &ComputeSpec) -> Result<(), String> {

@@ -29,6 +29,9 @@
 mod core;
 pub mod file;
 mod log;
+pub mod metrics;
+pub mod node;
+pub mod quorum;
 mod store;
 pub mod stream;
 pub mod wire;

@@ -1,0 +1,202 @@
+//! A compute's part in the WAL quorum: the election before it starts, recovery through
+//! `restore_command` from the safekeepers, and the safekeepers following it once it is up.
+//!
+//! PostgreSQL runs `restore_command` as a program; SPG's is `<restore program> wal-restore <url>
+//! %f %p`, which fetches the file from a per-compute loopback endpoint the agent serves for the
+//! duration of the start ([`RestoreService`]). The endpoint answers from
+//! [`WalQuorum::read_wal_file`] for this compute's [`Election`], with a random token in the path so
+//! that only this compute's postgres (which reads it from its configuration) can use it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rand::RngExt;
+use spg_core::{DatabaseName, Election, WalQuorum};
+use tokio_util::sync::CancellationToken;
+
+use crate::LifecycleError;
+
+/// Role the safekeepers log in as for replication (REPLICATION, no superuser).
+pub const REPLICATOR_ROLE: &str = "spg_replicator";
+
+/// How computes join the WAL quorum.
+#[derive(Clone)]
+pub struct WalSetup {
+    /// The safekeepers.
+    pub quorum: Arc<dyn WalQuorum>,
+    /// The program PostgreSQL runs to restore WAL (`spg`, which has the `wal-restore`
+    /// subcommand). It must be executable by the compute user.
+    pub restore_program: PathBuf,
+}
+
+impl std::fmt::Debug for WalSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalSetup")
+            .field(
+                "synchronous_standby_names",
+                &self.quorum.synchronous_standby_names(),
+            )
+            .field("restore_program", &self.restore_program)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+struct RestoreState {
+    quorum: Arc<dyn WalQuorum>,
+    db: DatabaseName,
+    election: Arc<Election>,
+    token: String,
+}
+
+/// The per-compute loopback endpoint behind `restore_command`.
+pub struct RestoreService {
+    url: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RestoreService {
+    /// Serve the WAL of `election` on `127.0.0.1:<free port>`.
+    pub async fn start(
+        quorum: Arc<dyn WalQuorum>,
+        db: DatabaseName,
+        election: Election,
+    ) -> Result<RestoreService, LifecycleError> {
+        let mut raw = [0u8; 16];
+        rand::rng().fill(&mut raw[..]);
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| LifecycleError::io("bind", "127.0.0.1:0", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| LifecycleError::io("local_addr", "restore endpoint", e))?;
+        let state = RestoreState {
+            quorum,
+            db,
+            election: Arc::new(election),
+            token: token.clone(),
+        };
+        let app = axum::Router::new()
+            .route("/{token}/{file}", axum::routing::get(serve))
+            .with_state(state);
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s2.cancelled().await })
+                .await;
+        });
+        Ok(RestoreService {
+            url: format!("http://{addr}/{token}"),
+            stop,
+            task,
+        })
+    }
+
+    /// The `restore_command` value for `program`.
+    pub fn restore_command(&self, program: &Path) -> String {
+        format!(
+            "\"{}\" wal-restore {} \"%f\" \"%p\"",
+            program.display(),
+            self.url
+        )
+    }
+
+    /// Stop serving.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(
+    State(st): State<RestoreState>,
+    UrlPath((token, file)): UrlPath<(String, String)>,
+) -> Response {
+    if !spg_core::scram::ct_eq(token.as_bytes(), st.token.as_bytes()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let valid = file.len() <= 64
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b.is_ascii_lowercase());
+    if !valid {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    match st.quorum.read_wal_file(&st.db, &st.election, &file).await {
+        Ok(Some(bytes)) => {
+            tracing::debug!(db = %st.db, file, "restore: served");
+            bytes.into_response()
+        }
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::warn!(db = %st.db, file, error = %e, "restore: read failed");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// The client side of `restore_command`: fetch `file` from `url` into `dest`. `Ok(false)` when
+/// the file does not exist (PostgreSQL then looks elsewhere or ends recovery); an error for
+/// anything else (PostgreSQL retries or fails the start).
+pub fn fetch_wal_file(url: &str, file: &str, dest: &Path) -> Result<bool, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("unsupported URL {url}"))?;
+    let (host, path) = rest.split_once('/').ok_or("URL without a path")?;
+    let mut s = TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    write!(s, "GET /{path}/{file} HTTP/1.0\r\nHost: {host}\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("response without a header")?;
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or("response without a status")?;
+    let body = &resp[split + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len != body.len() {
+            return Err(format!("truncated response: {} of {len} bytes", body.len()));
+        }
+    }
+    match status {
+        200 => {
+            let tmp = dest.with_extension("spg-partial");
+            std::fs::write(&tmp, body).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, dest).map_err(|e| format!("rename {}: {e}", dest.display()))?;
+            Ok(true)
+        }
+        404 => Ok(false),
+        other => Err(format!("restore endpoint answered {other}")),
+    }
+}
+
+/// A fresh password for the replication role of one compute generation.
+pub fn replication_password() -> String {
+    let mut raw = [0u8; 24];
+    rand::rng().fill(&mut raw[..]);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}

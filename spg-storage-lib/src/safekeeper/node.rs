@@ -1,0 +1,308 @@
+//! [`SafekeeperNode`]: one safekeeper serving many databases, each in its own directory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spg_core::{DatabaseName, Generation, Lsn, ReplicationSource, TimelineId};
+use tokio::sync::watch;
+
+use super::file::{parse_segment_file_name, FileWalStore};
+use super::metrics::SafekeeperMetrics;
+use super::stream::{follow_primary, lock, PrimaryConn, SharedSafekeeper, StreamEnd};
+use super::{wire, History, Safekeeper, Vote, WalLog};
+use crate::StorageError;
+
+/// Configuration of a safekeeper node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Its name: the `application_name` it streams under, listed in the compute's
+    /// `synchronous_standby_names`.
+    pub name: String,
+    /// Where its databases' WAL lives.
+    pub dir: PathBuf,
+    /// WAL segment size of the computes (PostgreSQL's default 16 MiB).
+    pub segment_size: u64,
+}
+
+/// What a safekeeper reports about one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafekeeperStatus {
+    /// The safekeeper's name.
+    pub name: String,
+    /// The generation promised.
+    pub generation: Generation,
+    /// The durable WAL held.
+    pub log: WalLog,
+    /// The end of the WAL written (not necessarily durable yet).
+    pub written: Lsn,
+    /// The generation whose compute it streams from.
+    pub following: Option<Generation>,
+}
+
+struct Follower {
+    generation: Generation,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Db {
+    name: DatabaseName,
+    sk: SharedSafekeeper<FileWalStore>,
+    follower: tokio::sync::Mutex<Option<Follower>>,
+}
+
+/// A safekeeper: elections, streaming from computes, and WAL reads for recovery, per database.
+pub struct SafekeeperNode {
+    cfg: NodeConfig,
+    dbs: Mutex<HashMap<DatabaseName, Arc<Db>>>,
+    metrics: Arc<SafekeeperMetrics>,
+}
+
+impl std::fmt::Debug for SafekeeperNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafekeeperNode")
+            .field("name", &self.cfg.name)
+            .finish()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Protocol(format!("storage task failed: {e}")))?
+}
+
+impl SafekeeperNode {
+    /// A node over `cfg.dir` (created if missing); databases are opened on first use.
+    pub fn new(cfg: NodeConfig) -> Result<Arc<Self>, StorageError> {
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| StorageError::io("create dir", &cfg.dir, e))?;
+        Ok(Arc::new(SafekeeperNode {
+            metrics: Arc::new(SafekeeperMetrics::new(&cfg.name)),
+            cfg,
+            dbs: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<SafekeeperMetrics> {
+        &self.metrics
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    async fn db(&self, db: &DatabaseName) -> Result<Arc<Db>, StorageError> {
+        if let Some(d) = self.dbs.lock().unwrap_or_else(|p| p.into_inner()).get(db) {
+            return Ok(Arc::clone(d));
+        }
+        let dir = self.cfg.dir.join(db.as_str());
+        let seg = self.cfg.segment_size;
+        let sk = blocking(move || Safekeeper::open(FileWalStore::open(dir, seg)?)).await?;
+        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+        let d = dbs.entry(db.clone()).or_insert_with(|| {
+            Arc::new(Db {
+                name: db.clone(),
+                sk: Arc::new(Mutex::new(sk)),
+                follower: tokio::sync::Mutex::new(None),
+            })
+        });
+        Ok(Arc::clone(d))
+    }
+
+    /// Answer an election; a promise stops streaming from any older generation.
+    pub async fn elect(&self, db: &DatabaseName, g: Generation) -> Result<Vote, StorageError> {
+        let d = self.db(db).await?;
+        let sk = Arc::clone(&d.sk);
+        let vote = blocking(move || lock(&sk).elect(g)).await?;
+        if matches!(vote, Vote::Promise { .. }) {
+            let mut f = d.follower.lock().await;
+            if f.as_ref().is_some_and(|f| f.generation < g) {
+                stop(f.take()).await;
+            }
+        }
+        Ok(vote)
+    }
+
+    /// Stream from the compute of `g` (idempotent; replaces streaming from an older generation).
+    pub async fn follow(
+        self: &Arc<Self>,
+        db: &DatabaseName,
+        g: Generation,
+        source: &ReplicationSource,
+    ) -> Result<(), StorageError> {
+        let d = self.db(db).await?;
+        let current = lock(&d.sk).generation();
+        if g < current {
+            return Err(StorageError::StaleGeneration {
+                offered: g.0,
+                current: current.0,
+            });
+        }
+        let mut f = d.follower.lock().await;
+        if let Some(existing) = f.as_ref() {
+            if existing.generation == g && !existing.task.is_finished() {
+                return Ok(());
+            }
+        }
+        stop(f.take()).await;
+        let conn = PrimaryConn {
+            host: source.host.clone(),
+            port: source.port,
+            user: source.user.clone(),
+            password: source.password.clone(),
+            application_name: self.cfg.name.clone(),
+        };
+        let (tx, rx) = watch::channel(false);
+        let node = Arc::clone(self);
+        let db2 = Arc::clone(&d);
+        let task = tokio::spawn(async move { node.stream_loop(db2, g, conn, rx).await });
+        *f = Some(Follower {
+            generation: g,
+            stop: tx,
+            task,
+        });
+        Ok(())
+    }
+
+    async fn stream_loop(
+        self: Arc<Self>,
+        d: Arc<Db>,
+        g: Generation,
+        conn: PrimaryConn,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let observer = self.metrics.observer(&d.name);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let r =
+                follow_primary(&d.sk, g, &conn, self.cfg.segment_size, &observer, &mut stop).await;
+            match r {
+                Ok(StreamEnd::Stopped) => return,
+                Ok(StreamEnd::Fenced { current }) => {
+                    tracing::info!(db = %d.name, %g, %current, sk = %self.cfg.name, "fenced: stop streaming");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(db = %d.name, %g, sk = %self.cfg.name, error = %e, "replication stream ended");
+                    self.metrics.stream_errors.inc();
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Stop streaming from the compute of `g` (no-op if following another generation).
+    pub async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
+        let d = self.db(db).await?;
+        let mut f = d.follower.lock().await;
+        if f.as_ref().is_some_and(|f| f.generation == g) {
+            stop(f.take()).await;
+        }
+        Ok(())
+    }
+
+    /// The state of `db` here.
+    pub async fn status(&self, db: &DatabaseName) -> Result<SafekeeperStatus, StorageError> {
+        let d = self.db(db).await?;
+        let s = lock(&d.sk);
+        Ok(SafekeeperStatus {
+            name: self.cfg.name.clone(),
+            generation: s.generation(),
+            log: s.log().clone(),
+            written: s.written(),
+            following: s.following(),
+        })
+    }
+
+    /// A WAL segment or timeline history file of `db`, for the recovery of generation `g`.
+    /// Fails with `StaleGeneration` once a newer generation was promised here.
+    pub async fn wal_file(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let d = self.db(db).await?;
+        let sk = Arc::clone(&d.sk);
+        let seg = self.cfg.segment_size;
+        let name = name.to_owned();
+        blocking(move || {
+            let s = lock(&sk);
+            if s.generation() > g {
+                return Err(StorageError::StaleGeneration {
+                    offered: g.0,
+                    current: s.generation().0,
+                });
+            }
+            if let Some(tli) = parse_history_name(&name) {
+                return Ok(history_file(&s.log().history, tli).map(String::into_bytes));
+            }
+            match parse_segment_file_name(&name, seg) {
+                Some((tli, segno)) => s.segment_file(tli, segno, seg),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Stop every stream (for shutdown).
+    pub async fn shutdown(&self) {
+        let dbs: Vec<Arc<Db>> = self
+            .dbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for d in dbs {
+            stop(d.follower.lock().await.take()).await;
+        }
+    }
+}
+
+async fn stop(f: Option<Follower>) {
+    if let Some(f) = f {
+        let _ = f.stop.send(true);
+        let _ = f.task.await;
+    }
+}
+
+/// `0000000A.history` → timeline 10.
+pub fn parse_history_name(name: &str) -> Option<TimelineId> {
+    let hex = name.strip_suffix(".history")?;
+    (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+        .map(TimelineId)
+}
+
+/// The history file of timeline `tli` as seen on `path`, if `tli` is on it.
+pub fn history_file(path: &History, tli: TimelineId) -> Option<String> {
+    if !path.contains(tli) {
+        return None;
+    }
+    let spans: Vec<_> = path
+        .spans()
+        .iter()
+        .copied()
+        .take_while(|s| s.tli <= tli)
+        .collect();
+    History::from_spans(spans).map(|h| wire::format_history_file(&h))
+}

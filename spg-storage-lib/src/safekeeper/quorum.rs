@@ -1,0 +1,340 @@
+//! [`SafekeeperSet`]: the [`WalQuorum`] of a set of safekeepers, reached through
+//! [`SafekeeperApi`] (in process, or over HTTP to `spg-safekeeper` daemons).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use spg_core::{
+    CoreError, CoreResult, DatabaseName, Election, Generation, Lsn, ReplicationSource, TimelineId,
+    WalQuorum,
+};
+
+use super::node::{parse_history_name, SafekeeperNode, SafekeeperStatus};
+use super::{choose_source, timeline_of, Vote, WalLog};
+use crate::StorageError;
+
+/// One safekeeper as the quorum sees it.
+#[async_trait]
+pub trait SafekeeperApi: Send + Sync {
+    /// Its name (its `application_name`).
+    fn name(&self) -> &str;
+    /// Answer an election.
+    async fn elect(&self, db: &DatabaseName, g: Generation) -> Result<Vote, StorageError>;
+    /// A WAL or history file for the recovery of `g`.
+    async fn wal_file(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Stream from the compute of `g`.
+    async fn follow(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        source: &ReplicationSource,
+    ) -> Result<(), StorageError>;
+    /// Stop streaming from the compute of `g`.
+    async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError>;
+    /// The state of `db` on it.
+    async fn status(&self, db: &DatabaseName) -> Result<SafekeeperStatus, StorageError>;
+}
+
+#[async_trait]
+impl SafekeeperApi for Arc<SafekeeperNode> {
+    fn name(&self) -> &str {
+        SafekeeperNode::name(self)
+    }
+    async fn elect(&self, db: &DatabaseName, g: Generation) -> Result<Vote, StorageError> {
+        SafekeeperNode::elect(self, db, g).await
+    }
+    async fn wal_file(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        SafekeeperNode::wal_file(self, db, g, name).await
+    }
+    async fn follow(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        source: &ReplicationSource,
+    ) -> Result<(), StorageError> {
+        SafekeeperNode::follow(self, db, g, source).await
+    }
+    async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
+        SafekeeperNode::unfollow(self, db, g).await
+    }
+    async fn status(&self, db: &DatabaseName) -> Result<SafekeeperStatus, StorageError> {
+        SafekeeperNode::status(self, db).await
+    }
+}
+
+/// A set of safekeepers acting as one [`WalQuorum`].
+pub struct SafekeeperSet {
+    members: Vec<Arc<dyn SafekeeperApi>>,
+    quorum: usize,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SafekeeperSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.members.iter().map(|m| m.name()).collect();
+        f.debug_struct("SafekeeperSet")
+            .field("members", &names)
+            .field("quorum", &self.quorum)
+            .finish()
+    }
+}
+
+impl SafekeeperSet {
+    /// A set with a majority quorum. Calls to one member give up after `timeout`.
+    pub fn new(members: Vec<Arc<dyn SafekeeperApi>>, timeout: Duration) -> Self {
+        let quorum = members.len() / 2 + 1;
+        SafekeeperSet {
+            members,
+            quorum,
+            timeout,
+        }
+    }
+
+    /// The members.
+    pub fn members(&self) -> &[Arc<dyn SafekeeperApi>] {
+        &self.members
+    }
+
+    /// How many members make a quorum.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// Call every member concurrently, each bounded by the timeout.
+    async fn all<T, F>(&self, f: F) -> Vec<(usize, Result<T, StorageError>)>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<dyn SafekeeperApi>) -> futures_lite::BoxFuture<T>,
+    {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let fut = f(Arc::clone(m));
+            let timeout = self.timeout;
+            set.spawn(async move {
+                let r = tokio::time::timeout(timeout, fut)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StorageError::Protocol(
+                            "safekeeper did not answer in time".into(),
+                        ))
+                    });
+                (i, r)
+            });
+        }
+        let mut out = Vec::with_capacity(self.members.len());
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+}
+
+/// Boxed futures without pulling in the `futures` crate.
+mod futures_lite {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use crate::StorageError;
+
+    pub type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send>>;
+}
+
+fn placeholder_history(parent: TimelineId) -> Vec<u8> {
+    // PostgreSQL only checks that the file exists when it picks the next timeline id.
+    format!(
+        "{}\t0/0\tplaceholder: timeline reserved for another generation\n",
+        parent.0
+    )
+    .into_bytes()
+}
+
+#[async_trait]
+impl WalQuorum for SafekeeperSet {
+    async fn elect(&self, db: &DatabaseName, g: Generation) -> CoreResult<Election> {
+        let db2 = db.clone();
+        let answers = self
+            .all(move |m| {
+                let db = db2.clone();
+                Box::pin(async move { m.elect(&db, g).await })
+            })
+            .await;
+        let mut promised: Vec<(usize, WalLog)> = Vec::new();
+        let mut newest = Generation::NONE;
+        let mut errors = Vec::new();
+        for (i, r) in answers {
+            match r {
+                Ok(Vote::Promise { log, .. }) => promised.push((i, log)),
+                Ok(Vote::Reject { current }) => newest = newest.max(current),
+                Err(e) => errors.push(format!("{}: {e}", self.members[i].name())),
+            }
+        }
+        if promised.len() < self.quorum {
+            if newest > g {
+                return Err(CoreError::StaleGeneration {
+                    offered: g.0,
+                    current: newest.0,
+                });
+            }
+            return Err(CoreError::Unavailable(format!(
+                "only {} of {} safekeepers promised generation {g} (quorum {}): {}",
+                promised.len(),
+                self.members.len(),
+                self.quorum,
+                errors.join("; ")
+            )));
+        }
+        let logs: Vec<WalLog> = promised.iter().map(|(_, l)| l.clone()).collect();
+        let pick = choose_source(&logs).unwrap_or(0);
+        let (idx, log) = &promised[pick];
+        let (source, history) = if log.is_empty() {
+            (None, Vec::new())
+        } else {
+            (
+                Some(self.members[*idx].name().to_owned()),
+                log.history
+                    .spans()
+                    .iter()
+                    .map(|s| (s.tli, s.begin))
+                    .collect(),
+            )
+        };
+        Ok(Election {
+            generation: g,
+            voters: promised.len(),
+            source,
+            history,
+            flush_lsn: if log.is_empty() {
+                Lsn::INVALID
+            } else {
+                log.flush
+            },
+            new_timeline: timeline_of(g),
+        })
+    }
+
+    async fn read_wal_file(
+        &self,
+        db: &DatabaseName,
+        election: &Election,
+        file_name: &str,
+    ) -> CoreResult<Option<Vec<u8>>> {
+        if let Some(tli) = parse_history_name(file_name) {
+            let target = election.recovery_timeline().unwrap_or(TimelineId(1));
+            if tli > target && tli < election.new_timeline {
+                return Ok(Some(placeholder_history(target)));
+            }
+            if tli >= election.new_timeline {
+                return Ok(None);
+            }
+        }
+        // The source first: it holds the recovered log. Others hold prefixes of it, or older
+        // segments it no longer keeps.
+        let mut order: Vec<&Arc<dyn SafekeeperApi>> = self.members.iter().collect();
+        if let Some(src) = &election.source {
+            order.sort_by_key(|m| m.name() != src);
+        }
+        let mut fenced = None;
+        for m in order {
+            let r =
+                tokio::time::timeout(self.timeout, m.wal_file(db, election.generation, file_name))
+                    .await;
+            match r {
+                Ok(Ok(Some(bytes))) => return Ok(Some(bytes)),
+                Ok(Err(StorageError::StaleGeneration { offered, current })) => {
+                    fenced = Some(CoreError::StaleGeneration { offered, current })
+                }
+                _ => {}
+            }
+        }
+        fenced.map_or(Ok(None), Err)
+    }
+
+    async fn follow(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        source: &ReplicationSource,
+    ) -> CoreResult<()> {
+        let (db2, src) = (db.clone(), source.clone());
+        let answers = self
+            .all(move |m| {
+                let (db, src) = (db2.clone(), src.clone());
+                Box::pin(async move { m.follow(&db, g, &src).await })
+            })
+            .await;
+        let ok = answers.iter().filter(|(_, r)| r.is_ok()).count();
+        if let Some((_, Err(StorageError::StaleGeneration { offered, current }))) = answers
+            .iter()
+            .find(|(_, r)| matches!(r, Err(StorageError::StaleGeneration { .. })))
+        {
+            if ok < self.quorum {
+                return Err(CoreError::StaleGeneration {
+                    offered: *offered,
+                    current: *current,
+                });
+            }
+        }
+        if ok < self.quorum {
+            return Err(CoreError::Unavailable(format!(
+                "only {ok} safekeepers accepted to follow generation {g}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn unfollow(&self, db: &DatabaseName, g: Generation) -> CoreResult<()> {
+        let db2 = db.clone();
+        self.all(move |m| {
+            let db = db2.clone();
+            Box::pin(async move { m.unfollow(&db, g).await })
+        })
+        .await;
+        Ok(())
+    }
+
+    fn synchronous_standby_names(&self) -> String {
+        let names: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("\"{}\"", m.name()))
+            .collect();
+        format!("ANY {} ({})", self.quorum, names.join(", "))
+    }
+
+    async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn> {
+        let db2 = db.clone();
+        let answers = self
+            .all(move |m| {
+                let db = db2.clone();
+                Box::pin(async move { m.status(&db).await })
+            })
+            .await;
+        let mut flushes: Vec<Lsn> = answers
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .map(|s| s.log.flush)
+            .collect();
+        if flushes.len() < self.quorum {
+            return Err(CoreError::Unavailable(
+                "no safekeeper quorum reachable".into(),
+            ));
+        }
+        flushes.sort();
+        flushes.reverse();
+        Ok(flushes[self.quorum - 1])
+    }
+}
