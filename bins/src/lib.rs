@@ -12,6 +12,7 @@ pub mod adapters;
 pub mod cli;
 pub mod envfile;
 pub mod platform;
+pub mod safekeeper_http;
 pub mod tls;
 
 /// Start `tracing` output on stderr, filtered by `SPG_LOG` (or `RUST_LOG`), default `info`.

@@ -22,6 +22,8 @@ use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
 use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
 use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
 use spg_storage_lib::LocalDirPageStore;
+
+use crate::safekeeper_http::HttpSafekeeper;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +69,8 @@ pub struct PlatformConfig {
     /// Safekeepers run in this process (quorum: a majority); 0 runs computes without a WAL
     /// quorum (their data directories are then the only copy).
     pub safekeepers: usize,
+    /// Safekeeper daemons to use instead of in-process ones (`spg-safekeeper`).
+    pub remote_safekeepers: Vec<RemoteSafekeeper>,
     /// The program computes run as `restore_command` (`spg wal-restore`); default: the `spg`
     /// binary next to the running one.
     pub restore_program: Option<PathBuf>,
@@ -91,9 +95,23 @@ impl PlatformConfig {
             api_key: None,
             lease_ttl: Duration::from_secs(30),
             safekeepers: 3,
+            remote_safekeepers: Vec::new(),
             restore_program: None,
         }
     }
+}
+
+/// A `spg-safekeeper` daemon the platform uses.
+#[derive(Debug, Clone)]
+pub struct RemoteSafekeeper {
+    /// Its name (its `application_name`).
+    pub name: String,
+    /// `https://host:port` of its API.
+    pub url: String,
+    /// Its API key.
+    pub api_key: String,
+    /// The CA certificate (PEM) its TLS certificate is checked against.
+    pub ca_pem: Vec<u8>,
 }
 
 /// A running platform.
@@ -167,12 +185,22 @@ impl Platform {
         let pages = LocalDirPageStore::new(data_dir.join("pages"));
         let agent = AgentConfig::new(data_dir.join("run"), bins)?;
         let mut provisioner = LocalProvisioner::new(agent, Arc::new(pages))?;
-        let safekeepers = start_safekeepers(&data_dir, cfg.safekeepers, &mut registry)?;
-        if !safekeepers.is_empty() {
-            let members: Vec<Arc<dyn SafekeeperApi>> = safekeepers
-                .iter()
-                .map(|n| Arc::new(Arc::clone(n)) as Arc<dyn SafekeeperApi>)
-                .collect();
+        let in_process = if cfg.remote_safekeepers.is_empty() {
+            cfg.safekeepers
+        } else {
+            0
+        };
+        let safekeepers = start_safekeepers(&data_dir, in_process, &mut registry)?;
+        let mut members: Vec<Arc<dyn SafekeeperApi>> = safekeepers
+            .iter()
+            .map(|n| Arc::new(Arc::clone(n)) as Arc<dyn SafekeeperApi>)
+            .collect();
+        for r in &cfg.remote_safekeepers {
+            members.push(Arc::new(HttpSafekeeper::new(
+                &r.name, &r.url, &r.api_key, &r.ca_pem,
+            )?));
+        }
+        if !members.is_empty() {
             let quorum = Arc::new(SafekeeperSet::new(members, Duration::from_secs(5)));
             info!(safekeepers = %quorum.synchronous_standby_names(), "WAL quorum");
             let restore_program = match &cfg.restore_program {

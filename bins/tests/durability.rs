@@ -118,3 +118,129 @@ async fn kill_9_of_the_compute_under_write_load_loses_no_acknowledged_commit() {
     drop(client);
     t.shutdown().await;
 }
+
+struct SkDaemon {
+    name: String,
+    dir: std::path::PathBuf,
+    port: u16,
+    guard: Option<common::ChildGuard>,
+}
+
+const SK_KEY: &str = "sk-test-key-0123456789";
+
+impl SkDaemon {
+    fn start(root: &std::path::Path, name: &str, port: u16) -> SkDaemon {
+        let mut d = SkDaemon {
+            name: name.into(),
+            dir: root.join(name),
+            port,
+            guard: None,
+        };
+        d.restart();
+        d
+    }
+
+    fn restart(&mut self) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spg-safekeeper"))
+            .args(["--name", &self.name, "--api-key", SK_KEY])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Keep draining, so that a later line never meets a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        assert!(
+            line.contains("listening on"),
+            "safekeeper did not start: {line:?}"
+        );
+        self.guard = Some(common::ChildGuard {
+            child: Some(child),
+            dir: self.dir.clone(),
+        });
+    }
+
+    fn kill_9(&mut self) {
+        drop(self.guard.take());
+    }
+
+    fn remote(&self) -> spg::platform::RemoteSafekeeper {
+        spg::platform::RemoteSafekeeper {
+            name: self.name.clone(),
+            url: format!("https://127.0.0.1:{}", self.port),
+            api_key: SK_KEY.into(),
+            ca_pem: std::fs::read(self.dir.join("tls").join("ca.pem")).unwrap(),
+        }
+    }
+}
+
+async fn insert_within(c: &tokio_postgres::Client, id: i32, limit: Duration) {
+    tokio::time::timeout(limit, c.execute("INSERT INTO t VALUES ($1, 'x')", &[&id]))
+        .await
+        .unwrap_or_else(|_| panic!("insert {id} did not complete within {limit:?}"))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safekeeper_daemons_one_down_writes_continue_two_down_commits_wait() {
+    let root = common::reachable_tempdir();
+    let mut sks: Vec<SkDaemon> = ["sk1", "sk2", "sk3"]
+        .iter()
+        .map(|n| SkDaemon::start(root.path(), n, common::free_port()))
+        .collect();
+    let remotes: Vec<_> = sks.iter().map(SkDaemon::remote).collect();
+    let t = TestPlatform::start_with(Duration::from_secs(300), move |cfg| {
+        cfg.remote_safekeepers = remotes;
+    })
+    .await;
+    let c = connect(&t).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, payload text NOT NULL)")
+        .await
+        .unwrap();
+    for id in 1..=20 {
+        insert_within(&c, id, Duration::from_secs(10)).await;
+    }
+
+    // One safekeeper killed: writes continue.
+    sks[0].kill_9();
+    for id in 21..=40 {
+        insert_within(&c, id, Duration::from_secs(10)).await;
+    }
+
+    // Two killed: a commit waits, and neither fails nor returns.
+    sks[1].kill_9();
+    let c2 = connect(&t).await;
+    let waiting =
+        tokio::spawn(async move { c2.execute("INSERT INTO t VALUES (41, 'waits')", &[]).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a commit returned without a safekeeper quorum"
+    );
+
+    // One comes back (same directory, same address): the commit completes.
+    sks[1].restart();
+    let done = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting commit completes once a quorum is back")
+        .unwrap();
+    assert_eq!(done.unwrap(), 1);
+    sks[0].restart();
+    insert_within(&c, 42, Duration::from_secs(10)).await;
+
+    // And the quorum held it all: a crash of the compute loses nothing.
+    drop(c);
+    assert!(kill_9_compute(&t));
+    let c = connect(&t).await;
+    let acked: Vec<i32> = (1..=42).collect();
+    assert_all_present(&c, &acked).await;
+    drop(c);
+    t.shutdown().await;
+}

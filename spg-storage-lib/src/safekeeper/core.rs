@@ -8,7 +8,8 @@ use super::store::{Control, WalStore};
 use crate::StorageError;
 
 /// A safekeeper's answer to an election.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "vote", rename_all = "snake_case")]
 pub enum Vote {
     /// The generation is persisted here; this safekeeper will not acknowledge WAL of any older
     /// generation again. `log` is what it holds, for the proposer to pick a recovery source.

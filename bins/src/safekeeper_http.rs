@@ -1,0 +1,330 @@
+//! The safekeeper daemon's HTTPS API, and the client that makes a remote safekeeper a
+//! [`SafekeeperApi`] member of a [`SafekeeperSet`](spg_storage_lib::safekeeper::quorum::SafekeeperSet).
+//!
+//! | route | |
+//! |---|---|
+//! | `POST /v1/safekeeper/{db}/elect` `{generation}` | promise (or reject) a generation |
+//! | `POST /v1/safekeeper/{db}/follow` `{generation, source}` | stream from that compute |
+//! | `POST /v1/safekeeper/{db}/unfollow` `{generation}` | stop streaming from it |
+//! | `GET /v1/safekeeper/{db}` | generation, log, following |
+//! | `GET /v1/safekeeper/{db}/wal/{file}?generation=g` | a WAL or history file, for recovery |
+//! | `GET /metrics`, `GET /healthz` | unauthenticated |
+//!
+//! Everything under `/v1` needs `Authorization: Bearer <key>`: an election fences a database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use spg_core::{DatabaseName, Generation, ReplicationSource};
+use spg_lifecycle_lib::api::ApiKey;
+use spg_storage_lib::safekeeper::node::{SafekeeperNode, SafekeeperStatus};
+use spg_storage_lib::safekeeper::quorum::SafekeeperApi;
+use spg_storage_lib::safekeeper::Vote;
+use spg_storage_lib::StorageError;
+
+#[derive(Clone)]
+struct St {
+    node: Arc<SafekeeperNode>,
+    key: ApiKey,
+    metrics: Arc<Registry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GenBody {
+    generation: Generation,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FollowBody {
+    generation: Generation,
+    source: ReplicationSource,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrBody {
+    error: String,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<u64>,
+}
+
+struct ApiErr(StorageError);
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let (status, code, current) = match &self.0 {
+            StorageError::StaleGeneration { current, .. } => {
+                (StatusCode::CONFLICT, "stale_generation", Some(*current))
+            }
+            StorageError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt", None),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+        };
+        tracing::warn!(error = %self.0, "safekeeper request failed");
+        let body = ErrBody {
+            error: code.into(),
+            message: self.0.to_string(),
+            current,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn db_name(name: &str) -> Result<DatabaseName, Response> {
+    DatabaseName::new(name).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+}
+
+async fn require_key(State(st): State<St>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| st.key.matches(k.trim()));
+    if !ok {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
+    }
+    next.run(req).await
+}
+
+async fn elect(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(b): Json<GenBody>,
+) -> Result<Json<Vote>, Response> {
+    let db = db_name(&db)?;
+    st.node
+        .elect(&db, b.generation)
+        .await
+        .map(Json)
+        .map_err(|e| ApiErr(e).into_response())
+}
+
+async fn follow(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(b): Json<FollowBody>,
+) -> Result<StatusCode, Response> {
+    let db = db_name(&db)?;
+    st.node
+        .follow(&db, b.generation, &b.source)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(|e| ApiErr(e).into_response())
+}
+
+async fn unfollow(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(b): Json<GenBody>,
+) -> Result<StatusCode, Response> {
+    let db = db_name(&db)?;
+    st.node
+        .unfollow(&db, b.generation)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(|e| ApiErr(e).into_response())
+}
+
+async fn status(
+    State(st): State<St>,
+    Path(db): Path<String>,
+) -> Result<Json<SafekeeperStatus>, Response> {
+    let db = db_name(&db)?;
+    st.node
+        .status(&db)
+        .await
+        .map(Json)
+        .map_err(|e| ApiErr(e).into_response())
+}
+
+async fn wal_file(
+    State(st): State<St>,
+    Path((db, file)): Path<(String, String)>,
+    Query(q): Query<GenBody>,
+) -> Result<Response, Response> {
+    let db = db_name(&db)?;
+    match st.node.wal_file(&db, q.generation, &file).await {
+        Ok(Some(bytes)) => Ok(bytes.into_response()),
+        Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
+        Err(e) => Err(ApiErr(e).into_response()),
+    }
+}
+
+/// The daemon's router: the API guarded by `key`, and `/metrics` rendering `metrics`.
+pub fn router(node: Arc<SafekeeperNode>, key: ApiKey, metrics: Arc<Registry>) -> Router {
+    let st = St { node, key, metrics };
+    let v1 = Router::new()
+        .route("/v1/safekeeper/{db}", get(status))
+        .route("/v1/safekeeper/{db}/elect", post(elect))
+        .route("/v1/safekeeper/{db}/follow", post(follow))
+        .route("/v1/safekeeper/{db}/unfollow", post(unfollow))
+        .route("/v1/safekeeper/{db}/wal/{file}", get(wal_file))
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            require_key,
+        ));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(st): State<St>| async move {
+                spg_lifecycle_lib::api::server::render_metrics(&st.metrics)
+            }),
+        )
+        .with_state(st)
+}
+
+/// A remote safekeeper over its HTTPS API.
+pub struct HttpSafekeeper {
+    name: String,
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl HttpSafekeeper {
+    /// The safekeeper `name` at `base_url`, trusting `ca_pem` only.
+    pub fn new(name: &str, base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        let ca = reqwest::Certificate::from_pem(ca_pem)?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(HttpSafekeeper {
+            name: name.into(),
+            base: base_url.trim_end_matches('/').into(),
+            key: api_key.into(),
+            http,
+        })
+    }
+
+    fn url(&self, db: &DatabaseName, rest: &str) -> String {
+        format!("{}/v1/safekeeper/{}{rest}", self.base, db.as_str())
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, StorageError> {
+        let resp = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.name, e))?;
+        if resp.status() == reqwest::StatusCode::CONFLICT {
+            let body: ErrBody = resp.json().await.map_err(|e| unavailable(&self.name, e))?;
+            return Err(StorageError::StaleGeneration {
+                offered: 0,
+                current: body.current.unwrap_or(0),
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn ok(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, StorageError> {
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(StorageError::Protocol(format!(
+                "safekeeper {} answered {status}: {}",
+                self.name,
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        Ok(resp)
+    }
+}
+
+fn unavailable(name: &str, e: reqwest::Error) -> StorageError {
+    StorageError::Io {
+        op: "request",
+        path: format!("safekeeper {name}").into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl SafekeeperApi for HttpSafekeeper {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn elect(&self, db: &DatabaseName, g: Generation) -> Result<Vote, StorageError> {
+        let req = self
+            .http
+            .post(self.url(db, "/elect"))
+            .json(&GenBody { generation: g });
+        self.ok(req)
+            .await?
+            .json()
+            .await
+            .map_err(|e| unavailable(&self.name, e))
+    }
+
+    async fn wal_file(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let req = self
+            .http
+            .get(self.url(db, &format!("/wal/{name}")))
+            .query(&[("generation", g.0)]);
+        let resp = self.send(req).await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(StorageError::Protocol(format!(
+                "safekeeper {} answered {}",
+                self.name,
+                resp.status()
+            )));
+        }
+        let bytes = resp.bytes().await.map_err(|e| unavailable(&self.name, e))?;
+        Ok(Some(bytes.to_vec()))
+    }
+
+    async fn follow(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        source: &ReplicationSource,
+    ) -> Result<(), StorageError> {
+        let body = FollowBody {
+            generation: g,
+            source: source.clone(),
+        };
+        self.ok(self.http.post(self.url(db, "/follow")).json(&body))
+            .await
+            .map(|_| ())
+    }
+
+    async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
+        let req = self
+            .http
+            .post(self.url(db, "/unfollow"))
+            .json(&GenBody { generation: g });
+        self.ok(req).await.map(|_| ())
+    }
+
+    async fn status(&self, db: &DatabaseName) -> Result<SafekeeperStatus, StorageError> {
+        self.ok(self.http.get(self.url(db, "")))
+            .await?
+            .json()
+            .await
+            .map_err(|e| unavailable(&self.name, e))
+    }
+}
