@@ -57,29 +57,42 @@ struct ErrBody {
     current: Option<u64>,
 }
 
-struct ApiErr(StorageError);
+enum ApiErr {
+    BadName(String),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for ApiErr {
+    fn from(e: StorageError) -> Self {
+        ApiErr::Storage(e)
+    }
+}
 
 impl IntoResponse for ApiErr {
     fn into_response(self) -> Response {
-        let (status, code, current) = match &self.0 {
+        let e = match self {
+            ApiErr::BadName(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+            ApiErr::Storage(e) => e,
+        };
+        let (status, code, current) = match &e {
             StorageError::StaleGeneration { current, .. } => {
                 (StatusCode::CONFLICT, "stale_generation", Some(*current))
             }
             StorageError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt", None),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
         };
-        tracing::warn!(error = %self.0, "safekeeper request failed");
+        tracing::warn!(error = %e, "safekeeper request failed");
         let body = ErrBody {
             error: code.into(),
-            message: self.0.to_string(),
+            message: e.to_string(),
             current,
         };
         (status, Json(body)).into_response()
     }
 }
 
-fn db_name(name: &str) -> Result<DatabaseName, Response> {
-    DatabaseName::new(name).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())
+fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
+    DatabaseName::new(name).map_err(|e| ApiErr::BadName(e.to_string()))
 }
 
 async fn require_key(State(st): State<St>, req: Request, next: Next) -> Response {
@@ -99,63 +112,59 @@ async fn elect(
     State(st): State<St>,
     Path(db): Path<String>,
     Json(b): Json<GenBody>,
-) -> Result<Json<Vote>, Response> {
+) -> Result<Json<Vote>, ApiErr> {
     let db = db_name(&db)?;
     st.node
         .elect(&db, b.generation)
         .await
         .map(Json)
-        .map_err(|e| ApiErr(e).into_response())
+        .map_err(ApiErr::from)
 }
 
 async fn follow(
     State(st): State<St>,
     Path(db): Path<String>,
     Json(b): Json<FollowBody>,
-) -> Result<StatusCode, Response> {
+) -> Result<StatusCode, ApiErr> {
     let db = db_name(&db)?;
     st.node
         .follow(&db, b.generation, &b.source)
         .await
         .map(|()| StatusCode::NO_CONTENT)
-        .map_err(|e| ApiErr(e).into_response())
+        .map_err(ApiErr::from)
 }
 
 async fn unfollow(
     State(st): State<St>,
     Path(db): Path<String>,
     Json(b): Json<GenBody>,
-) -> Result<StatusCode, Response> {
+) -> Result<StatusCode, ApiErr> {
     let db = db_name(&db)?;
     st.node
         .unfollow(&db, b.generation)
         .await
         .map(|()| StatusCode::NO_CONTENT)
-        .map_err(|e| ApiErr(e).into_response())
+        .map_err(ApiErr::from)
 }
 
 async fn status(
     State(st): State<St>,
     Path(db): Path<String>,
-) -> Result<Json<SafekeeperStatus>, Response> {
+) -> Result<Json<SafekeeperStatus>, ApiErr> {
     let db = db_name(&db)?;
-    st.node
-        .status(&db)
-        .await
-        .map(Json)
-        .map_err(|e| ApiErr(e).into_response())
+    st.node.status(&db).await.map(Json).map_err(ApiErr::from)
 }
 
 async fn wal_file(
     State(st): State<St>,
     Path((db, file)): Path<(String, String)>,
     Query(q): Query<GenBody>,
-) -> Result<Response, Response> {
+) -> Result<Response, ApiErr> {
     let db = db_name(&db)?;
     match st.node.wal_file(&db, q.generation, &file).await {
         Ok(Some(bytes)) => Ok(bytes.into_response()),
         Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
-        Err(e) => Err(ApiErr(e).into_response()),
+        Err(e) => Err(e.into()),
     }
 }
 
