@@ -1,0 +1,320 @@
+//! The compute agent in a WAL quorum, driven directly:
+//! - split brain: a compute of generation G keeps running while generation G+1 is elected on the
+//!   safekeepers and started from its own (stale) copy of the data. No commit G writes after the
+//!   election is ever acknowledged; G+1 holds every commit G had acknowledged before;
+//! - damage: a safekeeper with a corrupt control file or a truncated WAL segment reports a clear
+//!   error, the other two keep the quorum, and nothing acknowledged is lost.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::reachable_tempdir;
+use spg_core::scram::ScramVerifier;
+use spg_core::{
+    Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, RoleName,
+};
+use spg_lifecycle_lib::compute::config::default_profile;
+use spg_lifecycle_lib::compute::wal::WalSetup;
+use spg_lifecycle_lib::compute::{AgentConfig, ComputeSpec, RoleSpec, RunningCompute};
+use spg_lifecycle_lib::pg_bin::PgBinaries;
+use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
+use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
+use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
+use spg_storage_lib::LocalDirPageStore;
+
+const PASSWORD: &str = "split-Brain-9";
+
+/// A page store that hands out one fixed, already initialised directory.
+struct FixedDir(PathBuf);
+
+#[async_trait]
+impl PageStore for FixedDir {
+    async fn checkout(&self, db: &DatabaseName, g: Generation) -> CoreResult<Checkout> {
+        Ok(Checkout {
+            data_dir: self.0.clone(),
+            image: Some(ImageInfo {
+                database: db.clone(),
+                generation: g,
+                lsn: Lsn::INVALID,
+                created_at_ms: 0,
+            }),
+        })
+    }
+    async fn write_back(&self, db: &DatabaseName, g: Generation) -> CoreResult<ImageInfo> {
+        Ok(ImageInfo {
+            database: db.clone(),
+            generation: g,
+            lsn: Lsn::INVALID,
+            created_at_ms: 0,
+        })
+    }
+    async fn release(&self, _: &DatabaseName, _: Generation) -> CoreResult<()> {
+        Ok(())
+    }
+    async fn latest_image(&self, _: &DatabaseName) -> CoreResult<Option<ImageInfo>> {
+        Ok(None)
+    }
+}
+
+fn spec(g: u64) -> ComputeSpec {
+    ComputeSpec {
+        database: DatabaseName::new("appdb").unwrap(),
+        generation: Generation(g),
+        roles: vec![RoleSpec {
+            name: RoleName::new("app").unwrap(),
+            verifier: ScramVerifier::from_password(PASSWORD),
+        }],
+        profile: default_profile(),
+    }
+}
+
+async fn tenant(compute: &RunningCompute) -> tokio_postgres::Client {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(compute.endpoint().addr.port())
+        .user("app")
+        .password(PASSWORD)
+        .dbname("appdb");
+    let (client, conn) = c.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_generation_gets_no_commit_acknowledged_after_a_newer_election() {
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, pages) = setup(tmp.path());
+    let db = DatabaseName::new("appdb").unwrap();
+
+    // Generation 1 initialises the database, then stops cleanly.
+    let g1 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(1))
+        .await
+        .unwrap();
+    let report = g1.stop().await;
+    assert!(report.clean, "{report:?}");
+    // The would-be host of generation 3 has its own (stale) copy of the data directory.
+    let other = tmp.path().join("other");
+    copy_dir(&pages.data_dir(&db), &other);
+
+    // Generation 2 runs and commits.
+    let ga = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(2))
+        .await
+        .unwrap();
+    let ca = tenant(&ga).await;
+    ca.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    for id in 1..=10 {
+        ca.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+
+    // Generation 3 is elected and started elsewhere while generation 2 keeps running.
+    let gb = RunningCompute::start(
+        agent.clone(),
+        Arc::new(FixedDir(other.clone())),
+        Some(wal.clone()),
+        spec(3),
+    )
+    .await;
+    let gb = match gb {
+        Ok(c) => c,
+        Err(e) => panic!("generation 3 did not start: {e}"),
+    };
+
+    // Generation 2 writes after the election: never acknowledged.
+    let late = tokio::spawn(async move {
+        let r = ca.execute("INSERT INTO t VALUES (100)", &[]).await;
+        (ca, r)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !late.is_finished(),
+        "generation 2 had a commit acknowledged after generation 3's election"
+    );
+
+    // Generation 3 holds everything generation 2 had acknowledged, and not the late write.
+    let cb = tenant(&gb).await;
+    let ids: Vec<i32> = cb
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    cb.execute("INSERT INTO t VALUES (200)", &[]).await.unwrap();
+    let tli: i32 = cb
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tli, 4, "generation 3 writes its own timeline");
+
+    // Stopping generation 2 ends its waiting commit with an error, never a success.
+    ga.stop().await;
+    let (_, r) = tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        r.is_err(),
+        "the late commit of generation 2 must not succeed"
+    );
+    drop(cb);
+    let report = gb.stop().await;
+    assert!(report.clean, "{report:?}");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+type Setup = (
+    Vec<Arc<SafekeeperNode>>,
+    WalSetup,
+    Arc<AgentConfig>,
+    Arc<LocalDirPageStore>,
+);
+
+fn nodes_in(root: &Path) -> Vec<Arc<SafekeeperNode>> {
+    (1..=3)
+        .map(|i| {
+            SafekeeperNode::new(NodeConfig {
+                name: format!("sk{i}"),
+                dir: root.join(format!("sk{i}")),
+                segment_size: DEFAULT_SEGMENT_SIZE,
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
+fn wal_over(nodes: &[Arc<SafekeeperNode>]) -> WalSetup {
+    let members: Vec<Arc<dyn SafekeeperApi>> = nodes
+        .iter()
+        .map(|n| Arc::new(Arc::clone(n)) as Arc<dyn SafekeeperApi>)
+        .collect();
+    WalSetup {
+        quorum: Arc::new(SafekeeperSet::new(members, Duration::from_secs(5))),
+        restore_program: PathBuf::from(env!("CARGO_BIN_EXE_spg")),
+    }
+}
+
+fn setup(root: &Path) -> Setup {
+    let nodes = nodes_in(root);
+    let wal = wal_over(&nodes);
+    let agent =
+        Arc::new(AgentConfig::new(root.join("run"), PgBinaries::locate(None).unwrap()).unwrap());
+    let pages = Arc::new(LocalDirPageStore::new(root.join("pages")));
+    (nodes, wal, agent, pages)
+}
+
+async fn ids(c: &tokio_postgres::Client) -> Vec<i32> {
+    c.query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_safekeeper_reports_clearly_and_the_quorum_keeps_every_commit() {
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, pages) = setup(tmp.path());
+    let db = DatabaseName::new("appdb").unwrap();
+    let c1 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(1))
+        .await
+        .unwrap();
+    let c = tenant(&c1).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    for id in 1..=50 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+    drop(c);
+    assert!(c1.stop().await.clean);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    drop((nodes, wal));
+
+    // A corrupt control file on sk1.
+    let control = tmp.path().join("sk1").join("appdb").join("control");
+    let mut bytes = std::fs::read(&control).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&control, &bytes).unwrap();
+    let nodes = nodes_in(tmp.path());
+    let err = nodes[0].status(&db).await.unwrap_err().to_string();
+    assert!(err.contains("corrupt safekeeper control file"), "{err}");
+    let wal = wal_over(&nodes);
+    let c2 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(2))
+        .await
+        .expect("two healthy safekeepers keep the quorum");
+    let c = tenant(&c2).await;
+    assert_eq!(ids(&c).await, (1..=50).collect::<Vec<_>>());
+    for id in 51..=60 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+    drop(c);
+    assert!(c2.stop().await.clean);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    drop((nodes, wal));
+
+    // sk1 is rebuilt empty; now a WAL segment of sk2 is truncated.
+    std::fs::remove_dir_all(tmp.path().join("sk1").join("appdb")).unwrap();
+    let seg = std::fs::read_dir(tmp.path().join("sk2").join("appdb").join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(8192)
+        .unwrap();
+    let nodes = nodes_in(tmp.path());
+    let err = nodes[1].status(&db).await.unwrap_err().to_string();
+    assert!(err.contains("size 8192"), "{err}");
+    let wal = wal_over(&nodes);
+    // sk1 rejoins empty and catches up from the new compute; sk3 is the recovery source.
+    let c3 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(3))
+        .await
+        .expect("sk1 (empty, rejoining) and sk3 keep the quorum");
+    let c = tenant(&c3).await;
+    assert_eq!(ids(&c).await, (1..=60).collect::<Vec<_>>());
+    c.execute("INSERT INTO t VALUES (61)", &[]).await.unwrap();
+    drop(c);
+    assert!(c3.stop().await.clean);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
