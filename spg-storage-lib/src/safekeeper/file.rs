@@ -272,8 +272,18 @@ impl FileWalStore {
                     .truncate(false)
                     .open(&path)
                     .map_err(|e| StorageError::io("create", &path, e))?;
-                file.set_len(self.segment_size)
-                    .map_err(|e| StorageError::io("extend", &path, e))?;
+                // Fill with real zeros (as PostgreSQL does for pg_wal): later writes then change
+                // no file metadata, so each fdatasync is one data flush, not a journal commit.
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = 0;
+                while at < self.segment_size {
+                    let n = (self.segment_size - at).min(zeros.len() as u64) as usize;
+                    file.write_all_at(&zeros[..n], at)
+                        .map_err(|e| StorageError::io("extend", &path, e))?;
+                    at += n as u64;
+                }
+                file.sync_all()
+                    .map_err(|e| StorageError::io("fsync", &path, e))?;
                 self.segments.insert(segno, Segment { tli, file });
                 self.dir_dirty = true;
             }
