@@ -32,6 +32,11 @@ use tracing::info;
 use crate::adapters::InProcess;
 use crate::tls::TlsMaterial;
 
+/// How often in-process safekeepers copy complete WAL segments to object storage.
+const OFFLOAD_EVERY: Duration = Duration::from_secs(10);
+/// Complete segments a safekeeper keeps locally after offloading them (fast recovery reads).
+const OFFLOAD_KEEP_SEGMENTS: u64 = 4;
+
 /// Key under which the API key's hash is stored.
 const API_KEY_META: &str = "api_key_sha256";
 
@@ -136,6 +141,8 @@ pub struct Platform {
     server_tasks: Vec<JoinHandle<()>>,
     /// The in-process safekeepers.
     pub safekeepers: Vec<Arc<SafekeeperNode>>,
+    offload_stop: tokio::sync::watch::Sender<bool>,
+    offload_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Platform {
@@ -200,8 +207,30 @@ impl Platform {
                 &r.name, &r.url, &r.api_key, &r.ca_pem,
             )?));
         }
+        // Object storage for offloaded WAL: a local directory by default.
+        let objects = data_dir.join("objects");
+        std::fs::create_dir_all(&objects)
+            .with_context(|| format!("creating {}", objects.display()))?;
+        let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(&objects)?,
+        );
+        let (offload_stop, offload_rx) = tokio::sync::watch::channel(false);
+        let offload_tasks: Vec<JoinHandle<()>> = safekeepers
+            .iter()
+            .map(|n| {
+                n.spawn_offloader(
+                    Arc::clone(&archive),
+                    OFFLOAD_EVERY,
+                    OFFLOAD_KEEP_SEGMENTS,
+                    offload_rx.clone(),
+                )
+            })
+            .collect();
         if !members.is_empty() {
-            let quorum = Arc::new(SafekeeperSet::new(members, Duration::from_secs(5)));
+            let quorum = Arc::new(
+                SafekeeperSet::new(members, Duration::from_secs(5))
+                    .with_archive(Arc::clone(&archive)),
+            );
             info!(safekeepers = %quorum.synchronous_standby_names(), "WAL quorum");
             let restore_program = match &cfg.restore_program {
                 Some(p) => p.clone(),
@@ -306,6 +335,8 @@ impl Platform {
             gateway_task,
             server_tasks,
             safekeepers,
+            offload_stop,
+            offload_tasks,
         })
     }
 
@@ -334,6 +365,10 @@ impl Platform {
         }
         self.servers_stop.cancel();
         for t in self.server_tasks {
+            let _ = t.await;
+        }
+        let _ = self.offload_stop.send(true);
+        for t in self.offload_tasks {
             let _ = t.await;
         }
         for sk in &self.safekeepers {

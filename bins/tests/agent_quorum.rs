@@ -208,13 +208,22 @@ fn nodes_in(root: &Path) -> Vec<Arc<SafekeeperNode>> {
         .collect()
 }
 
+fn archive_in(root: &Path) -> Arc<dyn object_store::ObjectStore> {
+    let dir = root.join("objects");
+    std::fs::create_dir_all(&dir).unwrap();
+    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap())
+}
+
 fn wal_over(nodes: &[Arc<SafekeeperNode>]) -> WalSetup {
     let members: Vec<Arc<dyn SafekeeperApi>> = nodes
         .iter()
         .map(|n| Arc::new(Arc::clone(n)) as Arc<dyn SafekeeperApi>)
         .collect();
+    let root = nodes[0].config().dir.parent().unwrap().to_path_buf();
     WalSetup {
-        quorum: Arc::new(SafekeeperSet::new(members, Duration::from_secs(5))),
+        quorum: Arc::new(
+            SafekeeperSet::new(members, Duration::from_secs(5)).with_archive(archive_in(&root)),
+        ),
         restore_program: PathBuf::from(env!("CARGO_BIN_EXE_spg")),
     }
 }
@@ -312,6 +321,82 @@ async fn a_damaged_safekeeper_reports_clearly_and_the_quorum_keeps_every_commit(
     let c = tenant(&c3).await;
     assert_eq!(ids(&c).await, (1..=60).collect::<Vec<_>>());
     c.execute("INSERT INTO t VALUES (61)", &[]).await.unwrap();
+    drop(c);
+    assert!(c3.stop().await.clean);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_reads_offloaded_wal_from_object_storage() {
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, pages) = setup(tmp.path());
+    let db = DatabaseName::new("appdb").unwrap();
+    let c1 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(1))
+        .await
+        .unwrap();
+    let c = tenant(&c1).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    drop(c);
+    assert!(c1.stop().await.clean);
+    let stale = tmp.path().join("stale");
+    copy_dir(&pages.data_dir(&db), &stale);
+
+    // Generation 2 fills several WAL segments (pg_switch_wal ends one each time).
+    let c2 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(2))
+        .await
+        .unwrap();
+    let c = tenant(&c2).await;
+    for id in 1..=6 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+        // pg_switch_wal needs superuser; a large enough row batch ends a segment instead.
+        c.execute(
+            "INSERT INTO t SELECT g FROM generate_series($1::int * 100000 + 1, $1::int * 100000 + 60000) g",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+    drop(c);
+    assert!(c2.stop().await.clean);
+
+    // Offload and drop local segments on every safekeeper.
+    let archive = archive_in(tmp.path());
+    let mut uploaded = 0;
+    for n in &nodes {
+        let r = n.offload_once(archive.as_ref(), 0).await.unwrap();
+        uploaded += r.uploaded;
+        let st = n.status(&db).await.unwrap();
+        assert!(
+            st.log.start > Lsn(0),
+            "{}: local WAL was not dropped",
+            n.name()
+        );
+    }
+    assert!(uploaded >= 1, "nothing offloaded");
+
+    // Generation 3 starts from the stale directory: the WAL it needs first is only in object
+    // storage now.
+    let c3 = RunningCompute::start(
+        agent.clone(),
+        Arc::new(FixedDir(stale)),
+        Some(wal.clone()),
+        spec(3),
+    )
+    .await
+    .expect("recovery from object storage and safekeepers");
+    let c = tenant(&c3).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6 + 6 * 60000);
     drop(c);
     assert!(c3.stop().await.clean);
     for n in &nodes {

@@ -29,6 +29,10 @@ struct Args {
     /// API key callers must present (Authorization: Bearer).
     #[arg(long, env = "SPG_SAFEKEEPER_API_KEY", hide_env_values = true)]
     api_key: String,
+    /// Object storage directory completed WAL segments are copied to (local file system; the
+    /// same for every safekeeper of a set). Without it, WAL stays only on local disk.
+    #[arg(long, env = "SPG_ARCHIVE_DIR")]
+    archive_dir: Option<PathBuf>,
     /// TLS certificate (PEM); default: self-signed, generated under --dir.
     #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -63,6 +67,16 @@ async fn main() -> Result<()> {
         ApiKey::new(&args.api_key),
         Arc::new(registry),
     );
+    let (offload_stop, offload_rx) = tokio::sync::watch::channel(false);
+    let offloader = match &args.archive_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let archive: Arc<dyn object_store::ObjectStore> =
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?);
+            Some(node.spawn_offloader(archive, std::time::Duration::from_secs(10), 4, offload_rx))
+        }
+        None => None,
+    };
     let stop = CancellationToken::new();
     let server = tokio::spawn(spg_lifecycle_lib::api::http::serve_https(
         listener,
@@ -77,6 +91,10 @@ async fn main() -> Result<()> {
     );
     spg::shutdown_signal().await;
     stop.cancel();
+    let _ = offload_stop.send(true);
+    if let Some(t) = offloader {
+        let _ = t.await;
+    }
     node.shutdown().await;
     let _ = server.await;
     Ok(())

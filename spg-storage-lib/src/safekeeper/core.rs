@@ -182,6 +182,20 @@ impl<S: WalStore> Safekeeper<S> {
         Ok(())
     }
 
+    /// Drop the local WAL below `start` (a segment boundary at or below the flush LSN), once it is
+    /// in object storage. Reads below it then fail with `NotHeld`.
+    pub fn advance_start(&mut self, start: Lsn) -> Result<(), StorageError> {
+        let log = &self.control.log;
+        if start <= log.start || start > log.flush {
+            return Ok(());
+        }
+        let mut next = self.control.clone();
+        next.log.start = start;
+        self.store.save_control(&next)?;
+        self.control = next;
+        self.store.forget_before(start)
+    }
+
     /// Append WAL of the followed generation `g` at `lsn`. Bytes that overlap what is already
     /// written are skipped (they are the same bytes: one writer per timeline); a gap is refused.
     pub fn append(&mut self, g: Generation, lsn: Lsn, bytes: &[u8]) -> Result<(), StorageError> {

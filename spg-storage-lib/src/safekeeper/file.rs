@@ -417,6 +417,21 @@ impl WalStore for FileWalStore {
         Ok(out)
     }
 
+    fn forget_before(&mut self, start: Lsn) -> Result<(), StorageError> {
+        let gone: Vec<u64> = self
+            .segments
+            .range(..start.0 / self.segment_size)
+            .map(|(s, _)| *s)
+            .collect();
+        for segno in gone {
+            self.remove_segment(segno)?;
+        }
+        if std::mem::take(&mut self.dir_dirty) {
+            sync_dir(&self.dir.join("wal"))?;
+        }
+        Ok(())
+    }
+
     fn truncate_wal(&mut self, end: Lsn) -> Result<(), StorageError> {
         let first_gone = end.0.div_ceil(self.segment_size);
         let gone: Vec<u64> = self.segments.range(first_gone..).map(|(s, _)| *s).collect();

@@ -306,3 +306,119 @@ pub fn history_file(path: &History, tli: TimelineId) -> Option<String> {
         .collect();
     History::from_spans(spans).map(|h| wire::format_history_file(&h))
 }
+
+/// Where offloaded WAL lives in object storage: `wal/<db>/<segment file name>`.
+pub fn archive_path(db: &DatabaseName, file_name: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("wal/{}/{file_name}", db.as_str()))
+}
+
+/// What one offload pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OffloadReport {
+    /// Segments uploaded now.
+    pub uploaded: usize,
+    /// Segments removed locally.
+    pub removed: u64,
+}
+
+impl SafekeeperNode {
+    fn databases_on_disk(&self) -> Vec<DatabaseName> {
+        let Ok(entries) = std::fs::read_dir(&self.cfg.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| DatabaseName::new(e.file_name().to_string_lossy().into_owned()).ok())
+            .collect()
+    }
+
+    /// Copy every complete WAL segment not yet in `archive` there (create-only: a segment, once
+    /// there, never changes), then drop local segments that are offloaded, keeping the newest
+    /// `keep_segments` complete ones for fast recovery reads.
+    pub async fn offload_once(
+        &self,
+        archive: &dyn object_store::ObjectStore,
+        keep_segments: u64,
+    ) -> Result<OffloadReport, StorageError> {
+        let mut report = OffloadReport::default();
+        let seg = self.cfg.segment_size;
+        for db in self.databases_on_disk() {
+            let d = match self.db(&db).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%db, sk = %self.cfg.name, error = %e, "offload: cannot open");
+                    continue;
+                }
+            };
+            let log = lock(&d.sk).log().clone();
+            let complete_end = log.flush.0 / seg; // segments below this number are complete
+            let mut offloaded_end = log.start.0 / seg;
+            for segno in log.start.0.div_ceil(seg)..complete_end {
+                let Some(tli) = log.history.tli_at(Lsn((segno + 1) * seg - 1)) else {
+                    break;
+                };
+                let name = super::file::segment_file_name(tli, segno, seg);
+                let path = archive_path(&db, &name);
+                if archive.head(&path).await.is_err() {
+                    let sk = Arc::clone(&d.sk);
+                    let bytes =
+                        blocking(move || lock(&sk).read(Lsn(segno * seg), seg as usize)).await?;
+                    let put = archive
+                        .put_opts(
+                            &path,
+                            bytes.into(),
+                            object_store::PutOptions {
+                                mode: object_store::PutMode::Create,
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    match put {
+                        Ok(_) => {
+                            report.uploaded += 1;
+                            self.metrics.segments_offloaded.inc();
+                        }
+                        Err(object_store::Error::AlreadyExists { .. }) => {}
+                        Err(e) => {
+                            tracing::warn!(%db, segment = %name, error = %e, "offload failed");
+                            break;
+                        }
+                    }
+                }
+                offloaded_end = segno + 1;
+            }
+            self.metrics
+                .set_offload_lag(&db, log.flush.0.saturating_sub(offloaded_end * seg));
+            let keep_from = complete_end.saturating_sub(keep_segments);
+            let new_start = offloaded_end.min(keep_from) * seg;
+            if new_start > log.start.0 {
+                let sk = Arc::clone(&d.sk);
+                blocking(move || lock(&sk).advance_start(Lsn(new_start))).await?;
+                report.removed += (new_start - log.start.0) / seg;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Offload every `every` until `stop` fires.
+    pub fn spawn_offloader(
+        self: &Arc<Self>,
+        archive: Arc<dyn object_store::ObjectStore>,
+        every: Duration,
+        keep_segments: u64,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = node.offload_once(archive.as_ref(), keep_segments).await {
+                    tracing::warn!(sk = %node.cfg.name, error = %e, "offload pass failed");
+                }
+            }
+        })
+    }
+}

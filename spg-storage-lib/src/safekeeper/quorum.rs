@@ -10,7 +10,7 @@ use spg_core::{
     WalQuorum,
 };
 
-use super::node::{parse_history_name, SafekeeperNode, SafekeeperStatus};
+use super::node::{archive_path, parse_history_name, SafekeeperNode, SafekeeperStatus};
 use super::{choose_source, timeline_of, Vote, WalLog};
 use crate::StorageError;
 
@@ -78,6 +78,7 @@ pub struct SafekeeperSet {
     members: Vec<Arc<dyn SafekeeperApi>>,
     quorum: usize,
     timeout: Duration,
+    archive: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 impl std::fmt::Debug for SafekeeperSet {
@@ -98,7 +99,14 @@ impl SafekeeperSet {
             members,
             quorum,
             timeout,
+            archive: None,
         }
+    }
+
+    /// Also read WAL offloaded to `archive` (segments the safekeepers no longer keep).
+    pub fn with_archive(mut self, archive: Arc<dyn object_store::ObjectStore>) -> Self {
+        self.archive = Some(archive);
+        self
     }
 
     /// The members.
@@ -260,7 +268,23 @@ impl WalQuorum for SafekeeperSet {
                 _ => {}
             }
         }
-        fenced.map_or(Ok(None), Err)
+        if let Some(e) = fenced {
+            return Err(e);
+        }
+        if let Some(archive) = &self.archive {
+            match archive.get(&archive_path(db, file_name)).await {
+                Ok(r) => {
+                    let bytes = r
+                        .bytes()
+                        .await
+                        .map_err(|e| CoreError::Unavailable(format!("object store: {e}")))?;
+                    return Ok(Some(bytes.to_vec()));
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(CoreError::Unavailable(format!("object store: {e}"))),
+            }
+        }
+        Ok(None)
     }
 
     async fn follow(

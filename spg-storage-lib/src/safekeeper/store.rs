@@ -41,6 +41,9 @@ pub trait WalStore {
     fn read_wal(&self, lsn: Lsn, len: usize) -> Result<Vec<u8>, StorageError>;
     /// Discard WAL bytes at and after `end`.
     fn truncate_wal(&mut self, end: Lsn) -> Result<(), StorageError>;
+    /// Drop WAL below `start` (it is in object storage); the caller saves a control with the new
+    /// start first.
+    fn forget_before(&mut self, start: Lsn) -> Result<(), StorageError>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -137,6 +140,12 @@ impl WalStore for MemWalStore {
     fn truncate_wal(&mut self, end: Lsn) -> Result<(), StorageError> {
         self.live.bytes.split_off(&end.0);
         self.durable.bytes.split_off(&end.0);
+        Ok(())
+    }
+
+    fn forget_before(&mut self, start: Lsn) -> Result<(), StorageError> {
+        self.live.bytes = self.live.bytes.split_off(&start.0);
+        self.durable.bytes = self.durable.bytes.split_off(&start.0);
         Ok(())
     }
 }
