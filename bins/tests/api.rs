@@ -207,7 +207,16 @@ async fn api_requires_its_key_and_manages_databases_and_roles() {
         .collect();
     assert_eq!(
         steps,
-        ["checkout", "initdb", "configure", "start", "roles", "total"]
+        [
+            "elect",
+            "checkout",
+            "initdb",
+            "configure",
+            "start",
+            "follow",
+            "roles",
+            "total"
+        ]
     );
 
     // Stop; list; transitions.

@@ -268,6 +268,7 @@ impl RunningCompute {
                     Arc::clone(&w.quorum),
                     spec.database.clone(),
                     election.clone(),
+                    data_dir.join("pg_wal"),
                 )
                 .await?;
                 write_owned(cfg, &data_dir.join("recovery.signal"), "")?;

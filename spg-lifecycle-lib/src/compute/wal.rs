@@ -53,6 +53,7 @@ struct RestoreState {
     db: DatabaseName,
     election: Arc<Election>,
     token: String,
+    local_wal: PathBuf,
 }
 
 /// The per-compute loopback endpoint behind `restore_command`.
@@ -63,11 +64,13 @@ pub struct RestoreService {
 }
 
 impl RestoreService {
-    /// Serve the WAL of `election` on `127.0.0.1:<free port>`.
+    /// Serve the WAL of `election` on `127.0.0.1:<free port>`, for a compute whose data
+    /// directory's `pg_wal` is `local_wal`.
     pub async fn start(
         quorum: Arc<dyn WalQuorum>,
         db: DatabaseName,
         election: Election,
+        local_wal: PathBuf,
     ) -> Result<RestoreService, LifecycleError> {
         let mut raw = [0u8; 16];
         rand::rng().fill(&mut raw[..]);
@@ -83,6 +86,7 @@ impl RestoreService {
             db,
             election: Arc::new(election),
             token: token.clone(),
+            local_wal,
         };
         let app = axum::Router::new()
             .route("/{token}/{file}", axum::routing::get(serve))
@@ -133,6 +137,8 @@ async fn serve(
     }
     match st.quorum.read_wal_file(&st.db, &st.election, &file).await {
         Ok(Some(bytes)) => {
+            let local = std::fs::read(st.local_wal.join(&file)).ok();
+            let bytes = prefer_local_extension(bytes, local);
             tracing::debug!(db = %st.db, file, "restore: served");
             bytes.into_response()
         }
@@ -141,6 +147,28 @@ async fn serve(
             tracing::warn!(db = %st.db, file, error = %e, "restore: read failed");
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
+    }
+}
+
+/// The quorum's copy of a segment ends where its WAL ends (zeros after). If the data directory's
+/// own `pg_wal` holds the same segment with the same bytes up to there and more after (WAL its
+/// previous compute wrote but the quorum never acknowledged, e.g. the shutdown checkpoint of a
+/// compute stopped while the safekeepers were away), recovery must read that longer copy: the
+/// data directory's checkpoint may lie in it. One writer per timeline makes the longer copy an
+/// extension of the quorum's, never a rival.
+fn prefer_local_extension(quorum: Vec<u8>, local: Option<Vec<u8>>) -> Vec<u8> {
+    let Some(local) = local else {
+        return quorum;
+    };
+    if local.len() != quorum.len() {
+        return quorum;
+    }
+    let end = quorum.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let local_end = local.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    if local_end > end && local[..end] == quorum[..end] {
+        local
+    } else {
+        quorum
     }
 }
 
@@ -199,4 +227,25 @@ pub fn replication_password() -> String {
     let mut raw = [0u8; 24];
     rand::rng().fill(&mut raw[..]);
     raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefer_local_extension;
+
+    #[test]
+    fn a_local_segment_is_used_only_when_it_extends_the_quorums() {
+        let q = vec![1, 2, 3, 0, 0, 0];
+        assert_eq!(prefer_local_extension(q.clone(), None), q);
+        let longer = vec![1, 2, 3, 4, 5, 0];
+        assert_eq!(
+            prefer_local_extension(q.clone(), Some(longer.clone())),
+            longer
+        );
+        let shorter = vec![1, 2, 0, 0, 0, 0];
+        assert_eq!(prefer_local_extension(q.clone(), Some(shorter)), q);
+        let rival = vec![9, 2, 3, 4, 5, 0];
+        assert_eq!(prefer_local_extension(q.clone(), Some(rival)), q);
+        assert_eq!(prefer_local_extension(q.clone(), Some(vec![1, 2])), q);
+    }
 }
