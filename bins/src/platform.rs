@@ -189,7 +189,15 @@ impl Platform {
 
         let bins = PgBinaries::locate(cfg.pg_bin.as_deref())?;
         info!(bindir = %bins.bindir().display(), major = bins.major(), "PostgreSQL binaries");
-        let pages = LocalDirPageStore::new(data_dir.join("pages"));
+        // Object storage for base images and offloaded WAL: a local directory by default.
+        let objects = data_dir.join("objects");
+        std::fs::create_dir_all(&objects)
+            .with_context(|| format!("creating {}", objects.display()))?;
+        let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(&objects)?,
+        );
+        let pages =
+            LocalDirPageStore::new(data_dir.join("pages")).with_base_images(Arc::clone(&archive));
         let agent = AgentConfig::new(data_dir.join("run"), bins)?;
         let mut provisioner = LocalProvisioner::new(agent, Arc::new(pages))?;
         let in_process = if cfg.remote_safekeepers.is_empty() {
@@ -207,13 +215,6 @@ impl Platform {
                 &r.name, &r.url, &r.api_key, &r.ca_pem,
             )?));
         }
-        // Object storage for offloaded WAL: a local directory by default.
-        let objects = data_dir.join("objects");
-        std::fs::create_dir_all(&objects)
-            .with_context(|| format!("creating {}", objects.display()))?;
-        let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(&objects)?,
-        );
         let (offload_stop, offload_rx) = tokio::sync::watch::channel(false);
         let offload_tasks: Vec<JoinHandle<()>> = safekeepers
             .iter()

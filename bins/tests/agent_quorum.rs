@@ -403,3 +403,48 @@ async fn recovery_reads_offloaded_wal_from_object_storage() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_starts_with_no_local_state_from_the_base_image_and_the_wal() {
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, _) = setup(tmp.path());
+    let archive = archive_in(tmp.path());
+    let pages_root = tmp.path().join("pages-cache");
+    let pages =
+        || Arc::new(LocalDirPageStore::new(&pages_root).with_base_images(Arc::clone(&archive)));
+    let c1 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(1))
+        .await
+        .unwrap();
+    let c = tenant(&c1).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO t SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
+    drop(c);
+    assert!(c1.stop().await.clean);
+    // The WAL moves to object storage too, and the safekeepers drop their copies.
+    for n in &nodes {
+        n.offload_once(archive.as_ref(), 0).await.unwrap();
+    }
+
+    // All local state of the compute side is lost.
+    std::fs::remove_dir_all(&pages_root).unwrap();
+    let c2 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(2))
+        .await
+        .expect("start from the base image in object storage plus the WAL");
+    let c = tenant(&c2).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+    c.execute("INSERT INTO t VALUES (1001)", &[]).await.unwrap();
+    drop(c);
+    assert!(c2.stop().await.clean);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

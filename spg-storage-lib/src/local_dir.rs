@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The data directory itself is the durable state: an image is the record that a generation shut
-//! the directory down cleanly at a checkpoint LSN. After a crash the directory still carries the
+//! the directory down cleanly at a checkpoint LSN. With [`LocalDirPageStore::with_base_images`],
+//! the first image (the `initdb` result) is also kept in object storage under
+//! `images/<db>/base/`, and a checkout that finds no local directory starts from it: the local
+//! directory is then only a cache, and the WAL quorum supplies everything written since. After a crash the directory still carries the
 //! WAL written since the last image, and PostgreSQL's crash recovery replays it on the next start.
 //! Generations fence each other exactly as the trait requires: a checkout raises the fence, and
 //! older generations can no longer write back.
@@ -46,10 +49,29 @@ pub struct LocalDirPageStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     root: PathBuf,
     locks: Mutex<HashMap<DatabaseName, Arc<tokio::sync::Mutex<()>>>>,
+    archive: Option<Arc<dyn object_store::ObjectStore>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The manifest of a base image in object storage, written last (create-only), so that a
+/// manifest always describes a complete upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BaseManifest {
+    image: ImageInfo,
+    /// Directories, relative, parents first.
+    dirs: Vec<String>,
+    /// Files, relative, with their sizes.
+    files: Vec<(String, u64)>,
 }
 
 impl LocalDirPageStore {
@@ -59,6 +81,23 @@ impl LocalDirPageStore {
             inner: Arc::new(Inner {
                 root: root.into(),
                 locks: Mutex::new(HashMap::new()),
+                archive: None,
+            }),
+        }
+    }
+
+    /// Keep each database's base image (its `initdb` result) in `archive` too, and start from it
+    /// when the local directory is gone.
+    pub fn with_base_images(self, archive: Arc<dyn object_store::ObjectStore>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|a| Inner {
+            root: a.root.clone(),
+            locks: Mutex::new(HashMap::new()),
+            archive: a.archive.clone(),
+        });
+        LocalDirPageStore {
+            inner: Arc::new(Inner {
+                archive: Some(archive),
+                ..inner
             }),
         }
     }
@@ -155,7 +194,7 @@ impl Inner {
         &self,
         db: &DatabaseName,
         generation: Generation,
-    ) -> Result<ImageInfo, StorageError> {
+    ) -> Result<(ImageInfo, bool), StorageError> {
         let mut rec = self.load(db)?;
         if generation.0 < rec.fenced_generation {
             return Err(StorageError::StaleGeneration {
@@ -180,6 +219,7 @@ impl Inner {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
+        let first = rec.images.is_empty();
         rec.images.push(image.clone());
         if rec.images.len() > IMAGE_HISTORY {
             let excess = rec.images.len() - IMAGE_HISTORY;
@@ -187,7 +227,14 @@ impl Inner {
         }
         self.save(db, &rec)?;
         info!(%db, %generation, %lsn, "image written");
-        Ok(image)
+        Ok((image, first))
+    }
+
+    /// Record the base image a checkout restored from object storage.
+    fn adopt_base(&self, db: &DatabaseName, base: ImageInfo) -> Result<(), StorageError> {
+        let mut rec = self.load(db)?;
+        rec.images = vec![base];
+        self.save(db, &rec)
     }
 
     fn release_blocking(
@@ -218,16 +265,214 @@ fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
     }
 }
 
+fn base_prefix(db: &DatabaseName) -> String {
+    format!("images/{}/base", db.as_str())
+}
+
+fn archive_err(e: object_store::Error) -> spg_core::CoreError {
+    spg_core::CoreError::Unavailable(format!("object store: {e}"))
+}
+
+impl LocalDirPageStore {
+    /// Upload the directory as the base image, unless one is there already.
+    async fn upload_base(
+        &self,
+        archive: &dyn object_store::ObjectStore,
+        db: &DatabaseName,
+        image: &ImageInfo,
+    ) -> CoreResult<()> {
+        use object_store::path::Path as OPath;
+        let prefix = base_prefix(db);
+        let manifest_path = OPath::from(format!("{prefix}/MANIFEST.json"));
+        if archive.head(&manifest_path).await.is_ok() {
+            return Ok(());
+        }
+        let root = self.data_dir(db);
+        let (dirs, files) = tokio::task::spawn_blocking({
+            let root = root.clone();
+            move || walk(&root)
+        })
+        .await
+        .map_err(|e| spg_core::CoreError::Internal(e.to_string()))??;
+        for (rel, _) in &files {
+            let bytes = tokio::fs::read(root.join(rel))
+                .await
+                .map_err(|e| StorageError::io("read", root.join(rel), e))?;
+            archive
+                .put(&OPath::from(format!("{prefix}/files/{rel}")), bytes.into())
+                .await
+                .map_err(archive_err)?;
+        }
+        let manifest = BaseManifest {
+            image: image.clone(),
+            dirs,
+            files,
+        };
+        let body = serde_json::to_vec(&manifest)
+            .map_err(|e| spg_core::CoreError::Internal(e.to_string()))?;
+        let put = archive
+            .put_opts(
+                &manifest_path,
+                body.into(),
+                object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match put {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+                info!(%db, lsn = %image.lsn, files = manifest.files.len(), "base image in object storage");
+                Ok(())
+            }
+            Err(e) => Err(archive_err(e)),
+        }
+    }
+
+    /// Fill an empty data directory from the base image in object storage, if there is one.
+    async fn download_base(
+        &self,
+        archive: &dyn object_store::ObjectStore,
+        db: &DatabaseName,
+        data_dir: &Path,
+    ) -> CoreResult<Option<ImageInfo>> {
+        use object_store::path::Path as OPath;
+        let prefix = base_prefix(db);
+        let manifest = match archive
+            .get(&OPath::from(format!("{prefix}/MANIFEST.json")))
+            .await
+        {
+            Ok(r) => r.bytes().await.map_err(archive_err)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(archive_err(e)),
+        };
+        let manifest: BaseManifest =
+            serde_json::from_slice(&manifest).map_err(|e| StorageError::Corrupt {
+                what: "base image manifest".into(),
+                reason: e.to_string(),
+            })?;
+        for d in &manifest.dirs {
+            let path = safe_join(data_dir, d)?;
+            create_private_dir(&path)?;
+        }
+        for (rel, size) in &manifest.files {
+            let path = safe_join(data_dir, rel)?;
+            let bytes = archive
+                .get(&OPath::from(format!("{prefix}/files/{rel}")))
+                .await
+                .map_err(archive_err)?
+                .bytes()
+                .await
+                .map_err(archive_err)?;
+            if bytes.len() as u64 != *size {
+                return Err(StorageError::Corrupt {
+                    what: format!("base image file {rel}"),
+                    reason: format!("{} bytes, manifest says {size}", bytes.len()),
+                }
+                .into());
+            }
+            tokio::fs::write(&path, &bytes)
+                .await
+                .map_err(|e| StorageError::io("write", &path, e))?;
+        }
+        info!(%db, lsn = %manifest.image.lsn, "data directory restored from the base image in object storage");
+        Ok(Some(manifest.image))
+    }
+}
+
+/// `root/rel` for a relative path from a manifest, refusing anything that would leave `root`.
+fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, StorageError> {
+    let p = Path::new(rel);
+    let ok = p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !ok || rel.is_empty() {
+        return Err(StorageError::Corrupt {
+            what: "base image manifest".into(),
+            reason: format!("bad path {rel:?}"),
+        });
+    }
+    Ok(root.join(p))
+}
+
+/// Directories (parents first) and files (with sizes) under `root`, relative.
+#[allow(clippy::type_complexity)]
+fn walk(root: &Path) -> Result<(Vec<String>, Vec<(String, u64)>), StorageError> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| StorageError::io("read dir", &dir, e))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .map_err(|_| StorageError::Corrupt {
+                    what: "data directory".into(),
+                    reason: "path outside root".into(),
+                })?
+                .to_string_lossy()
+                .into_owned();
+            let meta = e
+                .metadata()
+                .map_err(|err| StorageError::io("stat", &path, err))?;
+            if meta.is_dir() {
+                dirs.push(rel);
+                stack.push(path);
+            } else if meta.is_file() {
+                files.push((rel, meta.len()));
+            }
+        }
+    }
+    dirs.sort_by_key(|d| d.matches('/').count());
+    Ok((dirs, files))
+}
+
 #[async_trait]
 impl PageStore for LocalDirPageStore {
     async fn checkout(&self, db: &DatabaseName, generation: Generation) -> CoreResult<Checkout> {
-        self.blocking(db, move |s, db| s.checkout_blocking(db, generation))
-            .await
+        let mut checkout = self
+            .blocking(db, move |s, db| s.checkout_blocking(db, generation))
+            .await?;
+        let is_empty = |d: &Path| std::fs::read_dir(d).map_or(true, |mut e| e.next().is_none());
+        let empty = is_empty(&checkout.data_dir);
+        if empty {
+            if let Some(archive) = self.inner.archive.clone() {
+                if let Some(base) = self
+                    .download_base(archive.as_ref(), db, &checkout.data_dir)
+                    .await?
+                {
+                    let img = base.clone();
+                    self.blocking(db, move |s, db| s.adopt_base(db, img))
+                        .await?;
+                    checkout.image = Some(base);
+                }
+            }
+            if checkout.image.is_some() && is_empty(&checkout.data_dir) {
+                return Err(StorageError::Corrupt {
+                    what: format!("data directory of {db}"),
+                    reason: "it is gone and no base image is in object storage".into(),
+                }
+                .into());
+            }
+        }
+        Ok(checkout)
     }
 
     async fn write_back(&self, db: &DatabaseName, generation: Generation) -> CoreResult<ImageInfo> {
-        self.blocking(db, move |s, db| s.write_back_blocking(db, generation))
-            .await
+        let (image, first) = self
+            .blocking(db, move |s, db| s.write_back_blocking(db, generation))
+            .await?;
+        if first {
+            if let Some(archive) = self.inner.archive.clone() {
+                self.upload_base(archive.as_ref(), db, &image).await?;
+            }
+        }
+        Ok(image)
     }
 
     async fn release(&self, db: &DatabaseName, generation: Generation) -> CoreResult<()> {
