@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -96,13 +96,7 @@ fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
 }
 
 async fn require_key(State(st): State<St>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|k| st.key.matches(k.trim()));
-    if !ok {
+    if !st.key.authorizes(req.headers()) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
     }
     next.run(req).await

@@ -53,6 +53,15 @@ impl ApiKey {
     pub fn matches(&self, presented: &str) -> bool {
         ct_eq(&sha256(presented.as_bytes()), &self.hash)
     }
+
+    /// Whether a request's `Authorization: Bearer <key>` header carries the key.
+    pub fn authorizes(&self, headers: &axum::http::HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|k| self.matches(k.trim()))
+    }
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -156,13 +165,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 async fn require_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|k| st.key.matches(k.trim()));
-    if !ok {
+    if !st.key.authorizes(req.headers()) {
         return ApiError(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
