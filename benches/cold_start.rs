@@ -108,6 +108,8 @@ async fn bare_start(
 }
 
 fn main() {
+    // The platform's computes run this binary as their restore_command.
+    spg::wal_restore_if_invoked();
     let iterations: usize = std::env::var("SPG_BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -122,6 +124,7 @@ fn main() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut cfg = PlatformConfig::new(dir.join("data"));
         cfg.idle_timeout = Duration::from_secs(3600);
+        cfg.restore_program = Some(std::env::current_exe().unwrap());
         cfg.gateway_listen = Some(([127, 0, 0, 1], 0).into());
         cfg.api_listen = ([127, 0, 0, 1], 0).into();
         let platform = Platform::start(cfg).await.unwrap();

@@ -16,7 +16,7 @@ use std::time::Duration;
 use spg_core::scram::ScramVerifier;
 use spg_core::{DatabaseName, Generation, RoleName};
 use spg_lifecycle_lib::compute::config::default_profile;
-use spg_lifecycle_lib::compute::wal::{fetch_wal_file, WalSetup};
+use spg_lifecycle_lib::compute::wal::WalSetup;
 use spg_lifecycle_lib::compute::{AgentConfig, ComputeSpec, RoleSpec, RunningCompute};
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
@@ -119,18 +119,9 @@ fn spec(db: &str) -> ComputeSpec {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
     // This binary is also the computes' restore_command (`<exe> wal-restore URL %f %p`).
-    if args.get(1).map(String::as_str) == Some("wal-restore") && args.len() == 5 {
-        match fetch_wal_file(&args[2], &args[3], Path::new(&args[4])) {
-            Ok(true) => std::process::exit(0),
-            Ok(false) => std::process::exit(1),
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(2)
-            }
-        }
-    }
+    spg::wal_restore_if_invoked();
+    let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
         return;
     }

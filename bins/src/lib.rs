@@ -58,3 +58,25 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// Run as PostgreSQL's `restore_command` (`<program> wal-restore <url> %f %p`): fetch the file and
+/// exit 0 when fetched, 1 when it does not exist, 2 on errors.
+pub fn wal_restore_exit(url: &str, file: &str, dest: &std::path::Path) -> ! {
+    match spg_lifecycle_lib::compute::wal::fetch_wal_file(url, file, dest) {
+        Ok(true) => std::process::exit(0),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("wal-restore {file}: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// For programs that serve as their own `restore_command` (benchmarks, embedders): if this process
+/// was started as `<program> wal-restore <url> <file> <dest>`, do that and exit.
+pub fn wal_restore_if_invoked() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 5 && args[1] == "wal-restore" {
+        wal_restore_exit(&args[2], &args[3], std::path::Path::new(&args[4]));
+    }
+}

@@ -138,14 +138,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Command::WalRestore { url, file, dest } = &cli.command {
         // No runtime, no logging setup: PostgreSQL runs this once per file during recovery.
-        match spg_lifecycle_lib::compute::wal::fetch_wal_file(url, file, dest) {
-            Ok(true) => std::process::exit(0),
-            Ok(false) => std::process::exit(1),
-            Err(e) => {
-                eprintln!("spg wal-restore {file}: {e}");
-                std::process::exit(2)
-            }
-        }
+        spg::wal_restore_exit(url, file, dest);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
