@@ -237,6 +237,22 @@ fn setup(root: &Path) -> Setup {
     (nodes, wal, agent, pages)
 }
 
+/// Start generation 1 (initdb and base image) and create table `t` through a tenant session.
+async fn first_generation(
+    agent: &Arc<AgentConfig>,
+    pages: Arc<dyn PageStore>,
+    wal: &WalSetup,
+) -> (RunningCompute, tokio_postgres::Client) {
+    let c1 = RunningCompute::start(agent.clone(), pages, Some(wal.clone()), spec(1))
+        .await
+        .unwrap();
+    let c = tenant(&c1).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    (c1, c)
+}
+
 async fn ids(c: &tokio_postgres::Client) -> Vec<i32> {
     c.query("SELECT id FROM t ORDER BY id", &[])
         .await
@@ -251,13 +267,7 @@ async fn a_damaged_safekeeper_reports_clearly_and_the_quorum_keeps_every_commit(
     let tmp = reachable_tempdir();
     let (nodes, wal, agent, pages) = setup(tmp.path());
     let db = DatabaseName::new("appdb").unwrap();
-    let c1 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(1))
-        .await
-        .unwrap();
-    let c = tenant(&c1).await;
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (c1, c) = first_generation(&agent, pages.clone(), &wal).await;
     for id in 1..=50 {
         c.execute("INSERT INTO t VALUES ($1)", &[&id])
             .await
@@ -333,13 +343,7 @@ async fn recovery_reads_offloaded_wal_from_object_storage() {
     let tmp = reachable_tempdir();
     let (nodes, wal, agent, pages) = setup(tmp.path());
     let db = DatabaseName::new("appdb").unwrap();
-    let c1 = RunningCompute::start(agent.clone(), pages.clone(), Some(wal.clone()), spec(1))
-        .await
-        .unwrap();
-    let c = tenant(&c1).await;
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (c1, c) = first_generation(&agent, pages.clone(), &wal).await;
     drop(c);
     assert!(c1.stop().await.clean);
     let stale = tmp.path().join("stale");
@@ -412,13 +416,7 @@ async fn a_compute_starts_with_no_local_state_from_the_base_image_and_the_wal() 
     let pages_root = tmp.path().join("pages-cache");
     let pages =
         || Arc::new(LocalDirPageStore::new(&pages_root).with_base_images(Arc::clone(&archive)));
-    let c1 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(1))
-        .await
-        .unwrap();
-    let c = tenant(&c1).await;
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (c1, c) = first_generation(&agent, pages(), &wal).await;
     c.execute("INSERT INTO t SELECT generate_series(1, 1000)", &[])
         .await
         .unwrap();

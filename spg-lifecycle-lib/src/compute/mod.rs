@@ -229,12 +229,7 @@ impl RunningCompute {
         ),
         LifecycleError,
     > {
-        let fail = |step: &'static str, reason: String| LifecycleError::Compute {
-            database: spec.database.to_string(),
-            generation: spec.generation.0,
-            step,
-            reason,
-        };
+        let fail = |step: &'static str, reason: String| compute_error(spec, step, reason);
         cfg.run_as.check_reachable(data_dir)?;
         cfg.run_as.chown_tree(data_dir)?;
         if fresh {
@@ -312,12 +307,7 @@ impl RunningCompute {
         wal_conf: Option<&config::WalConf>,
         timer: &mut StepTimer,
     ) -> Result<(PostgresProcess, u16, Option<tokio::task::JoinHandle<()>>), LifecycleError> {
-        let fail = |step: &'static str, reason: String| LifecycleError::Compute {
-            database: spec.database.to_string(),
-            generation: spec.generation.0,
-            step,
-            reason,
-        };
+        let fail = |step: &'static str, reason: String| compute_error(spec, step, reason);
         write_owned(
             cfg,
             &data_dir.join("pg_ident.conf"),
@@ -487,6 +477,16 @@ impl RunningCompute {
             step,
             reason,
         }
+    }
+}
+
+/// A failed step of starting the compute of `spec`.
+fn compute_error(spec: &ComputeSpec, step: &'static str, reason: String) -> LifecycleError {
+    LifecycleError::Compute {
+        database: spec.database.to_string(),
+        generation: spec.generation.0,
+        step,
+        reason,
     }
 }
 

@@ -81,11 +81,6 @@ impl<S: WalStore> Safekeeper<S> {
         self.following.as_ref().map(|f| f.generation)
     }
 
-    /// The timeline path of the followed primary.
-    pub fn following_path(&self) -> Option<&History> {
-        self.following.as_ref().map(|f| &f.path)
-    }
-
     /// The store (for inspection).
     pub fn store(&self) -> &S {
         &self.store

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use spg_core::{Lsn, TimelineId};
 
@@ -209,21 +209,6 @@ impl FileWalStore {
             flush_counter: 0,
             flush_file: None,
         })
-    }
-
-    /// The directory of the store.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The segment size.
-    pub fn segment_size(&self) -> u64 {
-        self.segment_size
-    }
-
-    /// The segments held: (segment number, timeline of its file name).
-    pub fn segments(&self) -> Vec<(u64, TimelineId)> {
-        self.segments.iter().map(|(s, seg)| (*s, seg.tli)).collect()
     }
 
     /// Remove the local copy of segment `segno` (after it was offloaded).
@@ -462,6 +447,7 @@ mod tests {
     use super::*;
     use crate::safekeeper::{timeline_of, History, Safekeeper};
     use spg_core::Generation;
+    use std::path::Path;
 
     const SEG: u64 = 1 << 16;
 

@@ -804,8 +804,7 @@ impl World {
             }
             match &self.computes[c].phase {
                 Phase::Dead => return Err("the final generation failed to start".into()),
-                Phase::Streaming(s) if !committed && round > 50 => {
-                    let _ = s;
+                Phase::Streaming(_) if !committed && round > 50 => {
                     self.commit(c);
                     committed = true;
                 }
