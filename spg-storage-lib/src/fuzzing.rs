@@ -9,16 +9,18 @@ pub fn pg_control(data: &[u8]) {
     }
 }
 
-/// Fuzz entry: parse arbitrary bytes as a safekeeper control file and as a flush record. Must
-/// never panic; a control file that parses re-encodes to the same bytes.
+/// Fuzz entry: parse arbitrary bytes as a safekeeper control file and as a seal (flush record).
+/// Must never panic; what parses re-encodes to the same value.
 pub fn sk_control(data: &[u8]) {
-    use crate::safekeeper::file::{decode_control, decode_flush, encode_control};
+    use crate::safekeeper::file::{decode_control, decode_seal, encode_control, encode_seal};
     if let Ok((seq, control)) = decode_control(data) {
         let again = encode_control(seq, &control);
         let (seq2, control2) = decode_control(&again).expect("re-encoded control parses");
         assert_eq!((seq, control), (seq2, control2));
     }
-    let _ = decode_flush(data);
+    if let Some(seal) = decode_seal(data) {
+        assert_eq!(decode_seal(&encode_seal(&seal)), Some(seal));
+    }
 }
 
 /// Fuzz entry: bytes a compute's walsender sends a safekeeper (CopyData, DataRow, auth
