@@ -188,7 +188,7 @@ impl Sk {
                     g,
                     &conn,
                     DEFAULT_SEGMENT_SIZE,
-                    &NoObserver,
+                    Arc::new(NoObserver),
                     &mut rx,
                 )
                 .await

@@ -115,9 +115,17 @@ impl SafekeeperMetrics {
 
     /// A stream observer feeding these metrics for `db`.
     pub fn observer(&self, db: &DatabaseName) -> DbObserver {
+        let label = self.label(db);
         DbObserver {
-            metrics: self.clone(),
-            label: self.label(db),
+            fsync_seconds: self
+                .fsync_seconds
+                .get_or_create(&SkLabel {
+                    safekeeper: self.name.clone(),
+                })
+                .clone(),
+            flush_lsn: self.flush_lsn.get_or_create(&label).clone(),
+            primary_lsn: self.primary_lsn.get_or_create(&label).clone(),
+            lag_bytes: self.lag_bytes.get_or_create(&label).clone(),
         }
     }
 
@@ -129,41 +137,32 @@ impl SafekeeperMetrics {
     }
 }
 
-/// [`StreamObserver`] of one database on one node.
+/// [`StreamObserver`] of one database on one node. It holds the metric handles themselves, so
+/// the stream's hot path takes no registry lock.
 #[derive(Debug, Clone)]
 pub struct DbObserver {
-    metrics: SafekeeperMetrics,
-    label: DbLabel,
+    fsync_seconds: Histogram,
+    flush_lsn: Gauge,
+    primary_lsn: Gauge,
+    lag_bytes: Gauge,
 }
 
 impl DbObserver {
     fn update_lag(&self) {
-        let m = &self.metrics;
-        let end = m.primary_lsn.get_or_create(&self.label).get();
-        let flush = m.flush_lsn.get_or_create(&self.label).get();
-        m.lag_bytes
-            .get_or_create(&self.label)
-            .set(end.saturating_sub(flush).max(0));
+        let lag = self.primary_lsn.get().saturating_sub(self.flush_lsn.get());
+        self.lag_bytes.set(lag.max(0));
     }
 }
 
 impl StreamObserver for DbObserver {
     fn flushed(&self, took: Duration, _bytes: u64, flush: Lsn) {
-        let m = &self.metrics;
-        m.fsync_seconds
-            .get_or_create(&SkLabel {
-                safekeeper: m.name.clone(),
-            })
-            .observe(took.as_secs_f64());
-        m.flush_lsn.get_or_create(&self.label).set(flush.0 as i64);
+        self.fsync_seconds.observe(took.as_secs_f64());
+        self.flush_lsn.set(flush.0 as i64);
         self.update_lag();
     }
 
     fn primary_end(&self, end: Lsn) {
-        self.metrics
-            .primary_lsn
-            .get_or_create(&self.label)
-            .set(end.0 as i64);
+        self.primary_lsn.set(end.0 as i64);
         self.update_lag();
     }
 }

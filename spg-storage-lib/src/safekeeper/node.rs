@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use super::file::{parse_segment_file_name, FileWalStore};
 use super::metrics::SafekeeperMetrics;
-use super::stream::{follow_primary, lock, PrimaryConn, SharedSafekeeper, StreamEnd};
+use super::stream::{
+    follow_primary, lock, PrimaryConn, SharedSafekeeper, StreamEnd, StreamObserver,
+};
 use super::{wire, History, Safekeeper, Vote, WalLog};
 use crate::StorageError;
 
@@ -184,11 +186,18 @@ impl SafekeeperNode {
         conn: PrimaryConn,
         mut stop: watch::Receiver<bool>,
     ) {
-        let observer = self.metrics.observer(&d.name);
+        let observer: Arc<dyn StreamObserver> = Arc::new(self.metrics.observer(&d.name));
         let mut pause = Duration::from_millis(20);
         loop {
-            let r =
-                follow_primary(&d.sk, g, &conn, self.cfg.segment_size, &observer, &mut stop).await;
+            let r = follow_primary(
+                &d.sk,
+                g,
+                &conn,
+                self.cfg.segment_size,
+                Arc::clone(&observer),
+                &mut stop,
+            )
+            .await;
             match r {
                 Ok(StreamEnd::Stopped) => return,
                 Ok(StreamEnd::Fenced { current }) => {
