@@ -446,3 +446,74 @@ async fn a_compute_starts_with_no_local_state_from_the_base_image_and_the_wal() 
         n.shutdown().await;
     }
 }
+
+/// In a quorum the compute runs with `fsync = off` (durability is the quorum's), marked with the
+/// boot it runs under. A kill loses nothing (the page cache survives it); after an
+/// operating-system crash the directory may have lost any write, so the next start rebuilds it
+/// from the base image and the WAL rather than trusting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_ran_unsynced_before_a_reboot_is_rebuilt_not_trusted() {
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, _) = setup(tmp.path());
+    let archive = archive_in(tmp.path());
+    let pages_root = tmp.path().join("pages-cache");
+    let pages =
+        || Arc::new(LocalDirPageStore::new(&pages_root).with_base_images(Arc::clone(&archive)));
+    let data_dir = pages_root.join("appdb").join("pgdata");
+    let marker = data_dir.join(spg_core::UNSYNCED_MARKER);
+
+    let (c1, c) = first_generation(&agent, pages(), &wal).await;
+    let fsync: String = c.query_one("SHOW fsync", &[]).await.unwrap().get(0);
+    assert_eq!(fsync, "off");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        spg_core::boot_id().unwrap()
+    );
+    c.execute("INSERT INTO t SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
+    drop(c);
+    c1.abandon().await; // SIGKILL: the page cache keeps every write
+
+    // Same boot: the directory is trusted and crash recovery runs on it.
+    let c2 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(2))
+        .await
+        .unwrap();
+    let c = tenant(&c2).await;
+    assert_eq!(ids(&c).await.len(), 1000);
+    c.execute("INSERT INTO t VALUES (1001)", &[]).await.unwrap();
+    let rel: String = c
+        .query_one("SELECT pg_relation_filepath('t')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(c);
+    c2.abandon().await;
+
+    // Now pretend the machine crashed and rebooted: the marker names another boot, and the
+    // table's file lost its unsynced pages.
+    std::fs::write(&marker, "00000000-0000-0000-0000-000000000000\n").unwrap();
+    std::fs::write(data_dir.join(&rel), b"").unwrap();
+    std::fs::write(data_dir.join("sentinel"), b"from before the reboot").unwrap();
+    let c3 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(3))
+        .await
+        .expect("rebuilt from the base image plus the WAL");
+    assert!(
+        !data_dir.join("sentinel").exists(),
+        "the directory was rebuilt"
+    );
+    let c = tenant(&c3).await;
+    let got = ids(&c).await;
+    assert_eq!(got, (1..=1001).collect::<Vec<i32>>());
+    drop(c);
+    let report = c3.stop().await;
+    assert!(report.clean, "{:?}", report.error);
+    assert!(report.timings.get("sync").is_some());
+    assert!(
+        !marker.exists(),
+        "a clean stop syncs and unmarks the directory"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

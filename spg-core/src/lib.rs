@@ -35,7 +35,9 @@ pub use error::{CoreError, CoreResult};
 pub use gateway::{Gateway, GatewaySessions};
 pub use lease::{Lease, LeaseGrant, LeaseId};
 pub use names::{DatabaseName, NameError, RoleName};
-pub use page_store::{Checkout, ImageInfo, PageStore};
+pub use page_store::{
+    boot_id, lost_unsynced_writes, Checkout, ImageInfo, PageStore, UNSYNCED_MARKER,
+};
 pub use state::{ComputeState, TargetScale};
 pub use types::{Generation, Lsn, ParseLsnError, TimelineId};
 pub use wal::{Election, ReplicationSource, WalQuorum};

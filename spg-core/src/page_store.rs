@@ -57,3 +57,52 @@ pub trait PageStore: Send + Sync {
     /// The latest image of `db`, if it has one.
     async fn latest_image(&self, db: &DatabaseName) -> CoreResult<Option<ImageInfo>>;
 }
+
+/// A file a compute that runs PostgreSQL with `fsync = off` keeps in its data directory.
+///
+/// With a WAL quorum, a commit's durability is the quorum's fsync, not the compute's: the data
+/// directory is a cache. A killed compute loses nothing (the kernel's page cache still holds its
+/// writes), but an operating-system crash can lose any unsynced write. So the compute agent
+/// writes this marker, holding the kernel's boot id, before PostgreSQL starts without `fsync`,
+/// and removes it only after a clean stop has synced the directory. A [`PageStore`] must not
+/// hand out a directory whose marker names another boot ([`lost_unsynced_writes`]): it rebuilds
+/// the directory from its image instead, and the WAL quorum supplies what came after.
+pub const UNSYNCED_MARKER: &str = "spg_unsynced";
+
+/// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`); `None` where the system
+/// has none, in which case computes keep `fsync` on.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// Whether `data_dir` may have lost writes: it carries the [`UNSYNCED_MARKER`] of a compute that
+/// ran without `fsync` under a different boot (or the boot cannot be told).
+pub fn lost_unsynced_writes(data_dir: &std::path::Path) -> bool {
+    match std::fs::read_to_string(data_dir.join(UNSYNCED_MARKER)) {
+        Ok(marker) => boot_id().is_none_or(|now| marker.trim() != now),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsynced_marker_of_this_boot_is_trusted_another_is_not() {
+        let dir = std::env::temp_dir().join(format!("spg-core-marker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!lost_unsynced_writes(&dir), "no marker: synced");
+        let now = boot_id().expect("Linux has a boot id");
+        std::fs::write(dir.join(UNSYNCED_MARKER), format!("{now}\n")).unwrap();
+        assert!(!lost_unsynced_writes(&dir), "same boot: page cache intact");
+        std::fs::write(dir.join(UNSYNCED_MARKER), "00000000-dead-beef\n").unwrap();
+        assert!(
+            lost_unsynced_writes(&dir),
+            "another boot: writes may be lost"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -13,6 +13,8 @@
 //! `images/<db>/base/`, and a checkout that finds no local directory starts from it: the local
 //! directory is then only a cache, and the WAL quorum supplies everything written since. After a crash the directory still carries the
 //! WAL written since the last image, and PostgreSQL's crash recovery replays it on the next start.
+//! A directory a compute ran on without fsync is trusted only within the same boot
+//! ([`spg_core::UNSYNCED_MARKER`]); after a reboot it is rebuilt from the base image.
 //! Generations fence each other exactly as the trait requires: a checkout raises the fence, and
 //! older generations can no longer write back.
 
@@ -177,6 +179,22 @@ impl Inner {
             // An initialisation that never registered its base image: no compute ever ran on it,
             // so nothing acknowledged can be inside. Start over.
             warn!(%db, dir = %data_dir.display(), "discarding data directory without a base image");
+            std::fs::remove_dir_all(&data_dir)
+                .map_err(|e| StorageError::io("remove", &data_dir, e))?;
+        }
+        if data_dir.exists() && spg_core::lost_unsynced_writes(&data_dir) {
+            // A compute ran on it without fsync and the machine rebooted since: any write may be
+            // missing. Rebuild from the base image; the WAL quorum has everything after it.
+            if self.archive.is_none() {
+                return Err(StorageError::Corrupt {
+                    what: format!("data directory of {db}"),
+                    reason: "it may have lost unsynced writes in an operating-system crash, and \
+                             no base image is kept in object storage to rebuild it from"
+                        .into(),
+                });
+            }
+            warn!(%db, dir = %data_dir.display(),
+                  "data directory ran unsynced before a reboot: rebuilding it from the base image");
             std::fs::remove_dir_all(&data_dir)
                 .map_err(|e| StorageError::io("remove", &data_dir, e))?;
         }
@@ -567,6 +585,55 @@ mod tests {
         s.release(&db, Generation(1)).await.unwrap();
         let c = s.checkout(&db, Generation(2)).await.unwrap();
         assert!(!c.data_dir.join("PG_VERSION").exists());
+    }
+
+    #[tokio::test]
+    async fn directory_unsynced_before_a_reboot_is_rebuilt_from_the_base_image() {
+        let db = DatabaseName::new("shop").unwrap();
+        let marker = |dir: &Path, boot: &str| {
+            std::fs::write(dir.join(spg_core::UNSYNCED_MARKER), boot).unwrap();
+        };
+        let this_boot = spg_core::boot_id().unwrap();
+
+        // Without object storage there is nothing to rebuild from: a clear error, and the
+        // directory is left alone.
+        let (_tmp, s) = store();
+        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        write_control(&c.data_dir, 1, 0x100);
+        s.write_back(&db, Generation(1)).await.unwrap();
+        std::fs::write(c.data_dir.join("PG_VERSION"), "15\n").unwrap();
+        marker(&c.data_dir, "another-boot");
+        s.release(&db, Generation(1)).await.unwrap();
+        let err = s.checkout(&db, Generation(2)).await.unwrap_err();
+        assert!(err.to_string().contains("unsynced writes"), "{err}");
+        assert!(c.data_dir.join("PG_VERSION").exists());
+
+        // With base images: the same boot keeps the directory, another boot rebuilds it.
+        let tmp = tempfile::tempdir().unwrap();
+        let objects = tmp.path().join("objects");
+        std::fs::create_dir_all(&objects).unwrap();
+        let archive =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&objects).unwrap());
+        let s = LocalDirPageStore::new(tmp.path().join("pages")).with_base_images(archive);
+        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        write_control(&c.data_dir, 1, 0x100);
+        std::fs::write(c.data_dir.join("PG_VERSION"), "15\n").unwrap();
+        s.write_back(&db, Generation(1)).await.unwrap();
+        std::fs::write(c.data_dir.join("written-later"), "x").unwrap();
+        marker(&c.data_dir, &this_boot);
+        s.release(&db, Generation(1)).await.unwrap();
+        let c = s.checkout(&db, Generation(2)).await.unwrap();
+        assert!(c.data_dir.join("written-later").exists(), "same boot: kept");
+        marker(&c.data_dir, "another-boot");
+        s.release(&db, Generation(2)).await.unwrap();
+        let c = s.checkout(&db, Generation(3)).await.unwrap();
+        assert!(!c.data_dir.join("written-later").exists(), "rebuilt");
+        assert!(!c.data_dir.join(spg_core::UNSYNCED_MARKER).exists());
+        assert_eq!(
+            std::fs::read_to_string(c.data_dir.join("PG_VERSION")).unwrap(),
+            "15\n"
+        );
+        assert_eq!(c.image.map(|i| i.lsn), Some(Lsn(0x100)));
     }
 
     #[tokio::test]

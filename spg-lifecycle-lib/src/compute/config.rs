@@ -35,6 +35,10 @@ pub struct WalConf {
     pub restore_command: String,
     /// `recovery_target_timeline`: a timeline id, or `current`.
     pub recovery_target_timeline: String,
+    /// Whether PostgreSQL fsyncs locally. A commit's durability is the quorum's fsync, so the
+    /// agent turns local fsync off where it can tell an operating-system crash afterwards
+    /// ([`spg_core::UNSYNCED_MARKER`]).
+    pub local_fsync: bool,
 }
 
 /// `postgresql.conf` for a compute listening on `127.0.0.1:port`; with `wal`, one that recovers
@@ -62,7 +66,8 @@ pub fn postgresql_conf(
     let _ = writeln!(c, "max_connections = {}", profile.max_connections);
     let _ = writeln!(c, "shared_buffers = '{}MB'", profile.shared_buffers_mb);
     let _ = writeln!(c, "password_encryption = 'scram-sha-256'");
-    let _ = writeln!(c, "fsync = on");
+    let local_fsync = wal.is_none_or(|w| w.local_fsync);
+    let _ = writeln!(c, "fsync = {}", if local_fsync { "on" } else { "off" });
     let _ = writeln!(c, "synchronous_commit = on");
     let _ = writeln!(c, "full_page_writes = on");
     let _ = writeln!(c, "dynamic_shared_memory_type = posix");
@@ -143,8 +148,15 @@ mod tests {
             standby_names: "ANY 2 (\"sk1\", \"sk2\", \"sk3\")".into(),
             restore_command: "\"/bin/spg\" wal-restore http://x \"%f\" \"%p\"".into(),
             recovery_target_timeline: "current".into(),
+            local_fsync: false,
         };
         let c = postgresql_conf(5555, Path::new("/run"), &default_profile(), Some(&w));
+        assert!(
+            c.contains("fsync = off\n"),
+            "the quorum makes commits durable"
+        );
+        let local = postgresql_conf(5555, Path::new("/run"), &default_profile(), None);
+        assert!(local.contains("fsync = on\n"));
         assert!(c.contains("synchronous_standby_names = 'ANY 2 (\"sk1\", \"sk2\", \"sk3\")'\n"));
         assert!(c.contains("hot_standby = off\n"));
         assert!(pg_hba_conf(true)

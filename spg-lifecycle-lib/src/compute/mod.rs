@@ -100,7 +100,7 @@ pub struct ComputeSpec {
 /// What a stop did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StopReport {
-    /// Timed steps (`shutdown`, `write_back`, `total`).
+    /// Timed steps (`shutdown`, `sync`, `write_back`, `total`).
     pub timings: StepTimings,
     /// Whether the fast shutdown completed (otherwise the compute was killed).
     pub clean: bool,
@@ -119,6 +119,7 @@ pub struct RunningCompute {
     endpoint: ComputeEndpoint,
     socket_dir: PathBuf,
     run_dir: PathBuf,
+    data_dir: PathBuf,
     process: Option<PostgresProcess>,
     boot: StepTimings,
     wal: Option<WalSetup>,
@@ -195,6 +196,7 @@ impl RunningCompute {
                     generation: spec.generation,
                     socket_dir,
                     run_dir,
+                    data_dir: checkout.data_dir,
                     process: Some(process),
                     boot,
                     wal,
@@ -267,7 +269,9 @@ impl RunningCompute {
                 )
                 .await?;
                 write_owned(cfg, &data_dir.join("recovery.signal"), "")?;
+                let local_fsync = !mark_unsynced(data_dir)?;
                 let conf = config::WalConf {
+                    local_fsync,
                     standby_names: w.quorum.synchronous_standby_names(),
                     restore_command: svc.restore_command(&w.restore_program),
                     recovery_target_timeline: election
@@ -414,9 +418,21 @@ impl RunningCompute {
         };
         timer.step("shutdown");
         self.stop_following().await;
-        let clean = exit.success() && !killed;
+        let mut clean = exit.success() && !killed;
         let mut error = None;
         let mut image = None;
+        if clean {
+            let dir = self.data_dir.clone();
+            let synced = tokio::task::spawn_blocking(move || sync_and_unmark(&dir))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            timer.step("sync");
+            if let Err(e) = synced {
+                clean = false;
+                error = Some(format!("syncing the data directory: {e}"));
+            }
+        }
         if clean {
             match self
                 .page_store
@@ -427,7 +443,7 @@ impl RunningCompute {
                 Err(e) => error = Some(format!("write-back: {e}")),
             }
             timer.step("write_back");
-        } else {
+        } else if error.is_none() {
             error = Some(format!("compute did not shut down cleanly ({exit})"));
         }
         self.finish().await;
@@ -666,6 +682,39 @@ fn create_private_dir(dir: &Path) -> Result<(), LifecycleError> {
 }
 
 /// Write a file the compute user owns.
+/// Before PostgreSQL runs without `fsync`: record this boot in the data directory (durably), so
+/// that after an operating-system crash the directory is rebuilt rather than trusted
+/// ([`spg_core::UNSYNCED_MARKER`]). `false` (keep `fsync` on) where the boot cannot be told.
+fn mark_unsynced(data_dir: &Path) -> Result<bool, LifecycleError> {
+    let Some(boot) = spg_core::boot_id() else {
+        return Ok(false);
+    };
+    let path = data_dir.join(spg_core::UNSYNCED_MARKER);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut f, format!("{boot}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| LifecycleError::io("write", &path, e))?;
+    Ok(true)
+}
+
+/// After a clean shutdown of a compute that ran without `fsync`: flush everything it wrote to
+/// disk, then drop the marker. A directory without the marker is a no-op.
+fn sync_and_unmark(data_dir: &Path) -> Result<(), LifecycleError> {
+    let path = data_dir.join(spg_core::UNSYNCED_MARKER);
+    if !path.exists() {
+        return Ok(());
+    }
+    let dir = std::fs::File::open(data_dir).map_err(|e| LifecycleError::io("open", data_dir, e))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(|e| LifecycleError::io("syncfs", data_dir, std::io::Error::from(e)))?;
+    std::fs::remove_file(&path).map_err(|e| LifecycleError::io("remove", &path, e))?;
+    dir.sync_all()
+        .map_err(|e| LifecycleError::io("fsync", data_dir, e))
+}
+
 fn write_owned(cfg: &AgentConfig, path: &Path, contents: &str) -> Result<(), LifecycleError> {
     std::fs::write(path, contents).map_err(|e| LifecycleError::io("write", path, e))?;
     cfg.run_as.chown(path)
