@@ -159,6 +159,18 @@ pub fn decode_seal(b: &[u8]) -> Option<Seal> {
     (seal.from <= seal.flush && seal.flush.0 > 0).then_some(seal)
 }
 
+/// Write zeros over `[from, to)` of `file`.
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 struct Segment {
     tli: TimelineId,
     file: File,
@@ -326,15 +338,8 @@ impl FileWalStore {
                     .map_err(|e| StorageError::io("create", &path, e))?;
                 // Fill with real zeros (as PostgreSQL does for pg_wal): later writes then change
                 // no file metadata, so each fdatasync is one data flush, not a journal commit.
-                let zeros = vec![0u8; 1 << 20];
-                let mut at = 0;
-                let len = self.segment_size + SEAL_AREA;
-                while at < len {
-                    let n = (len - at).min(zeros.len() as u64) as usize;
-                    file.write_all_at(&zeros[..n], at)
-                        .map_err(|e| StorageError::io("extend", &path, e))?;
-                    at += n as u64;
-                }
+                zero_fill(&file, 0, self.segment_size + SEAL_AREA)
+                    .map_err(|e| StorageError::io("extend", &path, e))?;
                 file.sync_all()
                     .map_err(|e| StorageError::io("fsync", &path, e))?;
                 self.segments.insert(segno, Segment { tli, file });
@@ -378,6 +383,14 @@ impl WalStore for FileWalStore {
         };
         let (seq, mut control) = decode_control(&bytes)?;
         self.seq = seq;
+        // What a killed process wrote may still be only in the page cache: make it durable
+        // before believing any of it (as PostgreSQL syncs pg_wal before crash recovery).
+        for (segno, seg) in &self.segments {
+            seg.file
+                .sync_data()
+                .map_err(|e| StorageError::io("fsync", self.segment_path(seg.tli, *segno), e))?;
+        }
+        sync_dir(&self.dir.join("wal"))?;
         let mut seals = Vec::new();
         for segno in self.segments.keys().copied().collect::<Vec<_>>() {
             for seal in self.seals_of(segno)? {
@@ -393,6 +406,11 @@ impl WalStore for FileWalStore {
             if self.seal_holds(segno, &seal)? {
                 self.sealed = seal.flush.max(control.log.flush);
                 control.log.flush = self.sealed;
+                // The next seal must not land in this one's slot: a newer seal that failed its
+                // check may share the counter's parity.
+                if (self.flush_counter + 1) % 2 == seal.counter % 2 {
+                    self.flush_counter += 1;
+                }
                 break;
             }
         }
@@ -419,7 +437,9 @@ impl WalStore for FileWalStore {
     fn sync_wal(&mut self, flush: Lsn) -> Result<(), StorageError> {
         // The segment holding the flush LSN gets the seal; the others are made durable first.
         let sealing = flush.0.checked_sub(1).map(|last| last / self.segment_size);
-        for segno in std::mem::take(&mut self.dirty) {
+        // Segments leave the dirty set only once everything succeeded: after a failure the next
+        // flush syncs them again.
+        for &segno in &self.dirty {
             if Some(segno) == sealing {
                 continue;
             }
@@ -429,14 +449,19 @@ impl WalStore for FileWalStore {
                     .map_err(|e| StorageError::io("fsync", self.segment_path(seg.tli, segno), e))?;
             }
         }
-        if std::mem::take(&mut self.dir_dirty) {
+        if self.dir_dirty {
             sync_dir(&self.dir.join("wal"))?;
+            self.dir_dirty = false;
         }
         let Some(segno) = sealing else {
+            self.dirty.clear();
             return Ok(());
         };
         let Some(seg) = self.segments.get(&segno) else {
-            return Ok(());
+            return Err(StorageError::Corrupt {
+                what: "segment table".into(),
+                reason: format!("segment {segno} holding flush LSN {flush} is missing"),
+            });
         };
         let path = || self.segment_path(seg.tli, segno);
         let seg_start = segno * self.segment_size;
@@ -459,6 +484,7 @@ impl WalStore for FileWalStore {
             .map_err(|e| StorageError::io("fsync", path(), e))?;
         self.flush_counter = counter;
         self.sealed = flush;
+        self.dirty.clear();
         Ok(())
     }
 
@@ -507,9 +533,9 @@ impl WalStore for FileWalStore {
         if off != 0 {
             if let Some(seg) = self.segments.get(&segno) {
                 let path = self.segment_path(seg.tli, segno);
-                seg.file
-                    .set_len(off)
-                    .and_then(|()| seg.file.set_len(self.segment_size + SEAL_AREA))
+                // Zeros written in place (not set_len): the file keeps its size and its blocks
+                // at every instant, so a crash here leaves a well-formed segment.
+                zero_fill(&seg.file, off, self.segment_size + SEAL_AREA)
                     .and_then(|()| seg.file.sync_data())
                     .map_err(|e| StorageError::io("truncate", &path, e))?;
             }
@@ -718,6 +744,54 @@ mod tests {
         let sk = reopen();
         let file = sk.segment_file(TimelineId(2), 0, SEG).unwrap().unwrap();
         assert_eq!(file.len(), SEG as usize);
+    }
+
+    /// After a reopen that had to skip a seal, the next seal goes to the other slot: tearing it
+    /// must still leave the seal that was believed.
+    #[test]
+    fn the_next_seal_after_a_reopen_spares_the_believed_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g1 = Generation(1);
+        let p1 = History::starting(timeline_of(g1), Lsn(0));
+        let reopen = || Safekeeper::open(FileWalStore::open(tmp.path(), SEG).unwrap()).unwrap();
+        let mut sk = reopen();
+        sk.follow(g1, &p1).unwrap();
+        // (The first flush also goes into the control file; the next ones only into seals.)
+        sk.append(g1, Lsn(0), &[1u8; 10]).unwrap();
+        sk.flush().unwrap();
+        sk.append(g1, Lsn(10), &[1u8; 90]).unwrap();
+        sk.flush().unwrap();
+        sk.append(g1, Lsn(100), &[2u8; 100]).unwrap();
+        sk.flush().unwrap();
+        drop(sk);
+        let seg = tmp.path().join("wal").join("000000020000000000000000");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        f.write_all_at(&[0], 150).unwrap(); // the second batch's seal is not believed
+        let mut sk = reopen();
+        assert_eq!(sk.log().flush, Lsn(100));
+
+        // The primary resends from 100, with other bytes this time.
+        sk.follow(g1, &p1).unwrap();
+        sk.append(g1, Lsn(100), &[3u8; 150]).unwrap();
+        assert_eq!(sk.flush().unwrap(), Lsn(250));
+        drop(sk);
+        // Tear the seal just written.
+        let mut area = vec![0u8; 2 * SEAL_SLOT as usize];
+        f.read_exact_at(&mut area, SEG).unwrap();
+        let newest = (0..2)
+            .max_by_key(|i| decode_seal(&area[i * SEAL_SLOT as usize..]).map(|r| r.counter))
+            .unwrap();
+        assert_eq!(
+            decode_seal(&area[newest * SEAL_SLOT as usize..]).map(|r| r.flush),
+            Some(Lsn(250))
+        );
+        f.write_all_at(&[0xff; 8], SEG + newest as u64 * SEAL_SLOT + 24)
+            .unwrap();
+        assert_eq!(reopen().log().flush, Lsn(100), "the believed seal survived");
     }
 
     #[test]
