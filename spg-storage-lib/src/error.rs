@@ -72,6 +72,23 @@ pub enum StorageError {
     /// A data directory was not shut down cleanly and cannot become an image.
     #[error("data directory is not cleanly shut down (state {0})")]
     NotShutDown(String),
+    /// An object-store request failed (retryable unless the error says otherwise).
+    #[error("object store {op} {key}: {source}")]
+    ObjectStore {
+        /// What was being done.
+        op: &'static str,
+        /// The object's key.
+        key: String,
+        /// The backend's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// An image with this id already exists; images are never replaced.
+    #[error("image {0} already exists")]
+    ImageExists(crate::image::ImageId),
+    /// The data directory holds something an image cannot represent.
+    #[error("unsupported in a data directory: {0}")]
+    Unsupported(String),
 }
 
 impl StorageError {
@@ -90,7 +107,10 @@ impl From<StorageError> for CoreError {
             StorageError::StaleGeneration { offered, current } => {
                 CoreError::StaleGeneration { offered, current }
             }
-            StorageError::Io { .. } => CoreError::Unavailable(e.to_string()),
+            StorageError::Io { .. } | StorageError::ObjectStore { .. } => {
+                CoreError::Unavailable(e.to_string())
+            }
+            StorageError::ImageExists(_) => CoreError::Conflict(e.to_string()),
             other => CoreError::Internal(other.to_string()),
         }
     }

@@ -45,6 +45,21 @@ pub fn replication_messages(data: &[u8]) {
     }
 }
 
+/// Fuzz entry: bytes read from object storage as an image manifest or a chunk list. Must never
+/// panic; what parses re-encodes to the same value.
+pub fn image_manifest(data: &[u8]) {
+    use crate::image::format::{decode_list, encode_list, Manifest};
+    if let Ok(m) = Manifest::decode(data) {
+        assert_eq!(Manifest::decode(&m.encode()).ok().as_ref(), Some(&m));
+    }
+    if let Ok((size, chunks)) = decode_list(data) {
+        assert_eq!(
+            decode_list(&encode_list(size, &chunks)).ok(),
+            Some((size, chunks))
+        );
+    }
+}
+
 /// A fuzz entry point.
 pub type FuzzTarget = fn(&[u8]);
 
@@ -53,4 +68,5 @@ pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("pg_control", pg_control),
     ("sk_control", sk_control),
     ("replication_messages", replication_messages),
+    ("image_manifest", image_manifest),
 ];

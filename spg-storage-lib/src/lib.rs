@@ -6,6 +6,8 @@
 //!   database's data directory on local disk between generations, with generation fencing and a
 //!   crash-safe image record. Later backends (images in object storage, lazy pages) implement the
 //!   same trait.
+//! - [`image`]: database images in object storage (content-addressed chunks, create-only
+//!   manifests) over any `object_store` backend, with the conformance suite every backend runs.
 //! - [`pg_control`]: a reader of PostgreSQL's `global/pg_control`, used to learn the checkpoint LSN
 //!   and whether a data directory was shut down cleanly.
 //! - [`fuzzing`]: entry points of the fuzz targets over untrusted bytes.
@@ -15,6 +17,7 @@
 mod error;
 mod fsutil;
 pub mod fuzzing;
+pub mod image;
 pub mod local_dir;
 pub mod pg_control;
 pub mod safekeeper;

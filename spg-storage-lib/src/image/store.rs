@@ -1,0 +1,517 @@
+//! [`ImageStore`]: images of databases in any `object_store` backend.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
+use tracing::debug;
+
+use super::format::{
+    decode_list, encode_list, ChunkHash, Content, FileEntry, ImageId, Manifest, DIRECT_CHUNKS,
+    INLINE_MAX, MANIFEST_VERSION,
+};
+use crate::StorageError;
+
+/// How many object-store requests one capture or restore keeps in flight.
+const PARALLEL: usize = 16;
+
+/// What a capture did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Files (not directories) in the image.
+    pub files: u64,
+    /// Bytes of all files.
+    pub bytes: u64,
+    /// Chunks uploaded.
+    pub chunks_uploaded: u64,
+    /// Bytes uploaded in chunks.
+    pub bytes_uploaded: u64,
+    /// Chunks already held by the parent image, not uploaded again.
+    pub chunks_reused: u64,
+    /// All-zero chunks (never stored).
+    pub zero_chunks: u64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Files written.
+    pub files: u64,
+    /// Chunk bytes fetched from the object store.
+    pub bytes_fetched: u64,
+}
+
+/// Images of databases in an object store; see [`super`] for the layout. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+fn os_err(op: &'static str, key: &ObjectPath, e: object_store::Error) -> StorageError {
+    StorageError::ObjectStore {
+        op,
+        key: key.to_string(),
+        source: Box::new(e),
+    }
+}
+
+impl ImageStore {
+    /// Images under `prefix` (e.g. `images`) of `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: impl Into<String>) -> Self {
+        ImageStore {
+            store,
+            prefix: prefix.into().trim_matches('/').to_owned(),
+        }
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub(crate) fn key(&self, db: &DatabaseName, rest: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(format!("{}/{rest}", db.as_str()))
+        } else {
+            ObjectPath::from(format!("{}/{}/{rest}", self.prefix, db.as_str()))
+        }
+    }
+
+    fn chunk_key(&self, db: &DatabaseName, h: &ChunkHash) -> ObjectPath {
+        let hex = h.to_string();
+        self.key(db, &format!("chunks/{}/{hex}", &hex[..2]))
+    }
+
+    fn list_key(&self, db: &DatabaseName, h: &ChunkHash) -> ObjectPath {
+        self.key(db, &format!("lists/{h}"))
+    }
+
+    async fn get(&self, key: &ObjectPath) -> Result<Bytes, StorageError> {
+        let r = self
+            .store
+            .get(key)
+            .await
+            .map_err(|e| os_err("get", key, e))?;
+        r.bytes().await.map_err(|e| os_err("get", key, e))
+    }
+
+    async fn names_under(&self, db: &DatabaseName, dir: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = self.key(db, dir);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| os_err("list", &prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Record that generation `g` checked out `db`: from now on images of older generations are
+    /// refused ([`ImageStore::put_manifest`]).
+    pub async fn fence(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
+        let key = self.key(db, &format!("fences/{:016X}", g.0));
+        let opts = PutOptions::from(PutMode::Create);
+        match self.store.put_opts(&key, PutPayload::new(), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(os_err("put", &key, e)),
+        }
+    }
+
+    /// The newest generation that fenced `db`.
+    pub async fn newest_fence(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<Option<Generation>, StorageError> {
+        Ok(self
+            .names_under(db, "fences")
+            .await?
+            .iter()
+            .filter_map(|n| u64::from_str_radix(n, 16).ok())
+            .max()
+            .map(Generation))
+    }
+
+    /// Every image of `db`, oldest first.
+    pub async fn images(&self, db: &DatabaseName) -> Result<Vec<ImageId>, StorageError> {
+        let mut ids: Vec<ImageId> = self
+            .names_under(db, "images")
+            .await?
+            .iter()
+            .filter_map(|n| ImageId::parse_file_name(n))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The newest image of `db` on `history` ([`ImageId::on_path`]): images a fenced generation
+    /// wrote past the point where the next timeline branched off are never chosen.
+    pub async fn latest(
+        &self,
+        db: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<ImageId>, StorageError> {
+        Ok(self
+            .images(db)
+            .await?
+            .into_iter()
+            .filter(|id| id.on_path(history))
+            .max_by_key(|id| (id.lsn, id.generation)))
+    }
+
+    /// The manifest of image `id` of `db`, validated.
+    pub async fn manifest(
+        &self,
+        db: &DatabaseName,
+        id: &ImageId,
+    ) -> Result<Manifest, StorageError> {
+        let key = self.key(db, &format!("images/{}", id.file_name()));
+        let m = Manifest::decode(&self.get(&key).await?)?;
+        if m.id != *id || &m.database != db {
+            return Err(StorageError::Corrupt {
+                what: format!("image manifest {key}"),
+                reason: "it describes another image".into(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Store `m` as a new image. Create-only: an existing image is never replaced
+    /// ([`StorageError::ImageExists`]); a generation older than the newest fence is refused
+    /// ([`StorageError::StaleGeneration`]). Everything the manifest names must be stored first.
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StorageError> {
+        m.validate().map_err(|reason| StorageError::Corrupt {
+            what: "new image manifest".into(),
+            reason,
+        })?;
+        if let Some(newest) = self.newest_fence(&m.database).await? {
+            if newest > m.id.generation {
+                return Err(StorageError::StaleGeneration {
+                    offered: m.id.generation.0,
+                    current: newest.0,
+                });
+            }
+        }
+        let key = self.key(&m.database, &format!("images/{}", m.id.file_name()));
+        let opts = PutOptions::from(PutMode::Create);
+        match self.store.put_opts(&key, m.encode().into(), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StorageError::ImageExists(m.id)),
+            Err(e) => Err(os_err("put", &key, e)),
+        }
+    }
+
+    /// One chunk's bytes, checked against its hash.
+    pub async fn chunk(&self, db: &DatabaseName, h: &ChunkHash) -> Result<Bytes, StorageError> {
+        let key = self.chunk_key(db, h);
+        let b = self.get(&key).await?;
+        if ChunkHash::of(&b) != *h {
+            return Err(StorageError::Corrupt {
+                what: format!("chunk {key}"),
+                reason: "its bytes do not match its hash".into(),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Store a chunk (content-addressed: storing it again is harmless); returns its hash.
+    pub async fn put_chunk(
+        &self,
+        db: &DatabaseName,
+        bytes: Bytes,
+    ) -> Result<ChunkHash, StorageError> {
+        let h = ChunkHash::of(&bytes);
+        let key = self.chunk_key(db, &h);
+        self.store
+            .put(&key, bytes.into())
+            .await
+            .map_err(|e| os_err("put", &key, e))?;
+        Ok(h)
+    }
+
+    /// A chunk list, checked against its hash.
+    pub async fn list(
+        &self,
+        db: &DatabaseName,
+        h: &ChunkHash,
+    ) -> Result<(u32, Vec<Option<ChunkHash>>), StorageError> {
+        let key = self.list_key(db, h);
+        let b = self.get(&key).await?;
+        if ChunkHash::of(&b) != *h {
+            return Err(StorageError::Corrupt {
+                what: format!("chunk list {key}"),
+                reason: "its bytes do not match its hash".into(),
+            });
+        }
+        decode_list(&b)
+    }
+
+    /// Store a chunk list; returns its hash.
+    pub async fn put_list(
+        &self,
+        db: &DatabaseName,
+        chunk_size: u32,
+        chunks: &[Option<ChunkHash>],
+    ) -> Result<ChunkHash, StorageError> {
+        let bytes = encode_list(chunk_size, chunks);
+        let h = ChunkHash::of(&bytes);
+        let key = self.list_key(db, &h);
+        self.store
+            .put(&key, bytes.into())
+            .await
+            .map_err(|e| os_err("put", &key, e))?;
+        Ok(h)
+    }
+
+    /// The chunks of a file entry of `m` (fetching its chunk list if it has one).
+    pub async fn chunks_of(
+        &self,
+        m: &Manifest,
+        f: &FileEntry,
+    ) -> Result<Vec<Option<ChunkHash>>, StorageError> {
+        match &f.content {
+            Some(Content::Chunks(c)) => Ok(c.clone()),
+            Some(Content::List(h)) => {
+                let (size, chunks) = self.list(&m.database, h).await?;
+                let want = f.size.div_ceil(u64::from(m.chunk_size));
+                if size != m.chunk_size || chunks.len() as u64 != want {
+                    return Err(StorageError::Corrupt {
+                        what: format!("chunk list of {}", f.path),
+                        reason: format!(
+                            "{} chunks of {size} bytes for {} bytes",
+                            chunks.len(),
+                            f.size
+                        ),
+                    });
+                }
+                Ok(chunks)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Capture the cleanly shut down data directory `dir` as image `id` of `db`: every file for
+    /// which `include(path)` holds, chunked; chunks the `parent` image already holds are not
+    /// uploaded again. Stores the manifest last (create-only, fenced).
+    pub async fn capture(
+        &self,
+        db: &DatabaseName,
+        dir: &Path,
+        id: ImageId,
+        parent: Option<&Manifest>,
+        chunk_size: u32,
+        include: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Manifest, CaptureStats), StorageError> {
+        let mut known: HashSet<ChunkHash> = HashSet::new();
+        if let Some(p) = parent {
+            let lists = futures::stream::iter(p.files.iter())
+                .map(|f| self.chunks_of(p, f))
+                .buffer_unordered(PARALLEL)
+                .try_collect::<Vec<_>>()
+                .await?;
+            known.extend(lists.into_iter().flatten().flatten());
+        }
+        let walked = walk(dir, include)?;
+        let mut stats = CaptureStats::default();
+        let mut files = Vec::with_capacity(walked.len());
+        for (rel, path, meta) in walked {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                files.push(FileEntry {
+                    path: rel,
+                    mode,
+                    size: 0,
+                    content: None,
+                });
+                continue;
+            }
+            stats.files += 1;
+            stats.bytes += meta.len();
+            let content = if meta.len() <= INLINE_MAX {
+                let b = std::fs::read(&path).map_err(|e| StorageError::io("read", &path, e))?;
+                if b.len() as u64 != meta.len() {
+                    return Err(StorageError::Corrupt {
+                        what: format!("file {rel}"),
+                        reason: "it changed while being captured".into(),
+                    });
+                }
+                Content::Inline(b)
+            } else {
+                let chunks = self
+                    .capture_file(db, &path, meta.len(), chunk_size, &mut known, &mut stats)
+                    .await?;
+                if chunks.len() <= DIRECT_CHUNKS {
+                    Content::Chunks(chunks)
+                } else {
+                    Content::List(self.put_list(db, chunk_size, &chunks).await?)
+                }
+            };
+            files.push(FileEntry {
+                path: rel,
+                mode,
+                size: meta.len(),
+                content: Some(content),
+            });
+        }
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            database: db.clone(),
+            id,
+            parent: parent.map(|p| p.id),
+            chunk_size,
+            created_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            files,
+        };
+        self.put_manifest(&manifest).await?;
+        debug!(%db, image = %id, ?stats, "image captured");
+        Ok((manifest, stats))
+    }
+
+    async fn capture_file(
+        &self,
+        db: &DatabaseName,
+        path: &Path,
+        size: u64,
+        chunk_size: u32,
+        known: &mut HashSet<ChunkHash>,
+        stats: &mut CaptureStats,
+    ) -> Result<Vec<Option<ChunkHash>>, StorageError> {
+        let file = std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+        let n = size.div_ceil(u64::from(chunk_size));
+        let mut hashes = Vec::with_capacity(n as usize);
+        let mut uploads = Vec::new();
+        for i in 0..n {
+            let off = i * u64::from(chunk_size);
+            let len = (size - off).min(u64::from(chunk_size)) as usize;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, off)
+                .map_err(|e| StorageError::io("read", path, e))?;
+            if buf.iter().all(|b| *b == 0) {
+                stats.zero_chunks += 1;
+                hashes.push(None);
+                continue;
+            }
+            let h = ChunkHash::of(&buf);
+            hashes.push(Some(h));
+            if known.insert(h) {
+                stats.chunks_uploaded += 1;
+                stats.bytes_uploaded += len as u64;
+                uploads.push(Bytes::from(buf));
+            } else {
+                stats.chunks_reused += 1;
+            }
+        }
+        futures::stream::iter(uploads)
+            .map(|b| self.put_chunk(db, b))
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(hashes)
+    }
+
+    /// Write image `m` into the empty directory `dir`, fetching every chunk.
+    pub async fn restore(&self, m: &Manifest, dir: &Path) -> Result<RestoreStats, StorageError> {
+        let mut stats = RestoreStats::default();
+        let mut fetches = Vec::new();
+        for f in &m.files {
+            let path = dir.join(&f.path);
+            match &f.content {
+                None => {
+                    std::fs::create_dir_all(&path)
+                        .map_err(|e| StorageError::io("create dir", &path, e))?;
+                }
+                Some(c) => {
+                    stats.files += 1;
+                    let file = std::fs::File::create(&path)
+                        .map_err(|e| StorageError::io("create", &path, e))?;
+                    if let Content::Inline(b) = c {
+                        file.write_all_at(b, 0)
+                            .map_err(|e| StorageError::io("write", &path, e))?;
+                    } else {
+                        file.set_len(f.size)
+                            .map_err(|e| StorageError::io("extend", &path, e))?;
+                        let file = Arc::new(file);
+                        for (i, h) in self.chunks_of(m, f).await?.into_iter().enumerate() {
+                            if let Some(h) = h {
+                                let off = i as u64 * u64::from(m.chunk_size);
+                                fetches.push((Arc::clone(&file), path.clone(), off, h));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let fetched: Vec<u64> = futures::stream::iter(fetches)
+            .map(|(file, path, off, h)| async move {
+                let b = self.chunk(&m.database, &h).await?;
+                file.write_all_at(&b, off)
+                    .map_err(|e| StorageError::io("write", &path, e))?;
+                Ok::<u64, StorageError>(b.len() as u64)
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        stats.bytes_fetched = fetched.iter().sum();
+        // Modes last: PostgreSQL's directories are 0700, which a later create must not hit first.
+        for f in m.files.iter().rev() {
+            let path = dir.join(&f.path);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
+                .map_err(|e| StorageError::io("chmod", &path, e))?;
+        }
+        Ok(stats)
+    }
+}
+
+/// Every directory and regular file under `root` that `include` accepts, parents before
+/// children: (relative path, path, metadata).
+fn walk(
+    root: &Path,
+    include: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>, StorageError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), root.to_path_buf())];
+    while let Some((rel, dir)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| StorageError::io("read dir", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("read dir", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child_rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if !include(&child_rel) {
+                continue;
+            }
+            let path = entry.path();
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| StorageError::io("stat", &path, e))?;
+            if meta.is_dir() {
+                stack.push((child_rel.clone(), path.clone()));
+                out.push((child_rel, path, meta));
+            } else if meta.is_file() {
+                out.push((child_rel, path, meta));
+            } else {
+                // A symlink (a tablespace) or a special file: an image would silently lose it.
+                return Err(StorageError::Unsupported(format!(
+                    "{child_rel} is neither a regular file nor a directory"
+                )));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

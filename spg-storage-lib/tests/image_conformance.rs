@@ -1,0 +1,86 @@
+//! The image conformance suite on every backend: local filesystem, in-memory, and S3 against a
+//! real S3-protocol server (s3s-fs, in-process, on a loopback port the OS picks).
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use spg_storage_lib::image::{conformance, ImageStore};
+
+#[tokio::test]
+async fn local_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let store = ImageStore::new(
+        Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap()),
+        "images",
+    );
+    conformance::run_all(&store, tmp.path()).await;
+}
+
+#[tokio::test]
+async fn in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(Arc::new(InMemory::new()), "");
+    conformance::run_all(&store, tmp.path()).await;
+}
+
+/// An S3-protocol server on 127.0.0.1, serving a bucket from a directory; stops when dropped.
+struct S3Server {
+    endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const ACCESS_KEY: &str = "spg-test-access";
+const SECRET_KEY: &str = "spg-test-secret";
+
+async fn s3_server(root: &std::path::Path, bucket: &str) -> S3Server {
+    std::fs::create_dir_all(root.join(bucket)).unwrap();
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+            });
+        }
+    });
+    S3Server { endpoint, task }
+}
+
+#[tokio::test]
+async fn s3_on_a_real_s3_protocol_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = s3_server(&tmp.path().join("s3"), "spg-images").await;
+    let s3 = AmazonS3Builder::new()
+        .with_endpoint(&server.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("spg-images")
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS_KEY)
+        .with_secret_access_key(SECRET_KEY)
+        .build()
+        .unwrap();
+    let store = ImageStore::new(Arc::new(s3), "images");
+    conformance::run_all(&store, tmp.path()).await;
+}
