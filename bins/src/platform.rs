@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use prometheus_client::registry::Registry;
-use spg_core::WalQuorum;
+use spg_core::{PageStore, WalQuorum};
 use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
 use spg_lifecycle_lib::api::{self, ApiKey};
 use spg_lifecycle_lib::compute::wal::WalSetup;
@@ -18,10 +18,11 @@ use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_lifecycle_lib::provisioner::LocalProvisioner;
 use spg_lifecycle_lib::store::{SqliteStateStore, StateStore};
 use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
+use spg_storage_lib::image::ImageStore;
 use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
 use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
 use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
-use spg_storage_lib::LocalDirPageStore;
+use spg_storage_lib::{LocalDirPageStore, ObjectPageStore};
 
 use crate::safekeeper_http::HttpSafekeeper;
 use tokio::net::TcpListener;
@@ -196,10 +197,7 @@ impl Platform {
         let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&objects)?,
         );
-        let pages =
-            LocalDirPageStore::new(data_dir.join("pages")).with_base_images(Arc::clone(&archive));
         let agent = AgentConfig::new(data_dir.join("run"), bins)?;
-        let mut provisioner = LocalProvisioner::new(agent, Arc::new(pages))?;
         let in_process = if cfg.remote_safekeepers.is_empty() {
             cfg.safekeepers
         } else {
@@ -227,6 +225,17 @@ impl Platform {
                 )
             })
             .collect();
+        // With a WAL quorum, images in object storage are the durable state and the local data
+        // directory is a cache; without one, the local directory is all there is.
+        let pages: Arc<dyn PageStore> = if members.is_empty() {
+            Arc::new(LocalDirPageStore::new(data_dir.join("pages")))
+        } else {
+            Arc::new(ObjectPageStore::new(
+                ImageStore::new(Arc::clone(&archive), "images"),
+                data_dir.join("pages"),
+            ))
+        };
+        let mut provisioner = LocalProvisioner::new(agent, pages)?;
         if !members.is_empty() {
             let quorum = Arc::new(
                 SafekeeperSet::new(members, Duration::from_secs(5))

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use common::reachable_tempdir;
 use spg_core::scram::ScramVerifier;
 use spg_core::{
-    Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, RoleName,
+    Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, RoleName, TimelineId,
 };
 use spg_lifecycle_lib::compute::config::default_profile;
 use spg_lifecycle_lib::compute::wal::WalSetup;
@@ -33,7 +33,12 @@ struct FixedDir(PathBuf);
 
 #[async_trait]
 impl PageStore for FixedDir {
-    async fn checkout(&self, db: &DatabaseName, g: Generation) -> CoreResult<Checkout> {
+    async fn checkout(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        _: &[(TimelineId, Lsn)],
+    ) -> CoreResult<Checkout> {
         Ok(Checkout {
             data_dir: self.0.clone(),
             image: Some(ImageInfo {
@@ -516,4 +521,111 @@ async fn a_directory_that_ran_unsynced_before_a_reboot_is_rebuilt_not_trusted() 
     for n in &nodes {
         n.shutdown().await;
     }
+}
+
+/// With images in object storage the compute's directory is a cache in every path: a clean stop
+/// writes an image (sharing chunks with the one before), the next start reuses the directory only
+/// if it is exactly that image, a crashed directory is rebuilt from the image plus the WAL, and a
+/// start with no local state at all restores the newest image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_in_object_storage_make_the_local_directory_disposable() {
+    use spg_storage_lib::image::ImageStore;
+    use spg_storage_lib::ObjectPageStore;
+
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, _) = setup(tmp.path());
+    let images = ImageStore::new(archive_in(tmp.path()), "images");
+    let cache = tmp.path().join("cache");
+    let pages = || Arc::new(ObjectPageStore::new(images.clone(), &cache));
+    let db = DatabaseName::new("appdb").unwrap();
+    let data_dir = cache.join("appdb").join("pgdata");
+
+    // Generation 1: initdb, whose result becomes the base image.
+    let (c1, c) = first_generation(&agent, pages(), &wal).await;
+    assert_eq!(images.images(&db).await.unwrap().len(), 1, "base image");
+    c.execute("INSERT INTO t SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
+    drop(c);
+    let report = c1.stop().await;
+    assert!(report.clean, "{:?}", report.error);
+    let written = images.images(&db).await.unwrap();
+    assert_eq!(written.len(), 2, "a clean stop writes an image");
+    let m2 = images.manifest(&db, &written[1]).await.unwrap();
+    assert_eq!(m2.parent, Some(written[0]));
+    assert!(m2.files.iter().all(|f| !f.path.starts_with("pg_wal/0")
+        || f.path
+            == format!(
+                "pg_wal/{}",
+                spg_storage_lib::safekeeper::file::segment_file_name(
+                    written[1].timeline,
+                    written[1].lsn.0 / (16 << 20),
+                    16 << 20
+                )
+            )));
+
+    // Generation 2 starts from the cached directory (it is exactly image 2), then crashes.
+    std::fs::write(data_dir.join("sentinel"), b"cache").unwrap();
+    let c2 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(2))
+        .await
+        .unwrap();
+    assert!(
+        data_dir.join("sentinel").exists(),
+        "the clean cache was reused"
+    );
+    let c = tenant(&c2).await;
+    assert_eq!(ids_count(&c).await, 1000);
+    c.execute("INSERT INTO t VALUES (1001)", &[]).await.unwrap();
+    drop(c);
+    c2.abandon().await;
+
+    // Generation 3: the crashed directory is not trusted; image 2 plus the WAL has everything.
+    let c3 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(3))
+        .await
+        .unwrap();
+    assert!(
+        !data_dir.join("sentinel").exists(),
+        "rebuilt from the image"
+    );
+    let c = tenant(&c3).await;
+    assert_eq!(ids(&c).await, (1..=1001).collect::<Vec<i32>>());
+    c.execute("UPDATE t SET id = id + 10000 WHERE id <= 10", &[])
+        .await
+        .unwrap();
+    drop(c);
+    assert!(c3.stop().await.clean);
+    assert_eq!(images.images(&db).await.unwrap().len(), 3);
+
+    // No local state at all: generation 4 restores the newest image.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let c4 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(4))
+        .await
+        .unwrap();
+    let c = tenant(&c4).await;
+    let got = ids(&c).await;
+    assert_eq!(got.len(), 1001);
+    assert!(got.contains(&10010) && !got.contains(&10));
+    drop(c);
+    assert!(c4.stop().await.clean);
+
+    // A fenced generation can no longer write images.
+    let stale = ObjectPageStore::new(images.clone(), tmp.path().join("stale-cache"));
+    let err = stale
+        .checkout(&db, Generation(3), &[])
+        .await
+        .expect_err("generation 3 is fenced by 4");
+    assert!(
+        matches!(err, spg_core::CoreError::StaleGeneration { .. }),
+        "{err}"
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+async fn ids_count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

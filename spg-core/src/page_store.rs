@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{CoreResult, DatabaseName, Generation, Lsn};
+use crate::{CoreResult, DatabaseName, Generation, Lsn, TimelineId};
 
 /// A durable image of a database: a consistent data directory at an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,10 +31,12 @@ pub struct Checkout {
 /// Durable database images that computes start from and write back to.
 ///
 /// Contract:
-/// - `checkout(db, g)` prepares a data directory for generation `g` and fences every older
-///   generation: afterwards `write_back` from an older generation fails with `StaleGeneration`.
-///   A checkout for a generation not newer than the newest one seen also fails with
-///   `StaleGeneration`.
+/// - `checkout(db, g, history)` prepares a data directory for generation `g` and fences every
+///   older generation: afterwards `write_back` from an older generation fails with
+///   `StaleGeneration`. A checkout for a generation not newer than the newest one seen also
+///   fails with `StaleGeneration`. `history` is the timeline path the WAL quorum holds
+///   ([`crate::Election::history`]; empty without a quorum): the directory starts from an image
+///   on that path, never from one a fenced generation wrote after the path branched off it.
 /// - `write_back(db, g)` makes the checked-out directory, which must have been shut down
 ///   cleanly, the database's latest image at its shutdown checkpoint LSN (the store reads the LSN
 ///   from the directory), atomically: afterwards the next checkout starts from it, and a crash
@@ -45,8 +47,13 @@ pub struct Checkout {
 /// - An image, once written, is never changed by any generation.
 #[async_trait]
 pub trait PageStore: Send + Sync {
-    /// Prepare a data directory for generation `generation` of `db`.
-    async fn checkout(&self, db: &DatabaseName, generation: Generation) -> CoreResult<Checkout>;
+    /// Prepare a data directory for generation `generation` of `db`, from an image on `history`.
+    async fn checkout(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        history: &[(TimelineId, Lsn)],
+    ) -> CoreResult<Checkout>;
 
     /// Persist the cleanly shut down directory of `generation` as the new latest image.
     async fn write_back(&self, db: &DatabaseName, generation: Generation) -> CoreResult<ImageInfo>;

@@ -6,6 +6,8 @@
 //!   database's data directory on local disk between generations, with generation fencing and a
 //!   crash-safe image record. Later backends (images in object storage, lazy pages) implement the
 //!   same trait.
+//! - [`object_pages::ObjectPageStore`]: a [`PageStore`](spg_core::PageStore) whose durable
+//!   state is images in object storage; the local data directory is a disposable cache.
 //! - [`image`]: database images in object storage (content-addressed chunks, create-only
 //!   manifests) over any `object_store` backend, with the conformance suite every backend runs.
 //! - [`pg_control`]: a reader of PostgreSQL's `global/pg_control`, used to learn the checkpoint LSN
@@ -19,8 +21,10 @@ mod fsutil;
 pub mod fuzzing;
 pub mod image;
 pub mod local_dir;
+pub mod object_pages;
 pub mod pg_control;
 pub mod safekeeper;
 
 pub use error::StorageError;
 pub use local_dir::LocalDirPageStore;
+pub use object_pages::ObjectPageStore;

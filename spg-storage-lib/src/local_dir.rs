@@ -25,7 +25,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use spg_core::{Checkout, CoreResult, DatabaseName, Generation, ImageInfo, PageStore};
+use spg_core::{
+    Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, TimelineId,
+};
 use tracing::{info, warn};
 
 use crate::fsutil::write_atomic;
@@ -452,7 +454,12 @@ fn walk(root: &Path) -> Result<(Vec<String>, Vec<(String, u64)>), StorageError> 
 
 #[async_trait]
 impl PageStore for LocalDirPageStore {
-    async fn checkout(&self, db: &DatabaseName, generation: Generation) -> CoreResult<Checkout> {
+    async fn checkout(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        _history: &[(TimelineId, Lsn)],
+    ) -> CoreResult<Checkout> {
         let mut checkout = self
             .blocking(db, move |s, db| s.checkout_blocking(db, generation))
             .await?;
@@ -507,7 +514,7 @@ impl PageStore for LocalDirPageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spg_core::{CoreError, Lsn};
+    use spg_core::CoreError;
 
     fn write_control(dir: &Path, state: u32, checkpoint: u64) {
         let mut b = vec![0u8; 8192];
@@ -530,7 +537,7 @@ mod tests {
     async fn lifecycle_and_fencing() {
         let (_tmp, s) = store();
         let db = DatabaseName::new("shop").unwrap();
-        let c1 = s.checkout(&db, Generation(1)).await.unwrap();
+        let c1 = s.checkout(&db, Generation(1), &[]).await.unwrap();
         assert!(c1.image.is_none());
         write_control(&c1.data_dir, 1, 0x100);
         let img = s.write_back(&db, Generation(1)).await.unwrap();
@@ -539,7 +546,7 @@ mod tests {
         s.release(&db, Generation(1)).await.unwrap();
 
         // Generation 2 sees the image; generation 1 is fenced from now on.
-        let c2 = s.checkout(&db, Generation(2)).await.unwrap();
+        let c2 = s.checkout(&db, Generation(2), &[]).await.unwrap();
         assert_eq!(c2.image.as_ref().map(|i| i.lsn), Some(Lsn(0x100)));
         assert_eq!(c2.data_dir, c1.data_dir);
         let stale = s.write_back(&db, Generation(1)).await;
@@ -551,12 +558,12 @@ mod tests {
             })
         ));
         assert!(matches!(
-            s.checkout(&db, Generation(2)).await,
+            s.checkout(&db, Generation(2), &[]).await,
             Err(CoreError::StaleGeneration { .. })
         ));
         // A crashed generation releases without an image; the next one still starts from the dir.
         s.release(&db, Generation(2)).await.unwrap();
-        let c3 = s.checkout(&db, Generation(3)).await.unwrap();
+        let c3 = s.checkout(&db, Generation(3), &[]).await.unwrap();
         assert_eq!(c3.image.map(|i| i.generation), Some(Generation(1)));
     }
 
@@ -564,7 +571,7 @@ mod tests {
     async fn write_back_requires_clean_shutdown_and_the_checkout() {
         let (_tmp, s) = store();
         let db = DatabaseName::new("shop").unwrap();
-        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        let c = s.checkout(&db, Generation(1), &[]).await.unwrap();
         write_control(&c.data_dir, 6, 0x200);
         assert!(s.write_back(&db, Generation(1)).await.is_err());
         write_control(&c.data_dir, 1, 0x200);
@@ -580,10 +587,10 @@ mod tests {
     async fn unregistered_initialisation_is_discarded() {
         let (_tmp, s) = store();
         let db = DatabaseName::new("shop").unwrap();
-        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        let c = s.checkout(&db, Generation(1), &[]).await.unwrap();
         std::fs::write(c.data_dir.join("PG_VERSION"), "15\n").unwrap();
         s.release(&db, Generation(1)).await.unwrap();
-        let c = s.checkout(&db, Generation(2)).await.unwrap();
+        let c = s.checkout(&db, Generation(2), &[]).await.unwrap();
         assert!(!c.data_dir.join("PG_VERSION").exists());
     }
 
@@ -598,13 +605,13 @@ mod tests {
         // Without object storage there is nothing to rebuild from: a clear error, and the
         // directory is left alone.
         let (_tmp, s) = store();
-        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        let c = s.checkout(&db, Generation(1), &[]).await.unwrap();
         write_control(&c.data_dir, 1, 0x100);
         s.write_back(&db, Generation(1)).await.unwrap();
         std::fs::write(c.data_dir.join("PG_VERSION"), "15\n").unwrap();
         marker(&c.data_dir, "another-boot");
         s.release(&db, Generation(1)).await.unwrap();
-        let err = s.checkout(&db, Generation(2)).await.unwrap_err();
+        let err = s.checkout(&db, Generation(2), &[]).await.unwrap_err();
         assert!(err.to_string().contains("unsynced writes"), "{err}");
         assert!(c.data_dir.join("PG_VERSION").exists());
 
@@ -615,18 +622,18 @@ mod tests {
         let archive =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&objects).unwrap());
         let s = LocalDirPageStore::new(tmp.path().join("pages")).with_base_images(archive);
-        let c = s.checkout(&db, Generation(1)).await.unwrap();
+        let c = s.checkout(&db, Generation(1), &[]).await.unwrap();
         write_control(&c.data_dir, 1, 0x100);
         std::fs::write(c.data_dir.join("PG_VERSION"), "15\n").unwrap();
         s.write_back(&db, Generation(1)).await.unwrap();
         std::fs::write(c.data_dir.join("written-later"), "x").unwrap();
         marker(&c.data_dir, &this_boot);
         s.release(&db, Generation(1)).await.unwrap();
-        let c = s.checkout(&db, Generation(2)).await.unwrap();
+        let c = s.checkout(&db, Generation(2), &[]).await.unwrap();
         assert!(c.data_dir.join("written-later").exists(), "same boot: kept");
         marker(&c.data_dir, "another-boot");
         s.release(&db, Generation(2)).await.unwrap();
-        let c = s.checkout(&db, Generation(3)).await.unwrap();
+        let c = s.checkout(&db, Generation(3), &[]).await.unwrap();
         assert!(!c.data_dir.join("written-later").exists(), "rebuilt");
         assert!(!c.data_dir.join(spg_core::UNSYNCED_MARKER).exists());
         assert_eq!(
@@ -640,9 +647,9 @@ mod tests {
     async fn corrupt_record_is_a_clear_error() {
         let (_tmp, s) = store();
         let db = DatabaseName::new("shop").unwrap();
-        s.checkout(&db, Generation(1)).await.unwrap();
+        s.checkout(&db, Generation(1), &[]).await.unwrap();
         std::fs::write(s.inner.record_path(&db), b"{not json").unwrap();
-        let err = s.checkout(&db, Generation(2)).await.unwrap_err();
+        let err = s.checkout(&db, Generation(2), &[]).await.unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 }

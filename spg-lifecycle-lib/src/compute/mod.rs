@@ -164,8 +164,12 @@ impl RunningCompute {
             }
             None => None,
         };
+        let history = election
+            .as_ref()
+            .map(|e| e.history.clone())
+            .unwrap_or_default();
         let checkout = page_store
-            .checkout(&spec.database, spec.generation)
+            .checkout(&spec.database, spec.generation, &history)
             .await
             .map_err(LifecycleError::PageStore)?;
         timer.step("checkout");

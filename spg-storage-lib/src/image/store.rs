@@ -314,12 +314,20 @@ impl ImageStore {
     ) -> Result<(Manifest, CaptureStats), StorageError> {
         let mut known: HashSet<ChunkHash> = HashSet::new();
         if let Some(p) = parent {
-            let lists = futures::stream::iter(p.files.iter())
-                .map(|f| self.chunks_of(p, f))
+            for f in &p.files {
+                if let Some(Content::Chunks(c)) = &f.content {
+                    known.extend(c.iter().flatten());
+                }
+            }
+            let lists = futures::stream::iter(p.lists().collect::<Vec<_>>())
+                .map(|h| {
+                    let (this, db) = (self.clone(), p.database.clone());
+                    async move { this.list(&db, &h).await }
+                })
                 .buffer_unordered(PARALLEL)
                 .try_collect::<Vec<_>>()
                 .await?;
-            known.extend(lists.into_iter().flatten().flatten());
+            known.extend(lists.into_iter().flat_map(|(_, c)| c).flatten());
         }
         let walked = walk(dir, include)?;
         let mut stats = CaptureStats::default();
@@ -415,7 +423,10 @@ impl ImageStore {
             }
         }
         futures::stream::iter(uploads)
-            .map(|b| self.put_chunk(db, b))
+            .map(|b| {
+                let (this, db) = (self.clone(), db.clone());
+                async move { this.put_chunk(&db, b).await }
+            })
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<_>>()
             .await?;
@@ -455,11 +466,14 @@ impl ImageStore {
             }
         }
         let fetched: Vec<u64> = futures::stream::iter(fetches)
-            .map(|(file, path, off, h)| async move {
-                let b = self.chunk(&m.database, &h).await?;
-                file.write_all_at(&b, off)
-                    .map_err(|e| StorageError::io("write", &path, e))?;
-                Ok::<u64, StorageError>(b.len() as u64)
+            .map(|(file, path, off, h)| {
+                let (this, db) = (self.clone(), m.database.clone());
+                async move {
+                    let b = this.chunk(&db, &h).await?;
+                    file.write_all_at(&b, off)
+                        .map_err(|e| StorageError::io("write", &path, e))?;
+                    Ok::<u64, StorageError>(b.len() as u64)
+                }
             })
             .buffer_unordered(PARALLEL)
             .try_collect()
