@@ -10,6 +10,7 @@
 //!   state is images in object storage; the local data directory is a disposable cache.
 //! - [`image`]: database images in object storage (content-addressed chunks, create-only
 //!   manifests) over any `object_store` backend, with the conformance suite every backend runs.
+//! - [`lazyfs`]: a FUSE filesystem showing an image at once and fetching chunks on first read.
 //! - [`pg_control`]: a reader of PostgreSQL's `global/pg_control`, used to learn the checkpoint LSN
 //!   and whether a data directory was shut down cleanly.
 //! - [`fuzzing`]: entry points of the fuzz targets over untrusted bytes.
@@ -20,6 +21,7 @@ mod error;
 mod fsutil;
 pub mod fuzzing;
 pub mod image;
+pub mod lazyfs;
 pub mod local_dir;
 pub mod object_pages;
 pub mod pg_control;
