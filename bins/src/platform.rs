@@ -230,10 +230,13 @@ impl Platform {
         let pages: Arc<dyn PageStore> = if members.is_empty() {
             Arc::new(LocalDirPageStore::new(data_dir.join("pages")))
         } else {
-            Arc::new(ObjectPageStore::new(
-                ImageStore::new(Arc::clone(&archive), "images"),
-                data_dir.join("pages"),
-            ))
+            Arc::new(
+                ObjectPageStore::new(
+                    ImageStore::new(Arc::clone(&archive), "images"),
+                    data_dir.join("pages"),
+                )
+                .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
+            )
         };
         let mut provisioner = LocalProvisioner::new(agent, pages)?;
         if !members.is_empty() {

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use crate::image::{ChunkHash, Content, FileEntry, ImageStore, Manifest};
+use crate::image::{ChunkHash, ChunkOrigin, Content, FileEntry, ImageStore, Manifest, SourceFile};
 use crate::StorageError;
 
 /// Where chunks come from (blocking: FUSE requests are served on plain threads).
@@ -549,6 +549,101 @@ impl LazyTree {
         out
     }
 
+    /// What a write-back of this tree stores, parents before children (symlinks and what
+    /// `include` rejects left out): unchanged chunks by their image hash, the rest to be read
+    /// locally with [`LazyTree::read_local`] (handle = inode). Loads chunk lists it still needs
+    /// (blocking), but never fetches a chunk.
+    pub fn plan(&self, include: &dyn Fn(&str) -> bool) -> Result<Vec<SourceFile>, StorageError> {
+        let mut inner = self.lock();
+        let cs = inner.chunk_size;
+        let mut order = Vec::new();
+        let mut stack = vec![(ROOT, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            if let Some(Node {
+                body: Body::Dir(children),
+                ..
+            }) = inner.nodes.get(&dir)
+            {
+                for (name, ino) in children {
+                    let name = String::from_utf8_lossy(name.as_bytes());
+                    let path = if prefix.is_empty() {
+                        name.into_owned()
+                    } else {
+                        format!("{prefix}/{name}")
+                    };
+                    if !include(&path) {
+                        continue;
+                    }
+                    if matches!(inner.nodes.get(ino).map(|n| &n.body), Some(Body::Dir(_))) {
+                        stack.push((*ino, path.clone()));
+                    }
+                    order.push((path, *ino));
+                }
+            }
+        }
+        order.sort();
+        let mut out = Vec::with_capacity(order.len());
+        for (path, ino) in order {
+            let Some(node) = inner.nodes.get_mut(&ino) else {
+                continue;
+            };
+            let mode = node.mode;
+            match &mut node.body {
+                Body::Dir(_) => out.push(SourceFile {
+                    path,
+                    mode,
+                    size: 0,
+                    is_dir: true,
+                    chunks: Vec::new(),
+                    handle: ino,
+                }),
+                Body::Symlink(_) => {}
+                Body::File(f) => {
+                    let n = f.size.div_ceil(cs) as usize;
+                    let clean = |i: usize| {
+                        !f.dirty.get(i).copied().unwrap_or(true) && (i as u64) * cs < f.orig_size
+                    };
+                    if (0..n).any(clean) && f.chunks.is_none() {
+                        if let Some(entry) = f.entry.take() {
+                            f.chunks = Some(self.source.chunks_of(&entry)?);
+                        }
+                    }
+                    let known = f.chunks.clone().unwrap_or_default();
+                    let chunks = (0..n)
+                        .map(|i| match known.get(i) {
+                            Some(h) if clean(i) => ChunkOrigin::Known(*h),
+                            _ => ChunkOrigin::Read,
+                        })
+                        .collect();
+                    out.push(SourceFile {
+                        path,
+                        mode,
+                        size: f.size,
+                        is_dir: false,
+                        chunks,
+                        handle: ino,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read bytes of file `ino` from its backing file only (chunks [`LazyTree::plan`] marked to
+    /// be read are always local).
+    pub fn read_local(&self, ino: u64, off: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+        let mut inner = self.lock();
+        let f = inner.file_mut(ino).map_err(|e| StorageError::Corrupt {
+            what: format!("lazy file {ino}"),
+            reason: format!("errno {e}"),
+        })?;
+        let mut buf = vec![0u8; len];
+        f.backing
+            .read_exact_at(&mut buf, off)
+            .map_err(|e| StorageError::io("read", &f.backing_path, e))?;
+        Ok(buf)
+    }
+
     /// Bring chunk `idx` of `f` into the backing file if its image bytes are not there yet.
     fn ensure_present(&self, f: &mut FileData, cs: u64, idx: u64) -> FsResult<()> {
         let i = idx as usize;
@@ -1057,11 +1152,19 @@ impl Mount {
         &self.at
     }
 
-    /// Unmount and wait for the serving thread.
+    /// Unmount and wait for the serving thread. A mount still in use (processes of a killed
+    /// compute still closing their files) is detached instead: it leaves the namespace at once
+    /// and the kernel ends the session when the last file closes.
     pub fn unmount(mut self) -> Result<(), StorageError> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<(), StorageError> {
         if let Some(s) = self.session.take() {
-            s.umount_and_join()
-                .map_err(|e| StorageError::io("unmount", &self.at, e))?;
+            if let Err(e) = s.umount_and_join() {
+                tracing::debug!(at = %self.at.display(), error = %e, "lazyfs busy: detaching");
+                detach(&self.at).map_err(|e| StorageError::io("unmount", &self.at, e))?;
+            }
         }
         Ok(())
     }
@@ -1069,9 +1172,19 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
-        }
+        let _ = self.end();
+    }
+}
+
+/// Lazily unmount whatever is mounted at `path` (`MNT_DETACH`); an error if nothing is.
+pub fn detach(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -26,10 +26,11 @@ use async_trait::async_trait;
 use spg_core::{
     Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, TimelineId,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::fsutil::write_atomic;
-use crate::image::{ImageId, ImageStore, Manifest, DEFAULT_CHUNK_SIZE};
+use crate::image::{ChunkOrigin, ImageId, ImageStore, Manifest, SourceFile, DEFAULT_CHUNK_SIZE};
+use crate::lazyfs::{self, ImageChunks, LazyTree};
 use crate::pg_control::ControlFile;
 use crate::safekeeper::file::{segment_file_name, DEFAULT_SEGMENT_SIZE};
 use crate::StorageError;
@@ -40,6 +41,17 @@ struct DbState {
     checked_out: Option<Generation>,
     /// The image the checkout started from (the parent of the next write-back).
     base: Option<Manifest>,
+    /// The lazy mount the compute runs on, if it runs on one.
+    mount: Option<lazyfs::Mount>,
+}
+
+/// Serving checkouts through lazyfs.
+#[derive(Debug, Clone, Copy)]
+struct Lazy {
+    uid: u32,
+    gid: u32,
+    /// Fail instead of restoring eagerly when FUSE is unavailable.
+    require: bool,
 }
 
 /// Page store over images in object storage; see the module documentation. Cheap to clone.
@@ -48,6 +60,7 @@ pub struct ObjectPageStore {
     images: ImageStore,
     cache: PathBuf,
     chunk_size: u32,
+    lazy: Option<Lazy>,
     dbs: Arc<Mutex<HashMap<DatabaseName, Arc<tokio::sync::Mutex<DbState>>>>>,
 }
 
@@ -67,8 +80,149 @@ impl ObjectPageStore {
             images,
             cache: cache.into(),
             chunk_size: DEFAULT_CHUNK_SIZE,
+            lazy: None,
             dbs: Arc::default(),
         }
+    }
+
+    /// Serve checkouts of existing images lazily: the data directory is a lazyfs mount whose
+    /// files appear owned by `uid:gid`, chunks arrive on first read, and `pg_wal` is a local
+    /// directory. Where FUSE is unavailable the image is restored eagerly (and the log says so),
+    /// unless `SPG_REQUIRE_FUSE=1`, which turns that into an error.
+    pub fn with_lazy_mounts(mut self, uid: u32, gid: u32) -> Self {
+        self.lazy = Some(Lazy {
+            uid,
+            gid,
+            require: std::env::var("SPG_REQUIRE_FUSE").as_deref() == Ok("1"),
+        });
+        self
+    }
+
+    fn wal_dir(&self, db: &DatabaseName) -> PathBuf {
+        self.cache.join(db.as_str()).join("pg_wal")
+    }
+
+    fn backing_dir(&self, db: &DatabaseName) -> PathBuf {
+        self.cache.join(db.as_str()).join("lazy")
+    }
+
+    /// Mount image `m` of `db` at its data directory; `Ok(None)` when FUSE is unavailable and
+    /// not required.
+    async fn mount_lazy(
+        &self,
+        db: &DatabaseName,
+        m: &Manifest,
+        lazy: Lazy,
+    ) -> Result<Option<lazyfs::Mount>, StorageError> {
+        let dir = self.data_dir(db);
+        let wal = self.wal_dir(db);
+        let backing = self.backing_dir(db);
+        // A mount left behind by a process that died is detached first (an error just means
+        // nothing was mounted there).
+        let _ = lazyfs::detach(&dir);
+        for d in [&dir, &wal, &backing] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(|e| StorageError::io("remove", d, e))?;
+            }
+            create_private_dir(d)?;
+        }
+        std::os::unix::fs::chown(&wal, Some(lazy.uid), Some(lazy.gid))
+            .map_err(|e| StorageError::io("chown", &wal, e))?;
+        std::os::unix::fs::chown(&dir, Some(lazy.uid), Some(lazy.gid))
+            .map_err(|e| StorageError::io("chown", &dir, e))?;
+        let mut shown = m.clone();
+        shown
+            .files
+            .retain(|f| f.path != "pg_wal" && !f.path.starts_with("pg_wal/"));
+        let source = Arc::new(ImageChunks::new(
+            self.images.clone(),
+            Arc::new(m.clone()),
+            tokio::runtime::Handle::current(),
+        ));
+        let tree = Arc::new(LazyTree::new(&shown, &backing, source)?);
+        tree.symlink(lazyfs::ROOT, std::ffi::OsStr::new("pg_wal"), &wal)
+            .map_err(|e| StorageError::io("symlink", &wal, std::io::Error::from_raw_os_error(e)))?;
+        match lazyfs::mount(tree, &dir, lazy.uid, lazy.gid) {
+            Ok(mnt) => Ok(Some(mnt)),
+            Err(e) if !lazy.require => {
+                warn!(%db, error = %e, "FUSE is unavailable: restoring the image eagerly instead");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Capture the lazily mounted, cleanly shut down directory of `db` as image `id`: chunks
+    /// nobody wrote keep their hashes, only written ones are read and uploaded.
+    async fn capture_lazy(
+        &self,
+        db: &DatabaseName,
+        id: ImageId,
+        parent: Option<&Manifest>,
+        tree: Arc<LazyTree>,
+        checkpoint_segment: &str,
+    ) -> Result<(Manifest, crate::image::CaptureStats), StorageError> {
+        let segment = self.wal_dir(db).join(
+            checkpoint_segment
+                .strip_prefix("pg_wal/")
+                .unwrap_or(checkpoint_segment),
+        );
+        let chunk_size = u64::from(self.chunk_size);
+        let seg = checkpoint_segment.to_owned();
+        let planned = {
+            let tree = Arc::clone(&tree);
+            tokio::task::spawn_blocking(move || tree.plan(&|p| include_in_image(p, &seg)))
+                .await
+                .map_err(|e| StorageError::Corrupt {
+                    what: "lazy capture".into(),
+                    reason: e.to_string(),
+                })??
+        };
+        let mut files = planned;
+        // pg_wal is local: the directory, archive_status, and the checkpoint's segment.
+        const SEGMENT: u64 = u64::MAX;
+        files.push(SourceFile {
+            path: "pg_wal".into(),
+            mode: 0o700,
+            size: 0,
+            is_dir: true,
+            chunks: Vec::new(),
+            handle: 0,
+        });
+        files.push(SourceFile {
+            path: "pg_wal/archive_status".into(),
+            mode: 0o700,
+            size: 0,
+            is_dir: true,
+            chunks: Vec::new(),
+            handle: 0,
+        });
+        if let Ok(meta) = std::fs::metadata(&segment) {
+            files.push(SourceFile {
+                path: checkpoint_segment.to_owned(),
+                mode: 0o600,
+                size: meta.len(),
+                is_dir: false,
+                chunks: vec![ChunkOrigin::Read; meta.len().div_ceil(chunk_size) as usize],
+                handle: SEGMENT,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let read = |handle: u64, off: u64, len: usize| -> Result<Vec<u8>, StorageError> {
+            if handle == SEGMENT {
+                let f = std::fs::File::open(&segment)
+                    .map_err(|e| StorageError::io("open", &segment, e))?;
+                let mut buf = vec![0u8; len];
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off)
+                    .map_err(|e| StorageError::io("read", &segment, e))?;
+                Ok(buf)
+            } else {
+                tree.read_local(handle, off, len)
+            }
+        };
+        self.images
+            .capture_from(db, id, parent, self.chunk_size, files, &read)
+            .await
     }
 
     /// The image store.
@@ -121,7 +275,26 @@ impl ObjectPageStore {
             Some(id) => Some(self.images.manifest(db, id).await?),
             None => None,
         };
+        if let Some(old) = st.mount.take() {
+            old.unmount()?;
+        }
         let dir = self.data_dir(db);
+        if let (Some(lazy), Some(m)) = (self.lazy, &manifest) {
+            remove_if_exists(&self.clean_path(db))?;
+            if let Some(mnt) = self.mount_lazy(db, m, lazy).await? {
+                info!(%db, generation = %g, image = %m.id, "mounted the image lazily");
+                st.mount = Some(mnt);
+                st.checked_out = Some(g);
+                st.base = manifest;
+                return Ok(Checkout {
+                    data_dir: dir,
+                    image: st.base.as_ref().map(image_info),
+                });
+            }
+        }
+        if self.lazy.is_some() {
+            let _ = lazyfs::detach(&dir);
+        }
         let reuse = latest.is_some() && self.cached_image(db) == latest;
         // From here on the directory changes: it no longer equals any image.
         remove_if_exists(&self.clean_path(db))?;
@@ -173,12 +346,27 @@ impl ObjectPageStore {
                 DEFAULT_SEGMENT_SIZE
             )
         );
-        let include = move |p: &str| include_in_image(p, &checkpoint_segment);
-        let manifest = match self
-            .images
-            .capture(db, &dir, id, st.base.as_ref(), self.chunk_size, &include)
-            .await
-        {
+        let lazy = st.mount.is_some();
+        let captured = match st.mount.as_ref().map(|m| Arc::clone(m.tree())) {
+            Some(tree) => {
+                let r = self
+                    .capture_lazy(db, id, st.base.as_ref(), tree, &checkpoint_segment)
+                    .await;
+                if r.is_ok() {
+                    if let Some(mnt) = st.mount.take() {
+                        mnt.unmount()?;
+                    }
+                }
+                r
+            }
+            None => {
+                let include = move |p: &str| include_in_image(p, &checkpoint_segment);
+                self.images
+                    .capture(db, &dir, id, st.base.as_ref(), self.chunk_size, &include)
+                    .await
+            }
+        };
+        let manifest = match captured {
             Ok((m, stats)) => {
                 info!(%db, generation = %g, image = %id, uploaded = stats.bytes_uploaded,
                       chunks = stats.chunks_uploaded, reused = stats.chunks_reused, "image written");
@@ -188,11 +376,13 @@ impl ObjectPageStore {
             Err(StorageError::ImageExists(_)) => self.images.manifest(db, &id).await?,
             Err(e) => return Err(e),
         };
-        let clean = serde_json::to_vec(&id).map_err(|e| StorageError::Corrupt {
-            what: "clean record".into(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&self.clean_path(db), &clean)?;
+        if !lazy {
+            let clean = serde_json::to_vec(&id).map_err(|e| StorageError::Corrupt {
+                what: "clean record".into(),
+                reason: e.to_string(),
+            })?;
+            write_atomic(&self.clean_path(db), &clean)?;
+        }
         let info = image_info(&manifest);
         st.base = Some(manifest);
         Ok(info)
@@ -274,6 +464,9 @@ impl PageStore for ObjectPageStore {
         let mut st = state.lock().await;
         if st.checked_out == Some(generation) {
             st.checked_out = None;
+            if let Some(mnt) = st.mount.take() {
+                mnt.unmount()?;
+            }
         }
         Ok(())
     }

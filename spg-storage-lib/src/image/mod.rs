@@ -10,4 +10,4 @@ pub mod format;
 mod store;
 
 pub use format::{ChunkHash, Content, FileEntry, ImageId, Manifest, DEFAULT_CHUNK_SIZE};
-pub use store::{CaptureStats, ImageStore, RestoreStats};
+pub use store::{CaptureStats, ChunkOrigin, ImageStore, RestoreStats, SourceFile};

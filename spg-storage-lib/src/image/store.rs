@@ -48,6 +48,32 @@ pub struct RestoreStats {
     pub bytes_fetched: u64,
 }
 
+/// Where one chunk of a file being captured comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOrigin {
+    /// Unchanged from the parent image: this hash (`None`: all zeros).
+    Known(Option<ChunkHash>),
+    /// To be read (and hashed, and uploaded if new).
+    Read,
+}
+
+/// A file or directory to capture ([`ImageStore::capture_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// Relative path.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Size (0 for directories).
+    pub size: u64,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// One origin per chunk.
+    pub chunks: Vec<ChunkOrigin>,
+    /// The caller's handle, passed back to its read function.
+    pub handle: u64,
+}
+
 /// Images of databases in an object store; see [`super`] for the layout. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
@@ -312,6 +338,54 @@ impl ImageStore {
         chunk_size: u32,
         include: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(Manifest, CaptureStats), StorageError> {
+        let walked = walk(dir, include)?;
+        let mut paths = Vec::with_capacity(walked.len());
+        let mut files = Vec::with_capacity(walked.len());
+        for (handle, (rel, path, meta)) in walked.into_iter().enumerate() {
+            let is_dir = meta.is_dir();
+            let size = if is_dir { 0 } else { meta.len() };
+            files.push(SourceFile {
+                path: rel,
+                mode: meta.permissions().mode() & 0o7777,
+                size,
+                is_dir,
+                chunks: vec![ChunkOrigin::Read; size.div_ceil(u64::from(chunk_size)) as usize],
+                handle: handle as u64,
+            });
+            paths.push(path);
+        }
+        let read = move |handle: u64, off: u64, len: usize| -> Result<Vec<u8>, StorageError> {
+            let path = &paths[handle as usize];
+            let f = std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, off).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    StorageError::Corrupt {
+                        what: format!("file {}", path.display()),
+                        reason: "it changed while being captured".into(),
+                    }
+                } else {
+                    StorageError::io("read", path, e)
+                }
+            })?;
+            Ok(buf)
+        };
+        self.capture_from(db, id, parent, chunk_size, files, &read)
+            .await
+    }
+
+    /// Capture image `id` of `db` from `files` (parents before children), whose chunks are
+    /// either known already or read through `read(handle, offset, len)`. Chunks the `parent`
+    /// image holds are not uploaded again. Stores the manifest last (create-only, fenced).
+    pub async fn capture_from(
+        &self,
+        db: &DatabaseName,
+        id: ImageId,
+        parent: Option<&Manifest>,
+        chunk_size: u32,
+        source: Vec<SourceFile>,
+        read: &(dyn Fn(u64, u64, usize) -> Result<Vec<u8>, StorageError> + Sync),
+    ) -> Result<(Manifest, CaptureStats), StorageError> {
         let mut known: HashSet<ChunkHash> = HashSet::new();
         if let Some(p) = parent {
             for f in &p.files {
@@ -329,34 +403,25 @@ impl ImageStore {
                 .await?;
             known.extend(lists.into_iter().flat_map(|(_, c)| c).flatten());
         }
-        let walked = walk(dir, include)?;
         let mut stats = CaptureStats::default();
-        let mut files = Vec::with_capacity(walked.len());
-        for (rel, path, meta) in walked {
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_dir() {
+        let mut files = Vec::with_capacity(source.len());
+        for sf in source {
+            if sf.is_dir {
                 files.push(FileEntry {
-                    path: rel,
-                    mode,
+                    path: sf.path,
+                    mode: sf.mode,
                     size: 0,
                     content: None,
                 });
                 continue;
             }
             stats.files += 1;
-            stats.bytes += meta.len();
-            let content = if meta.len() <= INLINE_MAX {
-                let b = std::fs::read(&path).map_err(|e| StorageError::io("read", &path, e))?;
-                if b.len() as u64 != meta.len() {
-                    return Err(StorageError::Corrupt {
-                        what: format!("file {rel}"),
-                        reason: "it changed while being captured".into(),
-                    });
-                }
-                Content::Inline(b)
+            stats.bytes += sf.size;
+            let content = if sf.size <= INLINE_MAX {
+                Content::Inline(read(sf.handle, 0, sf.size as usize)?)
             } else {
                 let chunks = self
-                    .capture_file(db, &path, meta.len(), chunk_size, &mut known, &mut stats)
+                    .capture_file(db, &sf, chunk_size, read, &mut known, &mut stats)
                     .await?;
                 if chunks.len() <= DIRECT_CHUNKS {
                     Content::Chunks(chunks)
@@ -365,9 +430,9 @@ impl ImageStore {
                 }
             };
             files.push(FileEntry {
-                path: rel,
-                mode,
-                size: meta.len(),
+                path: sf.path,
+                mode: sf.mode,
+                size: sf.size,
                 content: Some(content),
             });
         }
@@ -391,22 +456,38 @@ impl ImageStore {
     async fn capture_file(
         &self,
         db: &DatabaseName,
-        path: &Path,
-        size: u64,
+        sf: &SourceFile,
         chunk_size: u32,
+        read: &(dyn Fn(u64, u64, usize) -> Result<Vec<u8>, StorageError> + Sync),
         known: &mut HashSet<ChunkHash>,
         stats: &mut CaptureStats,
     ) -> Result<Vec<Option<ChunkHash>>, StorageError> {
-        let file = std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
-        let n = size.div_ceil(u64::from(chunk_size));
+        let n = sf.size.div_ceil(u64::from(chunk_size));
+        if sf.chunks.len() as u64 != n {
+            return Err(StorageError::Corrupt {
+                what: format!("capture of {}", sf.path),
+                reason: format!("{} chunk origins for {} bytes", sf.chunks.len(), sf.size),
+            });
+        }
         let mut hashes = Vec::with_capacity(n as usize);
         let mut uploads = Vec::new();
-        for i in 0..n {
-            let off = i * u64::from(chunk_size);
-            let len = (size - off).min(u64::from(chunk_size)) as usize;
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, off)
-                .map_err(|e| StorageError::io("read", path, e))?;
+        for (i, origin) in sf.chunks.iter().enumerate() {
+            let off = i as u64 * u64::from(chunk_size);
+            let len = (sf.size - off).min(u64::from(chunk_size)) as usize;
+            let buf = match origin {
+                ChunkOrigin::Known(h) => {
+                    match h {
+                        Some(h) => {
+                            stats.chunks_reused += 1;
+                            known.insert(*h);
+                        }
+                        None => stats.zero_chunks += 1,
+                    }
+                    hashes.push(*h);
+                    continue;
+                }
+                ChunkOrigin::Read => read(sf.handle, off, len)?,
+            };
             if buf.iter().all(|b| *b == 0) {
                 stats.zero_chunks += 1;
                 hashes.push(None);
