@@ -15,6 +15,7 @@ use spg_core::{ComputeState, DatabaseName, RoleName};
 use spg_lifecycle_lib::os_user::RunAs;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_lifecycle_lib::RoleSecret;
+use spg_storage_lib::image::ImageStore;
 
 const DB: &str = "bench";
 const ROLE: &str = "bench";
@@ -146,7 +147,19 @@ fn main() {
 
         let bins = PgBinaries::locate(None).unwrap();
         let run_as = RunAs::detect().unwrap();
-        let data_dir = dir.join("data/pages").join(DB).join("pgdata");
+        // The anchor: the same database's newest image, restored to a plain local directory.
+        let images = ImageStore::new(
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.join("data/objects")).unwrap()),
+            "images",
+        );
+        let latest = images.latest(&db, &[]).await.unwrap().expect("an image");
+        let manifest = images.manifest(&db, &latest).await.unwrap();
+        let data_dir = dir.join("bare-pgdata");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        images.restore(&manifest, &data_dir).await.unwrap();
+        std::fs::create_dir_all(data_dir.join("pg_wal/archive_status")).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        run_as.chown_tree(&data_dir).unwrap();
         let mut platform_runs = Stats { samples: vec![] };
         let mut bare_runs = Stats { samples: vec![] };
         let mut steps: Vec<Vec<(String, f64)>> = vec![];
