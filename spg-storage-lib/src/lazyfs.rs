@@ -835,6 +835,29 @@ fn errno(e: i32) -> fuser::Errno {
     fuser::Errno::from_i32(e)
 }
 
+fn reply_empty(r: FsResult<()>, reply: fuser::ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl Fuse {
+    fn reply_entry(&self, r: FsResult<Attr>, reply: fuser::ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), fuser::Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn reply_attr(&self, r: FsResult<Attr>, reply: fuser::ReplyAttr) {
+        match r {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
 impl fuser::Filesystem for Fuse {
     fn lookup(
         &self,
@@ -843,10 +866,7 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         reply: fuser::ReplyEntry,
     ) {
-        match self.tree.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), fuser::Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(self.tree.lookup(parent.0, name), reply)
     }
 
     fn getattr(
@@ -856,10 +876,7 @@ impl fuser::Filesystem for Fuse {
         _: Option<fuser::FileHandle>,
         reply: fuser::ReplyAttr,
     ) {
-        match self.tree.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_attr(self.tree.getattr(ino.0), reply)
     }
 
     fn setattr(
@@ -880,10 +897,7 @@ impl fuser::Filesystem for Fuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: fuser::ReplyAttr,
     ) {
-        match self.tree.setattr(ino.0, size, mode) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_attr(self.tree.setattr(ino.0, size, mode), reply)
     }
 
     fn readlink(&self, _: &fuser::Request, ino: fuser::INodeNo, reply: fuser::ReplyData) {
@@ -906,10 +920,7 @@ impl fuser::Filesystem for Fuse {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(errno(libc::EPERM));
         }
-        match self.tree.create(parent.0, name, mode & !umask) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), fuser::Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(self.tree.create(parent.0, name, mode & !umask), reply)
     }
 
     fn mkdir(
@@ -921,10 +932,7 @@ impl fuser::Filesystem for Fuse {
         umask: u32,
         reply: fuser::ReplyEntry,
     ) {
-        match self.tree.mkdir(parent.0, name, mode & !umask) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), fuser::Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(self.tree.mkdir(parent.0, name, mode & !umask), reply)
     }
 
     fn unlink(
@@ -934,10 +942,7 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         reply: fuser::ReplyEmpty,
     ) {
-        match self.tree.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(self.tree.unlink(parent.0, name), reply)
     }
 
     fn rmdir(
@@ -947,10 +952,7 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         reply: fuser::ReplyEmpty,
     ) {
-        match self.tree.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(self.tree.rmdir(parent.0, name), reply)
     }
 
     fn symlink(
@@ -961,10 +963,7 @@ impl fuser::Filesystem for Fuse {
         target: &Path,
         reply: fuser::ReplyEntry,
     ) {
-        match self.tree.symlink(parent.0, link_name, target) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), fuser::Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(self.tree.symlink(parent.0, link_name, target), reply)
     }
 
     fn rename(
@@ -1059,10 +1058,7 @@ impl fuser::Filesystem for Fuse {
         _: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        match self.tree.fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(self.tree.fsync(ino.0), reply)
     }
 
     fn readdir(

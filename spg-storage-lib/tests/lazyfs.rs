@@ -51,6 +51,14 @@ async fn image(tmp: &Path) -> (ImageStore, Arc<Manifest>) {
     (store, Arc::new(m))
 }
 
+fn chunks_of(store: ImageStore, m: &Arc<Manifest>) -> Arc<ImageChunks> {
+    Arc::new(ImageChunks::new(
+        store,
+        Arc::clone(m),
+        tokio::runtime::Handle::current(),
+    ))
+}
+
 fn ino(tree: &LazyTree, path: &str) -> u64 {
     path.split('/').fold(ROOT, |dir, name| {
         tree.lookup(dir, OsStr::new(name)).unwrap().ino
@@ -61,11 +69,7 @@ fn ino(tree: &LazyTree, path: &str) -> u64 {
 async fn chunks_arrive_on_first_read_and_writes_stay_local() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, m) = image(tmp.path()).await;
-    let source = Arc::new(ImageChunks::new(
-        store,
-        Arc::clone(&m),
-        tokio::runtime::Handle::current(),
-    ));
+    let source = chunks_of(store, &m);
     let cache = tmp.path().join("cache");
     tokio::task::spawn_blocking(move || {
         let tree = LazyTree::new(&m, &cache, source).unwrap();
@@ -172,11 +176,7 @@ async fn chunks_arrive_on_first_read_and_writes_stay_local() {
 async fn a_mounted_image_behaves_like_a_local_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, m) = image(tmp.path()).await;
-    let source = Arc::new(ImageChunks::new(
-        store,
-        Arc::clone(&m),
-        tokio::runtime::Handle::current(),
-    ));
+    let source = chunks_of(store, &m);
     let tree = Arc::new(LazyTree::new(&m, &tmp.path().join("cache"), source).unwrap());
     let at = tmp.path().join("mnt");
     std::fs::create_dir_all(&at).unwrap();
