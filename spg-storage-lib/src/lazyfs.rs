@@ -101,8 +101,11 @@ struct FileData {
     size: u64,
     /// Bytes below this came from the image; above it the file is new.
     orig_size: u64,
-    backing: File,
+    /// Created on first use: a mount touches few of its files.
+    backing: Option<File>,
     backing_path: PathBuf,
+    /// Inline bytes from the manifest, until the backing file exists.
+    inline: Option<Vec<u8>>,
     /// The image's entry, until its chunk hashes are loaded.
     entry: Option<FileEntry>,
     /// Chunk hashes of the image's bytes (loaded on first need).
@@ -111,6 +114,29 @@ struct FileData {
     present: Vec<bool>,
     /// Chunks written since the mount.
     dirty: Vec<bool>,
+}
+
+impl FileData {
+    /// The backing file, created on first use with the file's size and inline bytes.
+    fn file(&mut self) -> std::io::Result<&File> {
+        if self.backing.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&self.backing_path)?;
+            f.set_len(self.size)?;
+            if let Some(b) = self.inline.take() {
+                let keep = b.len().min(self.size as usize);
+                f.write_all_at(&b[..keep], 0)?;
+            }
+            self.backing = Some(f);
+        }
+        self.backing
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("backing file vanished"))
+    }
 }
 
 enum Body {
@@ -212,16 +238,13 @@ impl LazyTree {
             let body = match &f.content {
                 None => Body::Dir(BTreeMap::new()),
                 Some(content) => {
-                    let (backing, backing_path) = inner.new_backing(ino)?;
-                    backing
-                        .set_len(f.size)
-                        .map_err(|e| StorageError::io("extend", &backing_path, e))?;
                     let n = f.size.div_ceil(inner.chunk_size) as usize;
                     let mut data = FileData {
                         size: f.size,
                         orig_size: f.size,
-                        backing,
-                        backing_path,
+                        backing: None,
+                        backing_path: inner.backing_path(ino),
+                        inline: None,
                         entry: None,
                         chunks: None,
                         present: vec![false; n],
@@ -229,9 +252,7 @@ impl LazyTree {
                     };
                     match content {
                         Content::Inline(b) => {
-                            data.backing
-                                .write_all_at(b, 0)
-                                .map_err(|e| StorageError::io("write", &data.backing_path, e))?;
+                            data.inline = Some(b.clone());
                             data.present.fill(true);
                             data.chunks = Some(vec![None; n]);
                         }
@@ -321,8 +342,8 @@ impl LazyTree {
             self.ensure_present(f, cs, idx)?;
         }
         let mut buf = vec![0u8; (end - off) as usize];
-        f.backing
-            .read_exact_at(&mut buf, off)
+        f.file()
+            .and_then(|b| b.read_exact_at(&mut buf, off))
             .map_err(|e| io_errno(&e))?;
         Ok(buf)
     }
@@ -346,8 +367,8 @@ impl LazyTree {
                 self.ensure_present(f, cs, idx)?;
             }
         }
-        f.backing
-            .write_all_at(data, off)
+        f.file()
+            .and_then(|b| b.write_all_at(data, off))
             .map_err(|e| io_errno(&e))?;
         if end > f.size {
             f.size = end;
@@ -375,7 +396,9 @@ impl LazyTree {
                 // The chunk the file now ends in keeps its image bytes below the cut.
                 self.ensure_present(f, cs, new / cs)?;
             }
-            f.backing.set_len(new).map_err(|e| io_errno(&e))?;
+            f.file()
+                .and_then(|b| b.set_len(new))
+                .map_err(|e| io_errno(&e))?;
             if new < f.orig_size {
                 f.orig_size = new;
             }
@@ -406,12 +429,12 @@ impl LazyTree {
             return Err(libc::EEXIST);
         }
         let ino = inner.next_ino;
-        let (backing, backing_path) = inner.new_backing(ino).map_err(|_| libc::EIO)?;
         let data = FileData {
             size: 0,
             orig_size: 0,
-            backing,
-            backing_path,
+            backing: None,
+            backing_path: inner.backing_path(ino),
+            inline: None,
             entry: None,
             chunks: Some(Vec::new()),
             present: Vec::new(),
@@ -521,8 +544,11 @@ impl LazyTree {
     pub fn fsync(&self, ino: u64) -> FsResult<()> {
         let mut inner = self.lock();
         match inner.file_mut(ino) {
-            Ok(f) => f.backing.sync_data().map_err(|e| io_errno(&e)),
-            Err(_) => Ok(()),
+            Ok(FileData {
+                backing: Some(b), ..
+            }) => b.sync_data().map_err(|e| io_errno(&e)),
+            // Nothing written yet, or not a file: nothing to make durable.
+            _ => Ok(()),
         }
     }
 
@@ -638,8 +664,8 @@ impl LazyTree {
             reason: format!("errno {e}"),
         })?;
         let mut buf = vec![0u8; len];
-        f.backing
-            .read_exact_at(&mut buf, off)
+        f.file()
+            .and_then(|b| b.read_exact_at(&mut buf, off))
             .map_err(|e| StorageError::io("read", &f.backing_path, e))?;
         Ok(buf)
     }
@@ -671,8 +697,8 @@ impl LazyTree {
             })?;
             let start = idx * cs;
             let keep = (f.orig_size - start).min(bytes.len() as u64) as usize;
-            f.backing
-                .write_all_at(&bytes[..keep], start)
+            f.file()
+                .and_then(|b| b.write_all_at(&bytes[..keep], start))
                 .map_err(|e| io_errno(&e))?;
             self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -724,16 +750,8 @@ impl Inner {
         })
     }
 
-    fn new_backing(&self, ino: u64) -> Result<(File, PathBuf), StorageError> {
-        let path = self.cache.join(format!("{ino}"));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| StorageError::io("create", &path, e))?;
-        Ok((f, path))
+    fn backing_path(&self, ino: u64) -> PathBuf {
+        self.cache.join(format!("{ino}"))
     }
 
     fn insert(&mut self, parent: u64, name: &OsStr, mode: u32, body: Body) -> FsResult<Attr> {

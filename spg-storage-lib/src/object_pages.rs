@@ -354,6 +354,11 @@ impl ObjectPageStore {
                     .await;
                 if r.is_ok() {
                     if let Some(mnt) = st.mount.take() {
+                        let stats = mnt.tree().stats();
+                        info!(%db, generation = %g,
+                              chunks_fetched = stats.chunks_fetched.load(std::sync::atomic::Ordering::Relaxed),
+                              bytes_fetched = stats.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed),
+                              "lazy mount done");
                         mnt.unmount()?;
                     }
                 }
