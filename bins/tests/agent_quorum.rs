@@ -702,6 +702,190 @@ async fn a_compute_runs_on_a_lazily_mounted_image() {
     let c = tenant(&c4).await;
     assert_eq!(ids_count(&c).await, 19901);
     drop(c);
+    amcheck(&agent, &c4);
+    assert!(c4.stop().await.clean);
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+/// `pg_amcheck` over every table and index of `appdb` (heap and B-tree checks, including that
+/// every heap tuple is indexed), as the admin role over the compute's private socket.
+fn amcheck(agent: &AgentConfig, compute: &RunningCompute) {
+    let out = std::process::Command::new(agent.bins.exe("pg_amcheck"))
+        .arg("-h")
+        .arg(compute.admin_socket_dir())
+        .args(["-p", &compute.endpoint().addr.port().to_string()])
+        .args([
+            "-U",
+            "spg_admin",
+            "--install-missing",
+            "--heapallindexed",
+            "appdb",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_amcheck found corruption:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An object store that can be switched off: every request fails while it is "down".
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn object_store::ObjectStore>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Flaky({})", self.inner)
+    }
+}
+
+impl Flaky {
+    fn check(&self) -> object_store::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(object_store::Error::Generic {
+                store: "flaky",
+                source: "simulated outage".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl object_store::ObjectStore for Flaky {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.check()?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.check()?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.check()?;
+        self.inner.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.delete(location).await
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        use futures::StreamExt;
+        match self.check() {
+            Ok(()) => self.inner.list(prefix),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.check()?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.copy(from, to).await
+    }
+    async fn copy_if_not_exists(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+/// An object-store outage during a wake is a clear error and loses nothing; the retry after it
+/// returns succeeds. An outage during the write-back at stop loses nothing either: the next
+/// compute starts from the previous image plus the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_outage_fails_a_wake_clearly_and_the_retry_succeeds() {
+    use spg_storage_lib::image::ImageStore;
+    use spg_storage_lib::ObjectPageStore;
+    use std::sync::atomic::Ordering;
+
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, _) = setup(tmp.path());
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flaky = Arc::new(Flaky {
+        inner: archive_in(tmp.path()),
+        down: Arc::clone(&down),
+    });
+    let images = ImageStore::new(flaky, "images");
+    let cache = tmp.path().join("cache");
+    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
+    let pages =
+        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+
+    let (c1, c) = first_generation(&agent, pages(), &wal).await;
+    c.execute("INSERT INTO t SELECT generate_series(1, 500)", &[])
+        .await
+        .unwrap();
+    drop(c);
+    assert!(c1.stop().await.clean);
+
+    down.store(true, Ordering::SeqCst);
+    let err = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(2))
+        .await
+        .expect_err("no images while the object store is down");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("object store") && msg.contains("simulated outage"),
+        "{msg}"
+    );
+    down.store(false, Ordering::SeqCst);
+
+    let c3 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(3))
+        .await
+        .expect("the retry after the outage");
+    let c = tenant(&c3).await;
+    assert_eq!(ids_count(&c).await, 500);
+    c.execute("INSERT INTO t VALUES (501)", &[]).await.unwrap();
+    drop(c);
+    // The object store goes down before the stop: the write-back fails, clearly.
+    down.store(true, Ordering::SeqCst);
+    let report = c3.stop().await;
+    let error = report.error.unwrap_or_default();
+    assert!(error.contains("simulated outage"), "{error}");
+    down.store(false, Ordering::SeqCst);
+
+    let c4 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(4))
+        .await
+        .unwrap();
+    let c = tenant(&c4).await;
+    assert_eq!(ids(&c).await, (1..=501).collect::<Vec<i32>>());
+    drop(c);
+    amcheck(&agent, &c4);
     assert!(c4.stop().await.clean);
     for n in &nodes {
         n.shutdown().await;

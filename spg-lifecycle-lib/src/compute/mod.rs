@@ -384,6 +384,12 @@ impl RunningCompute {
         self.endpoint
     }
 
+    /// The directory of the compute's Unix socket, where only the platform's OS user may log in
+    /// (as the admin role, by `peer` authentication): for maintenance tools such as `pg_amcheck`.
+    pub fn admin_socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     /// Timings of the start.
     pub fn boot_timings(&self) -> &StepTimings {
         &self.boot
