@@ -876,7 +876,23 @@ impl Fuse {
     }
 }
 
+/// How files are opened: page cache kept across opens (every change goes through this mount),
+/// and no FLUSH request on every close (writes are already through by then: no write-back cache).
+fn open_flags() -> fuser::FopenFlags {
+    fuser::FopenFlags::FOPEN_KEEP_CACHE | fuser::FopenFlags::FOPEN_NOFLUSH
+}
+
 impl fuser::Filesystem for Fuse {
+    fn init(
+        &mut self,
+        _: &fuser::Request,
+        config: &mut fuser::KernelConfig,
+    ) -> std::io::Result<()> {
+        // The kernel may cache symlink targets (pg_wal is one, resolved on every WAL file path).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
+        Ok(())
+    }
+
     fn lookup(
         &self,
         _: &fuser::Request,
@@ -1017,7 +1033,7 @@ impl fuser::Filesystem for Fuse {
         reply: fuser::ReplyOpen,
     ) {
         match self.tree.getattr(ino.0) {
-            Ok(_) => reply.opened(fuser::FileHandle(0), fuser::FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(fuser::FileHandle(0), open_flags()),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1141,7 +1157,7 @@ impl fuser::Filesystem for Fuse {
                 &self.attr(&a),
                 fuser::Generation(0),
                 fuser::FileHandle(0),
-                fuser::FopenFlags::FOPEN_KEEP_CACHE,
+                open_flags(),
             ),
             Err(e) => reply.error(errno(e)),
         }
