@@ -27,3 +27,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("fsync dir", dir, e))
 }
+
+/// Create `dir` with mode 0700 (PostgreSQL insists; an existing one is fine); its parents get the
+/// default mode so that the compute user can reach it.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StorageError::io("create dir", parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::io("create dir", dir, e)),
+    }
+}

@@ -24,6 +24,7 @@ pub mod image;
 pub mod lazyfs;
 pub mod local_dir;
 pub mod object_pages;
+mod objects;
 pub mod pg_control;
 pub mod safekeeper;
 

@@ -30,7 +30,7 @@ use spg_core::{
 };
 use tracing::{info, warn};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{create_private_dir, write_atomic};
 use crate::pg_control::ControlFile;
 use crate::StorageError;
 
@@ -271,20 +271,6 @@ impl Inner {
     }
 }
 
-/// Create `dir` with mode 0700 (PostgreSQL insists); its parents get the default mode so that
-/// the compute user can reach it.
-fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StorageError::io("create dir", parent, e))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StorageError::io("create dir", dir, e)),
-    }
-}
-
 fn base_prefix(db: &DatabaseName) -> String {
     format!("images/{}/base", db.as_str())
 }
@@ -330,18 +316,8 @@ impl LocalDirPageStore {
         };
         let body = serde_json::to_vec(&manifest)
             .map_err(|e| spg_core::CoreError::Internal(e.to_string()))?;
-        let put = archive
-            .put_opts(
-                &manifest_path,
-                body.into(),
-                object_store::PutOptions {
-                    mode: object_store::PutMode::Create,
-                    ..Default::default()
-                },
-            )
-            .await;
-        match put {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {
+        match crate::objects::put_create_only(archive, &manifest_path, body.into()).await {
+            Ok(_) => {
                 info!(%db, lsn = %image.lsn, files = manifest.files.len(), "base image in object storage");
                 Ok(())
             }

@@ -28,7 +28,7 @@ use spg_core::{
 };
 use tracing::{info, warn};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{create_private_dir, write_atomic};
 use crate::image::{ChunkOrigin, ImageId, ImageStore, Manifest, SourceFile, DEFAULT_CHUNK_SIZE};
 use crate::lazyfs::{self, ImageChunks, LazyTree};
 use crate::pg_control::ControlFile;
@@ -279,28 +279,23 @@ impl ObjectPageStore {
             old.unmount()?;
         }
         let dir = self.data_dir(db);
-        if let (Some(lazy), Some(m)) = (self.lazy, &manifest) {
-            remove_if_exists(&self.clean_path(db))?;
-            if let Some(mnt) = self.mount_lazy(db, m, lazy).await? {
-                info!(%db, generation = %g, image = %m.id, "mounted the image lazily");
-                st.mount = Some(mnt);
-                st.checked_out = Some(g);
-                st.base = manifest;
-                return Ok(Checkout {
-                    data_dir: dir,
-                    image: st.base.as_ref().map(image_info),
-                });
-            }
-        }
-        if self.lazy.is_some() {
-            let _ = lazyfs::detach(&dir);
-        }
-        let reuse = latest.is_some() && self.cached_image(db) == latest;
+        let try_lazy = self.lazy.zip(manifest.as_ref());
+        let reuse = try_lazy.is_none() && latest.is_some() && self.cached_image(db) == latest;
         // From here on the directory changes: it no longer equals any image.
         remove_if_exists(&self.clean_path(db))?;
-        if reuse {
+        let mounted = match try_lazy {
+            Some((lazy, m)) => self.mount_lazy(db, m, lazy).await?,
+            None => None,
+        };
+        if let Some(mnt) = mounted {
+            info!(%db, generation = %g, image = ?latest, "mounted the image lazily");
+            st.mount = Some(mnt);
+        } else if reuse {
             info!(%db, generation = %g, image = ?latest, "starting from the cached directory");
         } else {
+            if self.lazy.is_some() {
+                let _ = lazyfs::detach(&dir);
+            }
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| StorageError::io("remove", &dir, e))?;
             }
@@ -429,18 +424,6 @@ fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::io("remove", path, e)),
     }
-}
-
-/// Create `dir` with mode 0700 (PostgreSQL insists), parents with the default mode.
-fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StorageError::io("create dir", parent, e))?;
-    }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StorageError::io("create dir", dir, e))
 }
 
 #[async_trait]

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
 use tracing::debug;
 
@@ -17,6 +17,7 @@ use super::format::{
     decode_list, encode_list, ChunkHash, Content, FileEntry, ImageId, Manifest, DIRECT_CHUNKS,
     INLINE_MAX, MANIFEST_VERSION,
 };
+use crate::objects::put_create_only;
 use crate::StorageError;
 
 /// How many object-store requests one capture or restore keeps in flight.
@@ -147,11 +148,10 @@ impl ImageStore {
     /// refused ([`ImageStore::put_manifest`]).
     pub async fn fence(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
         let key = self.key(db, &format!("fences/{:016X}", g.0));
-        let opts = PutOptions::from(PutMode::Create);
-        match self.store.put_opts(&key, PutPayload::new(), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(os_err("put", &key, e)),
-        }
+        put_create_only(self.store.as_ref(), &key, PutPayload::new())
+            .await
+            .map_err(|e| os_err("put", &key, e))?;
+        Ok(())
     }
 
     /// The newest generation that fenced `db`.
@@ -229,25 +229,42 @@ impl ImageStore {
             }
         }
         let key = self.key(&m.database, &format!("images/{}", m.id.file_name()));
-        let opts = PutOptions::from(PutMode::Create);
-        match self.store.put_opts(&key, m.encode().into(), opts).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(StorageError::ImageExists(m.id)),
+        match put_create_only(self.store.as_ref(), &key, m.encode().into()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StorageError::ImageExists(m.id)),
             Err(e) => Err(os_err("put", &key, e)),
         }
     }
 
-    /// One chunk's bytes, checked against its hash.
-    pub async fn chunk(&self, db: &DatabaseName, h: &ChunkHash) -> Result<Bytes, StorageError> {
-        let key = self.chunk_key(db, h);
-        let b = self.get(&key).await?;
+    /// The content-addressed object at `key`, checked against its hash `h`.
+    async fn get_addressed(
+        &self,
+        key: &ObjectPath,
+        h: &ChunkHash,
+        what: &str,
+    ) -> Result<Bytes, StorageError> {
+        let b = self.get(key).await?;
         if ChunkHash::of(&b) != *h {
             return Err(StorageError::Corrupt {
-                what: format!("chunk {key}"),
+                what: format!("{what} {key}"),
                 reason: "its bytes do not match its hash".into(),
             });
         }
         Ok(b)
+    }
+
+    /// Store a content-addressed object (storing it again is harmless).
+    async fn put_addressed(&self, key: &ObjectPath, bytes: Bytes) -> Result<(), StorageError> {
+        self.store
+            .put(key, bytes.into())
+            .await
+            .map_err(|e| os_err("put", key, e))?;
+        Ok(())
+    }
+
+    /// One chunk's bytes, checked against its hash.
+    pub async fn chunk(&self, db: &DatabaseName, h: &ChunkHash) -> Result<Bytes, StorageError> {
+        self.get_addressed(&self.chunk_key(db, h), h, "chunk").await
     }
 
     /// Store a chunk (content-addressed: storing it again is harmless); returns its hash.
@@ -257,11 +274,7 @@ impl ImageStore {
         bytes: Bytes,
     ) -> Result<ChunkHash, StorageError> {
         let h = ChunkHash::of(&bytes);
-        let key = self.chunk_key(db, &h);
-        self.store
-            .put(&key, bytes.into())
-            .await
-            .map_err(|e| os_err("put", &key, e))?;
+        self.put_addressed(&self.chunk_key(db, &h), bytes).await?;
         Ok(h)
     }
 
@@ -271,15 +284,11 @@ impl ImageStore {
         db: &DatabaseName,
         h: &ChunkHash,
     ) -> Result<(u32, Vec<Option<ChunkHash>>), StorageError> {
-        let key = self.list_key(db, h);
-        let b = self.get(&key).await?;
-        if ChunkHash::of(&b) != *h {
-            return Err(StorageError::Corrupt {
-                what: format!("chunk list {key}"),
-                reason: "its bytes do not match its hash".into(),
-            });
-        }
-        decode_list(&b)
+        decode_list(
+            &self
+                .get_addressed(&self.list_key(db, h), h, "chunk list")
+                .await?,
+        )
     }
 
     /// Store a chunk list; returns its hash.
@@ -289,13 +298,9 @@ impl ImageStore {
         chunk_size: u32,
         chunks: &[Option<ChunkHash>],
     ) -> Result<ChunkHash, StorageError> {
-        let bytes = encode_list(chunk_size, chunks);
+        let bytes = Bytes::from(encode_list(chunk_size, chunks));
         let h = ChunkHash::of(&bytes);
-        let key = self.list_key(db, &h);
-        self.store
-            .put(&key, bytes.into())
-            .await
-            .map_err(|e| os_err("put", &key, e))?;
+        self.put_addressed(&self.list_key(db, &h), bytes).await?;
         Ok(h)
     }
 
@@ -354,9 +359,19 @@ impl ImageStore {
             });
             paths.push(path);
         }
+        // Chunks are read file by file: keep the file being read open.
+        let open: std::sync::Mutex<Option<(u64, std::fs::File)>> = std::sync::Mutex::new(None);
         let read = move |handle: u64, off: u64, len: usize| -> Result<Vec<u8>, StorageError> {
             let path = &paths[handle as usize];
-            let f = std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            let f = match &*open {
+                Some((h, f)) if *h == handle => f,
+                _ => {
+                    let f =
+                        std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+                    &open.insert((handle, f)).1
+                }
+            };
             let mut buf = vec![0u8; len];
             f.read_exact_at(&mut buf, off).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {

@@ -372,22 +372,12 @@ impl SafekeeperNode {
                     let sk = Arc::clone(&d.sk);
                     let bytes =
                         blocking(move || lock(&sk).read(Lsn(segno * seg), seg as usize)).await?;
-                    let put = archive
-                        .put_opts(
-                            &path,
-                            bytes.into(),
-                            object_store::PutOptions {
-                                mode: object_store::PutMode::Create,
-                                ..Default::default()
-                            },
-                        )
-                        .await;
-                    match put {
-                        Ok(_) => {
+                    match crate::objects::put_create_only(archive, &path, bytes.into()).await {
+                        Ok(true) => {
                             report.uploaded += 1;
                             self.metrics.segments_offloaded.inc();
                         }
-                        Err(object_store::Error::AlreadyExists { .. }) => {}
+                        Ok(false) => {}
                         Err(e) => {
                             tracing::warn!(%db, segment = %name, error = %e, "offload failed");
                             break;
