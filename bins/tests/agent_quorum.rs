@@ -188,9 +188,7 @@ async fn an_old_generation_gets_no_commit_acknowledged_after_a_newer_election() 
     drop(cb);
     let report = gb.stop().await;
     assert!(report.clean, "{report:?}");
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 type Setup = (
@@ -280,9 +278,7 @@ async fn a_damaged_safekeeper_reports_clearly_and_the_quorum_keeps_every_commit(
     }
     drop(c);
     assert!(c1.stop().await.clean);
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
     drop((nodes, wal));
 
     // A corrupt control file on sk1.
@@ -307,9 +303,7 @@ async fn a_damaged_safekeeper_reports_clearly_and_the_quorum_keeps_every_commit(
     }
     drop(c);
     assert!(c2.stop().await.clean);
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
     drop((nodes, wal));
 
     // sk1 is rebuilt empty; now a WAL segment of sk2 is truncated.
@@ -338,9 +332,7 @@ async fn a_damaged_safekeeper_reports_clearly_and_the_quorum_keeps_every_commit(
     c.execute("INSERT INTO t VALUES (61)", &[]).await.unwrap();
     drop(c);
     assert!(c3.stop().await.clean);
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,17 +392,11 @@ async fn recovery_reads_offloaded_wal_from_object_storage() {
     .await
     .expect("recovery from object storage and safekeepers");
     let c = tenant(&c3).await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = ids_count(&c).await;
     assert_eq!(n, 6 + 6 * 60000);
     drop(c);
     assert!(c3.stop().await.clean);
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,18 +424,12 @@ async fn a_compute_starts_with_no_local_state_from_the_base_image_and_the_wal() 
         .await
         .expect("start from the base image in object storage plus the WAL");
     let c = tenant(&c2).await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = ids_count(&c).await;
     assert_eq!(n, 1000);
     c.execute("INSERT INTO t VALUES (1001)", &[]).await.unwrap();
     drop(c);
     assert!(c2.stop().await.clean);
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 /// In a quorum the compute runs with `fsync = off` (durability is the quorum's), marked with the
@@ -518,9 +498,7 @@ async fn a_directory_that_ran_unsynced_before_a_reboot_is_rebuilt_not_trusted() 
         !marker.exists(),
         "a clean stop syncs and unmarks the directory"
     );
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 /// With images in object storage the compute's directory is a cache in every path: a clean stop
@@ -618,9 +596,7 @@ async fn images_in_object_storage_make_the_local_directory_disposable() {
         matches!(err, spg_core::CoreError::StaleGeneration { .. }),
         "{err}"
     );
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 async fn ids_count(c: &tokio_postgres::Client) -> i64 {
@@ -704,9 +680,7 @@ async fn a_compute_runs_on_a_lazily_mounted_image() {
     drop(c);
     amcheck(&agent, &c4);
     assert!(c4.stop().await.clean);
-    for n in &nodes {
-        n.shutdown().await;
-    }
+    shutdown(&nodes).await;
 }
 
 /// `pg_amcheck` over every table and index of `appdb` (heap and B-tree checks, including that
@@ -887,7 +861,11 @@ async fn an_object_store_outage_fails_a_wake_clearly_and_the_retry_succeeds() {
     drop(c);
     amcheck(&agent, &c4);
     assert!(c4.stop().await.clean);
-    for n in &nodes {
+    shutdown(&nodes).await;
+}
+
+async fn shutdown(nodes: &[Arc<SafekeeperNode>]) {
+    for n in nodes {
         n.shutdown().await;
     }
 }
