@@ -86,6 +86,17 @@ pub enum StorageError {
     /// An image with this id already exists; images are never replaced.
     #[error("image {0} already exists")]
     ImageExists(crate::image::ImageId),
+    /// A stored object does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A remote storage service (a pageserver) could not be reached or failed; retryable.
+    #[error("{service} unavailable: {reason}")]
+    Unavailable {
+        /// Which service.
+        service: String,
+        /// What happened.
+        reason: String,
+    },
     /// The data directory holds something an image cannot represent.
     #[error("unsupported in a data directory: {0}")]
     Unsupported(String),
@@ -107,9 +118,9 @@ impl From<StorageError> for CoreError {
             StorageError::StaleGeneration { offered, current } => {
                 CoreError::StaleGeneration { offered, current }
             }
-            StorageError::Io { .. } | StorageError::ObjectStore { .. } => {
-                CoreError::Unavailable(e.to_string())
-            }
+            StorageError::Io { .. }
+            | StorageError::ObjectStore { .. }
+            | StorageError::Unavailable { .. } => CoreError::Unavailable(e.to_string()),
             StorageError::ImageExists(_) => CoreError::Conflict(e.to_string()),
             other => CoreError::Internal(other.to_string()),
         }

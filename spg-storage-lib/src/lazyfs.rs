@@ -12,7 +12,7 @@
 //! [`LazyTree`] holds the state and implements the operations; [`mount`] serves it through the
 //! kernel's FUSE interface (`fuser`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -20,46 +20,123 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::image::{ChunkHash, ChunkOrigin, Content, FileEntry, ImageStore, Manifest, SourceFile};
+use crate::image::{
+    ChunkHash, ChunkOrigin, Content, FileEntry, ImageStore, Manifest, ObjectKind, SourceFile,
+};
 use crate::StorageError;
+
+/// How many chunks a sequential read fetches at once (the one asked for and those after it).
+pub const READ_AHEAD: usize = 8;
 
 /// Where chunks come from (blocking: FUSE requests are served on plain threads).
 pub trait ChunkSource: Send + Sync + 'static {
     /// The bytes of chunk `h`.
     fn chunk(&self, h: &ChunkHash) -> Result<Bytes, StorageError>;
+    /// The bytes of several chunks, in order (one round trip where the source is remote).
+    fn chunks(&self, hs: &[ChunkHash]) -> Result<Vec<Bytes>, StorageError> {
+        hs.iter().map(|h| self.chunk(h)).collect()
+    }
     /// The chunk hashes of a file entry of the image.
     fn chunks_of(&self, entry: &FileEntry) -> Result<Vec<Option<ChunkHash>>, StorageError>;
 }
 
-/// A [`ChunkSource`] reading an image straight from an [`ImageStore`].
+/// A [`ChunkSource`] reading an image through an [`ImageStore`], starting with the objects a
+/// soft basebackup brought along.
 pub struct ImageChunks {
     images: ImageStore,
     manifest: Arc<Manifest>,
+    /// Objects that came with the basebackup; each is handed out once (then it is local).
+    preloaded: Mutex<HashMap<(ObjectKind, ChunkHash), Bytes>>,
     rt: tokio::runtime::Handle,
 }
 
 impl ImageChunks {
     /// Chunks of `manifest`'s image, fetched on the runtime `rt`.
     pub fn new(images: ImageStore, manifest: Arc<Manifest>, rt: tokio::runtime::Handle) -> Self {
+        Self::with_preloaded(images, manifest, HashMap::new(), rt)
+    }
+
+    /// Like [`ImageChunks::new`], with objects already at hand (checked against their hashes).
+    pub fn with_preloaded(
+        images: ImageStore,
+        manifest: Arc<Manifest>,
+        preloaded: HashMap<(ObjectKind, ChunkHash), Bytes>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
         ImageChunks {
             images,
             manifest,
+            preloaded: Mutex::new(preloaded),
             rt,
         }
+    }
+
+    fn take_preloaded(&self, kind: ObjectKind, h: &ChunkHash) -> Option<Bytes> {
+        self.preloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(kind, *h))
     }
 }
 
 impl ChunkSource for ImageChunks {
     fn chunk(&self, h: &ChunkHash) -> Result<Bytes, StorageError> {
+        if let Some(b) = self.take_preloaded(ObjectKind::Chunk, h) {
+            return Ok(b);
+        }
         self.rt
             .block_on(self.images.chunk(&self.manifest.database, h))
     }
 
+    fn chunks(&self, hs: &[ChunkHash]) -> Result<Vec<Bytes>, StorageError> {
+        let mut out: Vec<Option<Bytes>> = hs
+            .iter()
+            .map(|h| self.take_preloaded(ObjectKind::Chunk, h))
+            .collect();
+        let missing: Vec<ChunkHash> = hs
+            .iter()
+            .zip(&out)
+            .filter(|(_, b)| b.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        if !missing.is_empty() {
+            let mut got = self
+                .rt
+                .block_on(self.images.objects(
+                    &self.manifest.database,
+                    ObjectKind::Chunk,
+                    &missing,
+                ))?
+                .into_iter();
+            for slot in out.iter_mut().filter(|b| b.is_none()) {
+                *slot = got.next();
+            }
+        }
+        out.into_iter()
+            .map(|b| {
+                b.ok_or_else(|| StorageError::Corrupt {
+                    what: "chunk batch".into(),
+                    reason: "fewer chunks than asked for".into(),
+                })
+            })
+            .collect()
+    }
+
     fn chunks_of(&self, entry: &FileEntry) -> Result<Vec<Option<ChunkHash>>, StorageError> {
+        if let Some(Content::List(h)) = &entry.content {
+            if let Some(b) = self.take_preloaded(ObjectKind::List, h) {
+                let (size, chunks) = crate::image::format::decode_list(&b)?;
+                if size == self.manifest.chunk_size
+                    && chunks.len() as u64 == entry.size.div_ceil(u64::from(size))
+                {
+                    return Ok(chunks);
+                }
+            }
+        }
         self.rt
             .block_on(self.images.chunks_of(&self.manifest, entry))
     }
@@ -114,6 +191,8 @@ struct FileData {
     present: Vec<bool>,
     /// Chunks written since the mount.
     dirty: Vec<bool>,
+    /// The last chunk fetched: a fetch of the next one is a sequential read and reads ahead.
+    last_fetched: Option<u64>,
 }
 
 impl FileData {
@@ -185,7 +264,14 @@ pub struct LazyTree {
     inner: Mutex<Inner>,
     source: Arc<dyn ChunkSource>,
     stats: Arc<LazyStats>,
+    mounted_at: Instant,
+    /// Objects fetched within [`WARM_WINDOW`] of the start, in order.
+    warm: Mutex<Vec<(ObjectKind, ChunkHash)>>,
 }
+
+/// Objects a compute fetches this soon after its tree was made are its warm set
+/// ([`Manifest::warm`]).
+pub const WARM_WINDOW: Duration = Duration::from_secs(2);
 
 fn split(path: &str) -> (Option<&str>, &str) {
     match path.rsplit_once('/') {
@@ -249,6 +335,7 @@ impl LazyTree {
                         chunks: None,
                         present: vec![false; n],
                         dirty: vec![false; n],
+                        last_fetched: None,
                     };
                     match content {
                         Content::Inline(b) => {
@@ -280,7 +367,23 @@ impl LazyTree {
             inner: Mutex::new(inner),
             source,
             stats: Arc::default(),
+            mounted_at: Instant::now(),
+            warm: Mutex::default(),
         })
+    }
+
+    /// Objects fetched within [`WARM_WINDOW`] of the tree's creation, in the order fetched.
+    pub fn warm(&self) -> Vec<(ObjectKind, ChunkHash)> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note_fetched(&self, kind: ObjectKind, h: ChunkHash) {
+        if self.mounted_at.elapsed() < WARM_WINDOW {
+            let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+            if warm.len() < crate::image::format::WARM_MAX {
+                warm.push((kind, h));
+            }
+        }
     }
 
     /// The tree's counters.
@@ -439,6 +542,7 @@ impl LazyTree {
             chunks: Some(Vec::new()),
             present: Vec::new(),
             dirty: Vec::new(),
+            last_fetched: None,
         };
         inner.insert(parent, name, mode, Body::File(Box::new(data)))
     }
@@ -678,6 +782,9 @@ impl LazyTree {
         }
         if f.chunks.is_none() {
             let entry = f.entry.take().ok_or(libc::EIO)?;
+            if let Some(Content::List(h)) = &entry.content {
+                self.note_fetched(ObjectKind::List, *h);
+            }
             let chunks = self.source.chunks_of(&entry).map_err(|e| {
                 tracing::error!(error = %e, "lazyfs: loading a chunk list failed");
                 f.entry = Some(entry.clone());
@@ -685,27 +792,46 @@ impl LazyTree {
             })?;
             f.chunks = Some(chunks);
         }
-        let h = f
-            .chunks
-            .as_ref()
-            .and_then(|c| c.get(i).copied())
-            .ok_or(libc::EIO)?;
-        if let Some(h) = h {
-            let bytes = self.source.chunk(&h).map_err(|e| {
-                tracing::error!(error = %e, chunk = %h, "lazyfs: fetching a chunk failed");
-                libc::EIO
-            })?;
-            let start = idx * cs;
+        let chunks = f.chunks.as_ref().ok_or(libc::EIO)?;
+        let h = chunks.get(i).copied().ok_or(libc::EIO)?;
+        let Some(h) = h else {
+            // All zeros: the sparse backing file already reads as zeros.
+            f.present[i] = true;
+            return Ok(());
+        };
+        // The chunk, and when the file is being read sequentially the chunks after it that are
+        // not here yet (stopping at the first one that is, or at the image's end).
+        let mut want = vec![(idx, h)];
+        if idx > 0 && f.last_fetched == Some(idx - 1) {
+            for j in idx + 1..idx + READ_AHEAD as u64 {
+                let ju = j as usize;
+                if j * cs >= f.orig_size || f.present.get(ju).copied().unwrap_or(true) {
+                    break;
+                }
+                if let Some(Some(hj)) = chunks.get(ju) {
+                    want.push((j, *hj));
+                }
+            }
+        }
+        let hashes: Vec<ChunkHash> = want.iter().map(|(_, h)| *h).collect();
+        let got = self.source.chunks(&hashes).map_err(|e| {
+            tracing::error!(error = %e, chunk = %h, "lazyfs: fetching a chunk failed");
+            libc::EIO
+        })?;
+        for ((j, hj), bytes) in want.iter().zip(&got) {
+            let start = j * cs;
             let keep = (f.orig_size - start).min(bytes.len() as u64) as usize;
             f.file()
                 .and_then(|b| b.write_all_at(&bytes[..keep], start))
                 .map_err(|e| io_errno(&e))?;
+            f.present[*j as usize] = true;
+            self.note_fetched(ObjectKind::Chunk, *hj);
             self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .bytes_fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
-        f.present[i] = true;
+        f.last_fetched = want.last().map(|(j, _)| *j);
         Ok(())
     }
 }

@@ -10,6 +10,8 @@
 //!   state is images in object storage; the local data directory is a disposable cache.
 //! - [`image`]: database images in object storage (content-addressed chunks, create-only
 //!   manifests) over any `object_store` backend, with the conformance suite every backend runs.
+//! - [`pageserver`]: images served to computes from a bounded cache in front of object storage
+//!   (soft basebackups, objects on demand, write-back, garbage collection).
 //! - [`lazyfs`]: a FUSE filesystem showing an image at once and fetching chunks on first read.
 //! - [`pg_control`]: a reader of PostgreSQL's `global/pg_control`, used to learn the checkpoint LSN
 //!   and whether a data directory was shut down cleanly.
@@ -25,6 +27,7 @@ pub mod lazyfs;
 pub mod local_dir;
 pub mod object_pages;
 mod objects;
+pub mod pageserver;
 pub mod pg_control;
 pub mod safekeeper;
 

@@ -22,14 +22,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::os::unix::fs::FileExt;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use spg_core::{
     Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, TimelineId,
 };
 use tracing::{info, warn};
 
 use crate::fsutil::{create_private_dir, write_atomic};
-use crate::image::{ChunkOrigin, ImageId, ImageStore, Manifest, SourceFile, DEFAULT_CHUNK_SIZE};
+use crate::image::format::decode_list;
+use crate::image::{
+    Basebackup, CaptureSource, ChunkHash, ChunkOrigin, Content, ImageId, ImageStore, Manifest,
+    ObjectKind, SourceFile, DEFAULT_CHUNK_SIZE,
+};
 use crate::lazyfs::{self, ImageChunks, LazyTree};
 use crate::pg_control::ControlFile;
 use crate::safekeeper::file::{segment_file_name, DEFAULT_SEGMENT_SIZE};
@@ -106,12 +113,12 @@ impl ObjectPageStore {
         self.cache.join(db.as_str()).join("lazy")
     }
 
-    /// Mount image `m` of `db` at its data directory; `Ok(None)` when FUSE is unavailable and
-    /// not required.
+    /// Mount the basebackup's image of `db` at its data directory; `Ok(None)` when FUSE is
+    /// unavailable and not required.
     async fn mount_lazy(
         &self,
         db: &DatabaseName,
-        m: &Manifest,
+        bb: Basebackup,
         lazy: Lazy,
     ) -> Result<Option<lazyfs::Mount>, StorageError> {
         let dir = self.data_dir(db);
@@ -126,17 +133,32 @@ impl ObjectPageStore {
             }
             create_private_dir(d)?;
         }
-        std::os::unix::fs::chown(&wal, Some(lazy.uid), Some(lazy.gid))
-            .map_err(|e| StorageError::io("chown", &wal, e))?;
-        std::os::unix::fs::chown(&dir, Some(lazy.uid), Some(lazy.gid))
-            .map_err(|e| StorageError::io("chown", &dir, e))?;
+        let Basebackup {
+            manifest: m,
+            mut objects,
+        } = bb;
+        // pg_wal is plain local disk: the image's WAL (the checkpoint's segment) is written there.
+        for f in m.files.iter().filter(|f| f.path.starts_with("pg_wal/")) {
+            let path = wal.join(&f.path["pg_wal/".len()..]);
+            if f.is_dir() {
+                create_private_dir(&path)?;
+            } else {
+                self.write_file(&m, f, &path, &mut objects).await?;
+            }
+        }
+        for d in [&wal, &dir] {
+            std::os::unix::fs::chown(d, Some(lazy.uid), Some(lazy.gid))
+                .map_err(|e| StorageError::io("chown", d, e))?;
+        }
+        chown_tree(&wal, lazy.uid, lazy.gid)?;
         let mut shown = m.clone();
         shown
             .files
             .retain(|f| f.path != "pg_wal" && !f.path.starts_with("pg_wal/"));
-        let source = Arc::new(ImageChunks::new(
+        let source = Arc::new(ImageChunks::with_preloaded(
             self.images.clone(),
-            Arc::new(m.clone()),
+            Arc::new(m),
+            objects,
             tokio::runtime::Handle::current(),
         ));
         let tree = Arc::new(LazyTree::new(&shown, &backing, source)?);
@@ -150,6 +172,62 @@ impl ObjectPageStore {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Write file `f` of image `m` to `path`, using (and consuming) objects at hand first.
+    async fn write_file(
+        &self,
+        m: &Manifest,
+        f: &crate::image::FileEntry,
+        path: &Path,
+        objects: &mut HashMap<(ObjectKind, ChunkHash), Bytes>,
+    ) -> Result<(), StorageError> {
+        let file = std::fs::File::create(path).map_err(|e| StorageError::io("create", path, e))?;
+        let chunks = match &f.content {
+            Some(Content::Inline(b)) => {
+                return file
+                    .write_all_at(b, 0)
+                    .map_err(|e| StorageError::io("write", path, e));
+            }
+            Some(Content::List(h)) => match objects.remove(&(ObjectKind::List, *h)) {
+                Some(b) => decode_list(&b)?.1,
+                None => self.images.chunks_of(m, f).await?,
+            },
+            Some(Content::Chunks(c)) => c.clone(),
+            None => Vec::new(),
+        };
+        if chunks.len() as u64 != f.size.div_ceil(u64::from(m.chunk_size)) {
+            return Err(StorageError::Corrupt {
+                what: format!("image {} file {}", m.id, f.path),
+                reason: "its chunks do not cover its size".into(),
+            });
+        }
+        file.set_len(f.size)
+            .map_err(|e| StorageError::io("extend", path, e))?;
+        let missing: Vec<ChunkHash> = chunks
+            .iter()
+            .flatten()
+            .filter(|h| !objects.contains_key(&(ObjectKind::Chunk, **h)))
+            .copied()
+            .collect();
+        for (h, b) in missing.iter().zip(
+            self.images
+                .objects(&m.database, ObjectKind::Chunk, &missing)
+                .await?,
+        ) {
+            objects.insert((ObjectKind::Chunk, *h), b);
+        }
+        for (i, h) in chunks.iter().enumerate() {
+            let Some(h) = h else { continue };
+            let b = objects
+                .get(&(ObjectKind::Chunk, *h))
+                .ok_or_else(|| StorageError::NotFound(format!("chunk {h}")))?;
+            let off = i as u64 * u64::from(m.chunk_size);
+            let keep = (f.size - off).min(b.len() as u64) as usize;
+            file.write_all_at(&b[..keep], off)
+                .map_err(|e| StorageError::io("write", path, e))?;
+        }
+        Ok(())
     }
 
     /// Capture the lazily mounted, cleanly shut down directory of `db` as image `id`: chunks
@@ -220,8 +298,12 @@ impl ObjectPageStore {
                 tree.read_local(handle, off, len)
             }
         };
+        let source = CaptureSource {
+            files,
+            warm: tree.warm(),
+        };
         self.images
-            .capture_from(db, id, parent, self.chunk_size, files, &read)
+            .capture_from(db, id, parent, self.chunk_size, source, &read)
             .await
     }
 
@@ -270,21 +352,19 @@ impl ObjectPageStore {
             }
         }
         self.images.fence(db, g).await?;
-        let latest = self.images.latest(db, history).await?;
-        let manifest = match &latest {
-            Some(id) => Some(self.images.manifest(db, id).await?),
-            None => None,
-        };
+        let bb = self.images.basebackup(db, history).await?;
+        let manifest = bb.as_ref().map(|b| b.manifest.clone());
+        let latest = manifest.as_ref().map(|m| m.id);
         if let Some(old) = st.mount.take() {
             old.unmount()?;
         }
         let dir = self.data_dir(db);
-        let try_lazy = self.lazy.zip(manifest.as_ref());
+        let try_lazy = self.lazy.zip(bb);
         let reuse = try_lazy.is_none() && latest.is_some() && self.cached_image(db) == latest;
         // From here on the directory changes: it no longer equals any image.
         remove_if_exists(&self.clean_path(db))?;
         let mounted = match try_lazy {
-            Some((lazy, m)) => self.mount_lazy(db, m, lazy).await?,
+            Some((lazy, bb)) => self.mount_lazy(db, bb, lazy).await?,
             None => None,
         };
         if let Some(mnt) = mounted {
@@ -416,6 +496,20 @@ fn image_info(m: &Manifest) -> ImageInfo {
         lsn: m.id.lsn,
         created_at_ms: m.created_at_ms,
     }
+}
+
+/// Give everything under `dir` to `uid:gid`.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), StorageError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("read dir", dir, e))?;
+    for e in entries {
+        let p = e.map_err(|e| StorageError::io("read dir", dir, e))?.path();
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+            .map_err(|e| StorageError::io("chown", &p, e))?;
+        if p.is_dir() {
+            chown_tree(&p, uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StorageError> {

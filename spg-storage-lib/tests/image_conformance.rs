@@ -6,25 +6,46 @@ use std::sync::Arc;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use spg_storage_lib::image::{conformance, ImageStore};
+use spg_storage_lib::image::{conformance, ImageStore, ObjectRepo};
+use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
 
 #[tokio::test]
 async fn local_filesystem() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("objects");
     std::fs::create_dir_all(&root).unwrap();
-    let store = ImageStore::new(
+    let raw = ObjectRepo::new(
         Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap()),
         "images",
     );
-    conformance::run_all(&store, tmp.path()).await;
+    let store = ImageStore::with_repo(Arc::new(raw.clone()));
+    conformance::run_all(&store, &raw, tmp.path()).await;
 }
 
 #[tokio::test]
 async fn in_memory() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = ImageStore::new(Arc::new(InMemory::new()), "");
-    conformance::run_all(&store, tmp.path()).await;
+    let raw = ObjectRepo::new(Arc::new(InMemory::new()), "");
+    let store = ImageStore::with_repo(Arc::new(raw.clone()));
+    conformance::run_all(&store, &raw, tmp.path()).await;
+}
+
+#[tokio::test]
+async fn pageserver_in_front_of_local_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("objects");
+    std::fs::create_dir_all(&root).unwrap();
+    let raw = ObjectRepo::new(
+        Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap()),
+        "images",
+    );
+    let ps = Pageserver::open(
+        raw.clone(),
+        &PageserverConfig::new(tmp.path().join("cache")),
+    )
+    .unwrap();
+    let store = ImageStore::with_repo(Arc::new(ps));
+    conformance::run_all(&store, &raw, tmp.path()).await;
 }
 
 /// An S3-protocol server on 127.0.0.1, serving a bucket from a directory; stops when dropped.
@@ -81,6 +102,7 @@ async fn s3_on_a_real_s3_protocol_server() {
         .with_secret_access_key(SECRET_KEY)
         .build()
         .unwrap();
-    let store = ImageStore::new(Arc::new(s3), "images");
-    conformance::run_all(&store, tmp.path()).await;
+    let raw = ObjectRepo::new(Arc::new(s3), "images");
+    let store = ImageStore::with_repo(Arc::new(raw.clone()));
+    conformance::run_all(&store, &raw, tmp.path()).await;
 }

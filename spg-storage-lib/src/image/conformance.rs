@@ -1,6 +1,7 @@
-//! The conformance suite of [`ImageStore`](super::ImageStore): every object-store backend the
-//! platform supports runs [`run_all`] in its tests (local filesystem, in-memory, and S3 against a
-//! real S3-protocol server). The checks panic on failure, as test helpers do.
+//! The conformance suite of [`ImageStore`](super::ImageStore): every backend the platform
+//! supports runs [`run_all`] in its tests (local filesystem, in-memory, S3 against a real
+//! S3-protocol server, and a pageserver in front of an object store, in process and over HTTP).
+//! The checks panic on failure, as test helpers do.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,19 +10,21 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
 
-use super::format::{Content, ImageId, Manifest};
-use super::ImageStore;
+use super::format::{ChunkHash, Content, ImageId, Manifest};
+use super::{ImageStore, ObjectKind, ObjectRepo};
 use crate::StorageError;
 
 const CHUNK: u32 = 4096;
 
-/// Run every check against `store` (which should be empty), using `scratch` for directories.
-pub async fn run_all(store: &ImageStore, scratch: &Path) {
-    chunks_are_checked_against_their_hash(store).await;
-    capture_and_restore_round_trip_and_share_chunks(store, scratch).await;
+/// Run every check against `store` (which should be empty), whose objects end up in `raw` (the
+/// same repository, or the object store behind a pageserver), using `scratch` for directories.
+pub async fn run_all(store: &ImageStore, raw: &ObjectRepo, scratch: &Path) {
+    chunks_are_checked_against_their_hash(store, raw).await;
+    capture_and_restore_round_trip_and_share_chunks(store, raw, scratch).await;
     manifests_are_create_only_and_fenced(store, scratch).await;
     the_latest_image_is_on_the_current_timeline_path(store, scratch).await;
-    damaged_manifests_are_clear_errors(store).await;
+    damaged_manifests_are_clear_errors(store, raw).await;
+    basebackups_name_the_latest_image(store, scratch).await;
 }
 
 fn db(name: &str) -> DatabaseName {
@@ -36,9 +39,9 @@ fn id(lsn: u64, tli: u32, g: u64) -> ImageId {
     }
 }
 
-async fn count_under(store: &ImageStore, prefix: &str) -> usize {
+async fn count_under(raw: &ObjectRepo, prefix: &str) -> usize {
     let p = object_store::path::Path::from(prefix);
-    let all: Vec<_> = store
+    let all: Vec<_> = raw
         .object_store()
         .list(Some(&p))
         .try_collect()
@@ -96,7 +99,7 @@ fn assert_same_tree(a: &Path, b: &Path) {
     assert_eq!(list(a), list(b), "restored tree differs");
 }
 
-async fn chunks_are_checked_against_their_hash(store: &ImageStore) {
+async fn chunks_are_checked_against_their_hash(store: &ImageStore, raw: &ObjectRepo) {
     let d = db("chunks");
     let h = store
         .put_chunk(&d, Bytes::from_static(b"some page bytes"))
@@ -106,35 +109,36 @@ async fn chunks_are_checked_against_their_hash(store: &ImageStore) {
         store.chunk(&d, &h).await.expect("get chunk"),
         &b"some page bytes"[..]
     );
-    // Swap the stored bytes: the read notices.
-    let other = store
-        .put_chunk(&d, Bytes::from_static(b"other bytes"))
+    let both = store
+        .objects(&d, ObjectKind::Chunk, &[h, h])
         .await
-        .expect("put chunk");
-    let prefix = format!("{}/chunks", d.as_str());
-    let keys: Vec<_> = store
-        .object_store()
-        .list(None)
-        .try_collect::<Vec<_>>()
+        .expect("batch");
+    assert_eq!(both, vec![Bytes::from_static(b"some page bytes"); 2]);
+    // Bytes stored under another chunk's hash: every read notices.
+    let other = ChunkHash::of(b"other bytes");
+    raw.object_store()
+        .put(
+            &raw.object_key(&d, ObjectKind::Chunk, &other),
+            Bytes::from_static(b"tampered").into(),
+        )
         .await
-        .expect("list")
-        .into_iter()
-        .map(|m| m.location)
-        .filter(|l| l.as_ref().contains(&prefix) && l.as_ref().ends_with(&other.to_string()))
-        .collect();
-    assert_eq!(keys.len(), 1);
-    store
-        .object_store()
-        .put(&keys[0], Bytes::from_static(b"tampered").into())
-        .await
-        .expect("overwrite");
+        .expect("put raw");
     let err = store.chunk(&d, &other).await.expect_err("tampered chunk");
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
-    let missing = super::ChunkHash::of(b"never stored");
+    let err = store
+        .objects(&d, ObjectKind::Chunk, &[h, other])
+        .await
+        .expect_err("tampered chunk in a batch");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    let missing = ChunkHash::of(b"never stored");
     assert!(store.chunk(&d, &missing).await.is_err());
 }
 
-async fn capture_and_restore_round_trip_and_share_chunks(store: &ImageStore, scratch: &Path) {
+async fn capture_and_restore_round_trip_and_share_chunks(
+    store: &ImageStore,
+    raw: &ObjectRepo,
+    scratch: &Path,
+) {
     let d = db("roundtrip");
     let src = scratch.join("rt-src");
     make_tree(&src);
@@ -150,8 +154,8 @@ async fn capture_and_restore_round_trip_and_share_chunks(store: &ImageStore, scr
         "the two equal chunks of `three` are stored once"
     );
     assert_eq!(s1.chunks_uploaded, 1 + 10);
-    let prefix = |what: &str| store.key(&d, what).to_string();
-    assert_eq!(count_under(store, &prefix("chunks")).await, 11);
+    let prefix = |what: &str| raw.key(&d, what).to_string();
+    assert_eq!(count_under(raw, &prefix("chunks")).await, 11);
     // Tiny files are inline, `three` lists its chunks directly, `many` through a chunk list.
     let by_path = |m: &Manifest, p: &str| {
         m.files
@@ -185,7 +189,7 @@ async fn capture_and_restore_round_trip_and_share_chunks(store: &ImageStore, scr
         .await
         .expect("capture 2");
     assert_eq!(s2.chunks_uploaded, 1);
-    assert_eq!(count_under(store, &prefix("chunks")).await, 12);
+    assert_eq!(count_under(raw, &prefix("chunks")).await, 12);
     assert_eq!(m2.parent, Some(m1.id));
     let out2 = scratch.join("rt-out2");
     std::fs::create_dir_all(&out2).expect("mkdir");
@@ -284,18 +288,61 @@ async fn the_latest_image_is_on_the_current_timeline_path(store: &ImageStore, sc
     );
 }
 
-async fn damaged_manifests_are_clear_errors(store: &ImageStore) {
+async fn damaged_manifests_are_clear_errors(store: &ImageStore, raw: &ObjectRepo) {
     let d = db("damaged");
     let i = id(0x100, 2, 1);
-    let key = store.key(&d, &format!("images/{}", i.file_name()));
-    store
-        .object_store()
+    raw.object_store()
         .put(
-            &key,
+            &raw.manifest_key(&d, &i),
             Bytes::from_static(b"{\"version\": 1, \"files\": [").into(),
         )
         .await
         .expect("put");
     let err = store.manifest(&d, &i).await.expect_err("damaged");
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+}
+
+async fn basebackups_name_the_latest_image(store: &ImageStore, scratch: &Path) {
+    let d = db("basebackup");
+    let path = [(TimelineId(2), Lsn(0))];
+    assert!(store
+        .basebackup(&d, &path)
+        .await
+        .expect("basebackup")
+        .is_none());
+    let src = scratch.join("bb-src");
+    make_tree(&src);
+    let all = |_: &str| true;
+    let (_, _) = store
+        .capture(&d, &src, id(0x100, 2, 1), None, CHUNK, &all)
+        .await
+        .expect("capture");
+    let (m2, _) = store
+        .capture(&d, &src, id(0x200, 2, 1), None, CHUNK, &all)
+        .await
+        .expect("capture");
+    let bb = store
+        .basebackup(&d, &path)
+        .await
+        .expect("basebackup")
+        .expect("an image");
+    assert_eq!(bb.manifest, m2);
+    // Whatever came along is part of the image.
+    let mut named = std::collections::HashSet::new();
+    for f in &m2.files {
+        match &f.content {
+            Some(Content::Chunks(c)) => {
+                named.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)))
+            }
+            Some(Content::List(h)) => {
+                named.insert((ObjectKind::List, *h));
+                let (_, c) = store.list(&d, h).await.expect("list");
+                named.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
+            }
+            _ => {}
+        }
+    }
+    for key in bb.objects.keys() {
+        assert!(named.contains(key), "{key:?} is not part of the image");
+    }
 }

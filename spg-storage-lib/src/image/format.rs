@@ -156,6 +156,38 @@ impl fmt::Display for ImageId {
     }
 }
 
+/// The most objects a manifest lists as warm.
+pub const WARM_MAX: usize = 4096;
+
+/// The two kinds of content-addressed objects of an image store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// A chunk of a file.
+    Chunk,
+    /// A chunk list (the chunk hashes of a large file).
+    List,
+}
+
+impl ObjectKind {
+    /// The name used in keys and URLs (`chunks`, `lists`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "chunks",
+            ObjectKind::List => "lists",
+        }
+    }
+
+    /// The inverse of [`ObjectKind::plural`].
+    pub fn from_plural(s: &str) -> Option<Self> {
+        match s {
+            "chunks" => Some(ObjectKind::Chunk),
+            "lists" => Some(ObjectKind::List),
+            _ => None,
+        }
+    }
+}
+
 /// Where a file's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -205,6 +237,11 @@ pub struct Manifest {
     pub created_at_ms: u64,
     /// Directories first (parents before children), then files; paths unique.
     pub files: Vec<FileEntry>,
+    /// Objects of this image the previous compute needed right after it started (in the order
+    /// it needed them): a soft basebackup sends them along, so the next start does not wait for
+    /// them one by one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<(ObjectKind, ChunkHash)>,
 }
 
 impl Manifest {
@@ -237,6 +274,9 @@ impl Manifest {
         }
         if !self.chunk_size.is_power_of_two() || !(4096..=1 << 24).contains(&self.chunk_size) {
             return Err(format!("chunk size {} out of range", self.chunk_size));
+        }
+        if self.warm.len() > WARM_MAX {
+            return Err(format!("{} warm objects is too many", self.warm.len()));
         }
         let mut seen = std::collections::HashSet::new();
         for f in &self.files {
@@ -392,6 +432,7 @@ mod tests {
             parent: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             created_at_ms: 1,
+            warm: vec![(ObjectKind::Chunk, h)],
             files: vec![
                 FileEntry {
                     path: "base".into(),

@@ -1,6 +1,6 @@
 //! [`ImageStore`]: images of databases in any `object_store` backend.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::ObjectStore;
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
 use tracing::debug;
 
@@ -17,11 +16,8 @@ use super::format::{
     decode_list, encode_list, ChunkHash, Content, FileEntry, ImageId, Manifest, DIRECT_CHUNKS,
     INLINE_MAX, MANIFEST_VERSION,
 };
-use crate::objects::put_create_only;
+use super::repo::{latest_on_path, ImageRepo, ObjectKind, ObjectRepo, PARALLEL};
 use crate::StorageError;
-
-/// How many object-store requests one capture or restore keeps in flight.
-const PARALLEL: usize = 16;
 
 /// What a capture did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,83 +71,69 @@ pub struct SourceFile {
     pub handle: u64,
 }
 
-/// Images of databases in an object store; see [`super`] for the layout. Cheap to clone.
+/// A soft basebackup, checked: the manifest of the image to start from and the objects that came
+/// with it, by kind and hash.
 #[derive(Debug, Clone)]
-pub struct ImageStore {
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
+pub struct Basebackup {
+    /// The image's manifest (decoded and validated).
+    pub manifest: Manifest,
+    /// Chunks and chunk lists that came along (hashes computed on arrival).
+    pub objects: HashMap<(ObjectKind, ChunkHash), Bytes>,
 }
 
-fn os_err(op: &'static str, key: &ObjectPath, e: object_store::Error) -> StorageError {
-    StorageError::ObjectStore {
-        op,
-        key: key.to_string(),
-        source: Box::new(e),
+fn check_hash(
+    db: &DatabaseName,
+    kind: ObjectKind,
+    h: &ChunkHash,
+    b: &[u8],
+) -> Result<(), StorageError> {
+    if ChunkHash::of(b) != *h {
+        return Err(StorageError::Corrupt {
+            what: format!("{} {h} of {db}", kind.plural()),
+            reason: "its bytes do not match its hash".into(),
+        });
     }
+    Ok(())
+}
+
+/// What [`ImageStore::capture_from`] captures.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureSource {
+    /// Files and directories, parents before children.
+    pub files: Vec<SourceFile>,
+    /// Objects the compute needed right after it started ([`Manifest::warm`]); those that are
+    /// not part of the new image are dropped.
+    pub warm: Vec<(ObjectKind, ChunkHash)>,
+}
+
+/// Images of databases in an [`ImageRepo`] (an object store, or a pageserver in front of one).
+/// Every byte read is checked here: chunks and lists against their hashes, manifests decoded,
+/// validated and matched to their id. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    repo: Arc<dyn ImageRepo>,
 }
 
 impl ImageStore {
-    /// Images under `prefix` (e.g. `images`) of `store`.
+    /// Images under `prefix` (e.g. `images`) of `store` ([`ObjectRepo`]).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: impl Into<String>) -> Self {
-        ImageStore {
-            store,
-            prefix: prefix.into().trim_matches('/').to_owned(),
-        }
+        Self::with_repo(Arc::new(ObjectRepo::new(store, prefix)))
     }
 
-    /// The underlying object store.
-    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+    /// Images in `repo`.
+    pub fn with_repo(repo: Arc<dyn ImageRepo>) -> Self {
+        ImageStore { repo }
     }
 
-    pub(crate) fn key(&self, db: &DatabaseName, rest: &str) -> ObjectPath {
-        if self.prefix.is_empty() {
-            ObjectPath::from(format!("{}/{rest}", db.as_str()))
-        } else {
-            ObjectPath::from(format!("{}/{}/{rest}", self.prefix, db.as_str()))
-        }
-    }
-
-    fn chunk_key(&self, db: &DatabaseName, h: &ChunkHash) -> ObjectPath {
-        let hex = h.to_string();
-        self.key(db, &format!("chunks/{}/{hex}", &hex[..2]))
-    }
-
-    fn list_key(&self, db: &DatabaseName, h: &ChunkHash) -> ObjectPath {
-        self.key(db, &format!("lists/{h}"))
-    }
-
-    async fn get(&self, key: &ObjectPath) -> Result<Bytes, StorageError> {
-        let r = self
-            .store
-            .get(key)
-            .await
-            .map_err(|e| os_err("get", key, e))?;
-        r.bytes().await.map_err(|e| os_err("get", key, e))
-    }
-
-    async fn names_under(&self, db: &DatabaseName, dir: &str) -> Result<Vec<String>, StorageError> {
-        let prefix = self.key(db, dir);
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| os_err("list", &prefix, e))?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| m.location.filename().map(str::to_owned))
-            .collect())
+    /// The repository underneath.
+    pub fn repo(&self) -> &Arc<dyn ImageRepo> {
+        &self.repo
     }
 
     /// Record that generation `g` checked out `db`: from now on images of older generations are
     /// refused ([`ImageStore::put_manifest`]).
     pub async fn fence(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
-        let key = self.key(db, &format!("fences/{:016X}", g.0));
-        put_create_only(self.store.as_ref(), &key, PutPayload::new())
-            .await
-            .map_err(|e| os_err("put", &key, e))?;
-        Ok(())
+        self.repo.fence(db, g).await
     }
 
     /// The newest generation that fenced `db`.
@@ -159,25 +141,12 @@ impl ImageStore {
         &self,
         db: &DatabaseName,
     ) -> Result<Option<Generation>, StorageError> {
-        Ok(self
-            .names_under(db, "fences")
-            .await?
-            .iter()
-            .filter_map(|n| u64::from_str_radix(n, 16).ok())
-            .max()
-            .map(Generation))
+        self.repo.newest_fence(db).await
     }
 
     /// Every image of `db`, oldest first.
     pub async fn images(&self, db: &DatabaseName) -> Result<Vec<ImageId>, StorageError> {
-        let mut ids: Vec<ImageId> = self
-            .names_under(db, "images")
-            .await?
-            .iter()
-            .filter_map(|n| ImageId::parse_file_name(n))
-            .collect();
-        ids.sort();
-        Ok(ids)
+        self.repo.images(db).await
     }
 
     /// The newest image of `db` on `history` ([`ImageId::on_path`]): images a fenced generation
@@ -187,12 +156,22 @@ impl ImageStore {
         db: &DatabaseName,
         history: &[(TimelineId, Lsn)],
     ) -> Result<Option<ImageId>, StorageError> {
-        Ok(self
-            .images(db)
-            .await?
-            .into_iter()
-            .filter(|id| id.on_path(history))
-            .max_by_key(|id| (id.lsn, id.generation)))
+        Ok(latest_on_path(self.images(db).await?, history))
+    }
+
+    fn decode_manifest(
+        db: &DatabaseName,
+        id: Option<&ImageId>,
+        bytes: &[u8],
+    ) -> Result<Manifest, StorageError> {
+        let m = Manifest::decode(bytes)?;
+        if id.is_some_and(|id| m.id != *id) || &m.database != db {
+            return Err(StorageError::Corrupt {
+                what: format!("image manifest of {db}"),
+                reason: "it describes another image".into(),
+            });
+        }
+        Ok(m)
     }
 
     /// The manifest of image `id` of `db`, validated.
@@ -201,15 +180,31 @@ impl ImageStore {
         db: &DatabaseName,
         id: &ImageId,
     ) -> Result<Manifest, StorageError> {
-        let key = self.key(db, &format!("images/{}", id.file_name()));
-        let m = Manifest::decode(&self.get(&key).await?)?;
-        if m.id != *id || &m.database != db {
+        Self::decode_manifest(db, Some(id), &self.repo.manifest(db, id).await?)
+    }
+
+    /// The soft basebackup of the newest image of `db` on `history`: its manifest and the
+    /// objects the repository sent along, each checked against its hash.
+    pub async fn basebackup(
+        &self,
+        db: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<Basebackup>, StorageError> {
+        let Some(raw) = self.repo.basebackup(db, history).await? else {
+            return Ok(None);
+        };
+        let manifest = Self::decode_manifest(db, None, &raw.manifest)?;
+        if !manifest.id.on_path(history) {
             return Err(StorageError::Corrupt {
-                what: format!("image manifest {key}"),
-                reason: "it describes another image".into(),
+                what: format!("basebackup of {db}"),
+                reason: format!("image {} is not on the timeline path", manifest.id),
             });
         }
-        Ok(m)
+        let mut objects = HashMap::with_capacity(raw.objects.len());
+        for (kind, bytes) in raw.objects {
+            objects.insert((kind, ChunkHash::of(&bytes)), bytes);
+        }
+        Ok(Some(Basebackup { manifest, objects }))
     }
 
     /// Store `m` as a new image. Create-only: an existing image is never replaced
@@ -220,51 +215,43 @@ impl ImageStore {
             what: "new image manifest".into(),
             reason,
         })?;
-        if let Some(newest) = self.newest_fence(&m.database).await? {
-            if newest > m.id.generation {
-                return Err(StorageError::StaleGeneration {
-                    offered: m.id.generation.0,
-                    current: newest.0,
-                });
-            }
-        }
-        let key = self.key(&m.database, &format!("images/{}", m.id.file_name()));
-        match put_create_only(self.store.as_ref(), &key, m.encode().into()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StorageError::ImageExists(m.id)),
-            Err(e) => Err(os_err("put", &key, e)),
-        }
+        self.repo.put_manifest(m).await
     }
 
-    /// The content-addressed object at `key`, checked against its hash `h`.
-    async fn get_addressed(
+    /// Objects `hs` of kind `kind`, each checked against its hash.
+    pub async fn objects(
         &self,
-        key: &ObjectPath,
-        h: &ChunkHash,
-        what: &str,
-    ) -> Result<Bytes, StorageError> {
-        let b = self.get(key).await?;
-        if ChunkHash::of(&b) != *h {
+        db: &DatabaseName,
+        kind: ObjectKind,
+        hs: &[ChunkHash],
+    ) -> Result<Vec<Bytes>, StorageError> {
+        let got = self.repo.get_many(db, kind, hs).await?;
+        if got.len() != hs.len() {
             return Err(StorageError::Corrupt {
-                what: format!("{what} {key}"),
-                reason: "its bytes do not match its hash".into(),
+                what: format!("{} of {db}", kind.plural()),
+                reason: format!("{} asked for, {} received", hs.len(), got.len()),
             });
         }
-        Ok(b)
+        for (h, b) in hs.iter().zip(&got) {
+            check_hash(db, kind, h, b)?;
+        }
+        Ok(got)
     }
 
-    /// Store a content-addressed object (storing it again is harmless).
-    async fn put_addressed(&self, key: &ObjectPath, bytes: Bytes) -> Result<(), StorageError> {
-        self.store
-            .put(key, bytes.into())
-            .await
-            .map_err(|e| os_err("put", key, e))?;
-        Ok(())
+    async fn get_checked(
+        &self,
+        db: &DatabaseName,
+        kind: ObjectKind,
+        h: &ChunkHash,
+    ) -> Result<Bytes, StorageError> {
+        let b = self.repo.get(db, kind, h).await?;
+        check_hash(db, kind, h, &b)?;
+        Ok(b)
     }
 
     /// One chunk's bytes, checked against its hash.
     pub async fn chunk(&self, db: &DatabaseName, h: &ChunkHash) -> Result<Bytes, StorageError> {
-        self.get_addressed(&self.chunk_key(db, h), h, "chunk").await
+        self.get_checked(db, ObjectKind::Chunk, h).await
     }
 
     /// Store a chunk (content-addressed: storing it again is harmless); returns its hash.
@@ -274,7 +261,7 @@ impl ImageStore {
         bytes: Bytes,
     ) -> Result<ChunkHash, StorageError> {
         let h = ChunkHash::of(&bytes);
-        self.put_addressed(&self.chunk_key(db, &h), bytes).await?;
+        self.repo.put(db, ObjectKind::Chunk, &h, bytes).await?;
         Ok(h)
     }
 
@@ -284,11 +271,7 @@ impl ImageStore {
         db: &DatabaseName,
         h: &ChunkHash,
     ) -> Result<(u32, Vec<Option<ChunkHash>>), StorageError> {
-        decode_list(
-            &self
-                .get_addressed(&self.list_key(db, h), h, "chunk list")
-                .await?,
-        )
+        decode_list(&self.get_checked(db, ObjectKind::List, h).await?)
     }
 
     /// Store a chunk list; returns its hash.
@@ -300,7 +283,7 @@ impl ImageStore {
     ) -> Result<ChunkHash, StorageError> {
         let bytes = Bytes::from(encode_list(chunk_size, chunks));
         let h = ChunkHash::of(&bytes);
-        self.put_addressed(&self.list_key(db, &h), bytes).await?;
+        self.repo.put(db, ObjectKind::List, &h, bytes).await?;
         Ok(h)
     }
 
@@ -385,12 +368,16 @@ impl ImageStore {
             })?;
             Ok(buf)
         };
-        self.capture_from(db, id, parent, chunk_size, files, &read)
+        let source = CaptureSource {
+            files,
+            warm: Vec::new(),
+        };
+        self.capture_from(db, id, parent, chunk_size, source, &read)
             .await
     }
 
-    /// Capture image `id` of `db` from `files` (parents before children), whose chunks are
-    /// either known already or read through `read(handle, offset, len)`. Chunks the `parent`
+    /// Capture image `id` of `db` from `source` (files parents before children), whose chunks
+    /// are either known already or read through `read(handle, offset, len)`. Chunks the `parent`
     /// image holds are not uploaded again. Stores the manifest last (create-only, fenced).
     pub async fn capture_from(
         &self,
@@ -398,9 +385,14 @@ impl ImageStore {
         id: ImageId,
         parent: Option<&Manifest>,
         chunk_size: u32,
-        source: Vec<SourceFile>,
+        source: CaptureSource,
         read: &(dyn Fn(u64, u64, usize) -> Result<Vec<u8>, StorageError> + Sync),
     ) -> Result<(Manifest, CaptureStats), StorageError> {
+        let CaptureSource {
+            files: source,
+            warm,
+        } = source;
+        let mut referenced: HashSet<(ObjectKind, ChunkHash)> = HashSet::new();
         let mut known: HashSet<ChunkHash> = HashSet::new();
         if let Some(p) = parent {
             for f in &p.files {
@@ -438,10 +430,13 @@ impl ImageStore {
                 let chunks = self
                     .capture_file(db, &sf, chunk_size, read, &mut known, &mut stats)
                     .await?;
+                referenced.extend(chunks.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
                 if chunks.len() <= DIRECT_CHUNKS {
                     Content::Chunks(chunks)
                 } else {
-                    Content::List(self.put_list(db, chunk_size, &chunks).await?)
+                    let h = self.put_list(db, chunk_size, &chunks).await?;
+                    referenced.insert((ObjectKind::List, h));
+                    Content::List(h)
                 }
             };
             files.push(FileEntry {
@@ -462,6 +457,13 @@ impl ImageStore {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             files,
+            warm: {
+                let mut seen = HashSet::new();
+                warm.into_iter()
+                    .filter(|o| referenced.contains(o) && seen.insert(*o))
+                    .take(super::format::WARM_MAX)
+                    .collect()
+            },
         };
         self.put_manifest(&manifest).await?;
         debug!(%db, image = %id, ?stats, "image captured");
