@@ -7,10 +7,12 @@
 //! - [`tls`]: the self-signed CA and server certificate generated on first start, or a configured
 //!   certificate.
 //! - [`envfile`]: `<data-dir>/env`, the shell-sourceable file with the DSN, API URL and key.
+//! - [`safekeeper_http`], [`pageserver_http`]: the daemons' HTTPS APIs and their clients.
 
 pub mod adapters;
 pub mod cli;
 pub mod envfile;
+pub mod pageserver_http;
 pub mod platform;
 pub mod safekeeper_http;
 pub mod tls;
@@ -79,4 +81,35 @@ pub fn wal_restore_if_invoked() {
     if args.len() == 5 && args[1] == "wal-restore" {
         wal_restore_exit(&args[2], &args[3], std::path::Path::new(&args[4]));
     }
+}
+
+/// Collect every database's garbage on `ps` every `every`, until `stop`. Archived WAL under
+/// `wal/<db>` in the same object store is collected too.
+pub fn spawn_gc_loop(
+    ps: std::sync::Arc<spg_storage_lib::pageserver::Pageserver>,
+    every: std::time::Duration,
+    policy: spg_storage_lib::pageserver::gc::GcPolicy,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let dbs = match ps.objects().databases().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collection: listing databases failed");
+                    continue;
+                }
+            };
+            for db in dbs {
+                let wal = object_store::path::Path::from(format!("wal/{}", db.as_str()));
+                if let Err(e) = ps.gc(&db, &policy, None, Some(&wal)).await {
+                    tracing::warn!(%db, error = %e, "garbage collection failed");
+                }
+            }
+        }
+    })
 }

@@ -18,12 +18,15 @@ use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_lifecycle_lib::provisioner::LocalProvisioner;
 use spg_lifecycle_lib::store::{SqliteStateStore, StateStore};
 use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
-use spg_storage_lib::image::ImageStore;
+use spg_storage_lib::image::{ImageRepo, ImageStore, ObjectRepo};
+use spg_storage_lib::pageserver::gc::GcPolicy;
+use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
 use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
 use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
 use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
 use spg_storage_lib::{LocalDirPageStore, ObjectPageStore};
 
+use crate::pageserver_http::HttpPageserver;
 use crate::safekeeper_http::HttpSafekeeper;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -80,6 +83,12 @@ pub struct PlatformConfig {
     /// The program computes run as `restore_command` (`spg wal-restore`); default: the `spg`
     /// binary next to the running one.
     pub restore_program: Option<PathBuf>,
+    /// A `spg-pageserver` daemon to reach images through, instead of the in-process pageserver.
+    pub remote_pageserver: Option<RemotePageserver>,
+    /// Budget of the in-process pageserver's object cache, in bytes.
+    pub pageserver_cache_bytes: u64,
+    /// How often the in-process pageserver collects garbage (zero: never).
+    pub gc_every: Duration,
 }
 
 impl PlatformConfig {
@@ -103,8 +112,22 @@ impl PlatformConfig {
             safekeepers: 3,
             remote_safekeepers: Vec::new(),
             restore_program: None,
+            remote_pageserver: None,
+            pageserver_cache_bytes: 1 << 30,
+            gc_every: Duration::from_secs(600),
         }
     }
+}
+
+/// A `spg-pageserver` daemon the platform uses.
+#[derive(Debug, Clone)]
+pub struct RemotePageserver {
+    /// `https://host:port` of its API.
+    pub url: String,
+    /// Its API key.
+    pub api_key: String,
+    /// The CA certificate (PEM) its TLS certificate is checked against.
+    pub ca_pem: Vec<u8>,
 }
 
 /// A `spg-safekeeper` daemon the platform uses.
@@ -226,16 +249,38 @@ impl Platform {
             })
             .collect();
         // With a WAL quorum, images in object storage are the durable state and the local data
-        // directory is a cache; without one, the local directory is all there is.
+        // directory is a cache; without one, the local directory is all there is. Images are
+        // reached through a pageserver: a remote daemon, or one in this process.
+        let servers_stop = CancellationToken::new();
+        let mut gc_task = None;
         let pages: Arc<dyn PageStore> = if members.is_empty() {
             Arc::new(LocalDirPageStore::new(data_dir.join("pages")))
         } else {
+            let repo: Arc<dyn ImageRepo> = match &cfg.remote_pageserver {
+                Some(r) => Arc::new(HttpPageserver::new(&r.url, &r.api_key, &r.ca_pem)?),
+                None => {
+                    let ps = Arc::new(Pageserver::open(
+                        ObjectRepo::new(Arc::clone(&archive), "images"),
+                        &PageserverConfig {
+                            cache_bytes: cfg.pageserver_cache_bytes,
+                            ..PageserverConfig::new(data_dir.join("pageserver"))
+                        },
+                    )?);
+                    ps.metrics().register(&mut registry);
+                    if !cfg.gc_every.is_zero() {
+                        gc_task = Some(crate::spawn_gc_loop(
+                            Arc::clone(&ps),
+                            cfg.gc_every,
+                            GcPolicy::default(),
+                            servers_stop.clone(),
+                        ));
+                    }
+                    ps
+                }
+            };
             Arc::new(
-                ObjectPageStore::new(
-                    ImageStore::new(Arc::clone(&archive), "images"),
-                    data_dir.join("pages"),
-                )
-                .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
+                ObjectPageStore::new(ImageStore::with_repo(repo), data_dir.join("pages"))
+                    .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
             )
         };
         let mut provisioner = LocalProvisioner::new(agent, pages)?;
@@ -305,7 +350,6 @@ impl Platform {
         let api_addr = api_listener.local_addr()?;
 
         let gateway_stop = CancellationToken::new();
-        let servers_stop = CancellationToken::new();
         let gateway_task = match (&gateway, gateway_listener) {
             (Some(gw), Some(listener)) => {
                 let gw = gw.clone();
@@ -314,7 +358,7 @@ impl Platform {
             }
             _ => None,
         };
-        let mut server_tasks = Vec::new();
+        let mut server_tasks: Vec<JoinHandle<()>> = gc_task.into_iter().collect();
         let router = api::router(control_plane.clone(), key_hash, Arc::clone(&registry));
         server_tasks.push(tokio::spawn(api::http::serve_https(
             api_listener,

@@ -1,0 +1,610 @@
+//! The pageserver daemon's HTTPS API, and [`HttpPageserver`], the client that makes a remote
+//! pageserver an [`ImageRepo`] (so an `ImageStore` — and a compute's lazy mount — run over it
+//! exactly as over object storage, checking every byte end to end).
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /v1/pageserver/{db}/basebackup?history=TLI:LSN,…` | soft basebackup (zstd frames) |
+//! | `GET /v1/pageserver/{db}/{chunks\|lists}/{hash}` | one object |
+//! | `POST /v1/pageserver/{db}/{chunks\|lists}` `["hash", …]` | several objects (frames) |
+//! | `PUT /v1/pageserver/{db}/{chunks\|lists}/{hash}` | write back an object |
+//! | `GET /v1/pageserver/{db}/images` | image file names, oldest first |
+//! | `GET`/`PUT /v1/pageserver/{db}/images/{name}` | a manifest (PUT: create-only, fenced) |
+//! | `GET /v1/pageserver/{db}/fences`, `PUT …/fences/{generation}` | generation fences |
+//! | `POST /v1/pageserver/{db}/gc` | garbage collection |
+//! | `GET /metrics`, `GET /healthz` | unauthenticated |
+//!
+//! Everything under `/v1` needs `Authorization: Bearer <key>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes as BodyBytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
+use spg_lifecycle_lib::api::ApiKey;
+use spg_storage_lib::image::format::MANIFEST_MAX;
+use spg_storage_lib::image::{ChunkHash, ImageId, ImageRepo, Manifest, ObjectKind, RawBasebackup};
+use spg_storage_lib::pageserver::gc::{GcPolicy, GcStats};
+use spg_storage_lib::pageserver::{wire, Pageserver};
+use spg_storage_lib::StorageError;
+
+#[derive(Clone)]
+struct St {
+    ps: Arc<Pageserver>,
+    key: ApiKey,
+    metrics: Arc<Registry>,
+    /// Object-store prefix of archived WAL (`<prefix>/<db>`), collected with images.
+    wal_prefix: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrBody {
+    error: String,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FenceBody {
+    newest: Option<Generation>,
+}
+
+/// Body of `POST …/gc`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// Images younger than this many seconds stay.
+    pub retention_secs: u64,
+    /// At least this many newest images stay.
+    pub keep_images: usize,
+    /// Unreferenced objects younger than this many seconds stay.
+    pub grace_secs: u64,
+    /// The current timeline path, if known (`[[timeline, lsn], …]`).
+    #[serde(default)]
+    pub history: Option<Vec<(TimelineId, Lsn)>>,
+}
+
+/// Response of `POST …/gc`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcResponse {
+    /// Images kept.
+    pub images_kept: u64,
+    /// Images deleted.
+    pub images_deleted: u64,
+    /// Chunks and lists deleted.
+    pub objects_deleted: u64,
+    /// Bytes of them.
+    pub bytes_deleted: u64,
+    /// Archived WAL segments deleted.
+    pub wal_segments_deleted: u64,
+}
+
+impl From<GcStats> for GcResponse {
+    fn from(s: GcStats) -> Self {
+        GcResponse {
+            images_kept: s.images_kept,
+            images_deleted: s.images_deleted,
+            objects_deleted: s.objects_deleted,
+            bytes_deleted: s.bytes_deleted,
+            wal_segments_deleted: s.wal_segments_deleted,
+        }
+    }
+}
+
+enum ApiErr {
+    Bad(String),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for ApiErr {
+    fn from(e: StorageError) -> Self {
+        ApiErr::Storage(e)
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let e = match self {
+            ApiErr::Bad(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+            ApiErr::Storage(e) => e,
+        };
+        let (status, code, current) = match &e {
+            StorageError::StaleGeneration { current, .. } => {
+                (StatusCode::CONFLICT, "stale_generation", Some(*current))
+            }
+            StorageError::ImageExists(_) => (StatusCode::CONFLICT, "image_exists", None),
+            StorageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            StorageError::Corrupt { .. } => (StatusCode::BAD_GATEWAY, "corrupt", None),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+        };
+        if status != StatusCode::NOT_FOUND {
+            tracing::warn!(error = %e, "pageserver request failed");
+        }
+        let body = ErrBody {
+            error: code.into(),
+            message: e.to_string(),
+            current,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
+    DatabaseName::new(name).map_err(|e| ApiErr::Bad(e.to_string()))
+}
+
+fn kind_of(s: &str) -> Result<ObjectKind, ApiErr> {
+    ObjectKind::from_plural(s).ok_or_else(|| ApiErr::Bad(format!("no object kind {s:?}")))
+}
+
+fn hash_of(s: &str) -> Result<ChunkHash, ApiErr> {
+    ChunkHash::parse(s).ok_or_else(|| ApiErr::Bad(format!("bad hash {s:?}")))
+}
+
+fn image_of(s: &str) -> Result<ImageId, ApiErr> {
+    ImageId::parse_file_name(s).ok_or_else(|| ApiErr::Bad(format!("bad image name {s:?}")))
+}
+
+/// `TLI:LSN,TLI:LSN` (LSN as hex) — the timeline path of a basebackup request.
+fn format_history(h: &[(TimelineId, Lsn)]) -> String {
+    h.iter()
+        .map(|(t, l)| format!("{}:{:X}", t.0, l.0))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_history(s: &str) -> Result<Vec<(TimelineId, Lsn)>, ApiErr> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| {
+            let (t, l) = p
+                .split_once(':')
+                .ok_or_else(|| ApiErr::Bad(format!("bad history entry {p:?}")))?;
+            let t = t
+                .parse::<u32>()
+                .map_err(|_| ApiErr::Bad(format!("bad timeline {t:?}")))?;
+            let l =
+                u64::from_str_radix(l, 16).map_err(|_| ApiErr::Bad(format!("bad LSN {l:?}")))?;
+            Ok((TimelineId(t), Lsn(l)))
+        })
+        .collect()
+}
+
+async fn require_key(State(st): State<St>, req: Request, next: Next) -> Response {
+    if !st.key.authorizes(req.headers()) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    history: String,
+}
+
+async fn basebackup(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    let history = parse_history(&q.history)?;
+    match st.ps.basebackup(&db, &history).await? {
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+        Some(bb) => Ok(wire::encode_basebackup(&bb)?.into_response()),
+    }
+}
+
+async fn get_object(
+    State(st): State<St>,
+    Path((db, kind, hash)): Path<(String, String, String)>,
+) -> Result<Response, ApiErr> {
+    let (db, kind, h) = (db_name(&db)?, kind_of(&kind)?, hash_of(&hash)?);
+    Ok(st.ps.get(&db, kind, &h).await?.into_response())
+}
+
+async fn get_objects(
+    State(st): State<St>,
+    Path((db, kind)): Path<(String, String)>,
+    Json(hashes): Json<Vec<String>>,
+) -> Result<Response, ApiErr> {
+    let (db, kind) = (db_name(&db)?, kind_of(&kind)?);
+    let hs = hashes
+        .iter()
+        .map(|h| hash_of(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let got = st.ps.get_many(&db, kind, &hs).await?;
+    Ok(wire::encode_batch(kind, &got).into_response())
+}
+
+async fn put_object(
+    State(st): State<St>,
+    Path((db, kind, hash)): Path<(String, String, String)>,
+    body: BodyBytes,
+) -> Result<StatusCode, ApiErr> {
+    let (db, kind, h) = (db_name(&db)?, kind_of(&kind)?, hash_of(&hash)?);
+    st.ps.put(&db, kind, &h, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_images(
+    State(st): State<St>,
+    Path(db): Path<String>,
+) -> Result<Json<Vec<String>>, ApiErr> {
+    let db = db_name(&db)?;
+    Ok(Json(
+        st.ps
+            .images(&db)
+            .await?
+            .iter()
+            .map(ImageId::file_name)
+            .collect(),
+    ))
+}
+
+async fn get_manifest(
+    State(st): State<St>,
+    Path((db, name)): Path<(String, String)>,
+) -> Result<Response, ApiErr> {
+    let (db, id) = (db_name(&db)?, image_of(&name)?);
+    Ok(st.ps.manifest(&db, &id).await?.into_response())
+}
+
+async fn put_manifest(
+    State(st): State<St>,
+    Path((db, name)): Path<(String, String)>,
+    body: BodyBytes,
+) -> Result<StatusCode, ApiErr> {
+    let (db, id) = (db_name(&db)?, image_of(&name)?);
+    let m = Manifest::decode(&body)?;
+    if m.id != id || m.database != db {
+        return Err(ApiErr::Bad("the manifest describes another image".into()));
+    }
+    st.ps.put_manifest(&m).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn newest_fence(
+    State(st): State<St>,
+    Path(db): Path<String>,
+) -> Result<Json<FenceBody>, ApiErr> {
+    let db = db_name(&db)?;
+    Ok(Json(FenceBody {
+        newest: st.ps.newest_fence(&db).await?,
+    }))
+}
+
+async fn put_fence(
+    State(st): State<St>,
+    Path((db, g)): Path<(String, u64)>,
+) -> Result<StatusCode, ApiErr> {
+    let db = db_name(&db)?;
+    st.ps.fence(&db, Generation(g)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn gc(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(req): Json<GcRequest>,
+) -> Result<Json<GcResponse>, ApiErr> {
+    let db = db_name(&db)?;
+    let policy = GcPolicy {
+        retention: Duration::from_secs(req.retention_secs),
+        keep_images: req.keep_images,
+        grace: Duration::from_secs(req.grace_secs),
+    };
+    let wal = st
+        .wal_prefix
+        .as_ref()
+        .map(|p| object_store::path::Path::from(format!("{p}/{}", db.as_str())));
+    let stats = st
+        .ps
+        .gc(&db, &policy, req.history.as_deref(), wal.as_ref())
+        .await?;
+    Ok(Json(stats.into()))
+}
+
+/// The daemon's router: the API guarded by `key`, and `/metrics` rendering `metrics`.
+/// `wal_prefix` is where archived WAL lives in the same object store (`wal`), if garbage
+/// collection should remove WAL too.
+pub fn router(
+    ps: Arc<Pageserver>,
+    key: ApiKey,
+    metrics: Arc<Registry>,
+    wal_prefix: Option<String>,
+) -> Router {
+    let st = St {
+        ps,
+        key,
+        metrics,
+        wal_prefix,
+    };
+    let v1 = Router::new()
+        .route("/v1/pageserver/{db}/basebackup", get(basebackup))
+        .route("/v1/pageserver/{db}/images", get(list_images))
+        .route(
+            "/v1/pageserver/{db}/images/{name}",
+            get(get_manifest).put(put_manifest),
+        )
+        .route("/v1/pageserver/{db}/fences", get(newest_fence))
+        .route("/v1/pageserver/{db}/fences/{g}", put(put_fence))
+        .route("/v1/pageserver/{db}/gc", post(gc))
+        .route("/v1/pageserver/{db}/{kind}", post(get_objects))
+        .route(
+            "/v1/pageserver/{db}/{kind}/{hash}",
+            get(get_object).put(put_object),
+        )
+        .layer(DefaultBodyLimit::max(MANIFEST_MAX))
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            require_key,
+        ));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(st): State<St>| async move {
+                spg_lifecycle_lib::api::server::render_metrics(&st.metrics)
+            }),
+        )
+        .with_state(st)
+}
+
+/// A remote pageserver over its HTTPS API, as an [`ImageRepo`].
+pub struct HttpPageserver {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for HttpPageserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpPageserver")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpPageserver {
+    /// The pageserver at `base_url`, trusting `ca_pem` only.
+    pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        let ca = reqwest::Certificate::from_pem(ca_pem)?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build()?;
+        Ok(HttpPageserver {
+            base: base_url.trim_end_matches('/').into(),
+            key: api_key.into(),
+            http,
+        })
+    }
+
+    fn url(&self, db: &DatabaseName, rest: &str) -> String {
+        format!("{}/v1/pageserver/{}/{rest}", self.base, db.as_str())
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> StorageError {
+        StorageError::Unavailable {
+            service: format!("pageserver {}", self.base),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Send `req`; errors the server reports come back as the storage errors they were.
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+        offered: Option<Generation>,
+        image: Option<ImageId>,
+    ) -> Result<reqwest::Response, StorageError> {
+        let resp = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let body: Option<ErrBody> = serde_json::from_str(&text).ok();
+        let message = body
+            .as_ref()
+            .map(|b| b.message.clone())
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        Err(match body.as_ref().map(|b| b.error.as_str()) {
+            Some("stale_generation") => StorageError::StaleGeneration {
+                offered: offered.map_or(0, |g| g.0),
+                current: body.as_ref().and_then(|b| b.current).unwrap_or(0),
+            },
+            Some("image_exists") => match image {
+                Some(id) => StorageError::ImageExists(id),
+                None => StorageError::Protocol(message),
+            },
+            Some("not_found") => StorageError::NotFound(message),
+            Some("corrupt") => StorageError::Corrupt {
+                what: format!("pageserver {}", self.base),
+                reason: message,
+            },
+            _ if status == reqwest::StatusCode::NOT_FOUND => StorageError::NotFound(message),
+            _ if status.is_client_error() => {
+                StorageError::Protocol(format!("pageserver answered {status}: {message}"))
+            }
+            _ => self.unavailable(format!("{status}: {message}")),
+        })
+    }
+
+    async fn bytes(&self, resp: reqwest::Response) -> Result<Bytes, StorageError> {
+        resp.bytes().await.map_err(|e| self.unavailable(e))
+    }
+
+    /// Run garbage collection of `db` on the pageserver.
+    pub async fn gc(&self, db: &DatabaseName, req: &GcRequest) -> Result<GcResponse, StorageError> {
+        let resp = self
+            .call(self.http.post(self.url(db, "gc")).json(req), None, None)
+            .await?;
+        resp.json().await.map_err(|e| self.unavailable(e))
+    }
+}
+
+#[async_trait]
+impl ImageRepo for HttpPageserver {
+    async fn fence(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
+        self.call(
+            self.http.put(self.url(db, &format!("fences/{}", g.0))),
+            Some(g),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn newest_fence(&self, db: &DatabaseName) -> Result<Option<Generation>, StorageError> {
+        let resp = self
+            .call(self.http.get(self.url(db, "fences")), None, None)
+            .await?;
+        let b: FenceBody = resp.json().await.map_err(|e| self.unavailable(e))?;
+        Ok(b.newest)
+    }
+
+    async fn images(&self, db: &DatabaseName) -> Result<Vec<ImageId>, StorageError> {
+        let resp = self
+            .call(self.http.get(self.url(db, "images")), None, None)
+            .await?;
+        let names: Vec<String> = resp.json().await.map_err(|e| self.unavailable(e))?;
+        let mut ids = names
+            .iter()
+            .map(|n| {
+                ImageId::parse_file_name(n).ok_or_else(|| StorageError::Corrupt {
+                    what: format!("pageserver {}", self.base),
+                    reason: format!("bad image name {n:?}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn manifest(&self, db: &DatabaseName, id: &ImageId) -> Result<Bytes, StorageError> {
+        let resp = self
+            .call(
+                self.http
+                    .get(self.url(db, &format!("images/{}", id.file_name()))),
+                None,
+                Some(*id),
+            )
+            .await?;
+        self.bytes(resp).await
+    }
+
+    async fn put_manifest(&self, m: &Manifest) -> Result<(), StorageError> {
+        let req = self
+            .http
+            .put(self.url(&m.database, &format!("images/{}", m.id.file_name())))
+            .body(m.encode());
+        self.call(req, Some(m.id.generation), Some(m.id))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(
+        &self,
+        db: &DatabaseName,
+        kind: ObjectKind,
+        h: &ChunkHash,
+    ) -> Result<Bytes, StorageError> {
+        let resp = self
+            .call(
+                self.http
+                    .get(self.url(db, &format!("{}/{h}", kind.plural()))),
+                None,
+                None,
+            )
+            .await?;
+        self.bytes(resp).await
+    }
+
+    async fn get_many(
+        &self,
+        db: &DatabaseName,
+        kind: ObjectKind,
+        hs: &[ChunkHash],
+    ) -> Result<Vec<Bytes>, StorageError> {
+        if let [h] = hs {
+            return Ok(vec![self.get(db, kind, h).await?]);
+        }
+        let names: Vec<String> = hs.iter().map(ToString::to_string).collect();
+        let resp = self
+            .call(
+                self.http.post(self.url(db, kind.plural())).json(&names),
+                None,
+                None,
+            )
+            .await?;
+        wire::decode_batch(kind, &self.bytes(resp).await?)
+    }
+
+    async fn put(
+        &self,
+        db: &DatabaseName,
+        kind: ObjectKind,
+        h: &ChunkHash,
+        bytes: Bytes,
+    ) -> Result<(), StorageError> {
+        let req = self
+            .http
+            .put(self.url(db, &format!("{}/{h}", kind.plural())))
+            .body(bytes);
+        self.call(req, None, None).await.map(|_| ())
+    }
+
+    async fn basebackup(
+        &self,
+        db: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<RawBasebackup>, StorageError> {
+        let req = self
+            .http
+            .get(self.url(db, "basebackup"))
+            .query(&[("history", format_history(history))]);
+        match self.call(req, None, None).await {
+            Ok(resp) => Ok(Some(wire::decode_basebackup(&self.bytes(resp).await?)?)),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histories_round_trip() {
+        let h = vec![(TimelineId(2), Lsn(0)), (TimelineId(3), Lsn(0x1_0000_00A8))];
+        assert_eq!(parse_history(&format_history(&h)).ok(), Some(h));
+        assert!(parse_history("2").is_err());
+        assert!(parse_history("x:0").is_err());
+        assert_eq!(parse_history("").ok(), Some(vec![]));
+    }
+}
