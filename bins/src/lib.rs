@@ -62,14 +62,16 @@ pub async fn shutdown_signal() {
 }
 
 /// Run as PostgreSQL's `restore_command` (`<program> wal-restore <url> %f %p`): fetch the file and
-/// exit 0 when fetched, 1 when it does not exist, 2 on errors.
+/// exit 0 when fetched, 1 when it does not exist, and 126 on errors. PostgreSQL takes any exit
+/// status up to 125 for "no such file" and ends recovery there, which after a failed read would
+/// promote without WAL the quorum holds; above 125 it aborts the start instead.
 pub fn wal_restore_exit(url: &str, file: &str, dest: &std::path::Path) -> ! {
     match spg_lifecycle_lib::compute::wal::fetch_wal_file(url, file, dest) {
         Ok(true) => std::process::exit(0),
         Ok(false) => std::process::exit(1),
         Err(e) => {
             eprintln!("wal-restore {file}: {e}");
-            std::process::exit(2)
+            std::process::exit(126)
         }
     }
 }

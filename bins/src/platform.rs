@@ -165,6 +165,8 @@ pub struct Platform {
     server_tasks: Vec<JoinHandle<()>>,
     /// The in-process safekeepers.
     pub safekeepers: Vec<Arc<SafekeeperNode>>,
+    /// The in-process pageserver, if computes use one (not a remote one).
+    pub pageserver: Option<Arc<Pageserver>>,
     offload_stop: tokio::sync::watch::Sender<bool>,
     offload_tasks: Vec<JoinHandle<()>>,
 }
@@ -253,6 +255,7 @@ impl Platform {
         // reached through a pageserver: a remote daemon, or one in this process.
         let servers_stop = CancellationToken::new();
         let mut gc_task = None;
+        let mut in_process_pageserver = None;
         let pages: Arc<dyn PageStore> = if members.is_empty() {
             Arc::new(LocalDirPageStore::new(data_dir.join("pages")))
         } else {
@@ -275,6 +278,7 @@ impl Platform {
                             servers_stop.clone(),
                         ));
                     }
+                    in_process_pageserver = Some(Arc::clone(&ps));
                     ps
                 }
             };
@@ -392,6 +396,7 @@ impl Platform {
             gateway_task,
             server_tasks,
             safekeepers,
+            pageserver: in_process_pageserver,
             offload_stop,
             offload_tasks,
         })

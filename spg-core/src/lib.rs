@@ -1,7 +1,7 @@
 //! # spg-core
 //!
 //! Shared vocabulary of SPG, the serverless PostgreSQL platform: names, generations, LSNs, lifecycle
-//! states, the SCRAM-SHA-256 verifier format, and the five central traits every other crate is
+//! states, the SCRAM-SHA-256 verifier format, a reader of PostgreSQL's `pg_control`, and the five central traits every other crate is
 //! written against:
 //!
 //! | trait | contract |
@@ -24,10 +24,12 @@ mod gateway;
 mod lease;
 mod names;
 mod page_store;
+pub mod pg_control;
 pub mod scram;
 mod state;
 mod types;
 mod wal;
+pub mod wal_files;
 
 pub use autoscale::{AutoscaleHandoff, HandoffPlan, HandoffReport, ScaleProfile};
 pub use endpoint::ComputeEndpoint;

@@ -112,6 +112,22 @@ impl StorageError {
     }
 }
 
+impl From<spg_core::pg_control::ControlFileError> for StorageError {
+    fn from(e: spg_core::pg_control::ControlFileError) -> Self {
+        match e {
+            spg_core::pg_control::ControlFileError::Io { path, source } => StorageError::Io {
+                op: "read",
+                path,
+                source,
+            },
+            spg_core::pg_control::ControlFileError::Corrupt(reason) => StorageError::Corrupt {
+                what: "pg_control".into(),
+                reason,
+            },
+        }
+    }
+}
+
 impl From<StorageError> for CoreError {
     fn from(e: StorageError) -> Self {
         match e {

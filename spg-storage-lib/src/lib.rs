@@ -28,7 +28,7 @@ pub mod local_dir;
 pub mod object_pages;
 mod objects;
 pub mod pageserver;
-pub mod pg_control;
+pub use spg_core::pg_control;
 pub mod safekeeper;
 
 pub use error::StorageError;

@@ -143,7 +143,7 @@ impl ObjectPageStore {
             if f.is_dir() {
                 create_private_dir(&path)?;
             } else {
-                self.write_file(&m, f, &path, &mut objects).await?;
+                Self::write_wal_file(&m, f, &path, &mut objects)?;
             }
         }
         for d in [&wal, &dir] {
@@ -174,9 +174,10 @@ impl ObjectPageStore {
         }
     }
 
-    /// Write file `f` of image `m` to `path`, using (and consuming) objects at hand first.
-    async fn write_file(
-        &self,
+    /// Write the WAL file `f` of image `m` to `path` with the chunks that came with the soft
+    /// basebackup (the parts recovery reads); the rest stays zero. Recovery prefers the WAL
+    /// quorum's copy of a segment anyway; this one is what an image alone can start from.
+    fn write_wal_file(
         m: &Manifest,
         f: &crate::image::FileEntry,
         path: &Path,
@@ -191,39 +192,19 @@ impl ObjectPageStore {
             }
             Some(Content::List(h)) => match objects.remove(&(ObjectKind::List, *h)) {
                 Some(b) => decode_list(&b)?.1,
-                None => self.images.chunks_of(m, f).await?,
+                None => Vec::new(),
             },
             Some(Content::Chunks(c)) => c.clone(),
             None => Vec::new(),
         };
-        if chunks.len() as u64 != f.size.div_ceil(u64::from(m.chunk_size)) {
-            return Err(StorageError::Corrupt {
-                what: format!("image {} file {}", m.id, f.path),
-                reason: "its chunks do not cover its size".into(),
-            });
-        }
         file.set_len(f.size)
             .map_err(|e| StorageError::io("extend", path, e))?;
-        let missing: Vec<ChunkHash> = chunks
-            .iter()
-            .flatten()
-            .filter(|h| !objects.contains_key(&(ObjectKind::Chunk, **h)))
-            .copied()
-            .collect();
-        for (h, b) in missing.iter().zip(
-            self.images
-                .objects(&m.database, ObjectKind::Chunk, &missing)
-                .await?,
-        ) {
-            objects.insert((ObjectKind::Chunk, *h), b);
-        }
         for (i, h) in chunks.iter().enumerate() {
-            let Some(h) = h else { continue };
-            let b = objects
-                .get(&(ObjectKind::Chunk, *h))
-                .ok_or_else(|| StorageError::NotFound(format!("chunk {h}")))?;
+            let Some(b) = h.and_then(|h| objects.remove(&(ObjectKind::Chunk, h))) else {
+                continue;
+            };
             let off = i as u64 * u64::from(m.chunk_size);
-            let keep = (f.size - off).min(b.len() as u64) as usize;
+            let keep = f.size.saturating_sub(off).min(b.len() as u64) as usize;
             file.write_all_at(&b[..keep], off)
                 .map_err(|e| StorageError::io("write", path, e))?;
         }

@@ -345,9 +345,16 @@ impl RunningCompute {
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
                     std::fs::write(run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
+                    let admin = match admin_client(socket_dir, port).await {
+                        Ok(c) => c,
+                        Err(reason) => {
+                            process.kill().await;
+                            return Err(fail("start", reason));
+                        }
+                    };
                     let mut follow_task = None;
                     if let Some((w, _)) = &wal {
-                        match start_replication(w, spec, socket_dir, port).await {
+                        match start_replication(w, spec, &admin, port).await {
                             Ok(task) => follow_task = Some(task),
                             Err(reason) => {
                                 process.kill().await;
@@ -356,7 +363,7 @@ impl RunningCompute {
                         }
                         timer.step("follow");
                     }
-                    if let Err(reason) = sync_roles(socket_dir, port, spec).await {
+                    if let Err(reason) = sync_roles(&admin, spec).await {
                         if let Some(t) = follow_task {
                             t.abort();
                         }
@@ -609,12 +616,11 @@ async fn admin_client(socket_dir: &Path, port: u16) -> Result<tokio_postgres::Cl
 async fn start_replication(
     w: &WalSetup,
     spec: &ComputeSpec,
-    socket_dir: &Path,
+    client: &tokio_postgres::Client,
     port: u16,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let password = wal::replication_password();
     let verifier = ScramVerifier::from_password(&password).to_postgres_string();
-    let client = admin_client(socket_dir, port).await?;
     client
         .batch_execute(&format!(
             "SET synchronous_commit = local;\n\
@@ -656,10 +662,17 @@ async fn start_replication(
     }))
 }
 
-async fn sync_roles(socket_dir: &Path, port: u16, spec: &ComputeSpec) -> Result<(), String> {
-    let client = admin_client(socket_dir, port).await?;
+/// Install the tenant roles (and the tenant database on the first start), on the admin session
+/// that minted the replication role. Its commits wait for the quorum again (that session had
+/// `synchronous_commit = local` for the replication role): a start returns only once the
+/// safekeepers stream from the compute, so even an immediate clean stop leaves them holding its
+/// new timeline.
+async fn sync_roles(client: &tokio_postgres::Client, spec: &ComputeSpec) -> Result<(), String> {
     client
-        .batch_execute(&sql::role_sync_sql(&spec.roles))
+        .batch_execute(&format!(
+            "RESET synchronous_commit;\n{}",
+            sql::role_sync_sql(&spec.roles)
+        ))
         .await
         .map_err(|e| format!("installing roles: {e}"))?;
     let exists = client

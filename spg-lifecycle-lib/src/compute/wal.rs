@@ -17,7 +17,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rand::RngExt;
-use spg_core::{DatabaseName, Election, WalQuorum};
+use spg_core::wal_files::{parse_segment_file_name, DEFAULT_SEGMENT_SIZE};
+use spg_core::{DatabaseName, Election, Lsn, WalQuorum};
 use tokio_util::sync::CancellationToken;
 
 use crate::LifecycleError;
@@ -54,6 +55,54 @@ struct RestoreState {
     election: Arc<Election>,
     token: String,
     local_wal: PathBuf,
+    /// The data directory's redo point: recovery reads its segment from here on (and its
+    /// first page, for the header).
+    redo: Option<Lsn>,
+    /// Answers already given: recovery asks for some files twice, and nothing changes while it
+    /// runs (the log is elected, nobody writes it). `None`: the local copy holds it.
+    answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<Arc<Vec<u8>>>>>>,
+}
+
+/// What the election says about a WAL file recovery asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// A segment holding WAL of the elected log: it exists, and if it cannot be read recovery
+    /// must fail rather than end early (which would promote without acknowledged commits).
+    Required,
+    /// Certainly not part of the elected log (beyond its end, or of a timeline not on its path).
+    Absent,
+    /// Anything else (history files): ask the quorum.
+    Unknown,
+}
+
+/// Classify `file` against `election` (segments of `segment_size` bytes).
+fn classify(file: &str, election: &Election, segment_size: u64) -> Need {
+    let Some((tli, segno)) = parse_segment_file_name(file, segment_size) else {
+        return Need::Unknown;
+    };
+    if election.source.is_none() || election.history.is_empty() {
+        return Need::Unknown;
+    }
+    let h = &election.history;
+    let Some(idx) = h.iter().position(|(t, _)| *t == tli) else {
+        // Timelines after the newest one do not exist yet; older ones are not on the path.
+        return if h.last().is_some_and(|(t, _)| tli > *t) || h.iter().all(|(t, _)| tli > *t) {
+            Need::Absent
+        } else {
+            Need::Unknown
+        };
+    };
+    let start = if idx == 0 { 0 } else { h[idx].1 .0 };
+    let end = h.get(idx + 1).map_or(election.flush_lsn.0, |(_, l)| l.0);
+    let (seg_start, seg_end) = (
+        segno.saturating_mul(segment_size),
+        (segno + 1).saturating_mul(segment_size),
+    );
+    if seg_start >= end || (idx > 0 && seg_end <= start) {
+        Need::Absent
+    } else {
+        Need::Required
+    }
 }
 
 /// The per-compute loopback endpoint behind `restore_command`.
@@ -81,12 +130,19 @@ impl RestoreService {
         let addr = listener
             .local_addr()
             .map_err(|e| LifecycleError::io("local_addr", "restore endpoint", e))?;
+        // The redo point of the directory being recovered (its pg_wal's parent).
+        let redo = local_wal
+            .parent()
+            .and_then(|d| spg_core::pg_control::ControlFile::read(d).ok())
+            .map(|c| c.redo);
         let state = RestoreState {
             quorum,
             db,
             election: Arc::new(election),
             token: token.clone(),
             local_wal,
+            redo,
+            answered: Arc::default(),
         };
         let app = axum::Router::new()
             .route("/{token}/{file}", axum::routing::get(serve))
@@ -135,16 +191,52 @@ async fn serve(
     if !valid {
         return StatusCode::NOT_FOUND.into_response();
     }
+    let earlier = st
+        .answered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&file)
+        .cloned();
+    match earlier {
+        Some(Some(bytes)) => return bytes.as_ref().clone().into_response(),
+        Some(None) => return StatusCode::NOT_FOUND.into_response(),
+        None => {}
+    }
+    let remember = |answer: Option<Arc<Vec<u8>>>| {
+        st.answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(file.clone(), answer);
+    };
+    let need = classify(&file, &st.election, DEFAULT_SEGMENT_SIZE);
+    if need == Need::Absent {
+        tracing::debug!(db = %st.db, file, "restore: not part of the elected log");
+        return StatusCode::NOT_FOUND.into_response();
+    }
     match st.quorum.read_wal_file(&st.db, &st.election, &file).await {
         Ok(Some(bytes)) => {
             let local = std::fs::read(st.local_wal.join(&file)).ok();
-            if local_copy_suffices(&bytes, local.as_deref()) {
+            let from = st
+                .redo
+                .filter(|r| {
+                    parse_segment_file_name(&file, DEFAULT_SEGMENT_SIZE)
+                        .is_some_and(|(_, segno)| r.0 / DEFAULT_SEGMENT_SIZE == segno)
+                })
+                .map_or(0, |r| (r.0 % DEFAULT_SEGMENT_SIZE) as usize);
+            if local_copy_suffices(&bytes, local.as_deref(), from) {
                 // "Not here": PostgreSQL then reads its own pg_wal copy.
                 tracing::debug!(db = %st.db, file, "restore: local copy holds it");
+                remember(None);
                 return StatusCode::NOT_FOUND.into_response();
             }
             tracing::debug!(db = %st.db, file, "restore: served");
-            bytes.into_response()
+            let bytes = Arc::new(bytes);
+            remember(Some(Arc::clone(&bytes)));
+            bytes.as_ref().clone().into_response()
+        }
+        Ok(None) if need == Need::Required => {
+            tracing::warn!(db = %st.db, file, "restore: WAL of the elected log is unavailable");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
         Ok(None) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => {
@@ -155,12 +247,15 @@ async fn serve(
 }
 
 /// The quorum's copy of a segment ends where its WAL ends (zeros after). If the data directory's
-/// own `pg_wal` holds the same segment with the same bytes up to there (and possibly more after:
-/// WAL its previous compute wrote that the quorum never acknowledged, e.g. the shutdown checkpoint
-/// of a compute stopped while the safekeepers were away), recovery must read the local copy: the
-/// data directory's checkpoint may lie in it, and it saves copying 16 MiB. One writer per
-/// timeline makes the longer copy an extension of the quorum's, never a rival.
-fn local_copy_suffices(quorum: &[u8], local: Option<&[u8]>) -> bool {
+/// own `pg_wal` holds the same segment with the same bytes where recovery reads (the first page,
+/// with the segment header, and everything from `from`, the redo point's offset when the segment
+/// holds it, up to the quorum's end; possibly more after: WAL its previous compute wrote that the
+/// quorum never acknowledged, e.g. the shutdown checkpoint of a compute stopped while the
+/// safekeepers were away), recovery must read the local copy: the data directory's checkpoint
+/// may lie in it, and it saves copying 16 MiB. One writer per timeline makes the longer copy an
+/// extension of the quorum's, never a rival. An image's copy holds only what recovery reads.
+fn local_copy_suffices(quorum: &[u8], local: Option<&[u8]>, from: usize) -> bool {
+    const PAGE: usize = 8192;
     let Some(local) = local else {
         return false;
     };
@@ -168,7 +263,9 @@ fn local_copy_suffices(quorum: &[u8], local: Option<&[u8]>) -> bool {
         return false;
     }
     let end = quorum.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-    local[..end] == quorum[..end]
+    let head = PAGE.min(end);
+    let from = from.min(end);
+    local[..head] == quorum[..head] && local[from..end] == quorum[from..end]
 }
 
 /// The client side of `restore_command`: fetch `file` from `url` into `dest`. `Ok(false)` when
@@ -230,16 +327,83 @@ pub fn replication_password() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::local_copy_suffices;
+    use super::{classify, local_copy_suffices, Need};
+    use spg_core::{Election, Generation, Lsn, TimelineId};
+
+    #[test]
+    fn the_election_says_which_segments_exist() {
+        let seg = 16 << 20;
+        // Timeline 2 from the start, timeline 3 from 0/3000100, the log ends at 0/5000020.
+        let e = Election {
+            generation: Generation(3),
+            voters: 2,
+            source: Some("sk1".into()),
+            history: vec![(TimelineId(2), Lsn(0)), (TimelineId(3), Lsn(0x300_0100))],
+            flush_lsn: Lsn(0x500_0020),
+            new_timeline: TimelineId(4),
+        };
+        let c = |name: &str| classify(name, &e, seg);
+        assert_eq!(c("000000020000000000000001"), Need::Required);
+        assert_eq!(
+            c("000000020000000000000003"),
+            Need::Required,
+            "holds the switch"
+        );
+        assert_eq!(
+            c("000000020000000000000004"),
+            Need::Absent,
+            "after the switch"
+        );
+        assert_eq!(
+            c("000000030000000000000002"),
+            Need::Absent,
+            "before timeline 3"
+        );
+        assert_eq!(c("000000030000000000000003"), Need::Required);
+        assert_eq!(
+            c("000000030000000000000005"),
+            Need::Required,
+            "holds the end"
+        );
+        assert_eq!(
+            c("000000030000000000000006"),
+            Need::Absent,
+            "beyond the end"
+        );
+        assert_eq!(
+            c("000000040000000000000005"),
+            Need::Absent,
+            "a future timeline"
+        );
+        assert_eq!(c("00000003.history"), Need::Unknown);
+        let none = Election {
+            source: None,
+            ..e.clone()
+        };
+        assert_eq!(
+            classify("000000020000000000000001", &none, seg),
+            Need::Unknown
+        );
+    }
 
     #[test]
     fn a_local_segment_is_used_only_when_it_holds_the_quorums_bytes() {
         let q = [1, 2, 3, 0, 0, 0];
-        assert!(!local_copy_suffices(&q, None));
-        assert!(local_copy_suffices(&q, Some(&[1, 2, 3, 0, 0, 0])));
-        assert!(local_copy_suffices(&q, Some(&[1, 2, 3, 4, 5, 0])));
-        assert!(!local_copy_suffices(&q, Some(&[1, 2, 0, 0, 0, 0])));
-        assert!(!local_copy_suffices(&q, Some(&[9, 2, 3, 4, 5, 0])));
-        assert!(!local_copy_suffices(&q, Some(&[1, 2])));
+        assert!(!local_copy_suffices(&q, None, 0));
+        assert!(local_copy_suffices(&q, Some(&[1, 2, 3, 0, 0, 0]), 0));
+        assert!(local_copy_suffices(&q, Some(&[1, 2, 3, 4, 5, 0]), 0));
+        assert!(!local_copy_suffices(&q, Some(&[1, 2, 0, 0, 0, 0]), 0));
+        assert!(!local_copy_suffices(&q, Some(&[9, 2, 3, 4, 5, 0]), 0));
+        assert!(!local_copy_suffices(&q, Some(&[1, 2]), 0));
+        // An image's copy: the first page and everything from the redo point.
+        let page = 8192;
+        let mut quorum = vec![7u8; page * 4];
+        quorum[page * 3..].fill(0);
+        let mut image = quorum.clone();
+        image[page..page * 2].fill(0);
+        assert!(local_copy_suffices(&quorum, Some(&image), page * 2));
+        assert!(!local_copy_suffices(&quorum, Some(&image), page));
+        image[10] = 0;
+        assert!(!local_copy_suffices(&quorum, Some(&image), page * 2));
     }
 }

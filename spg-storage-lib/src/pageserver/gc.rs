@@ -174,7 +174,7 @@ impl Pageserver {
     }
 
     /// The redo point of image `m`: replay from it needs WAL from there on.
-    async fn redo_of(&self, m: &crate::image::Manifest) -> Result<Lsn, StorageError> {
+    pub(crate) async fn redo_of(&self, m: &crate::image::Manifest) -> Result<Lsn, StorageError> {
         let entry = m
             .files
             .iter()
@@ -197,7 +197,7 @@ impl Pageserver {
 
 /// The segment number of a WAL segment file name (`TTTTTTTTXXXXXXXXYYYYYYYY`), for the default
 /// segment size; `None` for anything else (history files, partial segments).
-fn segment_number(name: &str) -> Option<u64> {
+pub(crate) fn segment_number(name: &str) -> Option<u64> {
     if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

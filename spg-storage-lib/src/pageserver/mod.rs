@@ -80,6 +80,8 @@ pub struct PageserverMetrics {
     pub basebackups: Counter,
     /// Object bytes sent along with soft basebackups (before compression).
     pub basebackup_object_bytes: Counter,
+    /// Object bytes served to computes (on demand and with basebackups, before compression).
+    pub bytes_served: Counter,
     /// Objects written back by computes.
     pub objects_written: Counter,
     /// Images stored.
@@ -95,6 +97,7 @@ impl Default for PageserverMetrics {
             fetch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             basebackups: Counter::default(),
             basebackup_object_bytes: Counter::default(),
+            bytes_served: Counter::default(),
             objects_written: Counter::default(),
             images_written: Counter::default(),
         }
@@ -134,6 +137,11 @@ impl PageserverMetrics {
             "basebackup_object_bytes",
             "Object bytes sent along with soft basebackups, before compression",
             self.basebackup_object_bytes.clone(),
+        );
+        r.register(
+            "bytes_served",
+            "Object bytes served to computes, before compression",
+            self.bytes_served.clone(),
         );
         r.register(
             "objects_written",
@@ -217,30 +225,63 @@ impl Pageserver {
         Ok(m)
     }
 
-    /// What a soft basebackup of `m` sends along, in order: its warm set; the lists and chunks
-    /// of its WAL; without a warm set, the small files outside `base/`.
+    /// What a soft basebackup of `m` sends along, in order: the part of its WAL segment that
+    /// recovery reads (the segment's first page, which carries its header, and the span from
+    /// the redo point to the checkpoint record); its warm set; without a warm set, the small
+    /// files outside `base/`.
     async fn basebackup_objects(
         &self,
         m: &Manifest,
     ) -> Result<Vec<(ObjectKind, ChunkHash)>, StorageError> {
-        let mut want: Vec<(ObjectKind, ChunkHash)> = m.warm.clone();
-        for f in &m.files {
-            let wal = f.path.starts_with("pg_wal/");
-            let small_meta = m.warm.is_empty() && !f.path.starts_with("base/") && !wal;
-            if !(wal || small_meta) {
+        let mut want: Vec<(ObjectKind, ChunkHash)> = Vec::new();
+        let seg_size = crate::safekeeper::file::DEFAULT_SEGMENT_SIZE;
+        let ckpt_seg = m.id.lsn.0 / seg_size;
+        // Unknown redo point (no readable pg_control): the whole segment.
+        let redo = self.redo_of(m).await.ok();
+        let cs = u64::from(m.chunk_size);
+        for f in m.files.iter().filter(|f| f.path.starts_with("pg_wal/")) {
+            let name = f.path.rsplit('/').next().unwrap_or_default();
+            let Some(segno) = gc::segment_number(name) else {
                 continue;
-            }
-            match &f.content {
-                Some(Content::Chunks(c)) => {
-                    want.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)))
-                }
-                Some(Content::List(h)) if wal => {
+            };
+            let chunks = match &f.content {
+                Some(Content::Chunks(c)) => c.clone(),
+                Some(Content::List(h)) => {
                     want.push((ObjectKind::List, *h));
                     let list = self.get(&m.database, ObjectKind::List, h).await?;
-                    let (_, chunks) = crate::image::format::decode_list(&list)?;
-                    want.extend(chunks.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
+                    crate::image::format::decode_list(&list)?.1
                 }
-                _ => {}
+                _ => continue,
+            };
+            let (from, to) = match redo {
+                Some(r) if segno == ckpt_seg => {
+                    let from = if r.0 / seg_size == segno {
+                        r.0 % seg_size
+                    } else {
+                        0
+                    };
+                    (from / cs, (m.id.lsn.0 % seg_size + 8192) / cs)
+                }
+                _ => (0, u64::MAX),
+            };
+            for (i, h) in chunks.iter().enumerate() {
+                let i = i as u64;
+                if let Some(h) = h {
+                    if i == 0 || (from..=to).contains(&i) {
+                        want.push((ObjectKind::Chunk, *h));
+                    }
+                }
+            }
+        }
+        want.extend(m.warm.iter().copied());
+        if m.warm.is_empty() {
+            for f in &m.files {
+                if f.path.starts_with("base/") || f.path.starts_with("pg_wal/") {
+                    continue;
+                }
+                if let Some(Content::Chunks(c)) = &f.content {
+                    want.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
+                }
             }
         }
         let mut seen = HashSet::new();
@@ -296,6 +337,7 @@ impl ImageRepo for Pageserver {
     ) -> Result<Bytes, StorageError> {
         if let Some(b) = self.cache.get(db, kind, h) {
             self.metrics.cache_hits.inc();
+            self.metrics.bytes_served.inc_by(b.len() as u64);
             return Ok(b);
         }
         self.metrics.cache_misses.inc();
@@ -312,6 +354,7 @@ impl ImageRepo for Pageserver {
         }
         self.cache.put(db, kind, h, &b);
         self.metrics.cache_bytes.set(self.cache.used() as i64);
+        self.metrics.bytes_served.inc_by(b.len() as u64);
         Ok(b)
     }
 

@@ -34,7 +34,7 @@ use crate::fsutil::{sync_dir, write_atomic};
 use crate::StorageError;
 
 /// PostgreSQL's default WAL segment size.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+pub use spg_core::wal_files::DEFAULT_SEGMENT_SIZE;
 
 const CONTROL_MAGIC: &[u8; 8] = b"SPGSKCTL";
 const SEAL_MAGIC: &[u8; 8] = b"SPGSEAL1";
@@ -45,26 +45,7 @@ pub const SEAL_AREA: u64 = 4096;
 /// Bound on a control record (a history of ~10k timelines fits easily).
 const CONTROL_MAX: usize = 1 << 20;
 
-/// The name PostgreSQL gives segment `segno` of timeline `tli`.
-pub fn segment_file_name(tli: TimelineId, segno: u64, segment_size: u64) -> String {
-    let per_id = 0x1_0000_0000 / segment_size;
-    format!("{:08X}{:08X}{:08X}", tli.0, segno / per_id, segno % per_id)
-}
-
-/// Parse a segment file name (`TTTTTTTTXXXXXXXXYYYYYYYY`) into timeline and segment number.
-pub fn parse_segment_file_name(name: &str, segment_size: u64) -> Option<(TimelineId, u64)> {
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let tli = u32::from_str_radix(&name[0..8], 16).ok()?;
-    let hi = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let lo = u64::from_str_radix(&name[16..24], 16).ok()?;
-    let per_id = 0x1_0000_0000 / segment_size;
-    if lo >= per_id {
-        return None;
-    }
-    Some((TimelineId(tli), hi.checked_mul(per_id)?.checked_add(lo)?))
-}
+pub use spg_core::wal_files::{parse_segment_file_name, segment_file_name};
 
 /// Encode a control record.
 pub fn encode_control(seq: u64, control: &Control) -> Vec<u8> {

@@ -293,14 +293,7 @@ async fn stop(f: Option<Follower>) {
     }
 }
 
-/// `0000000A.history` → timeline 10.
-pub fn parse_history_name(name: &str) -> Option<TimelineId> {
-    let hex = name.strip_suffix(".history")?;
-    (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| u32::from_str_radix(hex, 16).ok())
-        .flatten()
-        .map(TimelineId)
-}
+pub use spg_core::wal_files::parse_history_name;
 
 /// The history file of timeline `tli` as seen on `path`, if `tli` is on it.
 pub fn history_file(path: &History, tli: TimelineId) -> Option<String> {

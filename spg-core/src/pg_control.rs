@@ -21,9 +21,24 @@
 use std::fmt;
 use std::path::Path;
 
-use spg_core::{Lsn, TimelineId};
+use crate::{Lsn, TimelineId};
 
-use crate::StorageError;
+/// Why a control file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlFileError {
+    /// Reading the file failed.
+    #[error("read {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid control file.
+    #[error("corrupt pg_control: {0}")]
+    Corrupt(String),
+}
 
 /// Size of the header this reader interprets.
 const HEADER_LEN: usize = 56;
@@ -104,11 +119,8 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 
 impl ControlFile {
     /// Parse and validate the bytes of a `pg_control` file.
-    pub fn parse(bytes: &[u8]) -> Result<ControlFile, StorageError> {
-        let corrupt = |reason: String| StorageError::Corrupt {
-            what: "pg_control".into(),
-            reason,
-        };
+    pub fn parse(bytes: &[u8]) -> Result<ControlFile, ControlFileError> {
+        let corrupt = ControlFileError::Corrupt;
         if bytes.len() < HEADER_LEN + 4 {
             return Err(corrupt(format!("too short ({} bytes)", bytes.len())));
         }
@@ -140,9 +152,12 @@ impl ControlFile {
     }
 
     /// Read and parse `<data_dir>/global/pg_control`.
-    pub fn read(data_dir: &Path) -> Result<ControlFile, StorageError> {
+    pub fn read(data_dir: &Path) -> Result<ControlFile, ControlFileError> {
         let path = data_dir.join("global").join("pg_control");
-        let bytes = std::fs::read(&path).map_err(|e| StorageError::io("read", &path, e))?;
+        let bytes = std::fs::read(&path).map_err(|source| ControlFileError::Io {
+            path: path.clone(),
+            source,
+        })?;
         ControlFile::parse(&bytes)
     }
 }
@@ -182,7 +197,7 @@ mod tests {
         b[33] ^= 1;
         assert!(matches!(
             ControlFile::parse(&b),
-            Err(StorageError::Corrupt { .. })
+            Err(ControlFileError::Corrupt(_))
         ));
         assert!(ControlFile::parse(&b[..20]).is_err());
         assert!(ControlFile::parse(&[]).is_err());
