@@ -60,8 +60,11 @@ struct RestoreState {
     redo: Option<Lsn>,
     /// Answers already given: recovery asks for some files twice, and nothing changes while it
     /// runs (the log is elected, nobody writes it). `None`: the local copy holds it.
-    answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<Arc<Vec<u8>>>>>>,
+    answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
 }
+
+/// A remembered answer: the bytes served, or `None` for "the local copy holds it".
+type Answer = Option<Arc<Vec<u8>>>;
 
 /// What the election says about a WAL file recovery asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +205,7 @@ async fn serve(
         Some(None) => return StatusCode::NOT_FOUND.into_response(),
         None => {}
     }
-    let remember = |answer: Option<Arc<Vec<u8>>>| {
+    let remember = |answer: Answer| {
         st.answered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
