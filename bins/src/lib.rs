@@ -8,12 +8,14 @@
 //!   certificate.
 //! - [`envfile`]: `<data-dir>/env`, the shell-sourceable file with the DSN, API URL and key.
 //! - [`safekeeper_http`], [`pageserver_http`]: the daemons' HTTPS APIs and their clients.
+//! - [`rollforward`]: rolling a crashed database's newest image forward from the WAL quorum.
 
 pub mod adapters;
 pub mod cli;
 pub mod envfile;
 pub mod pageserver_http;
 pub mod platform;
+pub mod rollforward;
 pub mod safekeeper_http;
 pub mod tls;
 

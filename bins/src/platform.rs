@@ -27,6 +27,7 @@ use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
 use spg_storage_lib::{LocalDirPageStore, ObjectPageStore};
 
 use crate::pageserver_http::HttpPageserver;
+use crate::rollforward::RollForward;
 use crate::safekeeper_http::HttpSafekeeper;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -89,6 +90,9 @@ pub struct PlatformConfig {
     pub pageserver_cache_bytes: u64,
     /// How often the in-process pageserver collects garbage (zero: never).
     pub gc_every: Duration,
+    /// How often stopped databases' images are rolled forward from the WAL quorum when WAL
+    /// piled up after them (a crashed compute writes no image); zero: never.
+    pub rollforward_every: Duration,
 }
 
 impl PlatformConfig {
@@ -115,6 +119,7 @@ impl PlatformConfig {
             remote_pageserver: None,
             pageserver_cache_bytes: 1 << 30,
             gc_every: Duration::from_secs(600),
+            rollforward_every: Duration::from_secs(60),
         }
     }
 }
@@ -256,6 +261,7 @@ impl Platform {
         let servers_stop = CancellationToken::new();
         let mut gc_task = None;
         let mut in_process_pageserver = None;
+        let mut image_store = None;
         let pages: Arc<dyn PageStore> = if members.is_empty() {
             Arc::new(LocalDirPageStore::new(data_dir.join("pages")))
         } else {
@@ -282,12 +288,16 @@ impl Platform {
                     ps
                 }
             };
+            let images = ImageStore::with_repo(repo);
+            image_store = Some(images.clone());
             Arc::new(
-                ObjectPageStore::new(ImageStore::with_repo(repo), data_dir.join("pages"))
+                ObjectPageStore::new(images, data_dir.join("pages"))
                     .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
             )
         };
+        let agent_for_rollforward = Arc::new(agent.clone());
         let mut provisioner = LocalProvisioner::new(agent, pages)?;
+        let mut rollforward = None;
         if !members.is_empty() {
             let quorum = Arc::new(
                 SafekeeperSet::new(members, Duration::from_secs(5))
@@ -298,10 +308,19 @@ impl Platform {
                 Some(p) => p.clone(),
                 None => default_restore_program()?,
             };
-            provisioner = provisioner.with_wal(WalSetup {
+            let wal = WalSetup {
                 quorum,
                 restore_program,
-            });
+            };
+            if let (Some(images), false) = (image_store, cfg.rollforward_every.is_zero()) {
+                rollforward = Some(RollForward::new(
+                    images,
+                    wal.clone(),
+                    agent_for_rollforward,
+                    data_dir.join("rollforward"),
+                ));
+            }
+            provisioner = provisioner.with_wal(wal);
         }
         let cp_config = ControlPlaneConfig {
             idle_timeout: cfg.idle_timeout,
@@ -310,6 +329,15 @@ impl Platform {
         };
         let control_plane =
             ControlPlane::start(cp_config, store, Arc::new(provisioner), cp_metrics).await?;
+        let mut background: Vec<JoinHandle<()>> = gc_task.into_iter().collect();
+        if let Some(rf) = rollforward {
+            background.push(spawn_rollforward_loop(
+                rf,
+                control_plane.clone(),
+                cfg.rollforward_every,
+                servers_stop.clone(),
+            ));
+        }
 
         let gateway = cfg
             .gateway_listen
@@ -362,7 +390,7 @@ impl Platform {
             }
             _ => None,
         };
-        let mut server_tasks: Vec<JoinHandle<()>> = gc_task.into_iter().collect();
+        let mut server_tasks = background;
         let router = api::router(control_plane.clone(), key_hash, Arc::clone(&registry));
         server_tasks.push(tokio::spawn(api::http::serve_https(
             api_listener,
@@ -491,4 +519,33 @@ pub fn metrics_router(registry: Arc<Registry>) -> axum::Router {
             async move { api::server::render_metrics(&r) }
         }),
     )
+}
+
+/// Every `every`, roll forward each stopped database whose quorum holds WAL past its newest
+/// image ([`RollForward::run`] skips what it tried already).
+fn spawn_rollforward_loop(
+    rf: RollForward,
+    control_plane: ControlPlane,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let Ok(dbs) = control_plane.databases().await else {
+                continue;
+            };
+            for st in dbs {
+                if st.record.state != spg_core::ComputeState::Stopped {
+                    continue;
+                }
+                if let Err(e) = rf.run(&st.record.name).await {
+                    tracing::warn!(db = %st.record.name, error = %e, "roll-forward failed");
+                }
+            }
+        }
+    })
 }

@@ -1186,3 +1186,86 @@ async fn a_1gb_database_survives_ten_stop_wake_cycles_and_wakes_thin() {
     shutdown(&nodes).await;
     eprintln!("total {:?}", started.elapsed());
 }
+
+/// A compute that crashes writes no image; rolling the newest image forward from the quorum
+/// (a standby replaying to the quorum's end, shut down at a restartpoint) gives the next start an
+/// image past the crashed compute's last checkpoint, and every commit is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_computes_image_is_rolled_forward_from_the_quorum() {
+    use spg::rollforward::RollForward;
+    use spg_storage_lib::image::ImageStore;
+    use spg_storage_lib::ObjectPageStore;
+
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, _) = setup(tmp.path());
+    let images = ImageStore::new(archive_in(tmp.path()), "images");
+    let cache = tmp.path().join("cache");
+    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
+    let pages =
+        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+    let db = DatabaseName::new("appdb").unwrap();
+    let mut rf = RollForward::new(
+        images.clone(),
+        wal.clone(),
+        agent.clone(),
+        tmp.path().join("rollforward"),
+    );
+    rf.min_lag = 4096;
+
+    let (c1, c) = first_generation(&agent, pages(), &wal).await;
+    c.execute("INSERT INTO t SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
+    drop(c);
+    assert!(c1.stop().await.clean);
+    let before = images.latest(&db, &[]).await.unwrap().unwrap();
+    assert!(
+        rf.run(&db).await.unwrap().is_none(),
+        "nothing after the image: nothing to roll"
+    );
+
+    // Generation 2 writes, checkpoints, writes more, and crashes.
+    let c2 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(2))
+        .await
+        .unwrap();
+    let c = tenant(&c2).await;
+    c.execute("INSERT INTO t SELECT generate_series(1001, 50000)", &[])
+        .await
+        .unwrap();
+    let mut admin = tokio_postgres::Config::new();
+    admin
+        .host_path(c2.admin_socket_dir())
+        .port(c2.endpoint().addr.port())
+        .user("spg_admin")
+        .dbname("postgres");
+    let (a, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    a.batch_execute("CHECKPOINT").await.unwrap();
+    c.execute("INSERT INTO t SELECT generate_series(50001, 60000)", &[])
+        .await
+        .unwrap();
+    drop((a, c));
+    c2.abandon().await;
+
+    let rolled = rf
+        .run(&db)
+        .await
+        .unwrap()
+        .expect("WAL after the image: rolled forward");
+    assert_eq!(rolled.from, before);
+    assert!(rolled.to.lsn > before.lsn, "{rolled:?}");
+    assert_eq!(rolled.to.generation, Generation(2));
+    assert!(rolled.quorum_end >= rolled.to.lsn);
+    assert_eq!(images.latest(&db, &[]).await.unwrap(), Some(rolled.to));
+
+    // The next start begins at the rolled image and has every commit.
+    let c3 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(3))
+        .await
+        .unwrap();
+    let c = tenant(&c3).await;
+    assert_eq!(ids(&c).await, (1..=60000).collect::<Vec<i32>>());
+    drop(c);
+    amcheck(&agent, &c3);
+    assert!(c3.stop().await.clean);
+    shutdown(&nodes).await;
+}

@@ -100,4 +100,11 @@ pub trait WalQuorum: Send + Sync {
 
     /// The quorum-flushed LSN of `db`.
     async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn>;
+
+    /// The log a recovery would read now, without electing anything: the newest generation a
+    /// quorum of the answering safekeepers promised, and the log an election would pick among
+    /// them. For readers that must not fence a running writer (a pageserver rolling an image
+    /// forward); their `read_wal_file` calls fail with `StaleGeneration` once a newer generation
+    /// is elected. `None` when no WAL is held.
+    async fn observe(&self, db: &DatabaseName) -> CoreResult<Option<Election>>;
 }

@@ -453,7 +453,7 @@ impl ObjectPageStore {
 /// What of a cleanly shut down data directory goes into an image: everything but the running
 /// server's and the agent's transient files, and of `pg_wal` only the segment holding the
 /// checkpoint (the WAL quorum keeps the rest).
-fn include_in_image(path: &str, checkpoint_segment: &str) -> bool {
+pub fn include_in_image(path: &str, checkpoint_segment: &str) -> bool {
     const TRANSIENT: &[&str] = &[
         "postmaster.pid",
         "postmaster.opts",

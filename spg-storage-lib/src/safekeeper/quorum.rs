@@ -172,6 +172,63 @@ fn placeholder_history(parent: TimelineId) -> Vec<u8> {
 
 #[async_trait]
 impl WalQuorum for SafekeeperSet {
+    async fn observe(&self, db: &DatabaseName) -> CoreResult<Option<Election>> {
+        let db2 = db.clone();
+        let answers = self
+            .all(move |m| {
+                let db = db2.clone();
+                Box::pin(async move { m.status(&db).await })
+            })
+            .await;
+        let mut seen: Vec<(usize, SafekeeperStatus)> = Vec::new();
+        let mut errors = Vec::new();
+        for (i, r) in answers {
+            match r {
+                Ok(st) => seen.push((i, st)),
+                Err(e) => errors.push(format!("{}: {e}", self.members[i].name())),
+            }
+        }
+        if seen.len() < self.quorum {
+            return Err(CoreError::Unavailable(format!(
+                "only {} of {} safekeepers answered (quorum {}): {}",
+                seen.len(),
+                self.members.len(),
+                self.quorum,
+                errors.join("; ")
+            )));
+        }
+        let generation = seen
+            .iter()
+            .map(|(_, s)| s.generation)
+            .max()
+            .unwrap_or(Generation::NONE);
+        let logs: Vec<WalLog> = seen.iter().map(|(_, s)| s.log.clone()).collect();
+        let Some(pick) = choose_source(&logs) else {
+            return Ok(None);
+        };
+        let (idx, st) = &seen[pick];
+        if st.log.is_empty() {
+            return Ok(None);
+        }
+        let history: Vec<(TimelineId, Lsn)> = st
+            .log
+            .history
+            .spans()
+            .iter()
+            .map(|s| (s.tli, s.begin))
+            .collect();
+        // Nobody promotes onto it: it only has to lie past every timeline of the log.
+        let newest = history.last().map_or(0, |(t, _)| t.0);
+        Ok(Some(Election {
+            generation,
+            voters: 0,
+            source: Some(self.members[*idx].name().to_owned()),
+            history,
+            flush_lsn: st.log.flush,
+            new_timeline: TimelineId(timeline_of(generation).0.max(newest + 1)),
+        }))
+    }
+
     async fn elect(&self, db: &DatabaseName, g: Generation) -> CoreResult<Election> {
         let db2 = db.clone();
         let answers = self
