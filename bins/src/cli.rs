@@ -37,9 +37,10 @@ pub struct PlatformArgs {
     #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Safekeepers to run in this process (a majority must have a commit before it is
-    /// acknowledged); 0 keeps WAL only on the compute's disk.
-    #[arg(long, env = "SPG_SAFEKEEPERS", default_value_t = 3)]
-    pub safekeepers: usize,
+    /// acknowledged); at least one: the compute's local disk is never the only copy.
+    #[arg(long, env = "SPG_SAFEKEEPERS", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub safekeepers: u16,
 }
 
 impl PlatformArgs {
@@ -60,7 +61,7 @@ impl PlatformArgs {
         cfg.pg_bin = self.pg_bin.clone();
         cfg.tls_cert = self.tls_cert.clone();
         cfg.tls_key = self.tls_key.clone();
-        cfg.safekeepers = self.safekeepers;
+        cfg.safekeepers = usize::from(self.safekeepers);
         cfg.api_key = existing
             .as_ref()
             .and_then(|e| e.get("SPG_API_KEY"))

@@ -24,7 +24,7 @@ use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
 use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
 use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
 use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
-use spg_storage_lib::{LocalDirPageStore, ObjectPageStore};
+use spg_storage_lib::ObjectPageStore;
 
 use crate::pageserver_http::HttpPageserver;
 use crate::rollforward::RollForward;
@@ -76,8 +76,8 @@ pub struct PlatformConfig {
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
     pub lease_ttl: Duration,
-    /// Safekeepers run in this process (quorum: a majority); 0 runs computes without a WAL
-    /// quorum (their data directories are then the only copy).
+    /// Safekeepers run in this process (quorum: a majority); at least one unless
+    /// `remote_safekeepers` are given: a compute's local state is disposable in every path.
     pub safekeepers: usize,
     /// Safekeeper daemons to use instead of in-process ones (`spg-safekeeper`).
     pub remote_safekeepers: Vec<RemoteSafekeeper>,
@@ -255,73 +255,67 @@ impl Platform {
                 )
             })
             .collect();
-        // With a WAL quorum, images in object storage are the durable state and the local data
-        // directory is a cache; without one, the local directory is all there is. Images are
-        // reached through a pageserver: a remote daemon, or one in this process.
+        // Images in object storage plus the WAL quorum are the durable state; the local data
+        // directory is a cache. Images are reached through a pageserver: a remote daemon, or
+        // one in this process.
+        if members.is_empty() {
+            anyhow::bail!(
+                "no safekeepers: a database needs a WAL quorum (at least one safekeeper), \
+                 its compute's local disk is never the only copy"
+            );
+        }
         let servers_stop = CancellationToken::new();
         let mut gc_task = None;
         let mut in_process_pageserver = None;
-        let mut image_store = None;
-        let pages: Arc<dyn PageStore> = if members.is_empty() {
-            Arc::new(LocalDirPageStore::new(data_dir.join("pages")))
-        } else {
-            let repo: Arc<dyn ImageRepo> = match &cfg.remote_pageserver {
-                Some(r) => Arc::new(HttpPageserver::new(&r.url, &r.api_key, &r.ca_pem)?),
-                None => {
-                    let ps = Arc::new(Pageserver::open(
-                        ObjectRepo::new(Arc::clone(&archive), "images"),
-                        &PageserverConfig {
-                            cache_bytes: cfg.pageserver_cache_bytes,
-                            ..PageserverConfig::new(data_dir.join("pageserver"))
-                        },
-                    )?);
-                    ps.metrics().register(&mut registry);
-                    if !cfg.gc_every.is_zero() {
-                        gc_task = Some(crate::spawn_gc_loop(
-                            Arc::clone(&ps),
-                            cfg.gc_every,
-                            GcPolicy::default(),
-                            servers_stop.clone(),
-                        ));
-                    }
-                    in_process_pageserver = Some(Arc::clone(&ps));
-                    ps
+        let repo: Arc<dyn ImageRepo> = match &cfg.remote_pageserver {
+            Some(r) => Arc::new(HttpPageserver::new(&r.url, &r.api_key, &r.ca_pem)?),
+            None => {
+                let ps = Arc::new(Pageserver::open(
+                    ObjectRepo::new(Arc::clone(&archive), "images"),
+                    &PageserverConfig {
+                        cache_bytes: cfg.pageserver_cache_bytes,
+                        ..PageserverConfig::new(data_dir.join("pageserver"))
+                    },
+                )?);
+                ps.metrics().register(&mut registry);
+                if !cfg.gc_every.is_zero() {
+                    gc_task = Some(crate::spawn_gc_loop(
+                        Arc::clone(&ps),
+                        cfg.gc_every,
+                        GcPolicy::default(),
+                        servers_stop.clone(),
+                    ));
                 }
-            };
-            let images = ImageStore::with_repo(repo);
-            image_store = Some(images.clone());
-            Arc::new(
-                ObjectPageStore::new(images, data_dir.join("pages"))
-                    .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
-            )
-        };
-        let agent_for_rollforward = Arc::new(agent.clone());
-        let mut provisioner = LocalProvisioner::new(agent, pages)?;
-        let mut rollforward = None;
-        if !members.is_empty() {
-            let quorum = Arc::new(
-                SafekeeperSet::new(members, Duration::from_secs(5))
-                    .with_archive(Arc::clone(&archive)),
-            );
-            info!(safekeepers = %quorum.synchronous_standby_names(), "WAL quorum");
-            let restore_program = match &cfg.restore_program {
-                Some(p) => p.clone(),
-                None => default_restore_program()?,
-            };
-            let wal = WalSetup {
-                quorum,
-                restore_program,
-            };
-            if let (Some(images), false) = (image_store, cfg.rollforward_every.is_zero()) {
-                rollforward = Some(RollForward::new(
-                    images,
-                    wal.clone(),
-                    agent_for_rollforward,
-                    data_dir.join("rollforward"),
-                ));
+                in_process_pageserver = Some(Arc::clone(&ps));
+                ps
             }
-            provisioner = provisioner.with_wal(wal);
-        }
+        };
+        let images = ImageStore::with_repo(repo);
+        let pages: Arc<dyn PageStore> = Arc::new(
+            ObjectPageStore::new(images.clone(), data_dir.join("pages"))
+                .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
+        );
+        let quorum = Arc::new(
+            SafekeeperSet::new(members, Duration::from_secs(5)).with_archive(Arc::clone(&archive)),
+        );
+        info!(safekeepers = %quorum.synchronous_standby_names(), "WAL quorum");
+        let restore_program = match &cfg.restore_program {
+            Some(p) => p.clone(),
+            None => default_restore_program()?,
+        };
+        let wal = WalSetup {
+            quorum,
+            restore_program,
+        };
+        let rollforward = (!cfg.rollforward_every.is_zero()).then(|| {
+            RollForward::new(
+                images,
+                wal.clone(),
+                Arc::new(agent.clone()),
+                data_dir.join("rollforward"),
+            )
+        });
+        let provisioner = LocalProvisioner::new(agent, pages)?.with_wal(wal);
         let cp_config = ControlPlaneConfig {
             idle_timeout: cfg.idle_timeout,
             lease_ttl: cfg.lease_ttl,

@@ -307,3 +307,16 @@ fn gateway_and_control_plane_run_as_separate_daemons() {
     stop(cp, Signal::SIGTERM);
     assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
 }
+
+#[test]
+fn spg_up_refuses_to_run_without_a_wal_quorum() {
+    let tmp = common::reachable_tempdir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spg"))
+        .args(["up", "--safekeepers", "0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--safekeepers"), "{err}");
+}

@@ -2,10 +2,9 @@
 //!
 //! Durable state of SPG databases, outside the compute.
 //!
-//! - [`local_dir::LocalDirPageStore`]: a [`PageStore`](spg_core::PageStore) that keeps each
-//!   database's data directory on local disk between generations, with generation fencing and a
-//!   crash-safe image record. Later backends (images in object storage, lazy pages) implement the
-//!   same trait.
+//! - [`local_dir::LocalDirPageStore`]: a development [`PageStore`](spg_core::PageStore) that
+//!   keeps each database's data directory on local disk between generations (generation fencing,
+//!   a crash-safe image record); the platform does not use it.
 //! - [`object_pages::ObjectPageStore`]: a [`PageStore`](spg_core::PageStore) whose durable
 //!   state is images in object storage; the local data directory is a disposable cache.
 //! - [`image`]: database images in object storage (content-addressed chunks, create-only

@@ -1,5 +1,10 @@
 //! A [`PageStore`] that keeps each database's data directory on local disk between generations.
 //!
+//! **A development store.** The platform does not use it: `spg up` and the daemons run
+//! [`ObjectPageStore`](crate::ObjectPageStore), where images in object storage plus the WAL
+//! quorum are the durable state and the local directory is disposable in every path. This one
+//! suits embedders' tests and the local-fsync anchor of the WAL benchmark.
+//!
 //! Layout under the store's root:
 //!
 //! ```text
