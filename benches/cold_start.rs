@@ -199,7 +199,19 @@ fn main() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut cfg = PlatformConfig::new(dir.join("data"));
         cfg.idle_timeout = Duration::from_secs(3600);
-        cfg.restore_program = Some(std::env::current_exe().unwrap());
+        // The small restore_command binary when built (`cargo build --release --bin
+        // spg-wal-restore`), else this one (it answers `wal-restore` too).
+        let exe = std::env::current_exe().unwrap();
+        let small = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("spg-wal-restore"))
+            .filter(|p| p.is_file());
+        eprintln!(
+            "restore_command program: {}",
+            small.as_ref().unwrap_or(&exe).display()
+        );
+        cfg.restore_program = Some(small.unwrap_or(exe));
         cfg.gateway_listen = Some(([127, 0, 0, 1], 0).into());
         cfg.api_listen = ([127, 0, 0, 1], 0).into();
         cfg.pageserver_cache_bytes = 4 << 30;

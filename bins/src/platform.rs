@@ -497,12 +497,18 @@ fn start_safekeepers(
     Ok(nodes)
 }
 
-/// The `spg` binary next to the running executable (the daemons and `spg` ship together), else
-/// the running executable itself.
+/// `spg-wal-restore` (small: PostgreSQL starts it for every WAL file it looks for) or `spg` next
+/// to the running executable (the daemons and `spg` ship together), else the running executable
+/// itself.
 fn default_restore_program() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let spg = exe.with_file_name("spg");
-    Ok(if spg.is_file() { spg } else { exe })
+    for name in ["spg-wal-restore", "spg"] {
+        let p = exe.with_file_name(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Ok(exe)
 }
 
 pub fn metrics_router(registry: Arc<Registry>) -> axum::Router {

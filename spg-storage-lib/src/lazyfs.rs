@@ -1009,6 +1009,29 @@ fn open_flags() -> fuser::FopenFlags {
 }
 
 impl fuser::Filesystem for Fuse {
+    /// No extended attributes: ENOSYS tells the kernel once for the whole mount (it then stops
+    /// asking, e.g. for `security.capability` on every write), without the default's log line.
+    fn getxattr(
+        &self,
+        _req: &fuser::Request,
+        _ino: fuser::INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn listxattr(
+        &self,
+        _req: &fuser::Request,
+        _ino: fuser::INodeNo,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
     fn init(
         &mut self,
         _: &fuser::Request,
