@@ -542,8 +542,14 @@ fn spawn_rollforward_loop(
                 if st.record.state != spg_core::ComputeState::Stopped {
                     continue;
                 }
-                if let Err(e) = rf.run(&st.record.name).await {
-                    tracing::warn!(db = %st.record.name, error = %e, "roll-forward failed");
+                // A shutdown does not wait for a replay: dropping it kills its postgres.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = rf.run(&st.record.name) => {
+                        if let Err(e) = r {
+                            tracing::warn!(db = %st.record.name, error = %e, "roll-forward failed");
+                        }
+                    }
                 }
             }
         }

@@ -113,6 +113,8 @@ pub struct RestoreService {
     url: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// Dropped without [`RestoreService::stop`] (its owner was cancelled), it stops serving too.
+    _on_drop: tokio_util::sync::DropGuard,
 }
 
 impl RestoreService {
@@ -159,6 +161,7 @@ impl RestoreService {
         });
         Ok(RestoreService {
             url: format!("http://{addr}/{token}"),
+            _on_drop: stop.clone().drop_guard(),
             stop,
             task,
         })
