@@ -12,6 +12,7 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod daemon_http;
 pub mod envfile;
 pub mod pageserver_http;
 pub mod platform;

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Bytes as BodyBytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -41,8 +40,6 @@ use spg_storage_lib::StorageError;
 #[derive(Clone)]
 struct St {
     ps: Arc<Pageserver>,
-    key: ApiKey,
-    metrics: Arc<Registry>,
     /// Object-store prefix of archived WAL (`<prefix>/<db>`), collected with images.
     wal_prefix: Option<String>,
 }
@@ -180,13 +177,6 @@ fn parse_history(s: &str) -> Result<Vec<(TimelineId, Lsn)>, ApiErr> {
             Ok((TimelineId(t), Lsn(l)))
         })
         .collect()
-}
-
-async fn require_key(State(st): State<St>, req: Request, next: Next) -> Response {
-    if !st.key.authorizes(req.headers()) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
-    }
-    next.run(req).await
 }
 
 #[derive(Deserialize)]
@@ -327,12 +317,6 @@ pub fn router(
     metrics: Arc<Registry>,
     wal_prefix: Option<String>,
 ) -> Router {
-    let st = St {
-        ps,
-        key,
-        metrics,
-        wal_prefix,
-    };
     let v1 = Router::new()
         .route("/v1/pageserver/{db}/basebackup", get(basebackup))
         .route("/v1/pageserver/{db}/images", get(list_images))
@@ -349,20 +333,8 @@ pub fn router(
             get(get_object).put(put_object),
         )
         .layer(DefaultBodyLimit::max(MANIFEST_MAX))
-        .route_layer(axum::middleware::from_fn_with_state(
-            st.clone(),
-            require_key,
-        ));
-    Router::new()
-        .merge(v1)
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|State(st): State<St>| async move {
-                spg_lifecycle_lib::api::server::render_metrics(&st.metrics)
-            }),
-        )
-        .with_state(st)
+        .with_state(St { ps, wal_prefix });
+    crate::daemon_http::with_open_routes(v1, key, metrics)
 }
 
 /// A remote pageserver over its HTTPS API, as an [`ImageRepo`].
@@ -383,19 +355,10 @@ impl std::fmt::Debug for HttpPageserver {
 impl HttpPageserver {
     /// The pageserver at `base_url`, trusting `ca_pem` only.
     pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
-        let ca = reqwest::Certificate::from_pem(ca_pem)?;
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
-            .build()?;
         Ok(HttpPageserver {
             base: base_url.trim_end_matches('/').into(),
             key: api_key.into(),
-            http,
+            http: crate::daemon_http::client(ca_pem)?,
         })
     }
 

@@ -13,12 +13,10 @@
 //! Everything under `/v1` needs `Authorization: Bearer <key>`: an election fences a database.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,8 +32,6 @@ use spg_storage_lib::StorageError;
 #[derive(Clone)]
 struct St {
     node: Arc<SafekeeperNode>,
-    key: ApiKey,
-    metrics: Arc<Registry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -93,13 +89,6 @@ impl IntoResponse for ApiErr {
 
 fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
     DatabaseName::new(name).map_err(|e| ApiErr::BadName(e.to_string()))
-}
-
-async fn require_key(State(st): State<St>, req: Request, next: Next) -> Response {
-    if !st.key.authorizes(req.headers()) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
-    }
-    next.run(req).await
 }
 
 async fn elect(
@@ -164,27 +153,14 @@ async fn wal_file(
 
 /// The daemon's router: the API guarded by `key`, and `/metrics` rendering `metrics`.
 pub fn router(node: Arc<SafekeeperNode>, key: ApiKey, metrics: Arc<Registry>) -> Router {
-    let st = St { node, key, metrics };
     let v1 = Router::new()
         .route("/v1/safekeeper/{db}", get(status))
         .route("/v1/safekeeper/{db}/elect", post(elect))
         .route("/v1/safekeeper/{db}/follow", post(follow))
         .route("/v1/safekeeper/{db}/unfollow", post(unfollow))
         .route("/v1/safekeeper/{db}/wal/{file}", get(wal_file))
-        .route_layer(axum::middleware::from_fn_with_state(
-            st.clone(),
-            require_key,
-        ));
-    Router::new()
-        .merge(v1)
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|State(st): State<St>| async move {
-                spg_lifecycle_lib::api::server::render_metrics(&st.metrics)
-            }),
-        )
-        .with_state(st)
+        .with_state(St { node });
+    crate::daemon_http::with_open_routes(v1, key, metrics)
 }
 
 /// A remote safekeeper over its HTTPS API.
@@ -198,19 +174,11 @@ pub struct HttpSafekeeper {
 impl HttpSafekeeper {
     /// The safekeeper `name` at `base_url`, trusting `ca_pem` only.
     pub fn new(name: &str, base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
-        let ca = reqwest::Certificate::from_pem(ca_pem)?;
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(60))
-            .build()?;
         Ok(HttpSafekeeper {
             name: name.into(),
             base: base_url.trim_end_matches('/').into(),
             key: api_key.into(),
-            http,
+            http: crate::daemon_http::client(ca_pem)?,
         })
     }
 

@@ -611,15 +611,12 @@ async fn ids_count(c: &tokio_postgres::Client) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compute_runs_on_a_lazily_mounted_image() {
     use spg_storage_lib::image::ImageStore;
-    use spg_storage_lib::ObjectPageStore;
 
     let tmp = reachable_tempdir();
     let (nodes, wal, agent, _) = setup(tmp.path());
     let images = ImageStore::new(archive_in(tmp.path()), "images");
     let cache = tmp.path().join("cache");
-    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
-    let pages =
-        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+    let pages = lazy_pages(&images, &cache, &agent);
     let db = DatabaseName::new("appdb").unwrap();
     let data_dir = cache.join("appdb").join("pgdata");
     let mounted = || {
@@ -805,7 +802,6 @@ impl object_store::ObjectStore for Flaky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_store_outage_fails_a_wake_clearly_and_the_retry_succeeds() {
     use spg_storage_lib::image::ImageStore;
-    use spg_storage_lib::ObjectPageStore;
     use std::sync::atomic::Ordering;
 
     let tmp = reachable_tempdir();
@@ -817,9 +813,7 @@ async fn an_object_store_outage_fails_a_wake_clearly_and_the_retry_succeeds() {
     });
     let images = ImageStore::new(flaky, "images");
     let cache = tmp.path().join("cache");
-    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
-    let pages =
-        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+    let pages = lazy_pages(&images, &cache, &agent);
 
     let (c1, c) = first_generation(&agent, pages(), &wal).await;
     c.execute("INSERT INTO t SELECT generate_series(1, 500)", &[])
@@ -892,31 +886,15 @@ impl PsDaemon {
     }
 
     fn restart(&mut self) {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spg-pageserver"))
-            .args(["--api-key", PS_KEY, "--gc-every", "0s"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spg-pageserver"));
+        cmd.args(["--api-key", PS_KEY, "--gc-every", "0s"])
             .arg("--dir")
             .arg(self.root.join("pageserver"))
             .arg("--archive-dir")
             .arg(self.root.join("objects"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        assert!(
-            line.contains("listening on"),
-            "pageserver did not start: {line:?}"
-        );
-        self.guard = Some(common::ChildGuard {
-            child: Some(child),
-            dir: self.root.join("pageserver"),
-        });
+            .arg(format!("127.0.0.1:{}", self.port));
+        self.guard = Some(common::spawn_daemon(cmd, self.root.join("pageserver")));
     }
 
     fn kill_9(&mut self) {
@@ -943,16 +921,13 @@ impl PsDaemon {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pageserver_crash_and_restart_loses_nothing() {
     use spg_storage_lib::image::ImageStore;
-    use spg_storage_lib::ObjectPageStore;
 
     let tmp = reachable_tempdir();
     let (nodes, wal, agent, _) = setup(tmp.path());
     let mut ps = PsDaemon::start(tmp.path());
     let images = ImageStore::with_repo(ps.client());
     let cache = tmp.path().join("cache");
-    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
-    let pages =
-        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+    let pages = lazy_pages(&images, &cache, &agent);
 
     let (c1, c) = first_generation(&agent, pages(), &wal).await;
     c.execute(
@@ -1065,7 +1040,6 @@ async fn checksums(c: &tokio_postgres::Client) -> Vec<(String, i64, i64)> {
 async fn a_1gb_database_survives_ten_stop_wake_cycles_and_wakes_thin() {
     use spg_storage_lib::image::{ImageStore, ObjectRepo};
     use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
-    use spg_storage_lib::ObjectPageStore;
 
     let started = std::time::Instant::now();
     let tmp = reachable_tempdir();
@@ -1082,9 +1056,7 @@ async fn a_1gb_database_survives_ten_stop_wake_cycles_and_wakes_thin() {
     );
     let images = ImageStore::with_repo(ps.clone());
     let cache = tmp.path().join("cache");
-    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
-    let pages =
-        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+    let pages = lazy_pages(&images, &cache, &agent);
 
     let (c1, c) = first_generation(&agent, pages(), &wal).await;
     c.batch_execute("CREATE TABLE big (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NULL)")
@@ -1194,15 +1166,12 @@ async fn a_1gb_database_survives_ten_stop_wake_cycles_and_wakes_thin() {
 async fn a_crashed_computes_image_is_rolled_forward_from_the_quorum() {
     use spg::rollforward::RollForward;
     use spg_storage_lib::image::ImageStore;
-    use spg_storage_lib::ObjectPageStore;
 
     let tmp = reachable_tempdir();
     let (nodes, wal, agent, _) = setup(tmp.path());
     let images = ImageStore::new(archive_in(tmp.path()), "images");
     let cache = tmp.path().join("cache");
-    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
-    let pages =
-        || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_lazy_mounts(uid, gid));
+    let pages = lazy_pages(&images, &cache, &agent);
     let db = DatabaseName::new("appdb").unwrap();
     let mut rf = RollForward::new(
         images.clone(),
@@ -1268,4 +1237,21 @@ async fn a_crashed_computes_image_is_rolled_forward_from_the_quorum() {
     amcheck(&agent, &c3);
     assert!(c3.stop().await.clean);
     shutdown(&nodes).await;
+}
+
+/// Page stores over `images`, caching under `cache`, mounting lazily for `agent`'s user: one per
+/// compute, as a host would create them.
+fn lazy_pages(
+    images: &spg_storage_lib::image::ImageStore,
+    cache: &Path,
+    agent: &AgentConfig,
+) -> impl Fn() -> Arc<spg_storage_lib::ObjectPageStore> {
+    let (images, cache) = (images.clone(), cache.to_path_buf());
+    let (uid, gid) = (agent.run_as.uid, agent.run_as.gid);
+    move || {
+        Arc::new(
+            spg_storage_lib::ObjectPageStore::new(images.clone(), &cache)
+                .with_lazy_mounts(uid, gid),
+        )
+    }
 }

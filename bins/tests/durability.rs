@@ -141,30 +141,13 @@ impl SkDaemon {
     }
 
     fn restart(&mut self) {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spg-safekeeper"))
-            .args(["--name", &self.name, "--api-key", SK_KEY])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spg-safekeeper"));
+        cmd.args(["--name", &self.name, "--api-key", SK_KEY])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        // Keep draining, so that a later line never meets a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        assert!(
-            line.contains("listening on"),
-            "safekeeper did not start: {line:?}"
-        );
-        self.guard = Some(common::ChildGuard {
-            child: Some(child),
-            dir: self.dir.clone(),
-        });
+            .arg(format!("127.0.0.1:{}", self.port));
+        self.guard = Some(common::spawn_daemon(cmd, self.dir.clone()));
     }
 
     fn kill_9(&mut self) {

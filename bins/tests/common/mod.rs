@@ -269,6 +269,31 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Start a daemon whose first line on stdout says where it listens ("... listening on ...");
+/// killed on drop, with any postgres under `dir`.
+pub fn spawn_daemon(mut cmd: Command, dir: PathBuf) -> ChildGuard {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep draining, so that a later line never meets a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let guard = ChildGuard {
+        child: Some(child),
+        dir,
+    };
+    assert!(
+        line.contains("listening on"),
+        "daemon did not start: {line:?}"
+    );
+    guard
+}
+
 /// A free loopback port chosen by the OS.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
