@@ -31,6 +31,8 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
 use spg_lifecycle_lib::api::ApiKey;
+
+use crate::daemon_http::{db_name, ApiErr, ErrBody};
 use spg_storage_lib::image::format::MANIFEST_MAX;
 use spg_storage_lib::image::{ChunkHash, ImageId, ImageRepo, Manifest, ObjectKind, RawBasebackup};
 use spg_storage_lib::pageserver::gc::{GcPolicy, GcStats};
@@ -42,14 +44,6 @@ struct St {
     ps: Arc<Pageserver>,
     /// Object-store prefix of archived WAL (`<prefix>/<db>`), collected with images.
     wal_prefix: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrBody {
-    error: String,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    current: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,48 +90,6 @@ impl From<GcStats> for GcResponse {
             wal_segments_deleted: s.wal_segments_deleted,
         }
     }
-}
-
-enum ApiErr {
-    Bad(String),
-    Storage(StorageError),
-}
-
-impl From<StorageError> for ApiErr {
-    fn from(e: StorageError) -> Self {
-        ApiErr::Storage(e)
-    }
-}
-
-impl IntoResponse for ApiErr {
-    fn into_response(self) -> Response {
-        let e = match self {
-            ApiErr::Bad(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
-            ApiErr::Storage(e) => e,
-        };
-        let (status, code, current) = match &e {
-            StorageError::StaleGeneration { current, .. } => {
-                (StatusCode::CONFLICT, "stale_generation", Some(*current))
-            }
-            StorageError::ImageExists(_) => (StatusCode::CONFLICT, "image_exists", None),
-            StorageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
-            StorageError::Corrupt { .. } => (StatusCode::BAD_GATEWAY, "corrupt", None),
-            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-        };
-        if status != StatusCode::NOT_FOUND {
-            tracing::warn!(error = %e, "pageserver request failed");
-        }
-        let body = ErrBody {
-            error: code.into(),
-            message: e.to_string(),
-            current,
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
-fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
-    DatabaseName::new(name).map_err(|e| ApiErr::Bad(e.to_string()))
 }
 
 fn kind_of(s: &str) -> Result<ObjectKind, ApiErr> {

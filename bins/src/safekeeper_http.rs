@@ -24,6 +24,8 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use spg_core::{DatabaseName, Generation, ReplicationSource};
 use spg_lifecycle_lib::api::ApiKey;
+
+use crate::daemon_http::{db_name, ApiErr, ErrBody};
 use spg_storage_lib::safekeeper::node::{SafekeeperNode, SafekeeperStatus};
 use spg_storage_lib::safekeeper::quorum::SafekeeperApi;
 use spg_storage_lib::safekeeper::Vote;
@@ -43,52 +45,6 @@ struct GenBody {
 struct FollowBody {
     generation: Generation,
     source: ReplicationSource,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrBody {
-    error: String,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    current: Option<u64>,
-}
-
-enum ApiErr {
-    BadName(String),
-    Storage(StorageError),
-}
-
-impl From<StorageError> for ApiErr {
-    fn from(e: StorageError) -> Self {
-        ApiErr::Storage(e)
-    }
-}
-
-impl IntoResponse for ApiErr {
-    fn into_response(self) -> Response {
-        let e = match self {
-            ApiErr::BadName(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
-            ApiErr::Storage(e) => e,
-        };
-        let (status, code, current) = match &e {
-            StorageError::StaleGeneration { current, .. } => {
-                (StatusCode::CONFLICT, "stale_generation", Some(*current))
-            }
-            StorageError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt", None),
-            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-        };
-        tracing::warn!(error = %e, "safekeeper request failed");
-        let body = ErrBody {
-            error: code.into(),
-            message: e.to_string(),
-            current,
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
-fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
-    DatabaseName::new(name).map_err(|e| ApiErr::BadName(e.to_string()))
 }
 
 async fn elect(

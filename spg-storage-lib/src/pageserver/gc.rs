@@ -195,16 +195,10 @@ impl Pageserver {
     }
 }
 
-/// The segment number of a WAL segment file name (`TTTTTTTTXXXXXXXXYYYYYYYY`), for the default
-/// segment size; `None` for anything else (history files, partial segments).
+/// The segment number of a WAL segment file name (default segment size); `None` for anything
+/// else (history files, partial segments).
 pub(crate) fn segment_number(name: &str) -> Option<u64> {
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
-    let per_log = 0x1_0000_0000 / DEFAULT_SEGMENT_SIZE;
-    Some(log * per_log + seg)
+    spg_core::wal_files::parse_segment_file_name(name, DEFAULT_SEGMENT_SIZE).map(|(_, segno)| segno)
 }
 
 #[cfg(test)]
