@@ -531,16 +531,23 @@ async fn images_in_object_storage_make_the_local_directory_disposable() {
     assert_eq!(written.len(), 2, "a clean stop writes an image");
     let m2 = images.manifest(&db, &written[1]).await.unwrap();
     assert_eq!(m2.parent, Some(written[0]));
-    assert!(m2.files.iter().all(|f| !f.path.starts_with("pg_wal/0")
-        || f.path
-            == format!(
-                "pg_wal/{}",
-                spg_storage_lib::safekeeper::file::segment_file_name(
-                    written[1].timeline,
-                    written[1].lsn.0 / (16 << 20),
-                    16 << 20
-                )
-            )));
+    // Of pg_wal, only the checkpoint's segment and its timeline's history.
+    let segment = format!(
+        "pg_wal/{}",
+        spg_storage_lib::safekeeper::file::segment_file_name(
+            written[1].timeline,
+            written[1].lsn.0 / (16 << 20),
+            16 << 20
+        )
+    );
+    let history = format!("pg_wal/{:08X}.history", written[1].timeline.0);
+    assert!(
+        m2.files
+            .iter()
+            .all(|f| !f.path.starts_with("pg_wal/0") || f.path == segment || f.path == history),
+        "{:?}",
+        m2.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
 
     // Generation 2 starts from the cached directory (it is exactly image 2), then crashes.
     std::fs::write(data_dir.join("sentinel"), b"cache").unwrap();

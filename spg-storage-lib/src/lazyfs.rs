@@ -273,6 +273,9 @@ pub struct LazyTree {
 /// ([`Manifest::warm`]).
 pub const WARM_WINDOW: Duration = Duration::from_secs(2);
 
+/// Files up to this size have their chunk list in the warm set (up to ~70 KB of list).
+pub const WARM_LIST_MAX_FILE: u64 = 128 << 20;
+
 fn split(path: &str) -> (Option<&str>, &str) {
     match path.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
@@ -783,7 +786,11 @@ impl LazyTree {
         if f.chunks.is_none() {
             let entry = f.entry.take().ok_or(libc::EIO)?;
             if let Some(Content::List(h)) = &entry.content {
-                self.note_fetched(ObjectKind::List, *h);
+                // A big file's list is large and says where every chunk of it is, while a
+                // start touches a few of them: fetched on demand, not part of the warm set.
+                if f.orig_size <= WARM_LIST_MAX_FILE {
+                    self.note_fetched(ObjectKind::List, *h);
+                }
             }
             let chunks = self.source.chunks_of(&entry).map_err(|e| {
                 tracing::error!(error = %e, "lazyfs: loading a chunk list failed");
@@ -941,9 +948,50 @@ impl Inner {
 
 /// The FUSE adapter.
 struct Fuse {
-    tree: Arc<LazyTree>,
+    slot: Arc<TreeSlot>,
     uid: u32,
     gid: u32,
+}
+
+/// The tree a mount serves: supplied at mount time, or later ([`PendingMount::serve`]); until
+/// then requests wait (nothing but the agent touches a directory before its compute starts).
+struct TreeSlot {
+    state: Mutex<SlotState>,
+    ready: std::sync::Condvar,
+}
+
+enum SlotState {
+    Pending,
+    Ready(Arc<LazyTree>),
+    /// The mount is being torn down without ever serving a tree.
+    Gone,
+}
+
+impl TreeSlot {
+    fn new(state: SlotState) -> Arc<TreeSlot> {
+        Arc::new(TreeSlot {
+            state: Mutex::new(state),
+            ready: std::sync::Condvar::new(),
+        })
+    }
+
+    fn set(&self, state: SlotState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        self.ready.notify_all();
+    }
+
+    fn get(&self) -> FsResult<Arc<LazyTree>> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &*st {
+                SlotState::Ready(t) => return Ok(Arc::clone(t)),
+                SlotState::Gone => return Err(libc::EIO),
+                SlotState::Pending => {
+                    st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
 }
 
 const TTL: Duration = Duration::from_secs(1);
@@ -987,6 +1035,10 @@ fn reply_empty(r: FsResult<()>, reply: fuser::ReplyEmpty) {
 }
 
 impl Fuse {
+    fn tree(&self) -> FsResult<Arc<LazyTree>> {
+        self.slot.get()
+    }
+
     fn reply_entry(&self, r: FsResult<Attr>, reply: fuser::ReplyEntry) {
         match r {
             Ok(a) => reply.entry(&TTL, &self.attr(&a), fuser::Generation(0)),
@@ -1049,7 +1101,7 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         reply: fuser::ReplyEntry,
     ) {
-        self.reply_entry(self.tree.lookup(parent.0, name), reply)
+        self.reply_entry(self.tree().and_then(|t| t.lookup(parent.0, name)), reply)
     }
 
     fn getattr(
@@ -1059,7 +1111,7 @@ impl fuser::Filesystem for Fuse {
         _: Option<fuser::FileHandle>,
         reply: fuser::ReplyAttr,
     ) {
-        self.reply_attr(self.tree.getattr(ino.0), reply)
+        self.reply_attr(self.tree().and_then(|t| t.getattr(ino.0)), reply)
     }
 
     fn setattr(
@@ -1080,11 +1132,14 @@ impl fuser::Filesystem for Fuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: fuser::ReplyAttr,
     ) {
-        self.reply_attr(self.tree.setattr(ino.0, size, mode), reply)
+        self.reply_attr(
+            self.tree().and_then(|t| t.setattr(ino.0, size, mode)),
+            reply,
+        )
     }
 
     fn readlink(&self, _: &fuser::Request, ino: fuser::INodeNo, reply: fuser::ReplyData) {
-        match self.tree.readlink(ino.0) {
+        match self.tree().and_then(|t| t.readlink(ino.0)) {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
             Err(e) => reply.error(errno(e)),
         }
@@ -1103,7 +1158,11 @@ impl fuser::Filesystem for Fuse {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(errno(libc::EPERM));
         }
-        self.reply_entry(self.tree.create(parent.0, name, mode & !umask), reply)
+        self.reply_entry(
+            self.tree()
+                .and_then(|t| t.create(parent.0, name, mode & !umask)),
+            reply,
+        )
     }
 
     fn mkdir(
@@ -1115,7 +1174,11 @@ impl fuser::Filesystem for Fuse {
         umask: u32,
         reply: fuser::ReplyEntry,
     ) {
-        self.reply_entry(self.tree.mkdir(parent.0, name, mode & !umask), reply)
+        self.reply_entry(
+            self.tree()
+                .and_then(|t| t.mkdir(parent.0, name, mode & !umask)),
+            reply,
+        )
     }
 
     fn unlink(
@@ -1125,7 +1188,7 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         reply: fuser::ReplyEmpty,
     ) {
-        reply_empty(self.tree.unlink(parent.0, name), reply)
+        reply_empty(self.tree().and_then(|t| t.unlink(parent.0, name)), reply)
     }
 
     fn rmdir(
@@ -1135,7 +1198,7 @@ impl fuser::Filesystem for Fuse {
         name: &OsStr,
         reply: fuser::ReplyEmpty,
     ) {
-        reply_empty(self.tree.rmdir(parent.0, name), reply)
+        reply_empty(self.tree().and_then(|t| t.rmdir(parent.0, name)), reply)
     }
 
     fn symlink(
@@ -1146,7 +1209,11 @@ impl fuser::Filesystem for Fuse {
         target: &Path,
         reply: fuser::ReplyEntry,
     ) {
-        self.reply_entry(self.tree.symlink(parent.0, link_name, target), reply)
+        self.reply_entry(
+            self.tree()
+                .and_then(|t| t.symlink(parent.0, link_name, target)),
+            reply,
+        )
     }
 
     fn rename(
@@ -1166,8 +1233,8 @@ impl fuser::Filesystem for Fuse {
         }
         let noreplace = flags.contains(fuser::RenameFlags::RENAME_NOREPLACE);
         match self
-            .tree
-            .rename(parent.0, name, newparent.0, newname, noreplace)
+            .tree()
+            .and_then(|t| t.rename(parent.0, name, newparent.0, newname, noreplace))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -1181,7 +1248,7 @@ impl fuser::Filesystem for Fuse {
         _: fuser::OpenFlags,
         reply: fuser::ReplyOpen,
     ) {
-        match self.tree.getattr(ino.0) {
+        match self.tree().and_then(|t| t.getattr(ino.0)) {
             Ok(_) => reply.opened(fuser::FileHandle(0), open_flags()),
             Err(e) => reply.error(errno(e)),
         }
@@ -1198,7 +1265,7 @@ impl fuser::Filesystem for Fuse {
         _: Option<fuser::LockOwner>,
         reply: fuser::ReplyData,
     ) {
-        match self.tree.read(ino.0, offset, size) {
+        match self.tree().and_then(|t| t.read(ino.0, offset, size)) {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(errno(e)),
         }
@@ -1216,7 +1283,7 @@ impl fuser::Filesystem for Fuse {
         _: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        match self.tree.write(ino.0, offset, data) {
+        match self.tree().and_then(|t| t.write(ino.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -1241,7 +1308,7 @@ impl fuser::Filesystem for Fuse {
         _: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        reply_empty(self.tree.fsync(ino.0), reply)
+        reply_empty(self.tree().and_then(|t| t.fsync(ino.0)), reply)
     }
 
     fn readdir(
@@ -1252,11 +1319,15 @@ impl fuser::Filesystem for Fuse {
         offset: u64,
         mut reply: fuser::ReplyDirectory,
     ) {
-        let entries = match self.tree.readdir(ino.0) {
+        let tree = match self.tree() {
+            Ok(t) => t,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let entries = match tree.readdir(ino.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        let parent = self.tree.parent_of(ino.0).unwrap_or(ROOT);
+        let parent = tree.parent_of(ino.0).unwrap_or(ROOT);
         let mut all = vec![
             (ino.0, NodeKind::Dir, OsString::from(".")),
             (parent, NodeKind::Dir, OsString::from("..")),
@@ -1300,7 +1371,10 @@ impl fuser::Filesystem for Fuse {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        match self.tree.create(parent.0, name, mode & !umask) {
+        match self
+            .tree()
+            .and_then(|t| t.create(parent.0, name, mode & !umask))
+        {
             Ok(a) => reply.created(
                 &TTL,
                 &self.attr(&a),
@@ -1370,8 +1444,16 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
 /// Serve `tree` at the empty directory `at`; files appear owned by `uid:gid`, and every user may
 /// use the mount (the kernel checks permissions against the modes).
 pub fn mount(tree: Arc<LazyTree>, at: &Path, uid: u32, gid: u32) -> Result<Mount, StorageError> {
+    Ok(mount_pending(at, uid, gid)?.serve(tree))
+}
+
+/// Mount at the empty directory `at` before the tree to serve is known (mounting takes a few
+/// milliseconds, which can overlap fetching what the tree is built from). Requests wait until
+/// [`PendingMount::serve`]; dropping the pending mount unmounts it.
+pub fn mount_pending(at: &Path, uid: u32, gid: u32) -> Result<PendingMount, StorageError> {
+    let slot = TreeSlot::new(SlotState::Pending);
     let fs = Fuse {
-        tree: Arc::clone(&tree),
+        slot: Arc::clone(&slot),
         uid,
         gid,
     };
@@ -1386,9 +1468,45 @@ pub fn mount(tree: Arc<LazyTree>, at: &Path, uid: u32, gid: u32) -> Result<Mount
     config.acl = fuser::SessionACL::All;
     let session = fuser::spawn_mount(fs, at, &config)
         .map_err(|e| StorageError::io("mount FUSE at", at, e))?;
-    Ok(Mount {
+    Ok(PendingMount {
         session: Some(session),
-        tree,
+        slot,
         at: at.to_path_buf(),
     })
+}
+
+/// A mount waiting for its tree ([`mount_pending`]).
+pub struct PendingMount {
+    session: Option<fuser::BackgroundSession>,
+    slot: Arc<TreeSlot>,
+    at: PathBuf,
+}
+
+impl PendingMount {
+    /// Serve `tree` from now on.
+    pub fn serve(mut self, tree: Arc<LazyTree>) -> Mount {
+        self.slot.set(SlotState::Ready(Arc::clone(&tree)));
+        Mount {
+            session: self.session.take(),
+            tree,
+            at: std::mem::take(&mut self.at),
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.at
+    }
+}
+
+impl Drop for PendingMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            // Nothing waits forever on a tree that never comes.
+            self.slot.set(SlotState::Gone);
+            if s.umount_and_join().is_err() {
+                let _ = detach(&self.at);
+            }
+        }
+    }
 }

@@ -113,26 +113,17 @@ impl ObjectPageStore {
         self.cache.join(db.as_str()).join("lazy")
     }
 
-    /// Mount the basebackup's image of `db` at its data directory; `Ok(None)` when FUSE is
-    /// unavailable and not required.
-    async fn mount_lazy(
+    /// Serve the basebackup's image of `db` at its data directory, on the mount
+    /// [`prepare_lazy`] made.
+    fn mount_lazy(
         &self,
         db: &DatabaseName,
         bb: Basebackup,
         lazy: Lazy,
-    ) -> Result<Option<lazyfs::Mount>, StorageError> {
-        let dir = self.data_dir(db);
+        pending: lazyfs::PendingMount,
+    ) -> Result<lazyfs::Mount, StorageError> {
         let wal = self.wal_dir(db);
         let backing = self.backing_dir(db);
-        // A mount left behind by a process that died is detached first (an error just means
-        // nothing was mounted there).
-        let _ = lazyfs::detach(&dir);
-        for d in [&dir, &wal, &backing] {
-            if d.exists() {
-                std::fs::remove_dir_all(d).map_err(|e| StorageError::io("remove", d, e))?;
-            }
-            create_private_dir(d)?;
-        }
         let Basebackup {
             manifest: m,
             mut objects,
@@ -145,10 +136,6 @@ impl ObjectPageStore {
             } else {
                 Self::write_wal_file(&m, f, &path, &mut objects)?;
             }
-        }
-        for d in [&wal, &dir] {
-            std::os::unix::fs::chown(d, Some(lazy.uid), Some(lazy.gid))
-                .map_err(|e| StorageError::io("chown", d, e))?;
         }
         chown_tree(&wal, lazy.uid, lazy.gid)?;
         let mut shown = m.clone();
@@ -164,14 +151,7 @@ impl ObjectPageStore {
         let tree = Arc::new(LazyTree::new(&shown, &backing, source)?);
         tree.symlink(lazyfs::ROOT, std::ffi::OsStr::new("pg_wal"), &wal)
             .map_err(|e| StorageError::io("symlink", &wal, std::io::Error::from_raw_os_error(e)))?;
-        match lazyfs::mount(tree, &dir, lazy.uid, lazy.gid) {
-            Ok(mnt) => Ok(Some(mnt)),
-            Err(e) if !lazy.require => {
-                warn!(%db, error = %e, "FUSE is unavailable: restoring the image eagerly instead");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        Ok(pending.serve(tree))
     }
 
     /// Write the WAL file `f` of image `m` to `path` with the chunks that came with the soft
@@ -221,11 +201,7 @@ impl ObjectPageStore {
         tree: Arc<LazyTree>,
         checkpoint_segment: &str,
     ) -> Result<(Manifest, crate::image::CaptureStats), StorageError> {
-        let segment = self.wal_dir(db).join(
-            checkpoint_segment
-                .strip_prefix("pg_wal/")
-                .unwrap_or(checkpoint_segment),
-        );
+        let wal = self.wal_dir(db);
         let chunk_size = u64::from(self.chunk_size);
         let seg = checkpoint_segment.to_owned();
         let planned = {
@@ -238,45 +214,52 @@ impl ObjectPageStore {
                 })??
         };
         let mut files = planned;
-        // pg_wal is local: the directory, archive_status, and the checkpoint's segment.
-        const SEGMENT: u64 = u64::MAX;
-        files.push(SourceFile {
-            path: "pg_wal".into(),
-            mode: 0o700,
-            size: 0,
-            is_dir: true,
-            chunks: Vec::new(),
-            handle: 0,
-        });
-        files.push(SourceFile {
-            path: "pg_wal/archive_status".into(),
-            mode: 0o700,
-            size: 0,
-            is_dir: true,
-            chunks: Vec::new(),
-            handle: 0,
-        });
-        if let Ok(meta) = std::fs::metadata(&segment) {
+        // pg_wal is local: the directory, archive_status, and the files of it an image keeps
+        // (the checkpoint's segment and its timeline's history); their handles count down
+        // from the top, away from the tree's.
+        for dir in ["pg_wal", "pg_wal/archive_status"] {
             files.push(SourceFile {
-                path: checkpoint_segment.to_owned(),
-                mode: 0o600,
-                size: meta.len(),
-                is_dir: false,
-                chunks: vec![ChunkOrigin::Read; meta.len().div_ceil(chunk_size) as usize],
-                handle: SEGMENT,
+                path: dir.into(),
+                mode: 0o700,
+                size: 0,
+                is_dir: true,
+                chunks: Vec::new(),
+                handle: 0,
             });
+        }
+        let seg_name = checkpoint_segment
+            .strip_prefix("pg_wal/")
+            .unwrap_or(checkpoint_segment);
+        let history = seg_name.get(..8).map(|tli| format!("{tli}.history"));
+        let local: Vec<PathBuf> = std::iter::once(seg_name.to_owned())
+            .chain(history)
+            .map(|name| wal.join(name))
+            .collect();
+        for (i, path) in local.iter().enumerate() {
+            if let Ok(meta) = std::fs::metadata(path) {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                files.push(SourceFile {
+                    path: format!("pg_wal/{}", name.unwrap_or_default()),
+                    mode: 0o600,
+                    size: meta.len(),
+                    is_dir: false,
+                    chunks: vec![ChunkOrigin::Read; meta.len().div_ceil(chunk_size) as usize],
+                    handle: u64::MAX - i as u64,
+                });
+            }
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let read = |handle: u64, off: u64, len: usize| -> Result<Vec<u8>, StorageError> {
-            if handle == SEGMENT {
-                let f = std::fs::File::open(&segment)
-                    .map_err(|e| StorageError::io("open", &segment, e))?;
-                let mut buf = vec![0u8; len];
-                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off)
-                    .map_err(|e| StorageError::io("read", &segment, e))?;
-                Ok(buf)
-            } else {
-                tree.read_local(handle, off, len)
+            match local.get((u64::MAX - handle) as usize) {
+                Some(path) => {
+                    let f =
+                        std::fs::File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+                    let mut buf = vec![0u8; len];
+                    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off)
+                        .map_err(|e| StorageError::io("read", path, e))?;
+                    Ok(buf)
+                }
+                None => tree.read_local(handle, off, len),
             }
         };
         let source = CaptureSource {
@@ -333,19 +316,36 @@ impl ObjectPageStore {
             }
         }
         self.images.fence(db, g).await?;
-        let bb = self.images.basebackup(db, history).await?;
-        let manifest = bb.as_ref().map(|b| b.manifest.clone());
-        let latest = manifest.as_ref().map(|m| m.id);
         if let Some(old) = st.mount.take() {
             old.unmount()?;
         }
         let dir = self.data_dir(db);
-        let try_lazy = self.lazy.zip(bb);
-        let reuse = try_lazy.is_none() && latest.is_some() && self.cached_image(db) == latest;
-        // From here on the directory changes: it no longer equals any image.
+        // Lazily, the mount is made while the basebackup is on its way (the directory changes
+        // from here on: it no longer equals any image).
+        let preparing = self.lazy.map(|lazy| {
+            let dirs = [dir.clone(), self.wal_dir(db), self.backing_dir(db)];
+            let trash = self.cache.join(db.as_str()).join("trash");
+            let (clean, db) = (self.clean_path(db), db.clone());
+            tokio::task::spawn_blocking(move || {
+                remove_if_exists(&clean)?;
+                prepare_lazy(&db, dirs, &trash, lazy)
+            })
+        });
+        let bb = self.images.basebackup(db, history).await;
+        let pending = match preparing {
+            Some(task) => task
+                .await
+                .map_err(|e| StorageError::io("prepare", &dir, std::io::Error::other(e)))??,
+            None => None,
+        };
+        let bb = bb?;
+        let manifest = bb.as_ref().map(|b| b.manifest.clone());
+        let latest = manifest.as_ref().map(|m| m.id);
+        let try_lazy = self.lazy.zip(bb).zip(pending);
+        let reuse = self.lazy.is_none() && latest.is_some() && self.cached_image(db) == latest;
         remove_if_exists(&self.clean_path(db))?;
         let mounted = match try_lazy {
-            Some((lazy, bb)) => self.mount_lazy(db, bb, lazy).await?,
+            Some(((lazy, bb), pending)) => Some(self.mount_lazy(db, bb, lazy, pending)?),
             None => None,
         };
         if let Some(mnt) = mounted {
@@ -452,7 +452,9 @@ impl ObjectPageStore {
 
 /// What of a cleanly shut down data directory goes into an image: everything but the running
 /// server's and the agent's transient files, and of `pg_wal` only the segment holding the
-/// checkpoint (the WAL quorum keeps the rest).
+/// checkpoint and its timeline's history file (the WAL quorum keeps the rest). With the history,
+/// a stock `postgres` starts from the image alone even when the checkpoint shares a page with
+/// the switch to its timeline (that page's header names the parent timeline).
 pub fn include_in_image(path: &str, checkpoint_segment: &str) -> bool {
     const TRANSIENT: &[&str] = &[
         "postmaster.pid",
@@ -465,7 +467,14 @@ pub fn include_in_image(path: &str, checkpoint_segment: &str) -> bool {
         return false;
     }
     match path.strip_prefix("pg_wal/") {
-        Some(rest) => rest == "archive_status" || path == checkpoint_segment,
+        Some(rest) => {
+            rest == "archive_status"
+                || path == checkpoint_segment
+                || checkpoint_segment
+                    .strip_prefix("pg_wal/")
+                    .and_then(|seg| seg.get(..8))
+                    .is_some_and(|tli| rest.strip_suffix(".history") == Some(tli))
+        }
         None => !path.starts_with("pg_stat_tmp/"),
     }
 }
@@ -480,6 +489,56 @@ fn image_info(m: &Manifest) -> ImageInfo {
 }
 
 /// Give everything under `dir` to `uid:gid`.
+/// Ready `[data dir, pg_wal, backing dir]` of a database for a lazy mount and mount the data
+/// directory, waiting for its tree: a mount left behind by a process that died is detached, the
+/// previous directories move into `trash` (deleted in the background, after the start has had
+/// the machine), new empty ones are made. `Ok(None)` when FUSE is unavailable and not required.
+fn prepare_lazy(
+    db: &DatabaseName,
+    dirs: [PathBuf; 3],
+    trash: &Path,
+    lazy: Lazy,
+) -> Result<Option<lazyfs::PendingMount>, StorageError> {
+    let [dir, wal, _backing] = &dirs;
+    // An error just means nothing was mounted there.
+    let _ = lazyfs::detach(dir);
+    create_private_dir(trash)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, d) in dirs.iter().enumerate() {
+        if d.exists() {
+            let aside = trash.join(format!("{stamp}-{i}"));
+            if std::fs::rename(d, &aside).is_err() {
+                std::fs::remove_dir_all(d).map_err(|e| StorageError::io("remove", d, e))?;
+            }
+        }
+        create_private_dir(d)?;
+    }
+    let trash = trash.to_path_buf();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        if let Ok(entries) = std::fs::read_dir(&trash) {
+            for e in entries.flatten() {
+                // Another clean-up may be at it too.
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+    for d in [wal, dir] {
+        std::os::unix::fs::chown(d, Some(lazy.uid), Some(lazy.gid))
+            .map_err(|e| StorageError::io("chown", d, e))?;
+    }
+    match lazyfs::mount_pending(dir, lazy.uid, lazy.gid) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if !lazy.require => {
+            warn!(%db, error = %e, "FUSE is unavailable: restoring the image eagerly instead");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), StorageError> {
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("read dir", dir, e))?;
     for e in entries {
@@ -554,6 +613,7 @@ mod tests {
             "base/1/1259",
             "global/pg_control",
             "pg_wal/archive_status",
+            "pg_wal/00000002.history",
             seg,
         ] {
             assert!(include_in_image(keep, seg), "{keep}");
@@ -563,7 +623,8 @@ mod tests {
             "recovery.signal",
             "spg_unsynced",
             "pg_wal/000000020000000000000002",
-            "pg_wal/00000002.history",
+            "pg_wal/00000001.history",
+            "pg_wal/00000003.history",
             "pg_stat_tmp/global.stat",
         ] {
             assert!(!include_in_image(skip, seg), "{skip}");
