@@ -77,6 +77,8 @@ async fn bare_start_query(
     db: &str,
     id: i64,
 ) -> Duration {
+    let log_path = data_dir.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut cmd = tokio::process::Command::new(bins.exe("postgres"));
     cmd.arg("-D")
         .arg(data_dir)
@@ -85,7 +87,7 @@ async fn bare_start_query(
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log.try_clone().unwrap()))
         .kill_on_drop(true);
     if run_as.switch_user {
         cmd.uid(run_as.uid).gid(run_as.gid);
@@ -107,8 +109,9 @@ async fn bare_start_query(
             }
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "bare postgres did not start"
+            t0.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
+            "bare postgres did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     };

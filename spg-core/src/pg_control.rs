@@ -107,7 +107,30 @@ pub struct ControlFile {
     pub redo: Lsn,
     /// Timeline of the latest checkpoint.
     pub timeline: TimelineId,
+    /// The settings a hot standby needs at least these values of; `None` for control-file
+    /// versions whose layout this reader does not know.
+    pub hot_standby_minimums: Option<HotStandbyMinimums>,
 }
+
+/// Settings recorded in `pg_control` (those of the server that wrote the WAL) that a server
+/// recovering it with `hot_standby` must have at least as high, or recovery pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotStandbyMinimums {
+    /// `max_connections`.
+    pub max_connections: i32,
+    /// `max_worker_processes`.
+    pub max_worker_processes: i32,
+    /// `max_wal_senders`.
+    pub max_wal_senders: i32,
+    /// `max_prepared_transactions`.
+    pub max_prepared_xacts: i32,
+    /// `max_locks_per_transaction`.
+    pub max_locks_per_xact: i32,
+}
+
+/// Offset of `MaxConnections` (followed by the other four) in the layout of
+/// `pg_control_version` 1300 (checked against PostgreSQL 15's `pg_controldata`).
+const V1300_MAX_CONNECTIONS: usize = 180;
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
@@ -148,6 +171,18 @@ impl ControlFile {
             checkpoint: Lsn(u64_at(bytes, 32)),
             redo: Lsn(u64_at(bytes, 40)),
             timeline: TimelineId(u32_at(bytes, 48)),
+            hot_standby_minimums: (pg_control_version == 1300
+                && bytes.len() >= V1300_MAX_CONNECTIONS + 20)
+                .then(|| {
+                    let at = |i: usize| u32_at(bytes, V1300_MAX_CONNECTIONS + 4 * i) as i32;
+                    HotStandbyMinimums {
+                        max_connections: at(0),
+                        max_worker_processes: at(1),
+                        max_wal_senders: at(2),
+                        max_prepared_xacts: at(3),
+                        max_locks_per_xact: at(4),
+                    }
+                }),
         })
     }
 
@@ -175,6 +210,9 @@ mod tests {
         b[32..40].copy_from_slice(&checkpoint.to_le_bytes());
         b[40..48].copy_from_slice(&(checkpoint - 0x28).to_le_bytes());
         b[48..52].copy_from_slice(&1u32.to_le_bytes());
+        for (i, v) in [100u32, 8, 10, 0, 64].into_iter().enumerate() {
+            b[180 + 4 * i..184 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
         let crc_off = 288;
         let crc = crc32c::crc32c(&b[..crc_off]);
         b[crc_off..crc_off + 4].copy_from_slice(&crc.to_le_bytes());
@@ -187,6 +225,16 @@ mod tests {
         assert_eq!(c.state, DbState::ShutDown);
         assert!(c.state.is_clean_shutdown());
         assert_eq!(c.checkpoint, Lsn(0x1_0000_0028));
+        assert_eq!(
+            c.hot_standby_minimums,
+            Some(HotStandbyMinimums {
+                max_connections: 100,
+                max_worker_processes: 8,
+                max_wal_senders: 10,
+                max_prepared_xacts: 0,
+                max_locks_per_xact: 64,
+            })
+        );
         assert_eq!(c.timeline, TimelineId(1));
         assert_eq!(c.pg_control_version, 1300);
     }

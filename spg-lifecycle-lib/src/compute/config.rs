@@ -39,6 +39,28 @@ pub struct WalConf {
     /// agent turns local fsync off where it can tell an operating-system crash afterwards
     /// ([`spg_core::UNSYNCED_MARKER`]).
     pub local_fsync: bool,
+    /// `hot_standby`: whether sessions may connect (read-only) while recovery finishes.
+    pub hot_standby: bool,
+}
+
+/// `max_wal_senders` of computes in a WAL quorum.
+pub const MAX_WAL_SENDERS: i32 = 16;
+
+/// Whether a compute with `profile` can recover WAL written under `recorded` with `hot_standby`
+/// (PostgreSQL pauses recovery otherwise): every recorded setting at most this compute's
+/// (`max_worker_processes`, `max_prepared_transactions` and `max_locks_per_transaction` are
+/// PostgreSQL's defaults here). Unknown settings: no.
+pub fn hot_standby_possible(
+    profile: &ScaleProfile,
+    recorded: Option<spg_core::pg_control::HotStandbyMinimums>,
+) -> bool {
+    recorded.is_some_and(|r| {
+        i64::from(r.max_connections) <= i64::from(profile.max_connections)
+            && r.max_worker_processes <= 8
+            && r.max_wal_senders <= MAX_WAL_SENDERS
+            && r.max_prepared_xacts <= 0
+            && r.max_locks_per_xact <= 64
+    })
 }
 
 /// `postgresql.conf` for a compute listening on `127.0.0.1:port`; with `wal`, one that recovers
@@ -82,7 +104,7 @@ pub fn postgresql_conf(
     if let Some(w) = wal {
         let _ = writeln!(c, "# WAL quorum: safekeepers are synchronous standbys");
         let _ = writeln!(c, "wal_level = replica");
-        let _ = writeln!(c, "max_wal_senders = 16");
+        let _ = writeln!(c, "max_wal_senders = {MAX_WAL_SENDERS}");
         let _ = writeln!(c, "wal_keep_size = '256MB'");
         let _ = writeln!(c, "wal_sender_timeout = '10s'");
         let _ = writeln!(
@@ -100,8 +122,13 @@ pub fn postgresql_conf(
             "recovery_target_timeline = {}",
             conf_quote(&w.recovery_target_timeline)
         );
-        // Accept connections only once promoted: readiness means read-write.
-        let _ = writeln!(c, "hot_standby = off");
+        // The agent's admin session connects while recovery finishes (it writes only once
+        // promoted); the platform reports the compute ready, and tenants connect, only then.
+        let _ = writeln!(
+            c,
+            "hot_standby = {}",
+            if w.hot_standby { "on" } else { "off" }
+        );
     }
     c
 }
@@ -149,6 +176,7 @@ mod tests {
             restore_command: "\"/bin/spg\" wal-restore http://x \"%f\" \"%p\"".into(),
             recovery_target_timeline: "current".into(),
             local_fsync: false,
+            hot_standby: true,
         };
         let c = postgresql_conf(5555, Path::new("/run"), &default_profile(), Some(&w));
         assert!(
@@ -158,7 +186,25 @@ mod tests {
         let local = postgresql_conf(5555, Path::new("/run"), &default_profile(), None);
         assert!(local.contains("fsync = on\n"));
         assert!(c.contains("synchronous_standby_names = 'ANY 2 (\"sk1\", \"sk2\", \"sk3\")'\n"));
-        assert!(c.contains("hot_standby = off\n"));
+        assert!(c.contains("hot_standby = on\n"));
+        let recorded = spg_core::pg_control::HotStandbyMinimums {
+            max_connections: 100,
+            max_worker_processes: 8,
+            max_wal_senders: 16,
+            max_prepared_xacts: 0,
+            max_locks_per_xact: 64,
+        };
+        let l1 = default_profile();
+        assert!(hot_standby_possible(&l1, Some(recorded)));
+        assert!(!hot_standby_possible(&l1, None));
+        let bigger = spg_core::pg_control::HotStandbyMinimums {
+            max_connections: 200,
+            ..recorded
+        };
+        assert!(
+            !hot_standby_possible(&l1, Some(bigger)),
+            "scaled down from a bigger profile"
+        );
         assert!(pg_hba_conf(true)
             .contains("host replication spg_replicator 127.0.0.1/32 scram-sha-256"));
         let hba = pg_hba_conf(false);

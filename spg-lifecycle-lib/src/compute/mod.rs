@@ -273,14 +273,17 @@ impl RunningCompute {
                 )
                 .await?;
                 write_owned(cfg, &data_dir.join("recovery.signal"), "")?;
+                let control = spg_core::pg_control::ControlFile::read(data_dir).ok();
                 let local_fsync = !mark_unsynced(data_dir)?;
                 let conf = config::WalConf {
                     local_fsync,
                     standby_names: w.quorum.synchronous_standby_names(),
                     restore_command: svc.restore_command(&w.restore_program),
-                    recovery_target_timeline: election
-                        .recovery_timeline()
-                        .map_or_else(|| "current".to_owned(), |t| t.to_string()),
+                    recovery_target_timeline: recovery_target(election, control.as_ref()),
+                    hot_standby: config::hot_standby_possible(
+                        &spec.profile,
+                        control.as_ref().and_then(|c| c.hot_standby_minimums),
+                    ),
                 };
                 Some((svc, conf))
             }
@@ -341,7 +344,6 @@ impl RunningCompute {
             )?;
             match process.wait_ready(cfg.ready_timeout).await {
                 Ok(()) => {
-                    timer.step("start");
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
                     std::fs::write(run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
@@ -352,6 +354,13 @@ impl RunningCompute {
                             return Err(fail("start", reason));
                         }
                     };
+                    if wal.is_some() {
+                        if let Err(reason) = wait_promoted(&admin, cfg.ready_timeout).await {
+                            process.kill().await;
+                            return Err(fail("start", reason));
+                        }
+                    }
+                    timer.step("start");
                     let mut follow_task = None;
                     if let Some((w, _)) = &wal {
                         match start_replication(w, spec, &admin, port).await {
@@ -363,7 +372,7 @@ impl RunningCompute {
                         }
                         timer.step("follow");
                     }
-                    if let Err(reason) = sync_roles(&admin, spec).await {
+                    if let Err(reason) = sync_roles(&admin, spec, wal.is_some()).await {
                         if let Some(t) = follow_task {
                             t.abort();
                         }
@@ -610,9 +619,31 @@ async fn admin_client(socket_dir: &Path, port: u16) -> Result<tokio_postgres::Cl
     Ok(client)
 }
 
-/// Mint this generation's replication password (stored as a SCRAM verifier, with a local-only
-/// commit: no safekeeper streams yet), then have the safekeepers follow, and keep re-asserting
-/// it while the compute runs.
+/// Wait until recovery has ended and the compute is promoted (read-write). With `hot_standby`,
+/// PostgreSQL reports ready as soon as recovery is consistent, and the admin session connects
+/// then: a first session after recovery builds its caches over the lazy mount, which overlaps
+/// with the end of recovery (timeline switch, end-of-recovery checkpoint).
+async fn wait_promoted(client: &tokio_postgres::Client, timeout: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let in_recovery: bool = client
+            .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| format!("waiting for promotion: {e}"))?
+            .get(0);
+        if !in_recovery {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err("recovery did not end in time".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Mint this generation's replication password (stored as a SCRAM verifier) and install the
+/// tenant roles, in one local-only commit (no safekeeper streams yet), then have the safekeepers
+/// follow, and keep re-asserting it while the compute runs.
 async fn start_replication(
     w: &WalSetup,
     spec: &ComputeSpec,
@@ -620,19 +651,17 @@ async fn start_replication(
     port: u16,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let password = wal::replication_password();
-    let verifier = ScramVerifier::from_password(&password).to_postgres_string();
+    let verifier = ScramVerifier::from_password(&password);
     client
         .batch_execute(&format!(
-            "SET synchronous_commit = local;\n\
-             DO $$ BEGIN\n\
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR_ROLE}') THEN\n\
-                 CREATE ROLE {REPLICATOR_ROLE} REPLICATION LOGIN;\n\
-               END IF;\n\
-             END $$;\n\
-             ALTER ROLE {REPLICATOR_ROLE} WITH NOSUPERUSER REPLICATION LOGIN PASSWORD '{verifier}';"
+            "SET synchronous_commit = local;\n{}",
+            sql::do_block(&[
+                sql::replicator_body(&verifier),
+                sql::role_sync_body(&spec.roles),
+            ])
         ))
         .await
-        .map_err(|e| format!("replication role: {e}"))?;
+        .map_err(|e| format!("replication role and roles: {e}"))?;
     let source = ReplicationSource {
         host: "127.0.0.1".into(),
         port,
@@ -662,17 +691,24 @@ async fn start_replication(
     }))
 }
 
-/// Install the tenant roles (and the tenant database on the first start), on the admin session
-/// that minted the replication role. Its commits wait for the quorum again (that session had
-/// `synchronous_commit = local` for the replication role): a start returns only once the
-/// safekeepers stream from the compute, so even an immediate clean stop leaves them holding its
-/// new timeline.
-async fn sync_roles(client: &tokio_postgres::Client, spec: &ComputeSpec) -> Result<(), String> {
+/// Install the tenant roles (and the tenant database on the first start), on the admin session.
+/// With a WAL quorum the roles are already in (committed with the replication role), and a
+/// commit through the quorum waits until the safekeepers stream from the compute: a start
+/// returns only once they hold its new timeline and everything before, so even an immediate
+/// clean stop leaves it on the quorum.
+async fn sync_roles(
+    client: &tokio_postgres::Client,
+    spec: &ComputeSpec,
+    quorum: bool,
+) -> Result<(), String> {
+    let sql = if quorum {
+        // An assigned transaction id makes the commit write a record and wait for the quorum.
+        "RESET synchronous_commit;\nSELECT pg_catalog.txid_current();".to_owned()
+    } else {
+        sql::role_sync_sql(&spec.roles)
+    };
     client
-        .batch_execute(&format!(
-            "RESET synchronous_commit;\n{}",
-            sql::role_sync_sql(&spec.roles)
-        ))
+        .batch_execute(&sql)
         .await
         .map_err(|e| format!("installing roles: {e}"))?;
     let exists = client
@@ -689,6 +725,21 @@ async fn sync_roles(client: &tokio_postgres::Client, spec: &ComputeSpec) -> Resu
             .map_err(|e| format!("creating database: {e}"))?;
     }
     Ok(())
+}
+
+/// `recovery_target_timeline` for recovering a data directory (its `control` file) from
+/// `election`'s log: the newest timeline of the log, spelled `current` when the directory's
+/// checkpoint is already on it (PostgreSQL then skips a `restore_command` run that checks the
+/// history file exists).
+fn recovery_target(
+    election: &Election,
+    control: Option<&spg_core::pg_control::ControlFile>,
+) -> String {
+    let checkpoint_timeline = control.map(|c| c.timeline);
+    match election.recovery_timeline() {
+        Some(t) if Some(t) != checkpoint_timeline => t.to_string(),
+        _ => "current".to_owned(),
+    }
 }
 
 /// Create `dir` with mode 0700; missing parents get the default mode so that the compute user

@@ -54,6 +54,9 @@ pub struct PostgresProcess {
     exit: ExitWatch,
 }
 
+/// util-linux's `setpriv`, present on every Debian-like system (util-linux is essential).
+const SETPRIV: &str = "/usr/bin/setpriv";
+
 impl PostgresProcess {
     /// Start `postgres -D data_dir` as `run_as`, appending its output to `log_path`.
     pub fn spawn(
@@ -71,7 +74,27 @@ impl PostgresProcess {
         let log_err = log
             .try_clone()
             .map_err(|e| LifecycleError::io("dup", log_path, e))?;
-        let mut cmd = tokio::process::Command::new(bins.exe("postgres"));
+        let postgres = bins.exe("postgres");
+        let setpriv = Path::new(SETPRIV);
+        let mut cmd = if run_as.switch_user && setpriv.is_file() {
+            // Switching user through setpriv lets the platform start postgres with
+            // posix_spawn: forking the platform's large process to change uid before exec
+            // costs milliseconds of every cold start.
+            let mut c = tokio::process::Command::new(setpriv);
+            c.arg(format!("--reuid={}", run_as.uid))
+                .arg(format!("--regid={}", run_as.gid))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(&postgres);
+            c
+        } else {
+            let mut c = tokio::process::Command::new(&postgres);
+            if run_as.switch_user {
+                // std/tokio drop supplementary groups when switching uid as root.
+                c.uid(run_as.uid).gid(run_as.gid);
+            }
+            c
+        };
         cmd.arg("-D")
             .arg(data_dir)
             .env_clear()
@@ -84,13 +107,9 @@ impl PostgresProcess {
             // its computes in order, instead of reaching postgres directly.
             .process_group(0)
             .kill_on_drop(true);
-        if run_as.switch_user {
-            // std/tokio drop supplementary groups when switching uid as root.
-            cmd.uid(run_as.uid).gid(run_as.gid);
-        }
         let mut child = cmd
             .spawn()
-            .map_err(|e| LifecycleError::io("spawn", bins.exe("postgres"), e))?;
+            .map_err(|e| LifecycleError::io("spawn", &postgres, e))?;
         let pid = child.id().ok_or_else(|| {
             LifecycleError::Setup("postgres exited before its pid was known".into())
         })? as i32;
@@ -135,7 +154,8 @@ impl PostgresProcess {
     }
 
     /// Wait until the postmaster reports `ready` in `postmaster.pid` (it then accepts
-    /// connections), it exits, or `timeout` passes.
+    /// connections; with `hot_standby`, read-only ones while recovery finishes), it exits, or
+    /// `timeout` passes.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), StartFailure> {
         let deadline = Instant::now() + timeout;
         let pid_file = self.data_dir.join("postmaster.pid");
@@ -146,7 +166,7 @@ impl PostgresProcess {
                 return Err(StartFailure::Exited { exit, log });
             }
             if let Ok(text) = std::fs::read_to_string(&pid_file) {
-                if pid_file_says_ready(&text, self.pid) {
+                if pid_file_status(&text, self.pid) == Some("ready") {
                     return Ok(());
                 }
             }
@@ -271,12 +291,15 @@ impl std::fmt::Display for StartFailure {
     }
 }
 
-/// Line 8 of `postmaster.pid` is the postmaster's status; `ready` means it accepts connections.
-/// Line 1 must be our pid: a stale file of an earlier run may also say `ready`.
-fn pid_file_says_ready(text: &str, pid: i32) -> bool {
+/// Line 8 of `postmaster.pid`, the postmaster's status (`starting`, `standby`, `ready`,
+/// `stopping`), when line 1 is `pid`: a stale file of an earlier run may also say `ready`.
+fn pid_file_status(text: &str, pid: i32) -> Option<&str> {
     let mut lines = text.lines();
     let file_pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
-    file_pid == Some(pid) && lines.nth(6).map(str::trim) == Some("ready")
+    lines
+        .nth(6)
+        .map(str::trim)
+        .filter(|_| file_pid == Some(pid))
 }
 
 /// Up to `max` trailing bytes of a file, lossily decoded.
@@ -329,14 +352,14 @@ mod tests {
     #[test]
     fn reads_pid_file_status() {
         let ready = "4242\n/data\n1700000000\n5432\n/tmp\n127.0.0.1\n  1234   5678\nready   \n";
-        assert!(pid_file_says_ready(ready, 4242));
-        assert!(!pid_file_says_ready(ready, 4243));
-        assert!(!pid_file_says_ready(
-            &ready.replace("ready", "starting"),
-            4242
-        ));
-        assert!(!pid_file_says_ready("4242\n", 4242));
-        assert!(!pid_file_says_ready("", 4242));
+        assert_eq!(pid_file_status(ready, 4242), Some("ready"));
+        assert_eq!(pid_file_status(ready, 4243), None);
+        assert_eq!(
+            pid_file_status(&ready.replace("ready", "standby"), 4242),
+            Some("standby")
+        );
+        assert_eq!(pid_file_status("4242\n", 4242), None);
+        assert_eq!(pid_file_status("", 4242), None);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 
 use spg_core::DatabaseName;
 
+use spg_core::scram::ScramVerifier;
+
 use super::config::TENANT_GROUP;
+use super::wal::REPLICATOR_ROLE;
 use super::RoleSpec;
 
 /// Quote an identifier.
@@ -19,6 +22,11 @@ pub(crate) fn quote_literal(s: &str) -> String {
 /// verifier. Tenant roles are never superusers, cannot create roles or databases, cannot
 /// replicate and cannot bypass row-level security.
 pub(crate) fn role_sync_sql(roles: &[RoleSpec]) -> String {
+    do_block(&[role_sync_body(roles)])
+}
+
+/// The PL/pgSQL statements of [`role_sync_sql`].
+pub(crate) fn role_sync_body(roles: &[RoleSpec]) -> String {
     let mut body = format!(
         "IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {g}) THEN \
          CREATE ROLE {gi} NOLOGIN; END IF;\n",
@@ -38,7 +46,26 @@ pub(crate) fn role_sync_sql(roles: &[RoleSpec]) -> String {
             pw = quote_literal(&r.verifier.to_postgres_string()),
         ));
     }
-    format!("DO $spg$\nBEGIN\n{body}END\n$spg$;")
+    body
+}
+
+/// The PL/pgSQL statements that create the safekeepers' replication role if missing and give it
+/// this generation's verifier (replication only, never superuser).
+pub(crate) fn replicator_body(verifier: &ScramVerifier) -> String {
+    let r = REPLICATOR_ROLE;
+    format!(
+        "IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit}) THEN \
+         CREATE ROLE {id} REPLICATION LOGIN; END IF;\n\
+         ALTER ROLE {id} WITH NOSUPERUSER REPLICATION LOGIN PASSWORD {pw};\n",
+        lit = quote_literal(r),
+        id = quote_ident(r),
+        pw = quote_literal(&verifier.to_postgres_string()),
+    )
+}
+
+/// One anonymous PL/pgSQL block running `bodies` in order (one transaction).
+pub(crate) fn do_block(bodies: &[String]) -> String {
+    format!("DO $spg$\nBEGIN\n{}END\n$spg$;", bodies.concat())
 }
 
 /// Create the tenant database, owned by the tenant group (so every tenant role may use its
@@ -54,7 +81,6 @@ pub(crate) fn create_database_sql(db: &DatabaseName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spg_core::scram::ScramVerifier;
     use spg_core::RoleName;
 
     #[test]
@@ -73,5 +99,12 @@ mod tests {
         assert!(sql.contains("CREATE ROLE \"app\" LOGIN IN ROLE \"spg_tenant\""));
         assert!(sql.contains("PASSWORD 'SCRAM-SHA-256$4096:"));
         assert!(!sql.contains("$spg$;\n$spg$"));
+        let both = do_block(&[
+            replicator_body(&ScramVerifier::from_password("x")),
+            role_sync_body(&[]),
+        ]);
+        assert_eq!(both.matches("DO $spg$").count(), 1, "one transaction");
+        assert!(both.contains("ALTER ROLE \"spg_replicator\" WITH NOSUPERUSER REPLICATION LOGIN"));
+        assert!(both.contains("CREATE ROLE \"spg_tenant\" NOLOGIN"));
     }
 }

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rand::RngExt;
 use spg_core::wal_files::{parse_segment_file_name, DEFAULT_SEGMENT_SIZE};
-use spg_core::{DatabaseName, Election, Lsn, WalQuorum};
+use spg_core::{DatabaseName, Election, Lsn, TimelineId, WalQuorum};
 use tokio_util::sync::CancellationToken;
 
 use crate::LifecycleError;
@@ -58,6 +58,8 @@ struct RestoreState {
     /// The data directory's redo point: recovery reads its segment from here on (and its
     /// first page, for the header).
     redo: Option<Lsn>,
+    /// The data directory's checkpoint and its timeline.
+    checkpoint: Option<(Lsn, TimelineId)>,
     /// Answers already given: recovery asks for some files twice, and nothing changes while it
     /// runs (the log is elected, nobody writes it). `None`: the local copy holds it.
     answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
@@ -136,10 +138,11 @@ impl RestoreService {
             .local_addr()
             .map_err(|e| LifecycleError::io("local_addr", "restore endpoint", e))?;
         // The redo point of the directory being recovered (its pg_wal's parent).
-        let redo = local_wal
+        let control = local_wal
             .parent()
-            .and_then(|d| spg_core::pg_control::ControlFile::read(d).ok())
-            .map(|c| c.redo);
+            .and_then(|d| spg_core::pg_control::ControlFile::read(d).ok());
+        let redo = control.as_ref().map(|c| c.redo);
+        let checkpoint = control.as_ref().map(|c| (c.checkpoint, c.timeline));
         let state = RestoreState {
             quorum,
             db,
@@ -147,6 +150,7 @@ impl RestoreService {
             token: token.clone(),
             local_wal,
             redo,
+            checkpoint,
             answered: Arc::default(),
         };
         let app = axum::Router::new()
@@ -219,6 +223,13 @@ async fn serve(
         tracing::debug!(db = %st.db, file, "restore: not part of the elected log");
         return StatusCode::NOT_FOUND.into_response();
     }
+    if need == Need::Required && local_copy_covers_the_log(&file, &st) {
+        // The usual wake after an idle stop: the image's own segment already ends where the
+        // elected log ends, so there is nothing to read from the quorum.
+        tracing::debug!(db = %st.db, file, "restore: local copy holds the rest of the log");
+        remember(None);
+        return StatusCode::NOT_FOUND.into_response();
+    }
     match st.quorum.read_wal_file(&st.db, &st.election, &file).await {
         Ok(Some(bytes)) => {
             let local = std::fs::read(st.local_wal.join(&file)).ok();
@@ -252,6 +263,98 @@ async fn serve(
     }
 }
 
+/// Whether the data directory's own copy of segment `file` holds everything recovery reads of
+/// the elected log in it, without asking the quorum: the usual wake after an idle stop, where
+/// the elected log ends with the checkpoint the directory was shut down at. That is: the segment
+/// is of the newest timeline on the elected path and of the checkpoint's, holds the redo point
+/// and the checkpoint, and the log ends no later than the checkpoint record (read from the local
+/// copy, which an image always holds from the redo point through the checkpoint, written by
+/// the one writer of that timeline). Anything else (WAL after the checkpoint, other segments or
+/// timelines) goes to the quorum.
+fn local_copy_covers_the_log(file: &str, st: &RestoreState) -> bool {
+    let seg = DEFAULT_SEGMENT_SIZE;
+    let Some((tli, segno)) = parse_segment_file_name(file, seg) else {
+        return false;
+    };
+    let (Some(redo), Some((checkpoint, ckpt_tli)), Some((last, _))) =
+        (st.redo, st.checkpoint, st.election.history.last())
+    else {
+        return false;
+    };
+    let flush = st.election.flush_lsn.0;
+    let same_segment = [redo.0, checkpoint.0, flush]
+        .iter()
+        .all(|l| l / seg == segno);
+    if *last != tli || ckpt_tli != tli || !same_segment || flush < checkpoint.0 {
+        return false;
+    }
+    let Ok(local) = std::fs::File::open(st.local_wal.join(file)) else {
+        return false;
+    };
+    match checkpoint_record_end(&local, seg, checkpoint.0 % seg) {
+        Ok(Some(end)) => flush % seg <= end,
+        _ => false,
+    }
+}
+
+/// WAL page size (`XLOG_BLCKSZ`) and the size of a WAL page's short header.
+const WAL_PAGE: u64 = 8192;
+const SHORT_PAGE_HEADER: u64 = 24;
+
+/// Where the record at `offset` of a local segment copy ends (offset past it, 8-aligned), read
+/// from its length field; `None` unless the copy is a whole segment whose first page and the
+/// record's page carry the same WAL page magic, and the record fits in the segment.
+fn checkpoint_record_end(
+    local: &std::fs::File,
+    segment_size: u64,
+    offset: u64,
+) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    if local.metadata()?.len() != segment_size || offset % WAL_PAGE < SHORT_PAGE_HEADER {
+        return Ok(None);
+    }
+    let mut magic = [[0u8; 2]; 2];
+    local.read_exact_at(&mut magic[0], 0)?;
+    local.read_exact_at(&mut magic[1], offset - offset % WAL_PAGE)?;
+    let mut len = [0u8; 4];
+    local.read_exact_at(&mut len, offset)?;
+    let mut left = u64::from(u32::from_le_bytes(len));
+    if magic[0] != magic[1] || magic[0] == [0, 0] || left == 0 {
+        return Ok(None);
+    }
+    // The record continues past page ends, after each next page's header.
+    let mut at = offset;
+    loop {
+        let room = WAL_PAGE - at % WAL_PAGE;
+        if left <= room {
+            at += left;
+            break;
+        }
+        left -= room;
+        at += room + SHORT_PAGE_HEADER;
+    }
+    let end = at.div_ceil(8) * 8;
+    Ok((end <= segment_size).then_some(end))
+}
+
+/// Whether `b` holds a non-zero byte (word-wise: this runs over megabytes of zeros).
+fn any_nonzero(b: &[u8]) -> bool {
+    b.chunks(4096)
+        .any(|c| c.iter().fold(0u8, |a, x| a | x) != 0)
+}
+
+/// One past the last non-zero byte of `b`, 0 if none.
+fn nonzero_end(b: &[u8]) -> usize {
+    let mut end = b.len();
+    for c in b.rchunks(4096) {
+        if any_nonzero(c) {
+            return end - c.len() + c.iter().rposition(|x| *x != 0).map_or(0, |i| i + 1);
+        }
+        end -= c.len();
+    }
+    0
+}
+
 /// The quorum's copy of a segment ends where its WAL ends (zeros after). If the data directory's
 /// own `pg_wal` holds the same segment with the same bytes where recovery reads (the first page,
 /// with the segment header, and everything from `from`, the redo point's offset when the segment
@@ -268,7 +371,7 @@ fn local_copy_suffices(quorum: &[u8], local: Option<&[u8]>, from: usize) -> bool
     if local.len() != quorum.len() {
         return false;
     }
-    let end = quorum.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let end = nonzero_end(quorum);
     let head = PAGE.min(end);
     let from = from.min(end);
     local[..head] == quorum[..head] && local[from..end] == quorum[from..end]
@@ -333,7 +436,7 @@ pub fn replication_password() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, local_copy_suffices, Need};
+    use super::{checkpoint_record_end, classify, local_copy_suffices, nonzero_end, Need};
     use spg_core::{Election, Generation, Lsn, TimelineId};
 
     #[test]
@@ -390,6 +493,58 @@ mod tests {
             classify("000000020000000000000001", &none, seg),
             Need::Unknown
         );
+    }
+
+    #[test]
+    fn the_checkpoint_record_end_is_read_from_the_local_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = |seg: &[u8], size: usize, off: usize| {
+            let p = dir.path().join("seg");
+            std::fs::write(&p, seg).unwrap();
+            let f = std::fs::File::open(&p).unwrap();
+            checkpoint_record_end(&f, size as u64, off as u64).unwrap()
+        };
+        let page = 8192;
+        let n = 1 << 20;
+        let mut seg = vec![0u8; n];
+        let at = page * 20 + 100;
+        seg[at..at + 4].copy_from_slice(&114u32.to_le_bytes());
+        assert_eq!(end(&seg, n, at), None, "no page magic");
+        for p in [0, page * 20] {
+            seg[p..p + 2].copy_from_slice(&[0x10, 0xd1]);
+        }
+        assert_eq!(end(&seg, n, at), Some(((at + 114).div_ceil(8) * 8) as u64));
+        assert_eq!(end(&seg[..n / 2], n, at), None, "not a whole segment");
+        // A record running into the next page skips that page's header.
+        let near = page * 21 - 50;
+        seg[near..near + 4].copy_from_slice(&114u32.to_le_bytes());
+        assert_eq!(
+            end(&seg, n, near),
+            Some(((page * 21 + 24 + 64).div_ceil(8) * 8) as u64)
+        );
+        // A different magic on the record's page: not the same WAL.
+        seg[page * 20] = 0x11;
+        assert_eq!(end(&seg, n, at), None);
+        // Running off the end of the segment.
+        let last = n - 40;
+        seg[n - page..n - page + 2].copy_from_slice(&[0x10, 0xd1]);
+        seg[last..last + 4].copy_from_slice(&114u32.to_le_bytes());
+        assert_eq!(end(&seg, n, last), None);
+    }
+
+    #[test]
+    fn the_end_of_the_nonzero_bytes() {
+        assert_eq!(nonzero_end(&[]), 0);
+        assert_eq!(nonzero_end(&[0; 9000]), 0);
+        let mut v = vec![0u8; 9000];
+        v[4095] = 1;
+        assert_eq!(nonzero_end(&v), 4096);
+        v[8999] = 1;
+        assert_eq!(nonzero_end(&v), 9000);
+        v[0] = 1;
+        v[4095] = 0;
+        v[8999] = 0;
+        assert_eq!(nonzero_end(&v), 1);
     }
 
     #[test]
