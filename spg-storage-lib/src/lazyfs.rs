@@ -953,43 +953,34 @@ struct Fuse {
     gid: u32,
 }
 
-/// The tree a mount serves: supplied at mount time, or later ([`PendingMount::serve`]); until
+/// The tree a mount serves, set once: at mount time, or later ([`PendingMount::serve`]); until
 /// then requests wait (nothing but the agent touches a directory before its compute starts).
+/// `None`: the mount is torn down without ever serving a tree. Once set, reading it takes no
+/// lock.
+#[derive(Default)]
 struct TreeSlot {
-    state: Mutex<SlotState>,
-    ready: std::sync::Condvar,
-}
-
-enum SlotState {
-    Pending,
-    Ready(Arc<LazyTree>),
-    /// The mount is being torn down without ever serving a tree.
-    Gone,
+    tree: std::sync::OnceLock<Option<Arc<LazyTree>>>,
+    waiting: Mutex<()>,
+    set: std::sync::Condvar,
 }
 
 impl TreeSlot {
-    fn new(state: SlotState) -> Arc<TreeSlot> {
-        Arc::new(TreeSlot {
-            state: Mutex::new(state),
-            ready: std::sync::Condvar::new(),
-        })
+    fn set(&self, tree: Option<Arc<LazyTree>>) {
+        let _ = self.tree.set(tree);
+        let _guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        self.set.notify_all();
     }
 
-    fn set(&self, state: SlotState) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
-        self.ready.notify_all();
-    }
-
-    fn get(&self) -> FsResult<Arc<LazyTree>> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn get(&self) -> &Option<Arc<LazyTree>> {
+        if let Some(t) = self.tree.get() {
+            return t;
+        }
+        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match &*st {
-                SlotState::Ready(t) => return Ok(Arc::clone(t)),
-                SlotState::Gone => return Err(libc::EIO),
-                SlotState::Pending => {
-                    st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
-                }
+            if let Some(t) = self.tree.get() {
+                return t;
             }
+            guard = self.set.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -1035,8 +1026,8 @@ fn reply_empty(r: FsResult<()>, reply: fuser::ReplyEmpty) {
 }
 
 impl Fuse {
-    fn tree(&self) -> FsResult<Arc<LazyTree>> {
-        self.slot.get()
+    fn tree(&self) -> FsResult<&LazyTree> {
+        self.slot.get().as_deref().ok_or(libc::EIO)
     }
 
     fn reply_entry(&self, r: FsResult<Attr>, reply: fuser::ReplyEntry) {
@@ -1451,7 +1442,7 @@ pub fn mount(tree: Arc<LazyTree>, at: &Path, uid: u32, gid: u32) -> Result<Mount
 /// milliseconds, which can overlap fetching what the tree is built from). Requests wait until
 /// [`PendingMount::serve`]; dropping the pending mount unmounts it.
 pub fn mount_pending(at: &Path, uid: u32, gid: u32) -> Result<PendingMount, StorageError> {
-    let slot = TreeSlot::new(SlotState::Pending);
+    let slot = Arc::new(TreeSlot::default());
     let fs = Fuse {
         slot: Arc::clone(&slot),
         uid,
@@ -1485,7 +1476,7 @@ pub struct PendingMount {
 impl PendingMount {
     /// Serve `tree` from now on.
     pub fn serve(mut self, tree: Arc<LazyTree>) -> Mount {
-        self.slot.set(SlotState::Ready(Arc::clone(&tree)));
+        self.slot.set(Some(Arc::clone(&tree)));
         Mount {
             session: self.session.take(),
             tree,
@@ -1503,7 +1494,7 @@ impl Drop for PendingMount {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             // Nothing waits forever on a tree that never comes.
-            self.slot.set(SlotState::Gone);
+            self.slot.set(None);
             if s.umount_and_join().is_err() {
                 let _ = detach(&self.at);
             }

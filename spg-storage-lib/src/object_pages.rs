@@ -343,7 +343,10 @@ impl ObjectPageStore {
         let latest = manifest.as_ref().map(|m| m.id);
         let try_lazy = self.lazy.zip(bb).zip(pending);
         let reuse = self.lazy.is_none() && latest.is_some() && self.cached_image(db) == latest;
-        remove_if_exists(&self.clean_path(db))?;
+        if self.lazy.is_none() {
+            // (A lazy checkout removed it while preparing the mount.)
+            remove_if_exists(&self.clean_path(db))?;
+        }
         let mounted = match try_lazy {
             Some(((lazy, bb), pending)) => Some(self.mount_lazy(db, bb, lazy, pending)?),
             None => None,

@@ -273,16 +273,16 @@ impl RunningCompute {
                 )
                 .await?;
                 write_owned(cfg, &data_dir.join("recovery.signal"), "")?;
-                let control = spg_core::pg_control::ControlFile::read(data_dir).ok();
+                let control = svc.control();
                 let local_fsync = !mark_unsynced(data_dir)?;
                 let conf = config::WalConf {
                     local_fsync,
                     standby_names: w.quorum.synchronous_standby_names(),
                     restore_command: svc.restore_command(&w.restore_program),
-                    recovery_target_timeline: recovery_target(election, control.as_ref()),
+                    recovery_target_timeline: recovery_target(election, control),
                     hot_standby: config::hot_standby_possible(
                         &spec.profile,
-                        control.as_ref().and_then(|c| c.hot_standby_minimums),
+                        control.and_then(|c| c.hot_standby_minimums),
                     ),
                 };
                 Some((svc, conf))

@@ -113,6 +113,7 @@ fn classify(file: &str, election: &Election, segment_size: u64) -> Need {
 /// The per-compute loopback endpoint behind `restore_command`.
 pub struct RestoreService {
     url: String,
+    control: Option<spg_core::pg_control::ControlFile>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     /// Dropped without [`RestoreService::stop`] (its owner was cancelled), it stops serving too.
@@ -165,10 +166,16 @@ impl RestoreService {
         });
         Ok(RestoreService {
             url: format!("http://{addr}/{token}"),
+            control,
             _on_drop: stop.clone().drop_guard(),
             stop,
             task,
         })
+    }
+
+    /// The control file of the data directory being recovered, as read at the start.
+    pub fn control(&self) -> Option<&spg_core::pg_control::ControlFile> {
+        self.control.as_ref()
     }
 
     /// The `restore_command` value for `program`.

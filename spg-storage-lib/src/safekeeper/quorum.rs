@@ -120,6 +120,19 @@ impl SafekeeperSet {
     }
 
     /// Call every member concurrently, each bounded by the timeout.
+    /// Every member's status of `db` (those that answered in time, with their index).
+    async fn statuses(
+        &self,
+        db: &DatabaseName,
+    ) -> Vec<(usize, Result<SafekeeperStatus, StorageError>)> {
+        let db = db.clone();
+        self.all(move |m| {
+            let db = db.clone();
+            Box::pin(async move { m.status(&db).await })
+        })
+        .await
+    }
+
     async fn all<T, F>(&self, f: F) -> Vec<(usize, Result<T, StorageError>)>
     where
         T: Send + 'static,
@@ -173,13 +186,7 @@ fn placeholder_history(parent: TimelineId) -> Vec<u8> {
 #[async_trait]
 impl WalQuorum for SafekeeperSet {
     async fn observe(&self, db: &DatabaseName) -> CoreResult<Option<Election>> {
-        let db2 = db.clone();
-        let answers = self
-            .all(move |m| {
-                let db = db2.clone();
-                Box::pin(async move { m.status(&db).await })
-            })
-            .await;
+        let answers = self.statuses(db).await;
         let mut seen: Vec<(usize, SafekeeperStatus)> = Vec::new();
         let mut errors = Vec::new();
         for (i, r) in answers {
@@ -397,13 +404,7 @@ impl WalQuorum for SafekeeperSet {
     }
 
     async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn> {
-        let db2 = db.clone();
-        let answers = self
-            .all(move |m| {
-                let db = db2.clone();
-                Box::pin(async move { m.status(&db).await })
-            })
-            .await;
+        let answers = self.statuses(db).await;
         let mut flushes: Vec<Lsn> = answers
             .into_iter()
             .filter_map(|(_, r)| r.ok())
