@@ -1,6 +1,8 @@
 //! The gateway's dependencies on top of the control plane: in-process (`spg up`) or over the
 //! HTTPS API (a standalone `spg-gateway`).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use spg_core::scram::ScramVerifier;
 use spg_core::{ComputeEndpoint, CoreResult, DatabaseName, RoleName};
@@ -49,5 +51,32 @@ impl AuthSource for OverApi {
 impl Waker for OverApi {
     async fn wake(&self, db: &DatabaseName) -> CoreResult<ComputeEndpoint> {
         Ok(self.0.wake(db.as_str()).await?)
+    }
+}
+
+/// Name of the admin console's login role.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Credentials from `inner`, plus the admin console's role [`ADMIN_ROLE`] whose password is the
+/// platform's API key.
+pub struct WithAdmin {
+    /// Tenant credentials.
+    pub inner: Arc<dyn AuthSource>,
+    /// The admin role's verifier (`None`: no admin console login).
+    pub admin: Option<ScramVerifier>,
+}
+
+#[async_trait]
+impl AuthSource for WithAdmin {
+    async fn role_verifier(
+        &self,
+        db: &DatabaseName,
+        role: &RoleName,
+    ) -> CoreResult<Option<ScramVerifier>> {
+        self.inner.role_verifier(db, role).await
+    }
+
+    async fn admin_verifier(&self, role: &RoleName) -> CoreResult<Option<ScramVerifier>> {
+        Ok(self.admin.clone().filter(|_| role.as_str() == ADMIN_ROLE))
     }
 }

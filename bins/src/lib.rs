@@ -38,6 +38,59 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// Connection pooling options of the gateway (`spg up`, `spg-gateway`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PoolArgs {
+    /// Pool mode of databases without their own: `transaction` or `session`.
+    #[arg(long, env = "SPG_POOL_MODE", default_value = "transaction")]
+    pub pool_mode: spg_gateway_lib::pool::PoolMode,
+    /// Backend connections per (database, role).
+    #[arg(long, env = "SPG_POOL_SIZE", default_value_t = 20)]
+    pub pool_size: usize,
+    /// Per-database pool settings `db=mode[:size]` (repeatable or comma-separated), e.g.
+    /// `legacy=session:5`.
+    #[arg(long = "pool", env = "SPG_POOLS", value_delimiter = ',')]
+    pub pools: Vec<String>,
+    /// How long a client waits for a free backend connection before SQLSTATE 57014.
+    #[arg(long, env = "SPG_QUERY_WAIT_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub query_wait_timeout: std::time::Duration,
+}
+
+impl PoolArgs {
+    /// The gateway's pool configuration.
+    pub fn config(&self) -> anyhow::Result<spg_gateway_lib::pool::PoolConfig> {
+        use spg_gateway_lib::pool::{DatabasePool, PoolConfig};
+        let mut c = PoolConfig {
+            mode: self.pool_mode,
+            size: self.pool_size.max(1),
+            query_wait_timeout: self.query_wait_timeout,
+            ..PoolConfig::default()
+        };
+        for o in self.pools.iter().filter(|o| !o.trim().is_empty()) {
+            let (db, rest) = o
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("pool setting {o:?} is not db=mode[:size]"))?;
+            let (mode, size) = match rest.split_once(':') {
+                Some((m, s)) => (m, Some(s)),
+                None => (rest, None),
+            };
+            let mode = mode.parse().map_err(anyhow::Error::msg)?;
+            let size = size
+                .map(|s| s.parse::<usize>())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("pool setting {o:?}: size is not a number"))?;
+            c.databases.insert(
+                db.trim().to_string(),
+                DatabasePool {
+                    mode: Some(mode),
+                    size,
+                },
+            );
+        }
+        Ok(c)
+    }
+}
+
 /// A random secret of `n` characters from `[A-Za-z0-9]`.
 pub fn random_secret(n: usize) -> String {
     use rand::RngExt;

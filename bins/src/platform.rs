@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use prometheus_client::registry::Registry;
 use spg_core::{PageStore, WalQuorum};
+use spg_gateway_lib::pool::PoolConfig;
 use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
 use spg_lifecycle_lib::api::{self, ApiKey};
 use spg_lifecycle_lib::compute::wal::WalSetup;
@@ -34,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::adapters::InProcess;
+use crate::adapters::{InProcess, WithAdmin};
 use crate::tls::TlsMaterial;
 
 /// How often in-process safekeepers copy complete WAL segments to object storage.
@@ -44,6 +45,8 @@ const OFFLOAD_KEEP_SEGMENTS: u64 = 4;
 
 /// Key under which the API key's hash is stored.
 const API_KEY_META: &str = "api_key_sha256";
+/// Key under which the admin console's SCRAM verifier (of the API key) is stored.
+const ADMIN_SCRAM_META: &str = "admin_scram_verifier";
 
 /// Settings of an in-process platform.
 #[derive(Debug, Clone)]
@@ -72,6 +75,8 @@ pub struct PlatformConfig {
     pub max_client_conn: usize,
     /// Gateway's bound on a client message body.
     pub max_message_bytes: usize,
+    /// Gateway's connection pooling.
+    pub pool: PoolConfig,
     /// Use this API key (its hash replaces the stored one); else the stored one, or a new one.
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
@@ -111,6 +116,7 @@ impl PlatformConfig {
             wake_timeout: Duration::from_secs(30),
             max_client_conn: 10_000,
             max_message_bytes: 1 << 30,
+            pool: PoolConfig::default(),
             api_key: None,
             lease_ttl: Duration::from_secs(30),
             safekeepers: 3,
@@ -208,6 +214,18 @@ impl Platform {
                 }
             },
         };
+        // The admin console logs in with the API key as password: keep its verifier (the key
+        // itself is stored only as a hash).
+        if let Some(k) = &api_key {
+            let v = spg_core::scram::ScramVerifier::from_password(k);
+            store
+                .set_meta(ADMIN_SCRAM_META, &v.to_postgres_string())
+                .await?;
+        }
+        let admin_verifier = store
+            .meta(ADMIN_SCRAM_META)
+            .await?
+            .and_then(|v| spg_core::scram::ScramVerifier::parse(&v).ok());
         let key_hash = store
             .meta(API_KEY_META)
             .await?
@@ -345,10 +363,14 @@ impl Platform {
                         max_client_conn: cfg.max_client_conn,
                         max_message_bytes: cfg.max_message_bytes,
                         lease_holder: format!("spg-up-{}", std::process::id()),
+                        pool: cfg.pool.clone(),
                         ..GatewayConfig::default()
                     },
                     GatewayDeps {
-                        auth: Arc::new(InProcess(control_plane.clone())),
+                        auth: Arc::new(WithAdmin {
+                            inner: Arc::new(InProcess(control_plane.clone())),
+                            admin: admin_verifier.clone(),
+                        }),
                         waker: Arc::new(InProcess(control_plane.clone())),
                         lease: Some(Arc::new(control_plane.clone())),
                     },

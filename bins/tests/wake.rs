@@ -122,25 +122,29 @@ async fn twenty_clients_at_once_cause_exactly_one_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_stop_happens_after_timeout_and_not_while_a_session_is_open() {
+async fn idle_stop_happens_after_timeout_not_during_a_transaction_and_the_next_one_wakes() {
     let idle = Duration::from_millis(1500);
     let t = TestPlatform::start(idle).await;
     let client = tokio_pg(&t, &t.dsn).await.unwrap();
-    // Session open and idle for well over idle_timeout: the compute keeps running.
+    client
+        .batch_execute("CREATE TABLE wake_log (n int); BEGIN; INSERT INTO wake_log VALUES (1)")
+        .await
+        .unwrap();
+    // A transaction open (and idle) for well over idle_timeout: the compute keeps running.
     for _ in 0..4 {
         tokio::time::sleep(idle).await;
         assert_eq!(t.status().await.record.state, ComputeState::Ready);
     }
-    client.simple_query("SELECT 1").await.unwrap();
-    let closed_at = std::time::Instant::now();
-    drop(client);
+    client.simple_query("COMMIT").await.unwrap();
+    let committed_at = std::time::Instant::now();
+    // The client stays connected but idle: under transaction pooling it holds nothing.
     let st = t
         .wait_state(ComputeState::Stopped, Duration::from_secs(20))
         .await;
-    let waited = closed_at.elapsed();
+    let waited = committed_at.elapsed();
     assert!(
         waited >= idle,
-        "stopped {waited:?} after the session closed, before idle_timeout"
+        "stopped {waited:?} after the transaction ended, before idle_timeout"
     );
     let last = &t
         .p()
@@ -150,6 +154,14 @@ async fn idle_stop_happens_after_timeout_and_not_while_a_session_is_open() {
         .unwrap()[0];
     assert_eq!(last.reason, "idle");
     assert_eq!(st.record.wake_count, 1);
+    // The same connection's next transaction wakes the database transparently.
+    let rows = client
+        .query_one("SELECT count(*) FROM wake_log", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, i64>(0), 1);
+    assert_eq!(t.status().await.record.wake_count, 2);
+    drop(client);
     t.shutdown().await;
 }
 
@@ -224,13 +236,14 @@ async fn wake_past_the_deadline_is_57p03_with_a_hint_and_a_retry_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_databases_make_new_sessions_wait_not_fail() {
+async fn frozen_databases_make_new_transactions_wait_not_fail() {
     use spg_core::Gateway;
     let t = TestPlatform::start(Duration::from_secs(300)).await;
     let gw = t.p().gateway.clone().unwrap();
     let db = spg_core::DatabaseName::new(DB).unwrap();
     let first = tokio_pg(&t, &t.dsn).await.unwrap();
     assert_eq!(gw.sessions(&db).sessions, 1);
+    first.simple_query("BEGIN").await.unwrap();
     gw.set_frozen(&db, true);
     let dsn = t.dsn.clone();
     let tls = tls_maker(&t);
@@ -243,11 +256,12 @@ async fn frozen_databases_make_new_sessions_wait_not_fail() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         !waiting.is_finished(),
-        "a frozen database must hold new sessions back"
+        "a frozen database must hold new work back"
     );
     assert!(gw.sessions(&db).frozen);
-    // Work already running continues.
+    // A transaction already running continues and ends.
     first.simple_query("SELECT 1").await.unwrap();
+    first.simple_query("COMMIT").await.unwrap();
     gw.set_frozen(&db, false);
     tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

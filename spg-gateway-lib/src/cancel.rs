@@ -1,5 +1,7 @@
 //! Cancel keys. The gateway hands each session its own random `BackendKeyData` and maps it to
-//! the compute's; a `CancelRequest` carrying the gateway's key is forwarded to the compute.
+//! the backend connection the session holds at the moment (under transaction pooling that
+//! changes from one transaction to the next); a `CancelRequest` carrying the gateway's key is
+//! forwarded to that backend, and does nothing while the session holds none.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,8 +28,10 @@ pub struct CancelTarget {
 /// Registry of live sessions' cancel keys.
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, (i32, CancelTarget)>>,
+    map: Mutex<HashMap<i32, (i32, Slot)>>,
 }
+
+type Slot = Arc<Mutex<Option<CancelTarget>>>;
 
 impl CancelRegistry {
     /// A new registry.
@@ -36,7 +40,8 @@ impl CancelRegistry {
     }
 
     /// Register a session; the returned key is what the client gets in `BackendKeyData`.
-    pub fn register(self: &Arc<Self>, target: CancelTarget) -> CancelKey {
+    /// Its target is `target` until [`CancelKey::set_target`] changes it.
+    pub fn register(self: &Arc<Self>, target: Option<CancelTarget>) -> CancelKey {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let mut rng = rand::rng();
         let pid = loop {
@@ -46,9 +51,11 @@ impl CancelRegistry {
             }
         };
         let secret: i32 = rng.random();
-        map.insert(pid, (secret, target));
+        let slot = Arc::new(Mutex::new(target));
+        map.insert(pid, (secret, Arc::clone(&slot)));
         CancelKey {
             registry: Arc::clone(self),
+            slot,
             pid,
             secret,
         }
@@ -60,7 +67,7 @@ impl CancelRegistry {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&pid) {
                 Some((s, t)) if spg_core::scram::ct_eq(&s.to_be_bytes(), &secret.to_be_bytes()) => {
-                    Some(*t)
+                    *t.lock().unwrap_or_else(|p| p.into_inner())
                 }
                 _ => None,
             }
@@ -96,10 +103,18 @@ impl CancelRegistry {
 /// A registered key; unregisters when dropped.
 pub struct CancelKey {
     registry: Arc<CancelRegistry>,
+    slot: Slot,
     /// Process id shown to the client.
     pub pid: i32,
     /// Secret shown to the client.
     pub secret: i32,
+}
+
+impl CancelKey {
+    /// Where cancel requests with this key go from now on (`None`: nowhere).
+    pub fn set_target(&self, target: Option<CancelTarget>) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
 }
 
 impl Drop for CancelKey {
@@ -119,13 +134,18 @@ mod tests {
     #[tokio::test]
     async fn wrong_or_stale_keys_do_nothing() {
         let r = CancelRegistry::new();
-        let key = r.register(CancelTarget {
+        let key = r.register(Some(CancelTarget {
             addr: ([127, 0, 0, 1], 9).into(),
             pid: 1,
             secret: 2,
-        });
+        }));
         assert!(!r.cancel(key.pid, key.secret.wrapping_add(1)).await);
         assert!(!r.cancel(key.pid.wrapping_add(1), key.secret).await);
+        key.set_target(None);
+        assert!(
+            !r.cancel(key.pid, key.secret).await,
+            "no target: nothing to cancel"
+        );
         let (pid, secret) = (key.pid, key.secret);
         drop(key);
         assert!(r.is_empty());

@@ -15,6 +15,13 @@ pub trait AuthSource: Send + Sync + 'static {
         db: &DatabaseName,
         role: &RoleName,
     ) -> CoreResult<Option<ScramVerifier>>;
+
+    /// The verifier of `role` on the gateway's admin console (`SHOW POOLS`, ...); `Ok(None)`
+    /// when `role` is not an admin. The default has no admins.
+    async fn admin_verifier(&self, role: &RoleName) -> CoreResult<Option<ScramVerifier>> {
+        let _ = role;
+        Ok(None)
+    }
 }
 
 /// Wakes databases.

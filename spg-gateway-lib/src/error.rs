@@ -64,6 +64,18 @@ pub enum GatewayError {
     /// The compute could not be reached (retryable).
     #[error("compute unavailable: {0}")]
     BackendUnavailable(String),
+    /// No backend connection became free within the pool's `query_wait_timeout`.
+    #[error("no backend connection became free within {0:?}")]
+    QueueTimeout(std::time::Duration),
+    /// The compute refused a client's setting (startup parameter); PostgreSQL's own code and
+    /// message, which are safe to show.
+    #[error("compute refused a setting: {code}: {message}")]
+    ServerError {
+        /// SQLSTATE.
+        code: String,
+        /// Message.
+        message: String,
+    },
     /// The gateway is shutting down.
     #[error("gateway is shutting down")]
     ShuttingDown,
@@ -88,6 +100,8 @@ impl GatewayError {
             GatewayError::WakeTimeout { .. } | GatewayError::WakeFailed { .. } => "57P03",
             GatewayError::BackendRejected(_) => "08004",
             GatewayError::BackendUnavailable(_) => "08006",
+            GatewayError::QueueTimeout(_) => "57014",
+            GatewayError::ServerError { .. } => "22023",
             GatewayError::ShuttingDown => "57P01",
             GatewayError::Internal(_) => "XX000",
         })
@@ -128,6 +142,14 @@ impl GatewayError {
                 format!("connection to database \"{database}\" was lost"),
                 Some("Retry the connection."),
             ),
+            GatewayError::QueueTimeout(w) => (
+                format!(
+                    "canceling statement: no connection to database \"{database}\" became free within {} s",
+                    w.as_secs()
+                ),
+                Some("Every pooled connection of this database and role is busy. Retry, or use fewer concurrent transactions."),
+            ),
+            GatewayError::ServerError { message, .. } => (message.clone(), None),
             GatewayError::ShuttingDown => (
                 "terminating connection due to administrator command".into(),
                 None,
@@ -138,9 +160,21 @@ impl GatewayError {
         }
     }
 
-    /// Errors at connection time are FATAL (the session ends).
+    /// Errors at connection time are FATAL (the session ends); a queue timeout fails only the
+    /// transaction that waited.
     pub fn severity(&self) -> Severity {
-        Severity::Fatal
+        match self {
+            GatewayError::QueueTimeout(_) => Severity::Error,
+            _ => Severity::Fatal,
+        }
+    }
+
+    /// The SQLSTATE to show, taking [`GatewayError::ServerError`]'s own code.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            GatewayError::ServerError { code, .. } => Some(code),
+            _ => self.sqlstate(),
+        }
     }
 
     /// Whether retrying (waking again, reconnecting) may help.

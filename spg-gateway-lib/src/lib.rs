@@ -10,8 +10,14 @@
 //! - wake-on-connect: concurrent wakes merged, wake and connect retried with backoff within a
 //!   deadline;
 //! - SCRAM key passthrough to the compute (the ClientKey recovered from the client's proof);
-//! - the gateway's own cancel keys, forwarded to the compute;
-//! - leases held while sessions are open, so idle databases can stop;
+//! - connection pooling per (database, role) in `transaction` (default) or `session` mode:
+//!   transaction boundaries from `ReadyForQuery`, session parameters and protocol-level named
+//!   prepared statements carried across backends, clients pinned while they hold state that
+//!   cannot move (see [`pool`] and [`proto::sql`]), a queue with a timeout;
+//! - the gateway's own cancel keys, forwarded to the backend the session holds;
+//! - a lease held while transactions run (and briefly after), so idle databases can stop even
+//!   with clients connected; their next transaction wakes the database;
+//! - an admin console (`SHOW POOLS`, `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`);
 //! - SQLSTATE-coded errors that do not leak internals; malformed or oversized messages end only
 //!   the offending connection.
 //!
@@ -31,15 +37,18 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 pub mod backend;
 pub mod cancel;
+mod connect;
 mod deps;
 mod error;
 pub mod fuzzing;
 pub mod leases;
 pub mod metrics;
+pub mod pool;
+mod pooled;
 pub mod proto;
-pub mod relay;
 pub mod scram;
 mod server;
 mod session;

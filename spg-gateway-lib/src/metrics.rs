@@ -1,11 +1,20 @@
 //! Prometheus metrics of the gateway.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, Mutex, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::pool::{ClientState, Pools, ServerState};
+use crate::proto::sql::PinKind;
 
 /// Label: SQLSTATE of an error sent to a client.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,7 +28,7 @@ pub struct SqlstateLabel {
 pub struct GatewayMetrics {
     /// Accepted TCP connections.
     pub connections: Counter,
-    /// Client sessions being relayed now.
+    /// Client sessions open now (logged in, pooled or not).
     pub active_sessions: Gauge,
     /// Failed logins.
     pub auth_failures: Counter,
@@ -31,6 +40,145 @@ pub struct GatewayMetrics {
     pub cancel_requests: Counter,
     /// Errors sent to clients, by SQLSTATE.
     pub errors: Family<SqlstateLabel, Counter>,
+    /// Time clients waited for a pooled backend connection.
+    pub pool_wait_seconds: Histogram,
+    /// The pools whose figures are exported at scrape time.
+    pub(crate) pools: PoolsSlot,
+}
+
+/// Where the metrics find the gateway's pools (set when the gateway is built).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PoolsSlot(Arc<Mutex<Option<Weak<Pools>>>>);
+
+impl PoolsSlot {
+    pub(crate) fn set(&self, pools: &Arc<Pools>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(pools));
+    }
+
+    fn get(&self) -> Option<Arc<Pools>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade)
+    }
+}
+
+impl std::fmt::Debug for Pools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pools")
+    }
+}
+
+/// Exports every pool's clients, servers, pins and counters, read at scrape time.
+#[derive(Debug)]
+struct PoolCollector(PoolsSlot);
+
+type Labels = Vec<(&'static str, String)>;
+/// Name, help and labelled values of one exported family.
+type Exported<V> = (&'static str, &'static str, Vec<(Labels, V)>);
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(pools) = self.0.get() else {
+            return Ok(());
+        };
+        let pools = pools.all();
+        let base = |p: &crate::pool::Pool| -> Labels {
+            vec![("database", p.db.to_string()), ("user", p.role.to_string())]
+        };
+        let mut gauges: Vec<Exported<i64>> = vec![
+            ("pool_clients", "Client sessions by state", vec![]),
+            (
+                "pool_pinned_clients",
+                "Clients pinned to a backend, by reason",
+                vec![],
+            ),
+            ("pool_servers", "Backend connections by state", vec![]),
+        ];
+        let mut counters: Vec<Exported<u64>> = vec![
+            ("pool_transactions", "Transactions served", vec![]),
+            (
+                "pool_queries",
+                "Queries (Query and Execute messages)",
+                vec![],
+            ),
+            ("pool_queued", "Checkouts that waited in the queue", vec![]),
+            (
+                "pool_queue_timeouts",
+                "Clients that gave up waiting (57014)",
+                vec![],
+            ),
+            ("pool_prepares", "Parse messages sent to backends", vec![]),
+            (
+                "pool_prepare_hits",
+                "Parse messages answered from a backend's statement cache",
+                vec![],
+            ),
+        ];
+        for p in &pools {
+            let (mut active, mut idle, mut waiting) = (0, 0, 0);
+            for c in p.clients() {
+                match c.state() {
+                    ClientState::Active => active += 1,
+                    ClientState::Idle => idle += 1,
+                    ClientState::Waiting => waiting += 1,
+                }
+            }
+            for (state, n) in [("active", active), ("idle", idle), ("waiting", waiting)] {
+                let mut l = base(p);
+                l.push(("state", state.into()));
+                gauges[0].2.push((l, n));
+            }
+            for k in PinKind::ALL {
+                let mut l = base(p);
+                l.push(("reason", k.as_str().into()));
+                gauges[1].2.push((l, p.pins.get(k) as i64));
+            }
+            let (mut sa, mut si, mut sl) = (0, 0, 0);
+            for s in p.servers() {
+                match s.state() {
+                    ServerState::Active => sa += 1,
+                    ServerState::Idle => si += 1,
+                    ServerState::Login => sl += 1,
+                }
+            }
+            for (state, n) in [("active", sa), ("idle", si), ("login", sl)] {
+                let mut l = base(p);
+                l.push(("state", state.into()));
+                gauges[2].2.push((l, n));
+            }
+            let s = &p.stats;
+            let ld =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            for (i, v) in [
+                ld(&s.xacts),
+                ld(&s.queries),
+                ld(&s.queued),
+                ld(&s.queue_timeouts),
+                ld(&s.prepares),
+                ld(&s.prepare_hits),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                counters[i].2.push((base(p), v));
+            }
+        }
+        for (name, help, values) in &gauges {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, v) in values {
+                ConstGauge::new(*v).encode(fam.encode_family(labels)?)?;
+            }
+        }
+        for (name, help, values) in &counters {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, v) in values {
+                ConstCounter::new(*v).encode(fam.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for GatewayMetrics {
@@ -43,6 +191,8 @@ impl Default for GatewayMetrics {
             wake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             cancel_requests: Counter::default(),
             errors: Family::default(),
+            pool_wait_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
+            pools: PoolsSlot::default(),
         }
     }
 }
@@ -83,6 +233,12 @@ impl GatewayMetrics {
             "Errors sent to clients by SQLSTATE",
             m.errors.clone(),
         );
+        r.register(
+            "pool_wait_seconds",
+            "Time clients waited for a pooled backend connection",
+            m.pool_wait_seconds.clone(),
+        );
+        r.register_collector(Box::new(PoolCollector(m.pools.clone())));
         m
     }
 }

@@ -16,6 +16,7 @@ use crate::cancel::CancelRegistry;
 use crate::deps::{AuthSource, Waker};
 use crate::leases::LeaseKeeper;
 use crate::metrics::GatewayMetrics;
+use crate::pool::{PoolConfig, PoolDeps, Pools};
 use crate::sessions::SessionRegistry;
 use crate::tls::GatewayTls;
 use crate::wake::WakeCoalescer;
@@ -41,6 +42,10 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Name this gateway gives when taking leases.
     pub lease_holder: String,
+    /// Connection pooling: modes, sizes, queue timeout.
+    pub pool: PoolConfig,
+    /// Name of the admin console's database (default `spg_admin`).
+    pub admin_database: String,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +60,8 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             lease_holder: format!("gateway-{}", std::process::id()),
+            pool: PoolConfig::default(),
+            admin_database: "spg_admin".into(),
         }
     }
 }
@@ -97,12 +104,13 @@ impl Drop for ConnectionGuard<'_> {
 pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     pub(crate) auth: Arc<dyn AuthSource>,
-    pub(crate) wakes: Arc<WakeCoalescer>,
-    pub(crate) leases: Option<Arc<LeaseKeeper>>,
     pub(crate) cancels: Arc<CancelRegistry>,
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) connections: ConnectionCounter,
     pub(crate) metrics: GatewayMetrics,
+    pub(crate) pools: Arc<Pools>,
+    /// Ids of client sessions.
+    pub(crate) client_ids: AtomicU64,
     /// Per-process secret for mock salts of unknown roles.
     pub(crate) mock_secret: [u8; 32],
 }
@@ -121,13 +129,25 @@ impl GatewayServer {
         let leases = deps
             .lease
             .map(|l| LeaseKeeper::new(l, config.lease_holder.clone()));
+        let wakes = WakeCoalescer::new(deps.waker);
+        let sessions = SessionRegistry::new();
+        let pools = Pools::new(PoolDeps {
+            wakes,
+            leases,
+            sessions: Arc::clone(&sessions),
+            metrics: metrics.clone(),
+            config: config.pool.clone(),
+            connect_timeout: config.connect_timeout,
+            ids: AtomicU64::new(1),
+        });
+        metrics.pools.set(&pools);
         GatewayServer {
             shared: Arc::new(Shared {
-                wakes: WakeCoalescer::new(deps.waker),
                 auth: deps.auth,
-                leases,
                 cancels: CancelRegistry::new(),
-                sessions: SessionRegistry::new(),
+                sessions,
+                pools,
+                client_ids: AtomicU64::new(1),
                 connections: ConnectionCounter::default(),
                 metrics,
                 mock_secret,
@@ -139,6 +159,11 @@ impl GatewayServer {
     /// Client connections open now (including ones still logging in).
     pub fn connections(&self) -> usize {
         self.shared.connections.count()
+    }
+
+    /// The connection pools (what the admin console and metrics show).
+    pub fn pools(&self) -> &Arc<Pools> {
+        &self.shared.pools
     }
 
     /// Serve clients from `listener` until `shutdown` is cancelled; then stop accepting, let

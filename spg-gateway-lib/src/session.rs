@@ -3,28 +3,28 @@
 //! 1. negotiation: direct TLS, `SSLRequest`, `GSSENCRequest` (refused), `CancelRequest`,
 //!    `StartupMessage`; plaintext refused unless allowed;
 //! 2. SCRAM-SHA-256 against the role's verifier, before anything is woken;
-//! 3. lease, wake and compute connection (SCRAM key passthrough), retried with backoff within the
-//!    wake deadline;
-//! 4. the gateway's own cancel key, then the relay.
+//! 3. the client's pool: its session parameters are settled (waking the database and opening a
+//!    backend connection by SCRAM key passthrough when the pool cannot tell them alone);
+//! 4. the gateway's own cancel key, then the pooled relay ([`crate::pooled`]); or, for the admin
+//!    database, the admin console ([`crate::admin`]).
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rand::RngExt;
 use spg_core::scram::{Key, ScramVerifier};
 use spg_core::{CoreError, DatabaseName, RoleName};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::backend::{self, BackendConn};
-use crate::cancel::CancelTarget;
+use crate::pooled::Session;
 use crate::proto::backend as msg;
 use crate::proto::io::{read_message, read_startup_packet};
 use crate::proto::startup::{parse_initial_packet, InitialPacket, StartupMessage};
 use crate::proto::{ALPN_POSTGRESQL, MAX_AUTH_MESSAGE, TLS_HANDSHAKE_BYTE};
-use crate::relay::{relay, RelayEnd};
 use crate::scram::server::{mechanisms, ScramServer};
 use crate::server::Shared;
 use crate::stream::ClientStream;
@@ -42,6 +42,7 @@ type Failed = (Option<ClientStream>, GatewayError);
 /// Serve one connection. Errors are reported to the client (when possible) and logged.
 pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().ok();
     let _conn = shared.connections.enter();
     let setup = tokio::time::timeout(shared.config.auth_timeout, async {
         let (stream, startup) = match negotiate(&shared, tcp).await {
@@ -77,7 +78,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream) {
     let span = tracing::Span::current();
     span.record("db", dbname.as_str());
     span.record("user", user.as_str());
-    if let Err(e) = run_session(&shared, &mut stream, &startup, auth).await {
+    if let Err(e) = run_session(&shared, &mut stream, &startup, auth, peer).await {
         report(&shared, Some(stream), &e, &user, &dbname).await;
     }
 }
@@ -96,14 +97,14 @@ async fn report(
         GatewayError::Truncated(_) => debug!(error = %e, "client went away"),
         _ => warn!(error = %e, "connection refused"),
     }
-    let (Some(mut stream), Some(code)) = (stream, e.sqlstate()) else {
+    let (Some(mut stream), Some(code)) = (stream, e.code()) else {
         return;
     };
     shared
         .metrics
         .errors
         .get_or_create(&crate::metrics::SqlstateLabel {
-            sqlstate: code.into(),
+            sqlstate: code.to_string(),
         })
         .inc();
     let (text, hint) = e.client_message(user, db);
@@ -220,6 +221,8 @@ pub(crate) struct Authenticated {
     role_text: String,
     client_key: Key,
     verifier: ScramVerifier,
+    /// A login to the admin console.
+    admin: bool,
 }
 
 async fn authenticate(
@@ -244,12 +247,14 @@ async fn authenticate(
     if startup.minor > 0 || !options.is_empty() {
         msg::negotiate_protocol_version(&mut out, 0, &options);
     }
+    let admin = dbname == shared.config.admin_database;
     let db = DatabaseName::new(dbname.clone())
         .map_err(|_| GatewayError::UnknownDatabase(dbname.clone()))?;
     // A name that cannot be a role is an unknown role: authenticate against a mock verifier so
     // the client cannot tell, and fail at the end.
     let role = RoleName::new(user.clone()).ok();
     let stored = match &role {
+        Some(r) if admin => shared.auth.admin_verifier(r).await,
         Some(r) => shared.auth.role_verifier(&db, r).await,
         None => Ok(None),
     };
@@ -314,6 +319,7 @@ async fn authenticate(
         role_text: user,
         client_key,
         verifier,
+        admin,
     })
 }
 
@@ -334,191 +340,21 @@ async fn run_session(
     stream: &mut ClientStream,
     startup: &StartupMessage,
     auth: Authenticated,
+    peer: Option<SocketAddr>,
 ) -> Result<(), GatewayError> {
+    if auth.admin {
+        info!(user = %auth.role_text, "admin console session");
+        return crate::admin::serve(&shared.pools, stream, &auth.role_text).await;
+    }
     let _session = shared.sessions.enter(&auth.db);
-    shared.sessions.wait_unfrozen(&auth.db).await;
+    let pool = shared.pools.get(&auth.db, &auth.role);
+    pool.set_credentials(auth.client_key, auth.verifier);
+    let id = shared.client_ids.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let deadline = started + shared.config.wake_timeout;
-    let lease = match &shared.leases {
-        Some(keeper) => Some(
-            retry_until(
-                deadline,
-                &auth.db,
-                || keeper.hold(&auth.db),
-                |e: CoreError| classify_core(&e, &auth.db),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let conn = wake_and_connect(shared, &auth, startup, deadline).await;
-    let conn = match conn {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(l) = lease {
-                l.release().await;
-            }
-            return Err(e);
-        }
-    };
-    shared
-        .metrics
-        .wake_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let BackendConn {
-        stream: backend,
-        mut forward,
-        key,
-        ready_status,
-    } = conn;
-    let addr = backend.peer_addr()?;
-    let cancel_key =
-        key.map(|(pid, secret)| shared.cancels.register(CancelTarget { addr, pid, secret }));
-    let (pid, secret) = match &cancel_key {
-        Some(k) => (k.pid, k.secret),
-        // A compute that sent no key: hand out one that cancels nothing.
-        None => (rand::rng().random_range(1..i32::MAX), rand::rng().random()),
-    };
-    msg::backend_key_data(&mut forward, pid, secret);
-    msg::ready_for_query(&mut forward, ready_status);
-    stream.write_all(&forward).await?;
+    let session = Session::login(shared, stream, startup, pool, peer, id).await?;
     debug!(ms = started.elapsed().as_millis() as u64, "session ready");
-
     shared.metrics.active_sessions.inc();
-    let ended = relay(stream, backend, shared.config.max_message_bytes).await;
+    let ended = session.run().await;
     shared.metrics.active_sessions.dec();
-    drop(cancel_key);
-    if let Some(l) = lease {
-        l.release().await;
-    }
-    match ended {
-        Ok(RelayEnd::Client) | Ok(RelayEnd::Backend) => Ok(()),
-        Err(GatewayError::Io(e)) => {
-            debug!(error = %e, "session ended by a socket error");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Map a lease or wake error of the platform to what the client sees.
-fn classify_core(e: &CoreError, db: &DatabaseName) -> (bool, GatewayError) {
-    let retryable = e.is_retryable();
-    let err = match e {
-        CoreError::DatabaseNotFound(_) => GatewayError::UnknownDatabase(db.to_string()),
-        _ if retryable => GatewayError::WakeTimeout {
-            database: db.to_string(),
-            detail: e.to_string(),
-        },
-        _ => GatewayError::WakeFailed {
-            database: db.to_string(),
-            detail: e.to_string(),
-        },
-    };
-    (retryable, err)
-}
-
-/// Backoff between attempts: 25 ms doubling to 1 s, with jitter.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(25u64 << attempt.min(6)).min(Duration::from_secs(1));
-    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 4);
-    base + Duration::from_millis(jitter)
-}
-
-/// Run `op` until it succeeds, fails for good, or `deadline` passes. `classify` says whether an
-/// error is worth retrying and what the client sees; retryable errors still failing at the
-/// deadline become [`GatewayError::WakeTimeout`].
-async fn retry_until<T, E, F, Fut>(
-    deadline: Instant,
-    db: &DatabaseName,
-    mut op: F,
-    classify: impl Fn(E) -> (bool, GatewayError),
-) -> Result<T, GatewayError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut attempt = 0;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let r = match tokio::time::timeout(remaining, op()).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(GatewayError::WakeTimeout {
-                    database: db.to_string(),
-                    detail: "deadline passed".into(),
-                })
-            }
-        };
-        match r {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let (retryable, err) = classify(e);
-                let pause = backoff(attempt);
-                if !retryable {
-                    return Err(err);
-                }
-                if Instant::now() + pause >= deadline {
-                    return Err(match err {
-                        timeout @ GatewayError::WakeTimeout { .. } => timeout,
-                        other => GatewayError::WakeTimeout {
-                            database: db.to_string(),
-                            detail: other.to_string(),
-                        },
-                    });
-                }
-                debug!(error = %err, attempt, "retrying");
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-async fn wake_and_connect(
-    shared: &Arc<Shared>,
-    auth: &Authenticated,
-    startup: &StartupMessage,
-    deadline: Instant,
-) -> Result<BackendConn, GatewayError> {
-    let db = &auth.db;
-    retry_until(
-        deadline,
-        db,
-        || async {
-            let (leader, woken) = shared.wakes.wake(db).await;
-            if leader {
-                shared.metrics.wakes.inc();
-            }
-            let endpoint = woken.map_err(|f| {
-                if f.not_found {
-                    GatewayError::UnknownDatabase(db.to_string())
-                } else if f.retryable {
-                    GatewayError::BackendUnavailable(f.message)
-                } else {
-                    GatewayError::WakeFailed {
-                        database: db.to_string(),
-                        detail: f.message,
-                    }
-                }
-            })?;
-            let connect = backend::connect(
-                endpoint.addr,
-                auth.role.as_str(),
-                db.as_str(),
-                auth.client_key,
-                &auth.verifier,
-                &startup.params,
-            );
-            match tokio::time::timeout(shared.config.connect_timeout, connect).await {
-                Ok(r) => r,
-                Err(_) => Err(GatewayError::BackendUnavailable(format!(
-                    "no answer from {} within {:?}",
-                    endpoint.addr, shared.config.connect_timeout
-                ))),
-            }
-        },
-        |e: GatewayError| (e.is_retryable(), e),
-    )
-    .await
+    ended
 }

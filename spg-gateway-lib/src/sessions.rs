@@ -51,6 +51,12 @@ impl SessionRegistry {
         let _ = rx.wait_for(|frozen| !*frozen).await;
     }
 
+    /// A receiver of `db`'s freeze flag (for pools, which check it on every checkout).
+    pub fn frozen_receiver(&self, db: &DatabaseName) -> watch::Receiver<bool> {
+        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+        dbs.entry(db.clone()).or_default().frozen.subscribe()
+    }
+
     /// Figures for `db`.
     pub fn sessions(&self, db: &DatabaseName) -> GatewaySessions {
         let dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use spg::adapters::OverApi;
+use spg::adapters::{OverApi, WithAdmin};
 use spg::tls::TlsMaterial;
 use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
 use spg_lifecycle_lib::api::ApiClient;
@@ -54,6 +54,8 @@ struct Args {
     /// Largest client message accepted, in bytes.
     #[arg(long, env = "SPG_MAX_MESSAGE_BYTES", default_value_t = 1 << 30)]
     max_message_bytes: usize,
+    #[command(flatten)]
+    pool: spg::PoolArgs,
 }
 
 #[tokio::main]
@@ -69,6 +71,7 @@ async fn main() -> Result<()> {
         args.tls_key.as_deref(),
         None,
     )?;
+    let pool = args.pool.config()?;
     let mut registry = Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
     let gateway = GatewayServer::new(
@@ -79,10 +82,15 @@ async fn main() -> Result<()> {
             max_client_conn: args.max_client_conn,
             max_message_bytes: args.max_message_bytes,
             lease_holder: format!("spg-gateway-{}@{}", std::process::id(), args.listen),
+            pool,
             ..GatewayConfig::default()
         },
         GatewayDeps {
-            auth: Arc::new(OverApi(api.clone())),
+            // The admin console's password is the API key this gateway was given.
+            auth: Arc::new(WithAdmin {
+                inner: Arc::new(OverApi(api.clone())),
+                admin: Some(spg_core::scram::ScramVerifier::from_password(&args.api_key)),
+            }),
             waker: Arc::new(OverApi(api.clone())),
             lease: Some(Arc::new(api)),
         },

@@ -57,6 +57,8 @@ struct UpArgs {
     /// How long a connection may wait for its database to wake.
     #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
     wake_timeout: Duration,
+    #[command(flatten)]
+    pool: spg::PoolArgs,
 }
 
 #[derive(Args, Clone)]
@@ -163,6 +165,7 @@ async fn up(args: UpArgs) -> Result<()> {
     cfg.gateway_listen = Some(args.gateway_listen);
     cfg.allow_plaintext = args.allow_plaintext;
     cfg.wake_timeout = args.wake_timeout;
+    cfg.pool = args.pool.config()?;
     let platform = Platform::start(cfg).await?;
 
     let stored = existing

@@ -7,6 +7,8 @@
 pub mod backend;
 pub mod framer;
 pub mod io;
+pub mod messages;
+pub mod sql;
 pub mod startup;
 
 /// Protocol version 3.0 (`196608`).
