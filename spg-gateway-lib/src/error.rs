@@ -144,8 +144,8 @@ impl GatewayError {
             ),
             GatewayError::QueueTimeout(w) => (
                 format!(
-                    "canceling statement: no connection to database \"{database}\" became free within {} s",
-                    w.as_secs()
+                    "canceling statement: no connection to database \"{database}\" became free within {:.1} s",
+                    w.as_secs_f64()
                 ),
                 Some("Every pooled connection of this database and role is busy. Retry, or use fewer concurrent transactions."),
             ),

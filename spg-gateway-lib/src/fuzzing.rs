@@ -4,7 +4,10 @@
 use spg_core::scram::ScramVerifier;
 
 use crate::proto::backend::{parse_auth_request, parse_error_fields, parse_sasl_initial_response};
-use crate::proto::framer::FrontendFramer;
+use bytes::BytesMut;
+
+use crate::proto::messages::{self, Piece, Splitter};
+use crate::proto::sql;
 use crate::proto::startup::parse_initial_packet;
 use crate::scram::messages::{
     parse_client_final, parse_client_first, parse_server_final, parse_server_first,
@@ -17,12 +20,82 @@ pub fn startup_packet(data: &[u8]) {
     let _ = parse_initial_packet(data);
 }
 
-/// The client-to-server stream of a relayed session, cut into chunks at bytes equal to 0xff.
+/// The client-to-server stream of a pooled session, arriving in chunks cut at bytes equal to
+/// 0xff, split into messages as the session does (CopyData over 64 bytes streamed), each whole
+/// message read by the parser of its type.
 pub fn frontend_stream(data: &[u8]) {
-    let mut f = FrontendFramer::new(1 << 16);
+    let mut buf = BytesMut::new();
+    let mut split = Splitter::default();
     for chunk in data.split(|b| *b == 0xff) {
-        if f.feed(chunk).is_err() {
-            return;
+        buf.extend_from_slice(chunk);
+        loop {
+            match split.next(&mut buf, 1 << 16, 64, |t| t == b'd') {
+                Ok(Some(Piece::Whole(m))) => frontend_message(&m),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+fn frontend_message(m: &[u8]) {
+    match m.first() {
+        Some(b'Q') => {
+            if let Ok(q) = messages::query_text(m) {
+                let _ = sql::analyze(q);
+            }
+        }
+        Some(b'P') => {
+            if let Ok(p) = messages::parse_parse(m) {
+                let _ = sql::analyze(p.query);
+                let _ = messages::build_parse(p.name, p.query, p.types);
+            }
+        }
+        Some(b'B') => {
+            if let Ok((portal, stmt, rest)) = messages::parse_bind(m) {
+                let _ = messages::rewrite_bind(m, portal, stmt, rest);
+            }
+        }
+        Some(b'D' | b'C') => {
+            let _ = messages::parse_target(m);
+        }
+        _ => {}
+    }
+}
+
+/// SQL text a client sends (what the pooler reads to learn about session state).
+pub fn sql_effects(data: &[u8]) {
+    let _ = sql::analyze(&String::from_utf8_lossy(data));
+}
+
+/// Messages of a pooled session: the first byte picks the direction (even: from a client,
+/// odd: from a compute), the rest is the stream, split and read as the session does.
+pub fn pooled_messages(data: &[u8]) {
+    let Some((&dir, rest)) = data.split_first() else {
+        return;
+    };
+    if dir % 2 == 0 {
+        frontend_stream(rest);
+        return;
+    }
+    let mut buf = BytesMut::from(rest);
+    let mut split = Splitter::default();
+    while let Ok(Some(piece)) = split.next(&mut buf, 1 << 16, 64, |t| matches!(t, b'D' | b'd')) {
+        let Piece::Whole(m) = piece else { continue };
+        match m[0] {
+            b'Z' => {
+                let _ = messages::ready_status(&m);
+            }
+            b'C' => {
+                let _ = messages::command_tag(&m);
+            }
+            b'S' => {
+                let _ = messages::parameter_status(&m);
+            }
+            b'E' | b'N' => {
+                let _ = messages::error_is_fatal(&m);
+            }
+            _ => {}
         }
     }
 }
@@ -92,4 +165,6 @@ pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("backend_messages", backend_messages),
     ("certificate", certificate),
     ("scram_verifier", scram_verifier),
+    ("sql_effects", sql_effects),
+    ("pooled_messages", pooled_messages),
 ];

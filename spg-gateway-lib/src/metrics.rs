@@ -40,7 +40,8 @@ pub struct GatewayMetrics {
     pub cancel_requests: Counter,
     /// Errors sent to clients, by SQLSTATE.
     pub errors: Family<SqlstateLabel, Counter>,
-    /// Time clients waited for a pooled backend connection.
+    /// Time clients waited in the queue for a pooled backend connection (checkouts that had
+    /// to queue; the others are counted in `spg_gateway_pool_checkouts`).
     pub pool_wait_seconds: Histogram,
     /// The pools whose figures are exported at scrape time.
     pub(crate) pools: PoolsSlot,
@@ -235,7 +236,7 @@ impl GatewayMetrics {
         );
         r.register(
             "pool_wait_seconds",
-            "Time clients waited for a pooled backend connection",
+            "Time clients waited in the queue for a pooled backend connection",
             m.pool_wait_seconds.clone(),
         );
         r.register_collector(Box::new(PoolCollector(m.pools.clone())));

@@ -42,6 +42,10 @@ const STMT_PREFIX: &str = "spg_";
 const STREAM_OVER: usize = 64 * 1024;
 /// Stop reading a side while this much is queued for the other.
 const HIGH_WATER: usize = 1 << 20;
+/// Client messages kept for sending again on another backend (beyond: no retry).
+const MAX_REPLAY: usize = 64;
+/// Times one transaction is sent to another backend after finding its backend gone.
+const MAX_RETRIES: u32 = 3;
 
 /// What a forwarded message will produce, in order.
 #[derive(Debug)]
@@ -117,6 +121,14 @@ struct Attached {
     since: Instant,
     /// An error or `ROLLBACK` since the last idle `ReadyForQuery`.
     failed: bool,
+    /// Nothing came back from the backend yet and nothing was answered for it: the client's
+    /// messages in `log` can go to another backend if this one turns out to be gone.
+    fresh: bool,
+    /// The client's messages since the attachment, while `fresh`.
+    log: Vec<Bytes>,
+    /// The backend is skipping messages after an extended-protocol error and no `Sync` has
+    /// been sent since: what the client sends now produces no replies until its `Sync`.
+    skipping: bool,
     broken: bool,
 }
 
@@ -156,6 +168,61 @@ pub(crate) struct Session<'a> {
     streaming: bool,
     max_message: usize,
     terminated: bool,
+    /// Client messages to send again on another backend (the one they went to was gone).
+    retry: Option<Vec<Bytes>>,
+    /// Retries for the current transaction.
+    retries: u32,
+    /// The reply queue and output buffer of the last attachment, kept for the next.
+    spare: Option<(VecDeque<Expect>, BytesMut)>,
+    /// Figures not yet added to the pool's.
+    local: LocalStats,
+}
+
+/// How often a working session adds its figures to the pool's.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A session's figures since it last added them to the pool's (shared counters cost cache-line
+/// traffic on every transaction otherwise).
+struct LocalStats {
+    since: Instant,
+    received: u64,
+    sent: u64,
+    queries: u64,
+    xacts: u64,
+    xact_us: u64,
+    checkouts: u64,
+}
+
+impl LocalStats {
+    fn new() -> Self {
+        LocalStats {
+            since: Instant::now(),
+            received: 0,
+            sent: 0,
+            queries: 0,
+            xacts: 0,
+            xact_us: 0,
+            checkouts: 0,
+        }
+    }
+
+    fn flush(&mut self, pool: &Pool, now: Instant) {
+        let s = &pool.stats;
+        for (counter, v) in [
+            (&s.received, self.received),
+            (&s.sent, self.sent),
+            (&s.queries, self.queries),
+            (&s.xacts, self.xacts),
+            (&s.xact_us, self.xact_us),
+            (&s.checkouts, self.checkouts),
+        ] {
+            if v > 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        *self = LocalStats::new();
+        self.since = now;
+    }
 }
 
 /// Parameters a client's startup packet asks for, as (lower-case name, display name, value).
@@ -299,6 +366,10 @@ impl<'a> Session<'a> {
             dropping_stream: false,
             streaming: false,
             terminated: false,
+            spare: None,
+            retry: None,
+            retries: 0,
+            local: LocalStats::new(),
         })
     }
 
@@ -318,6 +389,7 @@ impl<'a> Session<'a> {
     }
 
     async fn finish(&mut self) {
+        self.local.flush(&self.pool, Instant::now());
         self.set_pins_metrics(&BTreeSet::new());
         self.pool.remove_client(self.info.id);
         if let Some(att) = self.att.take() {
@@ -349,10 +421,7 @@ impl<'a> Session<'a> {
             if !self.cout.is_empty() {
                 self.client.write_all(&self.cout).await?;
                 self.client.flush().await?;
-                self.pool
-                    .stats
-                    .sent
-                    .fetch_add(self.cout.len() as u64, Ordering::Relaxed);
+                self.local.sent += self.cout.len() as u64;
                 self.cout.clear();
             }
             if self
@@ -379,75 +448,77 @@ impl<'a> Session<'a> {
             if self.terminated {
                 return Ok(End::Client);
             }
-            let read_client = self.att.as_ref().is_none_or(|a| a.out.len() < HIGH_WATER);
+            let client_room = self.att.as_ref().is_none_or(|a| a.out.len() < HIGH_WATER);
             if self.cin.capacity() - self.cin.len() < 512 {
                 self.cin.reserve(8 * 1024);
             }
-            let srv = self.att.as_ref().map(|a| &a.server.stream);
-            let want_write = self.att.as_ref().is_some_and(|a| !a.out.is_empty());
+            let (srv, inbuf, out) = match &mut self.att {
+                Some(a) => (
+                    Some(&a.server.stream),
+                    Some(&mut a.server.inbuf),
+                    Some(&mut a.out),
+                ),
+                None => (None, None, None),
+            };
             tokio::select! {
                 biased;
                 r = async {
-                    match srv {
-                        Some(s) => s.readable().await,
-                        None => std::future::pending().await,
+                    match (srv, inbuf) {
+                        (Some(s), Some(buf)) => s.read_buf(buf).await,
+                        _ => std::future::pending().await,
                     }
                 } => {
-                    r.map_err(|e| GatewayError::BackendUnavailable(e.to_string()))?;
-                    if let Some(end) = self.on_backend_readable()? {
+                    let n = match r {
+                        Ok(n) => n,
+                        Err(e) => {
+                            debug!(error = %e, "backend connection failed");
+                            0
+                        }
+                    };
+                    if let Some(end) = self.on_backend_data(n)? {
                         self.client.write_all(&self.cout).await?;
                         self.client.flush().await?;
                         return Ok(end);
                     }
+                    if let Some(msgs) = self.retry.take() {
+                        self.drop_dead_backend();
+                        for m in msgs {
+                            self.on_client_message(m).await?;
+                        }
+                    }
                 }
                 r = async {
-                    match srv {
-                        Some(s) if want_write => s.writable().await,
+                    match (srv, out) {
+                        (Some(s), Some(out)) if !out.is_empty() => s.write_some(out).await,
                         _ => std::future::pending().await,
                     }
                 } => {
-                    r.map_err(|e| GatewayError::BackendUnavailable(e.to_string()))?;
+                    if let Err(e) = r {
+                        if let Some(att) = &mut self.att {
+                            att.broken = true;
+                        }
+                        return Err(GatewayError::BackendUnavailable(e.to_string()));
+                    }
                 }
-                r = self.client.read_buf(&mut self.cin), if read_client => {
+                r = read_client(self.client, &mut self.cin), if client_room => {
                     let n = r?;
                     if n == 0 {
                         return Ok(End::Client);
                     }
-                    self.pool.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+                    self.local.received += n as u64;
                 }
             }
         }
     }
 
-    /// Read what the backend has; process it. `Some` when the backend is gone.
-    fn on_backend_readable(&mut self) -> Result<Option<End>, GatewayError> {
-        let Some(att) = &mut self.att else {
-            return Ok(None);
-        };
-        let mut eof = false;
-        loop {
-            if att.server.inbuf.capacity() - att.server.inbuf.len() < 4096 {
-                att.server.inbuf.reserve(32 * 1024);
-            }
-            match att.server.stream.try_read_buf(&mut att.server.inbuf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(_) => {
-                    if att.server.inbuf.len() >= HIGH_WATER {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    debug!(error = %e, "backend connection failed");
-                    eof = true;
-                    break;
-                }
-            }
-        }
+    /// The backend sent `n` bytes (0: it closed); process them. `Some` when the backend is
+    /// gone.
+    fn on_backend_data(&mut self, n: usize) -> Result<Option<End>, GatewayError> {
+        let eof = n == 0;
         self.process_backend()?;
+        if self.retry.is_some() {
+            return Ok(None);
+        }
         if eof {
             if let Some(att) = &mut self.att {
                 att.broken = true;
@@ -502,7 +573,15 @@ impl<'a> Session<'a> {
                     }
                 }
                 Piece::Whole(msg) => {
-                    self.on_client_message(msg).await?;
+                    self.on_client_message(msg.clone()).await?;
+                    if let Some(att) = &mut self.att {
+                        if att.fresh && att.log.len() < MAX_REPLAY {
+                            att.log.push(msg);
+                        } else {
+                            att.fresh = false;
+                            att.log.clear();
+                        }
+                    }
                     if let Some(att) = &mut self.att {
                         if att.out.len() >= HIGH_WATER {
                             flush_backend(att)?;
@@ -545,7 +624,12 @@ impl<'a> Session<'a> {
             b'H' => {
                 if let Some(att) = &mut self.att {
                     att.out.extend_from_slice(&msg);
+                    if att.fresh && matches!(att.queue.front(), Some(Expect::Fake(_))) {
+                        att.fresh = false;
+                        att.log.clear();
+                    }
                 }
+                self.flush_fakes();
                 Ok(())
             }
             b'd' | b'c' | b'f' => {
@@ -560,7 +644,7 @@ impl<'a> Session<'a> {
             b'D' => self.on_describe(msg).await,
             b'C' => self.on_close(msg).await,
             b'E' => {
-                self.pool.stats.queries.fetch_add(1, Ordering::Relaxed);
+                self.local.queries += 1;
                 let Some(att) = self.attach_for(tag).await? else {
                     return Ok(());
                 };
@@ -582,7 +666,7 @@ impl<'a> Session<'a> {
     }
 
     async fn on_query(&mut self, msg: Bytes) -> Result<(), GatewayError> {
-        self.pool.stats.queries.fetch_add(1, Ordering::Relaxed);
+        self.local.queries += 1;
         let sql = m::query_text(&msg)?;
         let analysis = sql::analyze(sql);
         // `DEALLOCATE name` of a protocol-level statement: the gateway owns those.
@@ -636,6 +720,18 @@ impl<'a> Session<'a> {
         self.apply_effects_at_send(&stmt.effects);
         self.statements
             .insert(client_name.clone(), Arc::clone(&stmt));
+        // A lone `Parse` + `Sync` (libpq's PQprepare) between transactions while every backend
+        // is busy: answer it here and prepare the statement where it is first used (errors in
+        // it are reported then). Waiting could deadlock a client program that prepares on one
+        // connection while its other connections hold the backends (pgbench -M prepared).
+        if self.att.is_none() && self.cin.first() == Some(&b'S') && !self.pool.has_free() {
+            self.pool
+                .stats
+                .prepares_deferred
+                .fetch_add(1, Ordering::Relaxed);
+            m::empty(&mut self.cout, b'1');
+            return Ok(());
+        }
         let max_prepared = self.pool.config().max_prepared_per_server;
         let pool = Arc::clone(&self.pool);
         if self.attach_for(b'P').await?.is_none() {
@@ -645,6 +741,11 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         att.unsynced = true;
+        if att.skipping {
+            // PostgreSQL would skip this Parse (an earlier error, no Sync yet): no statement.
+            self.statements.remove(&client_name);
+            return Ok(());
+        }
         if att.server.prepared.contains(&stmt.gw) {
             pool.stats.prepare_hits.fetch_add(1, Ordering::Relaxed);
             let mut done = BytesMut::new();
@@ -674,7 +775,7 @@ impl<'a> Session<'a> {
         let max_prepared = self.pool.config().max_prepared_per_server;
         let att = self.att.as_mut()?;
         if name.is_empty() {
-            if !att.unnamed_here {
+            if !att.unnamed_here && !att.skipping {
                 if let Some(stmt) = &self.unnamed {
                     att.out.extend_from_slice(&stmt.parse);
                     att.queue.push_back(Expect::Reply {
@@ -688,7 +789,7 @@ impl<'a> Session<'a> {
             return None;
         }
         let stmt = self.statements.get(name)?;
-        if !att.server.prepared.contains(&stmt.gw) {
+        if !att.skipping && !att.server.prepared.contains(&stmt.gw) {
             evict(att, max_prepared);
             self.pool.stats.prepares.fetch_add(1, Ordering::Relaxed);
             att.server.prepared.insert(Arc::clone(&stmt.gw));
@@ -816,6 +917,10 @@ impl<'a> Session<'a> {
         self.info.set_state(ClientState::Active, server.info.id);
         self.cancel.set_target(Some(server.target));
         let mut att = Attached::new(server);
+        if let Some((queue, out)) = self.spare.take() {
+            att.queue = queue;
+            att.out = out;
+        }
         if !Arc::ptr_eq(&att.server.values, &self.params) {
             let sql = self.params.sync_sql(&att.server.values);
             if !sql.is_empty() {
@@ -830,6 +935,16 @@ impl<'a> Session<'a> {
         }
         self.att = Some(att);
         Ok(())
+    }
+
+    /// The attached backend connection was found gone: close it, hold nothing.
+    fn drop_dead_backend(&mut self) {
+        if let Some(att) = self.att.take() {
+            self.cancel.set_target(None);
+            self.info.set_state(ClientState::Idle, 0);
+            self.pool.close(att.server);
+            self.pool.lease_exit();
+        }
     }
 
     /// Give the backend back if the client is between transactions and not pinned.
@@ -851,12 +966,18 @@ impl<'a> Session<'a> {
             return;
         };
         self.cancel.set_target(None);
-        self.pool
-            .stats
-            .xact_us
-            .fetch_add(att.since.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        self.local.xact_us += now.duration_since(att.since).as_micros() as u64;
+        self.local.checkouts += 1;
+        if now.duration_since(self.local.since) >= STATS_EVERY {
+            self.local.flush(&self.pool, now);
+        }
+        let Attached {
+            server, queue, out, ..
+        } = att;
+        self.spare = Some((queue, out));
         self.info.set_state(ClientState::Idle, 0);
-        self.pool.release(att.server);
+        self.pool.release(server);
         self.pool.lease_exit();
     }
 
@@ -965,6 +1086,7 @@ impl<'a> Session<'a> {
         }
         let mut p = (*self.params).clone();
         let mut server_reset = false;
+        let mut reset = Vec::new();
         for e in pending {
             match e {
                 Effect::Set { name, value } => {
@@ -980,9 +1102,10 @@ impl<'a> Session<'a> {
                 }
                 Effect::Reset(name) => {
                     match self.startup.map.get(&name) {
-                        Some(v) => p.map.insert(name, v.clone()),
+                        Some(v) => p.map.insert(name.clone(), v.clone()),
                         None => p.map.remove(&name),
                     };
+                    reset.push(name);
                 }
                 Effect::ResetAll | Effect::DiscardAll => {
                     // The backend went back to its defaults, the client to its startup values.
@@ -992,15 +1115,33 @@ impl<'a> Session<'a> {
                 _ => {}
             }
         }
+        // What the backend has now: its own defaults after RESET ALL / DISCARD ALL, and no
+        // value for a RESET parameter (the client's RESET means its startup value, the
+        // backend's its server default).
+        let mut have = if server_reset {
+            self.pool
+                .baseline()
+                .map(|b| (*b).clone())
+                .unwrap_or_default()
+        } else {
+            p.clone()
+        };
+        for name in &reset {
+            have.map.remove(name);
+        }
         self.params = self.pool.intern(p);
         if let Some(att) = &mut self.att {
-            att.server.values = if server_reset {
-                self.pool
-                    .baseline()
-                    .unwrap_or_else(|| Arc::clone(&self.params))
-            } else {
-                Arc::clone(&self.params)
-            };
+            // Bring the backend in line at once (the client may keep it: pinned, session mode).
+            let sql = self.params.sync_sql(&have);
+            if !sql.is_empty() {
+                att.out.extend_from_slice(&m::build_query(&sql));
+                att.queue.push_back(Expect::Reply {
+                    kind: Kind::Query,
+                    internal: true,
+                    created: None,
+                });
+            }
+            att.server.values = Arc::clone(&self.params);
         }
     }
 
@@ -1033,6 +1174,9 @@ impl<'a> Session<'a> {
                 }
                 Piece::Whole(msg) => self.on_backend_message(msg)?,
             }
+            if self.retry.is_some() {
+                return Ok(());
+            }
             if self.cout.len() >= HIGH_WATER {
                 return Ok(());
             }
@@ -1044,6 +1188,30 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         let tag = msg[0];
+        if att.fresh {
+            att.fresh = false;
+            let log = std::mem::take(&mut att.log);
+            if tag == b'E' && m::error_is_fatal(&msg) && self.retries < MAX_RETRIES {
+                let code = msg::parse_error_fields(m::body(&msg)).code;
+                // Shutting down or gone before it read anything (a reply would come first):
+                // nothing ran, the messages can go to another backend.
+                if code.starts_with("57P") && !log.is_empty() {
+                    self.retries += 1;
+                    att.broken = true;
+                    debug!(
+                        code,
+                        "backend connection was gone; sending the transaction to another"
+                    );
+                    self.retry = Some(log);
+                    return Ok(());
+                }
+            }
+            // Answers held back for this moment go first.
+            self.flush_fakes();
+        }
+        let Some(att) = &mut self.att else {
+            return Ok(());
+        };
         let head = att.queue.front();
         let internal = matches!(head, Some(Expect::Reply { internal: true, .. }));
         match tag {
@@ -1093,15 +1261,18 @@ impl<'a> Session<'a> {
                         }
                         // The backend skips everything up to Sync.
                         while let Some(front) = att.queue.front() {
-                            if let Expect::Reply { kind, .. } = front {
-                                if kind.is_sync_point() {
-                                    break;
-                                }
+                            if let Expect::Reply {
+                                kind: Kind::Sync, ..
+                            } = front
+                            {
+                                break;
                             }
                             if let Some(Expect::Reply { created, .. }) = att.queue.pop_front() {
                                 undo(att, &mut self.statements, created);
                             }
                         }
+                        // No Sync sent yet: what the client sends until then gets no reply.
+                        att.skipping = att.queue.is_empty();
                     }
                     _ => self.cout.extend_from_slice(&msg),
                 }
@@ -1114,7 +1285,7 @@ impl<'a> Session<'a> {
                         if !internal {
                             self.cout.extend_from_slice(&msg);
                             if status == b'I' {
-                                self.pool.stats.xacts.fetch_add(1, Ordering::Relaxed);
+                                self.local.xacts += 1;
                             }
                         }
                     }
@@ -1125,6 +1296,7 @@ impl<'a> Session<'a> {
                     }
                 }
                 if status == b'I' && !internal {
+                    self.retries = 0;
                     let failed = std::mem::take(&mut att.failed);
                     self.commit_pending(failed);
                 }
@@ -1198,14 +1370,22 @@ impl Attached {
             status: b'I',
             since: Instant::now(),
             failed: false,
+            fresh: true,
+            log: Vec::new(),
+            skipping: false,
             broken: false,
         }
     }
 }
 
-/// Forward a client message and expect its reply.
+/// Forward a client message and expect its reply (none while the backend skips to `Sync`).
 fn forward(att: &mut Attached, msg: &[u8], kind: Kind) {
     att.out.extend_from_slice(msg);
+    if kind == Kind::Sync {
+        att.skipping = false;
+    } else if att.skipping {
+        return;
+    }
     att.queue.push_back(Expect::Reply {
         kind,
         internal: false,
@@ -1213,9 +1393,22 @@ fn forward(att: &mut Attached, msg: &[u8], kind: Kind) {
     });
 }
 
-/// Queue an answer of the gateway's own; sent at once when nothing is ahead of it.
+/// Queue an answer of the gateway's own; sent at once when nothing is ahead of it. While the
+/// backend skips to `Sync`, PostgreSQL would not answer either.
 fn push_fake(att: &mut Attached, cout: &mut BytesMut, fake: Expect) {
+    if att.skipping && !matches!(fake, Expect::FakeDeallocate) {
+        return;
+    }
+    if att.fresh && matches!(fake, Expect::Fake(_)) {
+        // Held back until the backend's first reply (or the client's Flush): if the backend
+        // turns out to be gone, the attachment's messages can still go to another one.
+        att.queue.push_back(fake);
+        return;
+    }
     if att.queue.is_empty() {
+        // Answered to the client: the attachment's messages can no longer be sent again.
+        att.fresh = false;
+        att.log.clear();
         match fake {
             Expect::Fake(b) => cout.extend_from_slice(&b),
             Expect::FakeDeallocate => {
@@ -1268,19 +1461,43 @@ fn evict(att: &mut Attached, max: usize) {
     }
 }
 
+/// Read what the client sent. On plain TCP a read that did not fill the buffer drained the
+/// socket: its readiness is cleared at once (by reporting `WouldBlock` to the reactor) instead
+/// of being learned from one more `recv` failing with `EAGAIN` before every wait.
+async fn read_client(client: &mut ClientStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let ClientStream::Plain(tcp) = client else {
+        return client.read_buf(buf).await;
+    };
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(8 * 1024);
+    }
+    loop {
+        tcp.readable().await?;
+        let room = buf.capacity() - buf.len();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*tcp);
+        let mut got = None;
+        let r = tcp.try_io(tokio::io::Interest::READABLE, || {
+            let n = crate::pool::socket::recv_into(fd, buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match (r, got) {
+            (_, Some(n)) => return Ok(n),
+            (Err(e), None) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+    }
+}
+
 /// Write what is queued for the backend without waiting.
 fn flush_backend(att: &mut Attached) -> Result<(), GatewayError> {
-    while !att.out.is_empty() {
-        match att.server.stream.try_write(&att.out) {
-            Ok(n) => {
-                let _ = att.out.split_to(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                att.broken = true;
-                return Err(GatewayError::BackendUnavailable(e.to_string()));
-            }
-        }
+    if let Err(e) = att.server.stream.write_now(&mut att.out) {
+        att.broken = true;
+        return Err(GatewayError::BackendUnavailable(e.to_string()));
     }
     if att.out.is_empty() && att.out.capacity() > 64 * 1024 {
         att.out = BytesMut::new();
@@ -1318,6 +1535,11 @@ async fn settle(
     let want = desired(pool, &baseline, settings, false).unwrap_or_else(|| (*baseline).clone());
     let sql = want.sync_sql(&server.values);
     if sql.is_empty() {
+        for (key, _, given) in settings {
+            if let Some(p) = want.map.get(key).filter(|p| p.reported) {
+                pool.learn_canonical(key, given, &p.value);
+            }
+        }
         let params = pool.intern(want);
         server.values = Arc::clone(&params);
         return Ok((params, server));
@@ -1342,11 +1564,14 @@ async fn settle(
     }
     let mut params = want;
     for (k, v) in &reported {
-        let key = k.to_ascii_lowercase();
-        if let Some((_, _, given)) = settings.iter().find(|(n, _, _)| *n == key) {
-            pool.learn_canonical(&key, given, v);
-        }
         params.reported(k, v);
+    }
+    // What PostgreSQL made of each reported setting (also of those it already had, which it
+    // does not report again): later logins with the same settings need no backend.
+    for (key, _, given) in settings {
+        if let Some(p) = params.map.get(key).filter(|p| p.reported) {
+            pool.learn_canonical(key, given, &p.value);
+        }
     }
     let params = pool.intern(params);
     server.values = Arc::clone(&params);

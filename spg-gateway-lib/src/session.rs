@@ -248,8 +248,14 @@ async fn authenticate(
         msg::negotiate_protocol_version(&mut out, 0, &options);
     }
     let admin = dbname == shared.config.admin_database;
-    let db = DatabaseName::new(dbname.clone())
-        .map_err(|_| GatewayError::UnknownDatabase(dbname.clone()))?;
+    // The admin console's name is reserved for the platform (`spg_` prefix): no tenant database
+    // can have it. Its sessions carry a placeholder database name.
+    let db = if admin {
+        DatabaseName::new("admin_console")
+    } else {
+        DatabaseName::new(dbname.clone())
+    }
+    .map_err(|_| GatewayError::UnknownDatabase(dbname.clone()))?;
     // A name that cannot be a role is an unknown role: authenticate against a mock verifier so
     // the client cannot tell, and fail at the end.
     let role = RoleName::new(user.clone()).ok();

@@ -43,6 +43,10 @@ impl TestPlatform {
         idle: Duration,
         tweak: impl FnOnce(&mut PlatformConfig),
     ) -> TestPlatform {
+        if std::env::var_os("SPG_TEST_LOG").is_some() {
+            std::env::set_var("SPG_LOG", std::env::var("SPG_TEST_LOG").unwrap_or_default());
+            spg::init_logging();
+        }
         let dir = reachable_tempdir();
         let mut cfg = PlatformConfig::new(dir.path().join("data"));
         cfg.idle_timeout = idle;
@@ -301,4 +305,214 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A minimal PostgreSQL protocol client over plaintext (the platform must allow it), for tests
+/// that need control over protocol messages (statement names, pipelining).
+pub struct RawPg {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One backend message: tag and body.
+pub type Msg = (u8, Vec<u8>);
+
+impl RawPg {
+    /// Log in with SCRAM-SHA-256; returns after the first `ReadyForQuery`.
+    pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> RawPg {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut body = (3u32 << 16).to_be_bytes().to_vec();
+        for (k, v) in [("user", user), ("database", db)] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        stream.write_all(&p).await.unwrap();
+        let mut c = RawPg {
+            stream,
+            buf: Vec::new(),
+        };
+        let mut scram = spg_core::scram::client::ScramClient::with_password(password);
+        loop {
+            let (tag, body) = c.recv().await;
+            match tag {
+                b'R' => {
+                    let code = u32::from_be_bytes(body[..4].try_into().unwrap());
+                    match code {
+                        0 => {}
+                        10 => {
+                            let (mech, data) = scram.client_first();
+                            let mut b = mech.as_bytes().to_vec();
+                            b.push(0);
+                            b.extend_from_slice(&(data.len() as i32).to_be_bytes());
+                            b.extend_from_slice(&data);
+                            c.send(b'p', &b).await;
+                        }
+                        11 => {
+                            let reply = scram.server_first(&body[4..]).unwrap();
+                            c.send(b'p', &reply).await;
+                        }
+                        12 => scram.server_final(&body[4..]).unwrap(),
+                        other => panic!("unexpected auth request {other}"),
+                    }
+                }
+                b'E' => panic!("login failed: {}", error_text(&body)),
+                b'Z' => return c,
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn send(&mut self, tag: u8, body: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.stream.write_all(&m).await.unwrap();
+    }
+
+    /// Next message (panics on a closed connection or after 30 s).
+    pub async fn recv(&mut self) -> Msg {
+        self.try_recv().await.expect("connection closed")
+    }
+
+    /// Next message, `None` on a closed connection.
+    pub async fn try_recv(&mut self) -> Option<Msg> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    let body = self.buf[5..1 + len].to_vec();
+                    self.buf.drain(..1 + len);
+                    return Some((tag, body));
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+                .await
+                .expect("no answer within 30 s")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Messages up to and including the next `ReadyForQuery`.
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.recv().await;
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    pub async fn parse(&mut self, name: &str, sql: &str) {
+        let mut b = name.as_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        self.send(b'P', &b).await;
+    }
+
+    /// Bind `stmt` to the unnamed portal with text parameters, then Execute it.
+    pub async fn bind_execute(&mut self, stmt: &str, params: &[&str]) {
+        let mut b = vec![0];
+        b.extend_from_slice(stmt.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        self.send(b'B', &b).await;
+        self.send(b'E', b"\0\0\0\0\0").await;
+    }
+
+    pub async fn close_statement(&mut self, name: &str) {
+        let mut b = vec![b'S'];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        self.send(b'C', &b).await;
+    }
+
+    pub async fn sync(&mut self) {
+        self.send(b'S', b"").await;
+    }
+
+    /// Run a simple query; returns its messages up to `ReadyForQuery`.
+    pub async fn query(&mut self, sql: &str) -> Vec<Msg> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        self.send(b'Q', &b).await;
+        self.until_ready().await
+    }
+}
+
+/// First column of the `DataRow`s among `msgs`, as text.
+pub fn first_column(msgs: &[Msg]) -> Vec<Option<String>> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, b)| {
+            let len = i32::from_be_bytes(b[2..6].try_into().unwrap());
+            (len >= 0).then(|| String::from_utf8_lossy(&b[6..6 + len as usize]).into_owned())
+        })
+        .collect()
+}
+
+/// The tags of `msgs`, as a string (`"1T2DCZ"`).
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+/// SQLSTATE of the first `ErrorResponse` among `msgs`.
+pub fn error_code(msgs: &[Msg]) -> Option<String> {
+    let (_, body) = msgs.iter().find(|(t, _)| *t == b'E')?;
+    field(body, b'C')
+}
+
+/// Message text of an `ErrorResponse` body.
+pub fn error_text(body: &[u8]) -> String {
+    format!(
+        "{} {}",
+        field(body, b'C').unwrap_or_default(),
+        field(body, b'M').unwrap_or_default()
+    )
+}
+
+fn field(body: &[u8], which: u8) -> Option<String> {
+    let mut rest = body;
+    while let Some((&tag, after)) = rest.split_first() {
+        if tag == 0 {
+            break;
+        }
+        let nul = after.iter().position(|b| *b == 0)?;
+        if tag == which {
+            return Some(String::from_utf8_lossy(&after[..nul]).into_owned());
+        }
+        rest = &after[nul + 1..];
+    }
+    None
+}
+
+/// Admin console DSN of a test platform (the admin role's password is the API key).
+pub fn admin_dsn(t: &TestPlatform) -> String {
+    t.dsn_with("admin", API_KEY, "spg_admin", "sslmode=require")
 }

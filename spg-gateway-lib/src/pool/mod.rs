@@ -10,6 +10,7 @@
 
 pub mod params;
 pub mod server;
+pub mod socket;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -145,7 +146,9 @@ pub struct ClientInfo {
     pub application_name: String,
     state: AtomicU8,
     server: AtomicU64,
-    since: Mutex<Instant>,
+    /// When the state last changed, in microseconds since `epoch`.
+    since_us: AtomicU64,
+    epoch: Instant,
     pinned: Mutex<Option<String>>,
 }
 
@@ -158,7 +161,8 @@ impl ClientInfo {
             application_name,
             state: AtomicU8::new(0),
             server: AtomicU64::new(0),
-            since: Mutex::new(Instant::now()),
+            since_us: AtomicU64::new(0),
+            epoch: Instant::now(),
             pinned: Mutex::new(None),
         }
     }
@@ -179,10 +183,8 @@ impl ClientInfo {
 
     /// Time in the current state.
     pub fn in_state_for(&self) -> Duration {
-        self.since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        let now = self.epoch.elapsed().as_micros() as u64;
+        Duration::from_micros(now.saturating_sub(self.since_us.load(Ordering::Relaxed)))
     }
 
     /// Why it is pinned to its backend, if it is.
@@ -196,7 +198,8 @@ impl ClientInfo {
     pub(crate) fn set_state(&self, state: ClientState, server: u64) {
         self.state.store(state as u8, Ordering::Relaxed);
         self.server.store(server, Ordering::Relaxed);
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.since_us
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn set_pinned(&self, reason: Option<String>) {
@@ -207,7 +210,8 @@ impl ClientInfo {
 /// Counters of a pool (since the gateway started).
 #[derive(Debug, Default)]
 pub struct PoolStats {
-    /// Transactions served (a `ReadyForQuery` back to idle).
+    /// Transactions served (a `ReadyForQuery` back to idle). Sessions add their figures in
+    /// batches (at least every half second while they work, and when they end).
     pub xacts: AtomicU64,
     /// Queries (`Query` and `Execute` messages).
     pub queries: AtomicU64,
@@ -217,9 +221,9 @@ pub struct PoolStats {
     pub sent: AtomicU64,
     /// Microseconds clients held backend connections.
     pub xact_us: AtomicU64,
-    /// Microseconds clients waited for a backend connection.
+    /// Microseconds clients waited in the queue for a backend connection.
     pub wait_us: AtomicU64,
-    /// Checkouts.
+    /// Checkouts (counted by sessions in batches).
     pub checkouts: AtomicU64,
     /// Checkouts that had to queue.
     pub queued: AtomicU64,
@@ -229,6 +233,8 @@ pub struct PoolStats {
     pub prepares: AtomicU64,
     /// `Parse` messages answered from a backend's statement cache.
     pub prepare_hits: AtomicU64,
+    /// `Parse` + `Sync` answered while every backend was busy (prepared on first use).
+    pub prepares_deferred: AtomicU64,
     /// Backend connections opened.
     pub servers_opened: AtomicU64,
     /// Backend connections closed (broken, unclean, or failed reset).
@@ -405,6 +411,12 @@ impl Pool {
         }
     }
 
+    /// Whether a checkout now would not wait (a free connection, or room for one).
+    pub(crate) fn has_free(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        !st.idle.is_empty() || st.total < self.size
+    }
+
     /// Whether backend connections are open (so the compute was running a moment ago).
     pub(crate) fn has_servers(&self) -> bool {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).total > 0
@@ -488,8 +500,10 @@ impl Pool {
     /// none. Pair with [`Pool::lease_exit`].
     pub(crate) async fn lease_enter(&self, deadline: Instant) -> Result<(), GatewayError> {
         let l = &self.lease;
-        l.active.fetch_add(1, Ordering::SeqCst);
-        l.epoch.fetch_add(1, Ordering::SeqCst);
+        if l.active.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Cancels a pending linger release (it checks the epoch).
+            l.epoch.fetch_add(1, Ordering::SeqCst);
+        }
         if l.held.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -568,7 +582,6 @@ impl Pool {
             let mut rx = self.frozen.clone();
             let _ = rx.wait_for(|f| !*f).await;
         }
-        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let grant = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -594,7 +607,16 @@ impl Pool {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 client.set_state(ClientState::Waiting, 0);
                 let wait = self.deps.config.query_wait_timeout;
-                match tokio::time::timeout(wait, &mut rx).await {
+                let got = tokio::time::timeout(wait, &mut rx).await;
+                let waited = started.elapsed();
+                self.stats
+                    .wait_us
+                    .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+                self.deps
+                    .metrics
+                    .pool_wait_seconds
+                    .observe(waited.as_secs_f64());
+                match got {
                     Ok(Ok(g)) => g,
                     Ok(Err(_)) => return Err(GatewayError::ShuttingDown),
                     Err(_) => {
@@ -615,14 +637,6 @@ impl Pool {
                 }
             }
         };
-        let waited = started.elapsed();
-        self.stats
-            .wait_us
-            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        self.deps
-            .metrics
-            .pool_wait_seconds
-            .observe(waited.as_secs_f64());
         match grant {
             Grant::Server(mut s) => {
                 if s.looks_alive() {
@@ -638,7 +652,9 @@ impl Pool {
             }
             Grant::Slot => {}
         }
-        // We own a slot: open a connection in it.
+        // We own a slot: open a connection in it (a client that queued long still gets a
+        // fair attempt).
+        let deadline = deadline.max(Instant::now() + 2 * self.deps.connect_timeout);
         match self.open(deadline).await {
             Ok(s) => {
                 s.info.set_state(ServerState::Active, client.id);
@@ -700,7 +716,8 @@ impl Pool {
             CancelTarget { addr, pid, secret },
             endpoint.generation,
             values,
-        );
+        )
+        .map_err(|e| GatewayError::BackendUnavailable(e.to_string()))?;
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -723,6 +740,7 @@ impl Pool {
             }
         }
         server.info.set_state(ServerState::Idle, 0);
+        server.idle_since = Instant::now();
         st.idle.push(server);
     }
 

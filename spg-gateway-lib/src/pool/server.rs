@@ -3,15 +3,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use spg_core::Generation;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::params::Params;
+use super::socket::BackendSocket;
 use crate::cancel::CancelTarget;
 use crate::proto::messages::{self, Piece, Splitter};
 use crate::GatewayError;
@@ -47,7 +47,9 @@ pub struct ServerInfo {
     state: AtomicU8,
     client: AtomicU64,
     prepared: AtomicU64,
-    since: Mutex<Instant>,
+    /// When the state last changed, in microseconds since `epoch`.
+    since_us: AtomicU64,
+    epoch: Instant,
 }
 
 impl ServerInfo {
@@ -72,16 +74,15 @@ impl ServerInfo {
 
     /// Time since its state last changed.
     pub fn in_state_for(&self) -> Duration {
-        self.since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        let now = self.epoch.elapsed().as_micros() as u64;
+        Duration::from_micros(now.saturating_sub(self.since_us.load(Ordering::Relaxed)))
     }
 
     pub(crate) fn set_state(&self, state: ServerState, client: u64) {
         self.state.store(state as u8, Ordering::Relaxed);
         self.client.store(client, Ordering::Relaxed);
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.since_us
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -136,14 +137,19 @@ impl PreparedSet {
 /// A backend connection, owned by the pool when idle and by one client session when active.
 #[derive(Debug)]
 pub struct Server {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: BackendSocket,
     pub(crate) inbuf: BytesMut,
     pub(crate) splitter: Splitter,
     pub(crate) target: CancelTarget,
     pub(crate) values: Arc<Params>,
     pub(crate) prepared: PreparedSet,
     pub(crate) info: Arc<ServerInfo>,
+    /// When it was last given back to the pool.
+    pub(crate) idle_since: Instant,
 }
+
+/// A connection back in the pool for less than this is taken as alive without a probe.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
 
 impl Server {
     pub(crate) fn new(
@@ -152,9 +158,9 @@ impl Server {
         target: CancelTarget,
         generation: Generation,
         values: Arc<Params>,
-    ) -> Server {
-        Server {
-            stream,
+    ) -> std::io::Result<Server> {
+        Ok(Server {
+            stream: BackendSocket::new(stream)?,
             inbuf: BytesMut::new(),
             splitter: Splitter::default(),
             info: Arc::new(ServerInfo {
@@ -166,12 +172,14 @@ impl Server {
                 state: AtomicU8::new(ServerState::Login as u8),
                 client: AtomicU64::new(0),
                 prepared: AtomicU64::new(0),
-                since: Mutex::new(Instant::now()),
+                since_us: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
             target,
             values,
             prepared: PreparedSet::default(),
-        }
+            idle_since: Instant::now(),
+        })
     }
 
     /// Whether the connection still looks usable: nothing arrived while it sat idle (a
@@ -180,8 +188,11 @@ impl Server {
         if !self.inbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        if self.idle_since.elapsed() < PROBE_AFTER {
+            // Just given back by a client that used it: the socket was fine then.
+            return true;
+        }
+        !self.stream.closed_or_talking()
     }
 
     pub(crate) fn note_prepared(&self) {
@@ -208,7 +219,6 @@ impl Server {
                 self.splitter
                     .next(&mut self.inbuf, MAX_INTERNAL_REPLY, usize::MAX, |_| false)?;
             let Some(piece) = piece else {
-                self.inbuf.reserve(4096);
                 let n = self.stream.read_buf(&mut self.inbuf).await.map_err(lost)?;
                 if n == 0 {
                     return Err(GatewayError::BackendUnavailable(

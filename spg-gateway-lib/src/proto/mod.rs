@@ -5,7 +5,6 @@
 //! each has a fuzz target under `fuzz/`.
 
 pub mod backend;
-pub mod framer;
 pub mod io;
 pub mod messages;
 pub mod sql;

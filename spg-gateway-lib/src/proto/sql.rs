@@ -83,7 +83,8 @@ pub enum Effect {
 pub struct Analysis {
     /// Effects in statement order.
     pub effects: Vec<Effect>,
-    /// Number of non-empty statements.
+    /// Number of non-empty statements (exact when there are effects; otherwise 1 for any
+    /// non-blank text).
     pub statements: usize,
 }
 
@@ -109,41 +110,51 @@ struct Token<'a> {
     end: usize,
 }
 
-/// Words whose presence makes a query worth analysing; everything else has no session effect.
-const TRIGGERS: [&[u8]; 13] = [
-    b"set",
-    b"reset",
-    b"create",
-    b"drop",
-    b"discard",
-    b"listen",
-    b"prepare",
-    b"deallocate",
-    b"declare",
-    b"close",
-    b"advisory",
-    b"set_config",
-    b"temp",
-];
-
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether a query has a word that can start a statement with session effects, or a function
+/// call that creates or drops session state. One pass over the bytes; everything else (most
+/// queries) has no session effect.
+fn worth_analysing(sql: &[u8]) -> bool {
+    let mut i = 0;
+    while i < sql.len() {
+        let c = sql[i];
+        if !(c.is_ascii_alphabetic() || c == b'_') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < sql.len() && (sql[i].is_ascii_alphanumeric() || sql[i] == b'_') {
+            i += 1;
+        }
+        let w = &sql[start..i];
+        let is = |k: &[u8]| w.eq_ignore_ascii_case(k);
+        let hit = match w.len() {
+            3 => is(b"set"),
+            4 => is(b"drop"),
+            5 => is(b"reset") || is(b"close"),
+            6 => is(b"create") || is(b"listen"),
+            7 => is(b"discard") || is(b"prepare") || is(b"declare"),
+            8 => is(b"unlisten"),
+            10 => is(b"deallocate") || is(b"set_config"),
+            _ => false,
+        };
+        let advisory = w.len() > 11
+            && (w[..11].eq_ignore_ascii_case(b"pg_advisory")
+                || w.len() > 15 && w[..15].eq_ignore_ascii_case(b"pg_try_advisory"));
+        if hit || advisory {
+            return true;
+        }
+    }
+    false
 }
 
 /// Analyse a query string (the text of a `Query` or `Parse` message).
 pub fn analyze(sql: &str) -> Analysis {
     let bytes = sql.as_bytes();
-    if !TRIGGERS.iter().any(|t| contains_ignore_case(bytes, t)) {
-        // Count statements cheaply: one, unless a separator is present.
-        let statements = if sql.contains(';') {
-            count_statements(sql)
-        } else {
-            usize::from(!sql.trim().is_empty())
-        };
+    if !worth_analysing(bytes) {
+        // No session effects; the statement count is only needed alongside effects.
         return Analysis {
             effects: Vec::new(),
-            statements,
+            statements: usize::from(!sql.trim().is_empty()),
         };
     }
     let mut out = Analysis::default();
@@ -166,22 +177,6 @@ pub fn analyze(sql: &str) -> Analysis {
         }
     }
     out
-}
-
-fn count_statements(sql: &str) -> usize {
-    let mut lexer = Lexer { s: sql, i: 0 };
-    let mut n = 0;
-    let mut in_stmt = false;
-    loop {
-        match lexer.next() {
-            None => return n + usize::from(in_stmt),
-            Some(Token { tok: Tok::End, .. }) => {
-                n += usize::from(in_stmt);
-                in_stmt = false;
-            }
-            Some(_) => in_stmt = true,
-        }
-    }
 }
 
 struct Lexer<'a> {
@@ -662,7 +657,7 @@ mod tests {
                 statements: 1
             }
         );
-        assert_eq!(analyze("select 1; select 2").statements, 2);
+        assert_eq!(analyze("set a = 1; select 2").statements, 2);
         assert_eq!(analyze("  ").statements, 0);
         assert_eq!(fx("UPDATE t SET a = 1 WHERE b = 'set x = 1'"), vec![]);
         assert_eq!(fx("select 'create temp table x' -- listen y\n"), vec![]);
@@ -783,6 +778,29 @@ mod tests {
     }
 
     #[test]
+    fn the_prefilter_lets_every_classified_statement_through() {
+        for sql in [
+            "SET a = 1",
+            "RESET a",
+            "CREATE TEMP TABLE t (a int)",
+            "DROP TABLE t",
+            "DISCARD ALL",
+            "LISTEN c",
+            "UNLISTEN *",
+            "PREPARE p AS SELECT 1",
+            "DEALLOCATE p",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CLOSE c",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_try_advisory_lock_shared(1)",
+            "SELECT pg_advisory_unlock_all()",
+            "SELECT set_config('a', 'b', false)",
+        ] {
+            assert!(!analyze(sql).effects.is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
     fn quoting_and_comments_are_respected() {
         assert_eq!(
             fx("/* set x = 1; */ SELECT $$; LISTEN a$$, E'\\'; listen b'"),
@@ -792,7 +810,7 @@ mod tests {
             fx("SELECT $t$ ; $t$; LISTEN c"),
             vec![Effect::Pin(PinKind::Listen, Some("c".into()))]
         );
-        assert_eq!(analyze("select $1; select 2").statements, 2);
+        assert_eq!(analyze("select $1; listen x").statements, 2);
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert!(plain_name("myapp.user_id"));
         assert!(!plain_name("x; drop"));

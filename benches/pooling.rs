@@ -1,0 +1,733 @@
+//! Pooling benchmark: `pgbench -S` through the SPG gateway (transaction pooling), through
+//! PgBouncer (Debian package, transaction pooling, same pool size) and directly against the same
+//! PostgreSQL, with 32, 128 and 512 clients, each with and without `-C` (a new connection per
+//! transaction). Prints TPS and p50/p99 latency (from pgbench's per-transaction logs), the
+//! pooler's CPU use, and the Gateway/PgBouncer and Gateway/direct ratios. With SCRAM, `-C` is
+//! bound by the client's own key derivation (libpq's PBKDF2, 4096 iterations, every
+//! connection), so the benchmark also measures connection churn with a client that derived its
+//! key once: connect, SCRAM, `SELECT 1`, disconnect. Then holds 10 000 idle client connections
+//! on the gateway and prints its resident memory (PgBouncer's, same clients, for comparison).
+//!
+//! `cargo bench -p spg-benches --bench pooling`
+//!
+//! Environment: `SPG_BENCH_SECONDS` (per run, default 10), `SPG_BENCH_ROUNDS` (runs per figure,
+//! the median is shown, default 3), `SPG_BENCH_CLIENTS` (default
+//! `32,128,512`), `SPG_BENCH_POOL_SIZE` (default 20), `SPG_BENCH_SCALE` (pgbench scale, default
+//! 10), `SPG_BENCH_IDLE` (idle clients, default 10000), `SPG_BENCH_KEEP=1` keeps the directory.
+//!
+//! All three targets use SCRAM-SHA-256 for clients and plaintext TCP on loopback; the gateway
+//! runs in its own process (this program, re-executed) on two tokio worker threads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use spg_core::scram::{hmac_sha256, normalize_password, salted_password, ScramVerifier};
+use spg_core::{ComputeEndpoint, CoreError, CoreResult, DatabaseName, Generation, RoleName};
+use spg_gateway_lib::pool::PoolConfig;
+use spg_gateway_lib::{
+    AuthSource, GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer, Waker,
+};
+use spg_lifecycle_lib::os_user::RunAs;
+use spg_lifecycle_lib::pg_bin::PgBinaries;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROLE: &str = "bench";
+const PASSWORD: &str = "bench-Pa55";
+const DB: &str = "bench";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills its processes when dropped.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---- the gateway child process ------------------------------------------------------------
+
+struct OneRole(ScramVerifier);
+
+#[async_trait]
+impl AuthSource for OneRole {
+    async fn role_verifier(
+        &self,
+        db: &DatabaseName,
+        role: &RoleName,
+    ) -> CoreResult<Option<ScramVerifier>> {
+        if db.as_str() != DB {
+            return Err(CoreError::DatabaseNotFound(db.to_string()));
+        }
+        Ok((role.as_str() == ROLE).then(|| self.0.clone()))
+    }
+}
+
+struct Fixed(std::net::SocketAddr);
+
+#[async_trait]
+impl Waker for Fixed {
+    async fn wake(&self, _db: &DatabaseName) -> CoreResult<ComputeEndpoint> {
+        Ok(ComputeEndpoint {
+            addr: self.0,
+            generation: Generation(1),
+        })
+    }
+}
+
+fn gateway_child() {
+    let pg: std::net::SocketAddr = std::env::var("SPG_BENCH_PG_ADDR").unwrap().parse().unwrap();
+    let verifier = ScramVerifier::parse(&std::env::var("SPG_BENCH_VERIFIER").unwrap()).unwrap();
+    let size: usize = env_or("SPG_BENCH_POOL_SIZE", 20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(env_or("SPG_BENCH_GATEWAY_THREADS", 2))
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let gw = GatewayServer::new(
+            GatewayConfig {
+                allow_plaintext: true,
+                max_client_conn: 20_000,
+                pool: PoolConfig {
+                    size,
+                    ..PoolConfig::default()
+                },
+                ..GatewayConfig::default()
+            },
+            GatewayDeps {
+                auth: Arc::new(OneRole(verifier)),
+                waker: Arc::new(Fixed(pg)),
+                lease: None,
+            },
+            GatewayMetrics::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap().port());
+        gw.serve(listener, tokio_util::sync::CancellationToken::new())
+            .await;
+    });
+}
+
+// ---- setup ----------------------------------------------------------------------------------
+
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn as_user(cmd: &mut Command, run_as: &RunAs) {
+    use std::os::unix::process::CommandExt;
+    if run_as.switch_user {
+        cmd.uid(run_as.uid).gid(run_as.gid);
+    }
+}
+
+/// Wait until `port` accepts connections.
+fn wait_port(port: u16, what: &str, log: &Path) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{what} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU time a process has used (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// Resident and peak memory of a process, in MB.
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+// ---- pgbench --------------------------------------------------------------------------------
+
+struct RunResult {
+    tps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: bool,
+}
+
+fn pgbench(
+    bins: &PgBinaries,
+    dir: &Path,
+    tag: &str,
+    port: u16,
+    clients: usize,
+    seconds: u64,
+    reconnect: bool,
+) -> RunResult {
+    let logs = dir.join(format!("log-{tag}"));
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut cmd = Command::new(bins.exe("pgbench"));
+    cmd.args(["-S", "-n", "-j", "2", "-l"])
+        .args(["-c", &clients.to_string(), "-T", &seconds.to_string()])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", ROLE])
+        .arg(format!("--log-prefix={}/tx", logs.display()))
+        .arg(DB)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .current_dir(&logs);
+    if reconnect {
+        cmd.arg("-C");
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let mut lat: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        lat.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .filter_map(|v| v.parse::<u64>().ok()),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    let failed = !out.status.success();
+    if failed {
+        eprintln!(
+            "pgbench {tag} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    RunResult {
+        tps,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        failed,
+    }
+}
+
+// ---- idle clients ---------------------------------------------------------------------------
+
+async fn send(s: &mut tokio::net::TcpStream, tag: u8, body: &[u8]) -> std::io::Result<()> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    s.write_all(&m).await
+}
+
+async fn recv(s: &mut tokio::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await?;
+    Ok((head[0], body))
+}
+
+/// Log in (SCRAM with a precomputed ClientKey) and return the idle connection.
+async fn idle_client(
+    port: u16,
+    key: spg_core::scram::Key,
+    verifier: ScramVerifier,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    for (k, v) in [("user", ROLE), ("database", DB)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    s.write_all(&p).await?;
+    let mut scram = spg_core::scram::client::ScramClient::with_client_key(key, verifier);
+    loop {
+        let (tag, body) = recv(&mut s).await?;
+        match (
+            tag,
+            body.get(..4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap())),
+        ) {
+            (b'R', Some(10)) => {
+                let (mech, data) = scram.client_first();
+                let mut b = mech.as_bytes().to_vec();
+                b.push(0);
+                b.extend_from_slice(&(data.len() as i32).to_be_bytes());
+                b.extend_from_slice(&data);
+                send(&mut s, b'p', &b).await?;
+            }
+            (b'R', Some(11)) => {
+                let reply = scram
+                    .server_first(&body[4..])
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                send(&mut s, b'p', &reply).await?;
+            }
+            (b'R', Some(12)) => scram
+                .server_final(&body[4..])
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            (b'E', _) => return Err(std::io::Error::other("login refused")),
+            (b'Z', _) => return Ok(s),
+            _ => {}
+        }
+    }
+}
+
+async fn select_one(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    send(s, b'Q', b"SELECT 1\0").await?;
+    loop {
+        let (tag, _) = recv(s).await?;
+        if tag == b'E' {
+            return Err(std::io::Error::other("query failed"));
+        }
+        if tag == b'Z' {
+            return Ok(());
+        }
+    }
+}
+
+/// Connection churn without the client's key derivation: `tasks` clients each connect, log in
+/// (SCRAM with a precomputed ClientKey), run `SELECT 1` and disconnect, for `secs` seconds.
+/// Returns connections per second.
+async fn churn(port: u16, tasks: usize, secs: u64, verifier: &ScramVerifier) -> f64 {
+    let salted = salted_password(
+        &normalize_password(PASSWORD),
+        &verifier.salt,
+        verifier.iterations,
+    );
+    let key = hmac_sha256(&salted, &[b"Client Key"]);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let v = verifier.clone();
+        handles.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                if let Ok(mut s) = idle_client(port, key, v.clone()).await {
+                    if select_one(&mut s).await.is_ok() {
+                        done += 1;
+                    }
+                    let _ = send(&mut s, b'X', b"").await;
+                }
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap_or(0);
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Open `n` idle clients on `port`; returns them and how long it took.
+async fn open_idle(port: u16, n: usize, verifier: &ScramVerifier) -> Vec<tokio::net::TcpStream> {
+    let salted = salted_password(
+        &normalize_password(PASSWORD),
+        &verifier.salt,
+        verifier.iterations,
+    );
+    let key = hmac_sha256(&salted, &[b"Client Key"]);
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sem = Arc::clone(&sem);
+        let v = verifier.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            idle_client(port, key, v).await
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                eprintln!("idle client failed: {e}");
+            }
+        }
+    }
+    out
+}
+
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn main() {
+    if std::env::var_os("SPG_BENCH_POOL_CHILD").is_some() {
+        gateway_child();
+        return;
+    }
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` / `cargo bench -- --list`
+    }
+    raise_fd_limit();
+    let seconds: u64 = env_or("SPG_BENCH_SECONDS", 10);
+    let pool_size: usize = env_or("SPG_BENCH_POOL_SIZE", 20);
+    let scale: u32 = env_or("SPG_BENCH_SCALE", 10);
+    let idle_n: usize = env_or("SPG_BENCH_IDLE", 10_000);
+    let rounds: usize = env_or("SPG_BENCH_ROUNDS", 3).max(1);
+    let client_counts: Vec<usize> = std::env::var("SPG_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "32,128,512".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let bins = PgBinaries::locate(None).expect("PostgreSQL binaries");
+    let pgbouncer = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("pgbouncer is missing: apt-get install pgbouncer");
+    let run_as = RunAs::detect().unwrap();
+    let dir = PathBuf::from(format!("/tmp/spg-bench-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    run_as.chown(&dir).unwrap();
+    let mut procs = Procs(Vec::new());
+
+    // PostgreSQL: one instance all three targets use, with room for 512 direct clients.
+    let data = dir.join("data");
+    let mut initdb = Command::new(bins.exe("initdb"));
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        ])
+        .args(["-E", "UTF8", "--no-sync", "--locale=C"])
+        .env("LC_ALL", "C");
+    as_user(&mut initdb, &run_as);
+    run_ok(&mut initdb, "initdb");
+    let pg_port = free_port();
+    let pg_log = dir.join("postgres.log");
+    let mut pg = Command::new(bins.exe("postgres"));
+    pg.arg("-D")
+        .arg(&data)
+        .args(["-p", &pg_port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        .args(["-c", "max_connections=600", "-c", "shared_buffers=256MB"])
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .env("LC_ALL", "C")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&pg_log).unwrap());
+    as_user(&mut pg, &run_as);
+    procs.0.push(pg.spawn().unwrap());
+    wait_port(pg_port, "postgres", &pg_log);
+    std::thread::sleep(Duration::from_millis(300));
+    let verifier = ScramVerifier::from_password(PASSWORD);
+    let mut psql = Command::new(bins.exe("psql"));
+    psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&dir)
+        .args([
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-c")
+        .arg(format!(
+            "CREATE ROLE {ROLE} LOGIN PASSWORD '{}'",
+            verifier.to_postgres_string()
+        ))
+        .arg("-c")
+        .arg(format!("CREATE DATABASE {DB} OWNER {ROLE}"));
+    run_ok(&mut psql, "creating the role and database");
+    let mut init = Command::new(bins.exe("pgbench"));
+    init.args(["-i", "-q", "-s", &scale.to_string(), "-h", "127.0.0.1"])
+        .args(["-p", &pg_port.to_string(), "-U", ROLE, DB])
+        .env("PGPASSWORD", PASSWORD);
+    run_ok(&mut init, "pgbench -i");
+
+    // The gateway, in its own process.
+    let mut gw = Command::new(std::env::current_exe().unwrap());
+    gw.env("SPG_BENCH_POOL_CHILD", "1")
+        .env("SPG_BENCH_PG_ADDR", format!("127.0.0.1:{pg_port}"))
+        .env("SPG_BENCH_VERIFIER", verifier.to_postgres_string())
+        .env("SPG_BENCH_POOL_SIZE", pool_size.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut gw_child = gw.spawn().unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(gw_child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+    }
+    let gw_port: u16 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let gw_pid = gw_child.id();
+    procs.0.push(gw_child);
+
+    // PgBouncer, transaction pooling, the same pool size.
+    let pgb_port = free_port();
+    let ini = dir.join("pgbouncer.ini");
+    // The role's SCRAM verifier, the same PostgreSQL holds: PgBouncer authenticates clients
+    // with it and logs in to PostgreSQL with the client's key (like the gateway).
+    std::fs::write(
+        dir.join("userlist.txt"),
+        format!("\"{ROLE}\" \"{}\"\n", verifier.to_postgres_string()),
+    )
+    .unwrap();
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n{DB} = host=127.0.0.1 port={pg_port} dbname={DB}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
+             default_pool_size = {pool_size}\nmax_client_conn = 20000\nmax_db_connections = 0\n\
+             logfile = {}\npidfile =\nlog_connections = 0\nlog_disconnections = 0\n",
+            dir.join("userlist.txt").display(),
+            dir.join("pgbouncer.log").display()
+        ),
+    )
+    .unwrap();
+    run_as.chown_tree(&dir).unwrap();
+    let mut pgb = Command::new(&pgbouncer);
+    pgb.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+    as_user(&mut pgb, &run_as);
+    let pgb_child = pgb.spawn().unwrap();
+    let pgb_pid = pgb_child.id();
+    procs.0.push(pgb_child);
+    wait_port(pgb_port, "pgbouncer", &dir.join("pgbouncer.log"));
+
+    println!(
+        "pooling benchmark: pgbench -S, scale {scale}, {seconds} s per run, median of {rounds} \
+         runs, pool size {pool_size} (gateway and PgBouncer), PostgreSQL {} max_connections \
+         600, {} cores",
+        bins.major(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let only = std::env::var("SPG_BENCH_TARGETS").unwrap_or_default();
+    let targets: Vec<(&str, u16)> = [
+        ("direct", pg_port),
+        ("pgbouncer", pgb_port),
+        ("gateway", gw_port),
+    ]
+    .into_iter()
+    .filter(|(n, _)| only.is_empty() || only.split(',').any(|o| o == *n))
+    .collect();
+    // Warm up every target (caches, pools).
+    for &(name, port) in &targets {
+        pgbench(&bins, &dir, &format!("warm-{name}"), port, 32, 3, false);
+    }
+    println!(
+        "{:<4} {:>7} {:<10} {:>11} {:>9} {:>9} {:>11}",
+        "mode", "clients", "target", "tps", "p50 ms", "p99 ms", "pooler cpu"
+    );
+    let mut summary = Vec::new();
+    for reconnect in [false, true] {
+        for &clients in &client_counts {
+            let mut row = Vec::new();
+            for &(name, port) in &targets {
+                let pooler = match name {
+                    "gateway" => Some(gw_pid),
+                    "pgbouncer" => Some(pgb_pid),
+                    _ => None,
+                };
+                let cpu0 = pooler.map(cpu_seconds).unwrap_or(0.0);
+                let t0 = Instant::now();
+                let mut runs: Vec<RunResult> = (0..rounds)
+                    .map(|i| {
+                        pgbench(
+                            &bins,
+                            &dir,
+                            &format!("{name}-{clients}-{reconnect}-{i}"),
+                            port,
+                            clients,
+                            seconds,
+                            reconnect,
+                        )
+                    })
+                    .collect();
+                runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+                let r = runs.swap_remove(runs.len() / 2);
+                let cpu = pooler
+                    .map(|p| {
+                        format!(
+                            "{:.0}%",
+                            100.0 * (cpu_seconds(p) - cpu0) / t0.elapsed().as_secs_f64()
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<4} {:>7} {:<10} {:>11.1} {:>9.2} {:>9.2} {:>11}{}",
+                    if reconnect { "-C" } else { "" },
+                    clients,
+                    name,
+                    r.tps,
+                    r.p50_ms,
+                    r.p99_ms,
+                    cpu,
+                    if r.failed {
+                        "  (pgbench reported errors)"
+                    } else {
+                        ""
+                    }
+                );
+                row.push(r.tps);
+            }
+            summary.push((reconnect, clients, row));
+        }
+    }
+    println!();
+    for (reconnect, clients, row) in summary.iter().filter(|(_, _, r)| r.len() == 3) {
+        println!(
+            "{}{clients:>4} clients: gateway/pgbouncer {:.2}x, gateway/direct {:.2}x",
+            if *reconnect { "-C " } else { "   " },
+            row[2] / row[1].max(1e-9),
+            row[2] / row[0].max(1e-9),
+        );
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Connection churn as -C, minus the client's PBKDF2 (which bounds pgbench -C above).
+    println!();
+    let mut churn_summary = Vec::new();
+    for &clients in &client_counts {
+        let tasks = clients.min(128);
+        let mut row = Vec::new();
+        for &(name, port) in &targets {
+            let rate = rt.block_on(churn(port, tasks, seconds, &verifier));
+            row.push(rate);
+            println!(
+                "churn {tasks:>4} clients {name:<10} {rate:>9.1} connections/s \
+                 (connect + SCRAM + SELECT 1 + close)"
+            );
+        }
+        churn_summary.push((tasks, row));
+        if tasks >= 128 {
+            break;
+        }
+    }
+    for (tasks, row) in churn_summary.iter().filter(|(_, r)| r.len() == 3) {
+        println!(
+            "churn {tasks:>4} clients: gateway/pgbouncer {:.2}x, gateway/direct {:.2}x",
+            row[2] / row[1].max(1e-9),
+            row[2] / row[0].max(1e-9)
+        );
+    }
+
+    // Idle clients: memory held for them.
+    rt.block_on(async {
+        for (name, port, pid) in [("gateway", gw_port, gw_pid), ("pgbouncer", pgb_port, pgb_pid)] {
+            let (before, _) = rss_mb(pid);
+            let t0 = Instant::now();
+            let mut clients = open_idle(port, idle_n, &verifier).await;
+            let opened = t0.elapsed();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (rss, peak) = rss_mb(pid);
+            let mut ok = 0;
+            for c in clients.iter_mut().step_by((idle_n / 10).max(1)) {
+                if select_one(c).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            println!(
+                "{name}: {} idle clients open (in {:.1} s): RSS {rss:.1} MB (before {before:.1} MB, \
+                 peak {peak:.1} MB); {ok} sampled clients ran a query",
+                clients.len(),
+                opened.as_secs_f64()
+            );
+            drop(clients);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    drop(procs);
+    if std::env::var_os("SPG_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
