@@ -1159,6 +1159,8 @@ impl<'a> Session<'a> {
                 .next(&mut att.server.inbuf, usize::MAX >> 1, STREAM_OVER, stream)
                 .map_err(|e| GatewayError::BackendRejected(e.to_string()))?;
             let Some(piece) = piece else {
+                // Something asynchronous (a notice) after the transaction's ReadyForQuery.
+                self.maybe_release();
                 return Ok(());
             };
             let internal = matches!(

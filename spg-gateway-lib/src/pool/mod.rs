@@ -601,6 +601,7 @@ impl Pool {
                 Err((id, rx))
             }
         };
+        let queued = grant.is_err();
         let grant = match grant {
             Ok(g) => g,
             Err((id, mut rx)) => {
@@ -652,9 +653,13 @@ impl Pool {
             }
             Grant::Slot => {}
         }
-        // We own a slot: open a connection in it (a client that queued long still gets a
-        // fair attempt).
-        let deadline = deadline.max(Instant::now() + 2 * self.deps.connect_timeout);
+        // We own a slot: open a connection in it (a client that was handed the slot after
+        // queueing past its deadline still gets a fair attempt).
+        let deadline = if queued {
+            deadline.max(Instant::now() + 2 * self.deps.connect_timeout)
+        } else {
+            deadline
+        };
         match self.open(deadline).await {
             Ok(s) => {
                 s.info.set_state(ServerState::Active, client.id);
