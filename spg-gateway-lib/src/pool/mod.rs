@@ -266,10 +266,11 @@ enum Grant {
     Server(Server),
     /// Room to open a new connection.
     Slot,
+    /// Waited `query_wait_timeout` in the queue.
+    Expired,
 }
 
 struct Waiter {
-    id: u64,
     since: Instant,
     tx: oneshot::Sender<Grant>,
 }
@@ -592,23 +593,18 @@ impl Pool {
                 Ok(Grant::Slot)
             } else {
                 let (tx, rx) = oneshot::channel();
-                let id = self.next_id();
-                st.waiters.push_back(Waiter {
-                    id,
-                    since: started,
-                    tx,
-                });
-                Err((id, rx))
+                st.waiters.push_back(Waiter { since: started, tx });
+                Err(rx)
             }
         };
         let queued = grant.is_err();
         let grant = match grant {
             Ok(g) => g,
-            Err((id, mut rx)) => {
+            Err(rx) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 client.set_state(ClientState::Waiting, 0);
-                let wait = self.deps.config.query_wait_timeout;
-                let got = tokio::time::timeout(wait, &mut rx).await;
+                // No timer per waiter: the pool's sweeper expires waiters that queued too long.
+                let got = rx.await;
                 let waited = started.elapsed();
                 self.stats
                     .wait_us
@@ -618,23 +614,14 @@ impl Pool {
                     .pool_wait_seconds
                     .observe(waited.as_secs_f64());
                 match got {
-                    Ok(Ok(g)) => g,
-                    Ok(Err(_)) => return Err(GatewayError::ShuttingDown),
-                    Err(_) => {
-                        let removed = {
-                            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                            let before = st.waiters.len();
-                            st.waiters.retain(|w| w.id != id);
-                            st.waiters.len() != before
-                        };
-                        match rx.try_recv() {
-                            Ok(g) if !removed => g,
-                            _ => {
-                                self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                                return Err(GatewayError::QueueTimeout(wait));
-                            }
-                        }
+                    Ok(Grant::Expired) => {
+                        self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(GatewayError::QueueTimeout(
+                            self.deps.config.query_wait_timeout,
+                        ));
                     }
+                    Ok(g) => g,
+                    Err(_) => return Err(GatewayError::ShuttingDown),
                 }
             }
         };
@@ -651,7 +638,7 @@ impl Pool {
                 self.forget(&s);
                 drop(s);
             }
-            Grant::Slot => {}
+            Grant::Slot | Grant::Expired => {}
         }
         // We own a slot: open a connection in it (a client that was handed the slot after
         // queueing past its deadline still gets a fair attempt).
@@ -733,6 +720,22 @@ impl Pool {
         Ok(server)
     }
 
+    /// Fail the clients that queued longer than `query_wait_timeout` (the queue is in arrival
+    /// order: only its front can have expired).
+    fn expire_waiters(&self) {
+        let wait = self.deps.config.query_wait_timeout;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st
+            .waiters
+            .front()
+            .is_some_and(|w| w.since.elapsed() >= wait)
+        {
+            if let Some(w) = st.waiters.pop_front() {
+                let _ = w.tx.send(Grant::Expired);
+            }
+        }
+    }
+
     /// Give a clean backend connection back: to the first waiting client, else to the pool.
     pub(crate) fn release(&self, mut server: Server) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -741,7 +744,7 @@ impl Pool {
             match w.tx.send(Grant::Server(server)) {
                 Ok(()) => return,
                 Err(Grant::Server(s)) => server = s,
-                Err(Grant::Slot) => return,
+                Err(Grant::Slot | Grant::Expired) => return,
             }
         }
         server.info.set_state(ServerState::Idle, 0);
@@ -806,6 +809,22 @@ impl Pool {
     }
 }
 
+/// Expire queued clients of `pool` until it is gone.
+async fn sweep(pool: std::sync::Weak<Pool>) {
+    let every = match pool.upgrade() {
+        Some(p) => (p.deps.config.query_wait_timeout / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(p) = pool.upgrade() else {
+            return;
+        };
+        p.expire_waiters();
+    }
+}
+
 /// Figures of one pool, as `SHOW POOLS` shows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolSnapshot {
@@ -857,13 +876,15 @@ impl Pools {
         let mut w = self.pools.write().unwrap_or_else(|p| p.into_inner());
         Arc::clone(w.entry(key).or_insert_with(|| {
             let (mode, size) = self.deps.config.for_database(db.as_str());
-            Arc::new(Pool::new(
+            let pool = Arc::new(Pool::new(
                 Arc::clone(&self.deps),
                 db.clone(),
                 role.clone(),
                 mode,
                 size,
-            ))
+            ));
+            tokio::spawn(sweep(Arc::downgrade(&pool)));
+            pool
         }))
     }
 
