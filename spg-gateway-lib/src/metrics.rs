@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::pool::{ClientState, Pools, ServerState};
+use crate::pool::Pools;
 use crate::proto::sql::PinKind;
 
 /// Label: SQLSTATE of an error sent to a client.
@@ -118,36 +118,29 @@ impl Collector for PoolCollector {
             ),
         ];
         for p in &pools {
-            let (mut active, mut idle, mut waiting) = (0, 0, 0);
-            for c in p.clients() {
-                match c.state() {
-                    ClientState::Active => active += 1,
-                    ClientState::Idle => idle += 1,
-                    ClientState::Waiting => waiting += 1,
-                }
-            }
-            for (state, n) in [("active", active), ("idle", idle), ("waiting", waiting)] {
+            let snap = p.snapshot();
+            for (state, n) in [
+                ("active", snap.cl_active),
+                ("idle", snap.cl_idle),
+                ("waiting", snap.cl_waiting),
+            ] {
                 let mut l = base(p);
                 l.push(("state", state.into()));
-                gauges[0].2.push((l, n));
+                gauges[0].2.push((l, n as i64));
             }
             for k in PinKind::ALL {
                 let mut l = base(p);
                 l.push(("reason", k.as_str().into()));
                 gauges[1].2.push((l, p.pins.get(k) as i64));
             }
-            let (mut sa, mut si, mut sl) = (0, 0, 0);
-            for s in p.servers() {
-                match s.state() {
-                    ServerState::Active => sa += 1,
-                    ServerState::Idle => si += 1,
-                    ServerState::Login => sl += 1,
-                }
-            }
-            for (state, n) in [("active", sa), ("idle", si), ("login", sl)] {
+            for (state, n) in [
+                ("active", snap.sv_active),
+                ("idle", snap.sv_idle),
+                ("login", snap.sv_login),
+            ] {
                 let mut l = base(p);
                 l.push(("state", state.into()));
-                gauges[2].2.push((l, n));
+                gauges[2].2.push((l, n as i64));
             }
             let s = &p.stats;
             let ld =

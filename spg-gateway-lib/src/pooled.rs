@@ -922,16 +922,8 @@ impl<'a> Session<'a> {
             att.out = out;
         }
         if !Arc::ptr_eq(&att.server.values, &self.params) {
-            let sql = self.params.sync_sql(&att.server.values);
-            if !sql.is_empty() {
-                att.out.extend_from_slice(&m::build_query(&sql));
-                att.queue.push_back(Expect::Reply {
-                    kind: Kind::Query,
-                    internal: true,
-                    created: None,
-                });
-            }
-            att.server.values = Arc::clone(&self.params);
+            let have = Arc::clone(&att.server.values);
+            sync_settings(&mut att, &self.params, &have);
         }
         self.att = Some(att);
         Ok(())
@@ -1132,16 +1124,7 @@ impl<'a> Session<'a> {
         self.params = self.pool.intern(p);
         if let Some(att) = &mut self.att {
             // Bring the backend in line at once (the client may keep it: pinned, session mode).
-            let sql = self.params.sync_sql(&have);
-            if !sql.is_empty() {
-                att.out.extend_from_slice(&m::build_query(&sql));
-                att.queue.push_back(Expect::Reply {
-                    kind: Kind::Query,
-                    internal: true,
-                    created: None,
-                });
-            }
-            att.server.values = Arc::clone(&self.params);
+            sync_settings(att, &self.params, &have);
         }
     }
 
@@ -1378,6 +1361,21 @@ impl Attached {
             broken: false,
         }
     }
+}
+
+/// Make the attached backend's settings, now `have`, the client's `want` (one internal query
+/// whose replies are swallowed) and record that it has them.
+fn sync_settings(att: &mut Attached, want: &Arc<Params>, have: &Params) {
+    let sql = want.sync_sql(have);
+    if !sql.is_empty() {
+        att.out.extend_from_slice(&m::build_query(&sql));
+        att.queue.push_back(Expect::Reply {
+            kind: Kind::Query,
+            internal: true,
+            created: None,
+        });
+    }
+    att.server.values = Arc::clone(want);
 }
 
 /// Forward a client message and expect its reply (none while the backend skips to `Sync`).
