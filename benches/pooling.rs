@@ -2,21 +2,28 @@
 //! PgBouncer (Debian package, transaction pooling, same pool size) and directly against the same
 //! PostgreSQL, with 32, 128 and 512 clients, each with and without `-C` (a new connection per
 //! transaction). Prints TPS and p50/p99 latency (from pgbench's per-transaction logs), the
-//! pooler's CPU use, and the Gateway/PgBouncer and Gateway/direct ratios. With SCRAM, `-C` is
-//! bound by the client's own key derivation (libpq's PBKDF2, 4096 iterations, every
-//! connection), so the benchmark also measures connection churn with a client that derived its
-//! key once: connect, SCRAM, `SELECT 1`, disconnect. Then holds 10 000 idle client connections
-//! on the gateway and prints its resident memory (PgBouncer's, same clients, for comparison).
+//! pooler's CPU use, and the Gateway/PgBouncer and Gateway/direct ratios.
+//!
+//! `-C` authenticates once per transaction, so it runs under both methods all three targets
+//! offer, each against the same SCRAM verifier: SCRAM-SHA-256, where libpq derives the key with
+//! PBKDF2 (4096 iterations) on every connection whoever the server is, and the `password`
+//! method, where the server checks the password (PostgreSQL and PgBouncer run the PBKDF2 on every
+//! connection; the gateway remembers what it verified). The benchmark also measures connection
+//! churn under SCRAM with a client that derived its key once: connect, SCRAM, `SELECT 1`,
+//! disconnect. Then it holds 10 000 idle client connections on the gateway and prints its
+//! resident memory (PgBouncer's, same clients, for comparison).
 //!
 //! `cargo bench -p spg-benches --bench pooling`
 //!
 //! Environment: `SPG_BENCH_SECONDS` (per run, default 10), `SPG_BENCH_ROUNDS` (runs per figure,
 //! the median is shown, default 3), `SPG_BENCH_CLIENTS` (default
 //! `32,128,512`), `SPG_BENCH_POOL_SIZE` (default 20), `SPG_BENCH_SCALE` (pgbench scale, default
-//! 10), `SPG_BENCH_IDLE` (idle clients, default 10000), `SPG_BENCH_KEEP=1` keeps the directory.
+//! 10), `SPG_BENCH_IDLE` (idle clients, default 10000), `SPG_BENCH_TARGETS` (comma-separated
+//! subset of `direct,pgbouncer,gateway,password`), `SPG_BENCH_GATEWAY_THREADS` (tokio workers of
+//! the gateway, default 2), `SPG_BENCH_KEEP=1` keeps the directory.
 //!
-//! All three targets use SCRAM-SHA-256 for clients and plaintext TCP on loopback; the gateway
-//! runs in its own process (this program, re-executed) on two tokio worker threads.
+//! Clients use plaintext TCP on loopback (SCRAM on 127.0.0.1, `password` on 127.0.0.2); each
+//! gateway runs in its own process (this program, re-executed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -120,6 +127,10 @@ fn gateway_child() {
                     size,
                     ..PoolConfig::default()
                 },
+                client_auth: std::env::var("SPG_BENCH_CLIENT_AUTH")
+                    .ok()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_default(),
                 ..GatewayConfig::default()
             },
             GatewayDeps {
@@ -137,6 +148,42 @@ fn gateway_child() {
 }
 
 // ---- setup ----------------------------------------------------------------------------------
+
+/// Loopback address on which PostgreSQL and PgBouncer use the `password` method.
+const PASSWORD_HOST: &str = "127.0.0.2";
+
+/// A benchmark target: name, host, port, pooler process (for its CPU use).
+type Target = (&'static str, &'static str, u16, Option<u32>);
+
+/// Start a gateway child process asking clients for `client_auth`; returns its port and pid.
+fn spawn_gateway(
+    procs: &mut Procs,
+    pg_port: u16,
+    verifier: &ScramVerifier,
+    pool_size: usize,
+    client_auth: &str,
+) -> (u16, u32) {
+    let mut gw = Command::new(std::env::current_exe().unwrap());
+    gw.env("SPG_BENCH_POOL_CHILD", "1")
+        .env("SPG_BENCH_PG_ADDR", format!("127.0.0.1:{pg_port}"))
+        .env("SPG_BENCH_VERIFIER", verifier.to_postgres_string())
+        .env("SPG_BENCH_POOL_SIZE", pool_size.to_string())
+        .env("SPG_BENCH_CLIENT_AUTH", client_auth)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = gw.spawn().unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+    }
+    let port: u16 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let pid = child.id();
+    procs.0.push(child);
+    (port, pid)
+}
 
 fn run_ok(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap();
@@ -206,10 +253,12 @@ struct RunResult {
     failed: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pgbench(
     bins: &PgBinaries,
     dir: &Path,
     tag: &str,
+    host: &str,
     port: u16,
     clients: usize,
     seconds: u64,
@@ -221,7 +270,7 @@ fn pgbench(
     let mut cmd = Command::new(bins.exe("pgbench"));
     cmd.args(["-S", "-n", "-j", "2", "-l"])
         .args(["-c", &clients.to_string(), "-T", &seconds.to_string()])
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", ROLE])
+        .args(["-h", host, "-p", &port.to_string(), "-U", ROLE])
         .arg(format!("--log-prefix={}/tx", logs.display()))
         .arg(DB)
         .env("PGPASSWORD", PASSWORD)
@@ -482,13 +531,22 @@ fn main() {
         .env("LC_ALL", "C");
     as_user(&mut initdb, &run_as);
     run_ok(&mut initdb, "initdb");
+    // Connections to 127.0.0.2 use the `password` method (against the same SCRAM verifier):
+    // the -C runs compare every target under both methods.
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all all {PASSWORD_HOST}/32 password\n{rules}"),
+    )
+    .unwrap();
     let pg_port = free_port();
     let pg_log = dir.join("postgres.log");
     let mut pg = Command::new(bins.exe("postgres"));
     pg.arg("-D")
         .arg(&data)
         .args(["-p", &pg_port.to_string()])
-        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "listen_addresses=127.0.0.1,127.0.0.2"])
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
         .args(["-c", "max_connections=600", "-c", "shared_buffers=256MB"])
@@ -526,25 +584,10 @@ fn main() {
         .env("PGPASSWORD", PASSWORD);
     run_ok(&mut init, "pgbench -i");
 
-    // The gateway, in its own process.
-    let mut gw = Command::new(std::env::current_exe().unwrap());
-    gw.env("SPG_BENCH_POOL_CHILD", "1")
-        .env("SPG_BENCH_PG_ADDR", format!("127.0.0.1:{pg_port}"))
-        .env("SPG_BENCH_VERIFIER", verifier.to_postgres_string())
-        .env("SPG_BENCH_POOL_SIZE", pool_size.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut gw_child = gw.spawn().unwrap();
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let mut out = std::io::BufReader::new(gw_child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-    }
-    let gw_port: u16 = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
-    let gw_pid = gw_child.id();
-    procs.0.push(gw_child);
+    // The gateway, in its own process; a second one asks clients for the `password` method.
+    let (gw_port, gw_pid) = spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "scram");
+    let (gw_pw_port, gw_pw_pid) =
+        spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "password");
 
     // PgBouncer, transaction pooling, the same pool size.
     let pgb_port = free_port();
@@ -560,12 +603,21 @@ fn main() {
         &ini,
         format!(
             "[databases]\n{DB} = host=127.0.0.1 port={pg_port} dbname={DB}\n\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\nunix_socket_dir =\n\
-             auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\n\
+             listen_addr = 127.0.0.1,{PASSWORD_HOST}\nlisten_port = {pgb_port}\n\
+             unix_socket_dir =\nauth_type = hba\nauth_hba_file = {}\nauth_file = {}\n\
+             pool_mode = transaction\n\
              default_pool_size = {pool_size}\nmax_client_conn = 20000\nmax_db_connections = 0\n\
              logfile = {}\npidfile =\nlog_connections = 0\nlog_disconnections = 0\n",
+            dir.join("pgbouncer_hba.conf").display(),
             dir.join("userlist.txt").display(),
             dir.join("pgbouncer.log").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pgbouncer_hba.conf"),
+        format!(
+            "host all all {PASSWORD_HOST}/32 password\nhost all all 127.0.0.1/32 scram-sha-256\n"
         ),
     )
     .unwrap();
@@ -588,32 +640,52 @@ fn main() {
             .unwrap_or(0)
     );
     let only = std::env::var("SPG_BENCH_TARGETS").unwrap_or_default();
-    let targets: Vec<(&str, u16)> = [
-        ("direct", pg_port),
-        ("pgbouncer", pgb_port),
-        ("gateway", gw_port),
+    let chosen = |n: &str| only.is_empty() || only.split(',').any(|o| o == n);
+    let scram_targets: Vec<Target> = [
+        ("direct", "127.0.0.1", pg_port, None),
+        ("pgbouncer", "127.0.0.1", pgb_port, Some(pgb_pid)),
+        ("gateway", "127.0.0.1", gw_port, Some(gw_pid)),
     ]
     .into_iter()
-    .filter(|(n, _)| only.is_empty() || only.split(',').any(|o| o == *n))
+    .filter(|t| chosen(t.0))
+    .collect();
+    // The same three with the `password` method (only -C differs: it authenticates per
+    // transaction).
+    let password_targets: Vec<Target> = [
+        ("direct", PASSWORD_HOST, pg_port, None),
+        ("pgbouncer", PASSWORD_HOST, pgb_port, Some(pgb_pid)),
+        ("gateway", "127.0.0.1", gw_pw_port, Some(gw_pw_pid)),
+    ]
+    .into_iter()
+    .filter(|t| chosen(t.0) && chosen("password"))
     .collect();
     // Warm up every target (caches, pools).
-    for &(name, port) in &targets {
-        pgbench(&bins, &dir, &format!("warm-{name}"), port, 32, 3, false);
+    for &(name, host, port, _) in scram_targets.iter().chain(&password_targets) {
+        pgbench(
+            &bins,
+            &dir,
+            &format!("warm-{name}"),
+            host,
+            port,
+            32,
+            3,
+            false,
+        );
     }
     println!(
-        "{:<4} {:>7} {:<10} {:>11} {:>9} {:>9} {:>11}",
+        "{:<12} {:>7} {:<10} {:>11} {:>9} {:>9} {:>11}",
         "mode", "clients", "target", "tps", "p50 ms", "p99 ms", "pooler cpu"
     );
     let mut summary = Vec::new();
-    for reconnect in [false, true] {
+    let modes = [
+        ("", false, &scram_targets),
+        ("-C scram", true, &scram_targets),
+        ("-C password", true, &password_targets),
+    ];
+    for (mode, reconnect, targets) in modes {
         for &clients in &client_counts {
             let mut row = Vec::new();
-            for &(name, port) in &targets {
-                let pooler = match name {
-                    "gateway" => Some(gw_pid),
-                    "pgbouncer" => Some(pgb_pid),
-                    _ => None,
-                };
+            for &(name, host, port, pooler) in targets.iter() {
                 let cpu0 = pooler.map(cpu_seconds).unwrap_or(0.0);
                 let t0 = Instant::now();
                 let mut runs: Vec<RunResult> = (0..rounds)
@@ -622,6 +694,7 @@ fn main() {
                             &bins,
                             &dir,
                             &format!("{name}-{clients}-{reconnect}-{i}"),
+                            host,
                             port,
                             clients,
                             seconds,
@@ -640,8 +713,8 @@ fn main() {
                     })
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<4} {:>7} {:<10} {:>11.1} {:>9.2} {:>9.2} {:>11}{}",
-                    if reconnect { "-C" } else { "" },
+                    "{:<12} {:>7} {:<10} {:>11.1} {:>9.2} {:>9.2} {:>11}{}",
+                    mode,
                     clients,
                     name,
                     r.tps,
@@ -656,14 +729,13 @@ fn main() {
                 );
                 row.push(r.tps);
             }
-            summary.push((reconnect, clients, row));
+            summary.push((mode, clients, row));
         }
     }
     println!();
-    for (reconnect, clients, row) in summary.iter().filter(|(_, _, r)| r.len() == 3) {
+    for (mode, clients, row) in summary.iter().filter(|(_, _, r)| r.len() == 3) {
         println!(
-            "{}{clients:>4} clients: gateway/pgbouncer {:.2}x, gateway/direct {:.2}x",
-            if *reconnect { "-C " } else { "   " },
+            "{mode:<12}{clients:>4} clients: gateway/pgbouncer {:.2}x, gateway/direct {:.2}x",
             row[2] / row[1].max(1e-9),
             row[2] / row[0].max(1e-9),
         );
@@ -680,7 +752,7 @@ fn main() {
     for &clients in &client_counts {
         let tasks = clients.min(128);
         let mut row = Vec::new();
-        for &(name, port) in &targets {
+        for &(name, _, port, _) in &scram_targets {
             let rate = rt.block_on(churn(port, tasks, seconds, &verifier));
             row.push(rate);
             println!(

@@ -77,6 +77,8 @@ pub struct PlatformConfig {
     pub max_message_bytes: usize,
     /// Gateway's connection pooling.
     pub pool: PoolConfig,
+    /// How the gateway's clients authenticate.
+    pub client_auth: spg_gateway_lib::ClientAuth,
     /// Use this API key (its hash replaces the stored one); else the stored one, or a new one.
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
@@ -117,6 +119,7 @@ impl PlatformConfig {
             max_client_conn: 10_000,
             max_message_bytes: 1 << 30,
             pool: PoolConfig::default(),
+            client_auth: spg_gateway_lib::ClientAuth::Scram,
             api_key: None,
             lease_ttl: Duration::from_secs(30),
             safekeepers: 3,
@@ -364,6 +367,7 @@ impl Platform {
                         max_message_bytes: cfg.max_message_bytes,
                         lease_holder: format!("spg-up-{}", std::process::id()),
                         pool: cfg.pool.clone(),
+                        client_auth: cfg.client_auth,
                         ..GatewayConfig::default()
                     },
                     GatewayDeps {

@@ -366,3 +366,57 @@ async fn unknown_database_is_3d000_and_wakes_nothing() {
     assert_eq!(t.status().await.record.wake_count, 0);
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_method_verifies_against_the_verifier_and_remembers_it() {
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| {
+        c.client_auth = spg_gateway_lib::ClientAuth::Password;
+        c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    // The gateway asks for the password in the clear (over TLS here).
+    let mut s = tls_connect(&t, None, true).await.unwrap();
+    s.write_all(&startup(0, &[("user", ROLE), ("database", DB)]))
+        .await
+        .unwrap();
+    let (tag, body) = answer(&mut s).await.expect("an authentication request");
+    assert_eq!((tag, body.as_slice()), (b'R', &3i32.to_be_bytes()[..]));
+    drop(s);
+
+    // libpq and tokio-postgres log in, and their sessions run through the pool (whose backends
+    // are opened with the key the password gave).
+    for _ in 0..3 {
+        let dsn = t.dsn.clone();
+        let out = tokio::task::spawn_blocking(move || psql_ok(&dsn, "SELECT 40 + 2"))
+            .await
+            .unwrap();
+        assert_eq!(out, "42");
+    }
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM generate_series(1, 10)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 10);
+
+    // A wrong password, an unknown role: 28P01 like PostgreSQL, however often tried.
+    for (user, password) in [(ROLE, "wrong"), (ROLE, "wrong"), ("nobody", PASSWORD)] {
+        let e = tokio_pg(&t, &t.dsn_with(user, password, DB, "sslmode=require"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{user}: {e}");
+    }
+
+    // Only the first login derived the key; the other three came from the cache.
+    let url = format!("http://{}/metrics", t.p().metrics_addr.unwrap());
+    let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let hits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("spg_gateway_password_cache_hits_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no cache hit counter in {metrics}"));
+    assert_eq!(hits, 3.0, "{metrics}");
+    t.shutdown().await;
+}

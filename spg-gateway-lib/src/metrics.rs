@@ -32,6 +32,8 @@ pub struct GatewayMetrics {
     pub active_sessions: Gauge,
     /// Failed logins.
     pub auth_failures: Counter,
+    /// `password` logins answered from the verification cache.
+    pub password_cache_hits: Counter,
     /// Wakes the gateway asked for (merged wakes count once).
     pub wakes: Counter,
     /// Time from a successful login to a ready compute connection (wake + connect).
@@ -181,6 +183,7 @@ impl Default for GatewayMetrics {
             connections: Counter::default(),
             active_sessions: Gauge::default(),
             auth_failures: Counter::default(),
+            password_cache_hits: Counter::default(),
             wakes: Counter::default(),
             wake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             cancel_requests: Counter::default(),
@@ -207,6 +210,11 @@ impl GatewayMetrics {
             m.active_sessions.clone(),
         );
         r.register("auth_failures", "Failed logins", m.auth_failures.clone());
+        r.register(
+            "password_cache_hits",
+            "Logins by the password method verified from the cache (no key derivation)",
+            m.password_cache_hits.clone(),
+        );
         r.register(
             "wakes",
             "Wakes requested (merged wakes count once)",

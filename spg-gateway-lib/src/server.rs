@@ -16,10 +16,14 @@ use crate::cancel::CancelRegistry;
 use crate::deps::{AuthSource, Waker};
 use crate::leases::LeaseKeeper;
 use crate::metrics::GatewayMetrics;
+use crate::password::{ClientAuth, PasswordCache};
 use crate::pool::{PoolConfig, PoolDeps, Pools};
 use crate::sessions::SessionRegistry;
 use crate::tls::GatewayTls;
 use crate::wake::WakeCoalescer;
+
+/// Passwords the `password` method remembers at most (a few MB).
+const PASSWORD_CACHE_ENTRIES: usize = 50_000;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct GatewayConfig {
     pub pool: PoolConfig,
     /// Name of the admin console's database (default `spg_admin`).
     pub admin_database: String,
+    /// How clients authenticate (default SCRAM-SHA-256).
+    pub client_auth: ClientAuth,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +68,7 @@ impl Default for GatewayConfig {
             lease_holder: format!("gateway-{}", std::process::id()),
             pool: PoolConfig::default(),
             admin_database: "spg_admin".into(),
+            client_auth: ClientAuth::Scram,
         }
     }
 }
@@ -113,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) client_ids: AtomicU64,
     /// Per-process secret for mock salts of unknown roles.
     pub(crate) mock_secret: [u8; 32],
+    /// Passwords verified for the `password` method.
+    pub(crate) passwords: PasswordCache,
 }
 
 /// The gateway. Cheap to clone.
@@ -126,6 +135,8 @@ impl GatewayServer {
     pub fn new(config: GatewayConfig, deps: GatewayDeps, metrics: GatewayMetrics) -> Self {
         let mut mock_secret = [0u8; 32];
         rand::rng().fill(&mut mock_secret[..]);
+        let mut password_secret = [0u8; 32];
+        rand::rng().fill(&mut password_secret[..]);
         let leases = deps
             .lease
             .map(|l| LeaseKeeper::new(l, config.lease_holder.clone()));
@@ -151,6 +162,7 @@ impl GatewayServer {
                 connections: ConnectionCounter::default(),
                 metrics,
                 mock_secret,
+                passwords: PasswordCache::new(password_secret, PASSWORD_CACHE_ENTRIES),
                 config,
             }),
         }

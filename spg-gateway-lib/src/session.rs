@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::password::ClientAuth;
 use crate::pooled::Session;
 use crate::proto::backend as msg;
 use crate::proto::io::{read_message, read_startup_packet};
@@ -279,6 +280,33 @@ async fn authenticate(
     };
     let known = verifier.is_some();
     let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(&user, &shared.mock_secret));
+    if shared.config.client_auth == ClientAuth::Password {
+        msg::auth_cleartext_password(&mut out);
+        stream.write_all(&out).await?;
+        out.clear();
+        let body = expect_password_message(stream).await?;
+        let password = body
+            .strip_suffix(&[0])
+            .ok_or_else(|| GatewayError::Protocol("password message without terminator".into()))?;
+        let checked = shared.passwords.check(&user, &verifier, password).await;
+        if checked.cached {
+            shared.metrics.password_cache_hits.inc();
+        }
+        let (Some(client_key), true, Some(role)) = (checked.client_key, known, role) else {
+            shared.metrics.auth_failures.inc();
+            return Err(GatewayError::AuthFailed);
+        };
+        msg::auth_ok(&mut out);
+        stream.write_all(&out).await?;
+        return Ok(Authenticated {
+            db,
+            role,
+            role_text: user,
+            client_key,
+            verifier,
+            admin,
+        });
+    }
     let channel_binding = if stream.is_tls() {
         shared
             .config
@@ -293,14 +321,14 @@ async fn authenticate(
     out.clear();
 
     let mut server = ScramServer::new(verifier.clone(), channel_binding);
-    let body = expect_sasl(stream).await?;
+    let body = expect_password_message(stream).await?;
     let (mechanism, data) = msg::parse_sasl_initial_response(&body)?;
     let server_first = server.client_first(mechanism, data)?;
     msg::auth_sasl_continue(&mut out, server_first.as_bytes());
     stream.write_all(&out).await?;
     out.clear();
 
-    let body = expect_sasl(stream).await?;
+    let body = expect_password_message(stream).await?;
     let outcome = server.client_final(&body);
     let (server_final, client_key) = match outcome {
         Ok(x) if known => x,
@@ -329,12 +357,12 @@ async fn authenticate(
     })
 }
 
-/// Read a `SASLInitialResponse`/`SASLResponse` (`p`).
-async fn expect_sasl(stream: &mut ClientStream) -> Result<Vec<u8>, GatewayError> {
+/// Read a `PasswordMessage`, `SASLInitialResponse` or `SASLResponse` (all `p`).
+async fn expect_password_message(stream: &mut ClientStream) -> Result<Vec<u8>, GatewayError> {
     let (tag, body) = read_message(stream, MAX_AUTH_MESSAGE).await?;
     if tag != b'p' {
         return Err(GatewayError::Protocol(format!(
-            "expected SASL response, got message type {}",
+            "expected an authentication response, got message type {}",
             tag as char
         )));
     }

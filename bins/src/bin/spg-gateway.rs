@@ -54,6 +54,12 @@ struct Args {
     /// Largest client message accepted, in bytes.
     #[arg(long, env = "SPG_MAX_MESSAGE_BYTES", default_value_t = 1 << 30)]
     max_message_bytes: usize,
+    /// How clients authenticate: `scram` (SCRAM-SHA-256, the password never leaves the client)
+    /// or `password` (the client sends it, over TLS unless plaintext is allowed; verified
+    /// against the same stored verifier and cached, so connection-per-request clients skip
+    /// the PBKDF2).
+    #[arg(long, env = "SPG_CLIENT_AUTH", default_value = "scram")]
+    client_auth: spg_gateway_lib::ClientAuth,
     #[command(flatten)]
     pool: spg::PoolArgs,
 }
@@ -83,6 +89,7 @@ async fn main() -> Result<()> {
             max_message_bytes: args.max_message_bytes,
             lease_holder: format!("spg-gateway-{}@{}", std::process::id(), args.listen),
             pool,
+            client_auth: args.client_auth,
             ..GatewayConfig::default()
         },
         GatewayDeps {

@@ -57,6 +57,12 @@ struct UpArgs {
     /// How long a connection may wait for its database to wake.
     #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
     wake_timeout: Duration,
+    /// How clients authenticate: `scram` (SCRAM-SHA-256, the password never leaves the client)
+    /// or `password` (the client sends it, over TLS unless plaintext is allowed; verified
+    /// against the same stored verifier and cached, so connection-per-request clients skip
+    /// the PBKDF2).
+    #[arg(long, env = "SPG_CLIENT_AUTH", default_value = "scram")]
+    client_auth: spg_gateway_lib::ClientAuth,
     #[command(flatten)]
     pool: spg::PoolArgs,
 }
@@ -166,6 +172,7 @@ async fn up(args: UpArgs) -> Result<()> {
     cfg.allow_plaintext = args.allow_plaintext;
     cfg.wake_timeout = args.wake_timeout;
     cfg.pool = args.pool.config()?;
+    cfg.client_auth = args.client_auth;
     let platform = Platform::start(cfg).await?;
 
     let stored = existing

@@ -64,6 +64,11 @@ pub fn auth_ok(out: &mut BytesMut) {
     message(out, b'R', |b| b.put_i32(0));
 }
 
+/// `AuthenticationCleartextPassword`.
+pub fn auth_cleartext_password(out: &mut BytesMut) {
+    message(out, b'R', |b| b.put_i32(3));
+}
+
 /// `AuthenticationSASL` offering `mechanisms`.
 pub fn auth_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
     message(out, b'R', |b| {
