@@ -2,7 +2,7 @@
 //! PgBouncer (Debian package, transaction pooling, same pool size) and directly against the same
 //! PostgreSQL, with 32, 128 and 512 clients, each with and without `-C` (a new connection per
 //! transaction). Prints TPS and p50/p99 latency (from pgbench's per-transaction logs), the
-//! pooler's CPU use, and the Gateway/PgBouncer and Gateway/direct ratios.
+//! pooler's CPU use (share of a core, and per transaction), and the Gateway/PgBouncer and Gateway/direct ratios.
 //!
 //! `-C` authenticates once per transaction, so it runs under both methods all three targets
 //! offer, each against the same SCRAM verifier: SCRAM-SHA-256, where libpq derives the key with
@@ -20,7 +20,8 @@
 //! `32,128,512`), `SPG_BENCH_POOL_SIZE` (default 20), `SPG_BENCH_SCALE` (pgbench scale, default
 //! 10), `SPG_BENCH_IDLE` (idle clients, default 10000), `SPG_BENCH_TARGETS` (comma-separated
 //! subset of `direct,pgbouncer,gateway,password`), `SPG_BENCH_GATEWAY_THREADS` (tokio workers of
-//! the gateway, default 2), `SPG_BENCH_KEEP=1` keeps the directory.
+//! the gateway, default 2), `SPG_BENCH_MODES` (subset of `plain,scram,password`: without `-C`,
+//! `-C` under each method), `SPG_BENCH_KEEP=1` keeps the directory.
 //!
 //! Clients use plaintext TCP on loopback (SCRAM on 127.0.0.1, `password` on 127.0.0.2); each
 //! gateway runs in its own process (this program, re-executed).
@@ -113,11 +114,21 @@ fn gateway_child() {
     let pg: std::net::SocketAddr = std::env::var("SPG_BENCH_PG_ADDR").unwrap().parse().unwrap();
     let verifier = ScramVerifier::parse(&std::env::var("SPG_BENCH_VERIFIER").unwrap()).unwrap();
     let size: usize = env_or("SPG_BENCH_POOL_SIZE", 20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(env_or("SPG_BENCH_GATEWAY_THREADS", 2))
-        .enable_all()
-        .build()
-        .unwrap();
+    // One thread: a current-thread runtime (as PgBouncer runs one event loop); more: tokio's
+    // work-stealing scheduler with that many workers.
+    let threads: usize = env_or("SPG_BENCH_GATEWAY_THREADS", 2);
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(async move {
         let gw = GatewayServer::new(
             GatewayConfig {
@@ -673,8 +684,8 @@ fn main() {
         );
     }
     println!(
-        "{:<12} {:>7} {:<10} {:>11} {:>9} {:>9} {:>11}",
-        "mode", "clients", "target", "tps", "p50 ms", "p99 ms", "pooler cpu"
+        "{:<12} {:>7} {:<10} {:>11} {:>9} {:>9} {:>17}",
+        "mode", "clients", "target", "tps", "p50 ms", "p99 ms", "pooler cpu, /txn"
     );
     let mut summary = Vec::new();
     let modes = [
@@ -682,7 +693,17 @@ fn main() {
         ("-C scram", true, &scram_targets),
         ("-C password", true, &password_targets),
     ];
+    // `SPG_BENCH_MODES`: any of `plain,scram,password` (default all).
+    let only_modes = std::env::var("SPG_BENCH_MODES").unwrap_or_default();
     for (mode, reconnect, targets) in modes {
+        let key = mode
+            .rsplit(' ')
+            .next()
+            .filter(|m| !m.is_empty())
+            .unwrap_or("plain");
+        if !only_modes.is_empty() && !only_modes.split(',').any(|m| m == key) {
+            continue;
+        }
         for &clients in &client_counts {
             let mut row = Vec::new();
             for &(name, host, port, pooler) in targets.iter() {
@@ -702,18 +723,22 @@ fn main() {
                         )
                     })
                     .collect();
+                let txns: f64 = runs.iter().map(|r| r.tps * seconds as f64).sum();
                 runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
                 let r = runs.swap_remove(runs.len() / 2);
+                // The pooler's CPU: share of one core over the runs, and per transaction.
                 let cpu = pooler
                     .map(|p| {
+                        let used = cpu_seconds(p) - cpu0;
                         format!(
-                            "{:.0}%",
-                            100.0 * (cpu_seconds(p) - cpu0) / t0.elapsed().as_secs_f64()
+                            "{:.0}% {:.1} us",
+                            100.0 * used / t0.elapsed().as_secs_f64(),
+                            1e6 * used / txns.max(1.0)
                         )
                     })
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<12} {:>7} {:<10} {:>11.1} {:>9.2} {:>9.2} {:>11}{}",
+                    "{:<12} {:>7} {:<10} {:>11.1} {:>9.2} {:>9.2} {:>17}{}",
                     mode,
                     clients,
                     name,

@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::cancel::CancelKey;
+use crate::pool::clock::coarse_us;
 use crate::pool::{ClientInfo, ClientState, Param, Params, Pool, PoolMode, Server, ServerState};
 use crate::proto::backend::{self as msg, Severity};
 use crate::proto::messages::{self as m, Piece, Splitter};
@@ -118,7 +119,8 @@ struct Attached {
     /// The client's unnamed statement was parsed on this backend.
     unnamed_here: bool,
     status: u8,
-    since: Instant,
+    /// When it was attached ([`coarse_us`]).
+    since: u64,
     /// An error or `ROLLBACK` since the last idle `ReadyForQuery`.
     failed: bool,
     /// Nothing came back from the backend yet and nothing was answered for it: the client's
@@ -184,7 +186,8 @@ const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// A session's figures since it last added them to the pool's (shared counters cost cache-line
 /// traffic on every transaction otherwise).
 struct LocalStats {
-    since: Instant,
+    /// [`coarse_us`] of the last flush.
+    since: u64,
     received: u64,
     sent: u64,
     queries: u64,
@@ -196,7 +199,7 @@ struct LocalStats {
 impl LocalStats {
     fn new() -> Self {
         LocalStats {
-            since: Instant::now(),
+            since: coarse_us(),
             received: 0,
             sent: 0,
             queries: 0,
@@ -206,7 +209,7 @@ impl LocalStats {
         }
     }
 
-    fn flush(&mut self, pool: &Pool, now: Instant) {
+    fn flush(&mut self, pool: &Pool, now: u64) {
         let s = &pool.stats;
         for (counter, v) in [
             (&s.received, self.received),
@@ -389,7 +392,7 @@ impl<'a> Session<'a> {
     }
 
     async fn finish(&mut self) {
-        self.local.flush(&self.pool, Instant::now());
+        self.local.flush(&self.pool, coarse_us());
         self.set_pins_metrics(&BTreeSet::new());
         self.pool.remove_client(self.info.id);
         if let Some(att) = self.att.take() {
@@ -958,10 +961,10 @@ impl<'a> Session<'a> {
             return;
         };
         self.cancel.set_target(None);
-        let now = Instant::now();
-        self.local.xact_us += now.duration_since(att.since).as_micros() as u64;
+        let now = coarse_us();
+        self.local.xact_us += now.saturating_sub(att.since);
         self.local.checkouts += 1;
-        if now.duration_since(self.local.since) >= STATS_EVERY {
+        if now.saturating_sub(self.local.since) >= STATS_EVERY.as_micros() as u64 {
             self.local.flush(&self.pool, now);
         }
         let Attached {
@@ -1353,7 +1356,7 @@ impl Attached {
             unsynced: false,
             unnamed_here: false,
             status: b'I',
-            since: Instant::now(),
+            since: coarse_us(),
             failed: false,
             fresh: true,
             log: Vec::new(),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use rand::RngExt;
 use spg_core::{DatabaseName, GatewaySessions, Lease};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::cancel::CancelRegistry;
@@ -181,8 +181,9 @@ impl GatewayServer {
     /// Serve clients from `listener` until `shutdown` is cancelled; then stop accepting, let
     /// open sessions finish for up to `shutdown_grace`, close the rest and return.
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
-        let tasks = TaskTracker::new();
-        let force = CancellationToken::new();
+        // Sessions are aborted through the set only when the grace period ends: nothing is
+        // polled per session for it while they run.
+        let mut tasks = JoinSet::new();
         let ids = AtomicU64::new(1);
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "gateway listening");
@@ -192,6 +193,8 @@ impl GatewayServer {
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => r,
             };
+            // Reap sessions that ended.
+            while tasks.try_join_next().is_some() {}
             let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
@@ -210,33 +213,24 @@ impl GatewayServer {
                 user = tracing::field::Empty
             );
             let shared = Arc::clone(&self.shared);
-            let force = force.clone();
-            tasks.spawn(
-                async move {
-                    tokio::select! {
-                        _ = crate::session::serve_connection(shared, tcp) => {}
-                        _ = force.cancelled() => {}
-                    }
-                }
-                .instrument(span),
-            );
+            tasks.spawn(crate::session::serve_connection(shared, tcp).instrument(span));
         }
         drop(listener);
-        tasks.close();
-        let open = tasks.len();
-        if open > 0 {
-            info!(open, "gateway draining sessions");
+        while tasks.try_join_next().is_some() {}
+        if !tasks.is_empty() {
+            info!(open = tasks.len(), "gateway draining sessions");
         }
-        if tokio::time::timeout(self.shared.config.shutdown_grace, tasks.wait())
-            .await
-            .is_err()
-        {
+        let drained = tokio::time::timeout(self.shared.config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
             warn!(
                 open = tasks.len(),
                 "closing sessions still open after the grace period"
             );
-            force.cancel();
-            tasks.wait().await;
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         info!("gateway stopped");
     }
@@ -249,5 +243,80 @@ impl spg_core::Gateway for GatewayServer {
 
     fn set_frozen(&self, db: &DatabaseName, frozen: bool) {
         self.shared.sessions.set_frozen(db, frozen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use spg_core::scram::ScramVerifier;
+    use spg_core::{ComputeEndpoint, CoreError, CoreResult, RoleName};
+    use tokio::io::AsyncReadExt;
+
+    struct Nobody;
+
+    #[async_trait]
+    impl AuthSource for Nobody {
+        async fn role_verifier(
+            &self,
+            _db: &DatabaseName,
+            _role: &RoleName,
+        ) -> CoreResult<Option<ScramVerifier>> {
+            Ok(None)
+        }
+    }
+
+    #[async_trait]
+    impl Waker for Nobody {
+        async fn wake(&self, db: &DatabaseName) -> CoreResult<ComputeEndpoint> {
+            Err(CoreError::DatabaseNotFound(db.to_string()))
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_the_grace_period_then_closes_what_is_left() {
+        let gw = GatewayServer::new(
+            GatewayConfig {
+                allow_plaintext: true,
+                shutdown_grace: Duration::from_millis(300),
+                ..GatewayConfig::default()
+            },
+            GatewayDeps {
+                auth: Arc::new(Nobody),
+                waker: Arc::new(Nobody),
+                lease: None,
+            },
+            GatewayMetrics::default(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn({
+            let gw = gw.clone();
+            let stop = stop.clone();
+            async move { gw.serve(listener, stop).await }
+        });
+        // A client that never finishes its startup: its session would wait 30 s for it.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        while gw.connections() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t0 = std::time::Instant::now();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("serve returns after the grace period")
+            .unwrap();
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        // The session was closed: the client reads EOF (or a reset).
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut b))
+            .await
+            .expect("the connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(gw.connections(), 0);
     }
 }

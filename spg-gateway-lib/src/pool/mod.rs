@@ -8,6 +8,7 @@
 //! pool holds none, so the compute may stop. Connections that died while idle (the compute
 //! stopped) are noticed at checkout and replaced, waking the database again.
 
+pub(crate) mod clock;
 pub mod params;
 pub mod server;
 pub mod socket;
@@ -146,9 +147,8 @@ pub struct ClientInfo {
     pub application_name: String,
     state: AtomicU8,
     server: AtomicU64,
-    /// When the state last changed, in microseconds since `epoch`.
+    /// When the state last changed ([`clock::coarse_us`]).
     since_us: AtomicU64,
-    epoch: Instant,
     pinned: Mutex<Option<String>>,
 }
 
@@ -161,8 +161,7 @@ impl ClientInfo {
             application_name,
             state: AtomicU8::new(0),
             server: AtomicU64::new(0),
-            since_us: AtomicU64::new(0),
-            epoch: Instant::now(),
+            since_us: AtomicU64::new(clock::coarse_us()),
             pinned: Mutex::new(None),
         }
     }
@@ -183,7 +182,7 @@ impl ClientInfo {
 
     /// Time in the current state.
     pub fn in_state_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_micros() as u64;
+        let now = clock::coarse_us();
         Duration::from_micros(now.saturating_sub(self.since_us.load(Ordering::Relaxed)))
     }
 
@@ -198,8 +197,7 @@ impl ClientInfo {
     pub(crate) fn set_state(&self, state: ClientState, server: u64) {
         self.state.store(state as u8, Ordering::Relaxed);
         self.server.store(server, Ordering::Relaxed);
-        self.since_us
-            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.since_us.store(clock::coarse_us(), Ordering::Relaxed);
     }
 
     pub(crate) fn set_pinned(&self, reason: Option<String>) {
@@ -583,7 +581,6 @@ impl Pool {
             let mut rx = self.frozen.clone();
             let _ = rx.wait_for(|f| !*f).await;
         }
-        let started = Instant::now();
         let grant = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = st.idle.pop() {
@@ -593,14 +590,15 @@ impl Pool {
                 Ok(Grant::Slot)
             } else {
                 let (tx, rx) = oneshot::channel();
-                st.waiters.push_back(Waiter { since: started, tx });
-                Err(rx)
+                let since = Instant::now();
+                st.waiters.push_back(Waiter { since, tx });
+                Err((rx, since))
             }
         };
         let queued = grant.is_err();
         let grant = match grant {
             Ok(g) => g,
-            Err(rx) => {
+            Err((rx, started)) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 client.set_state(ClientState::Waiting, 0);
                 // No timer per waiter: the pool's sweeper expires waiters that queued too long.
@@ -748,7 +746,7 @@ impl Pool {
             }
         }
         server.info.set_state(ServerState::Idle, 0);
-        server.idle_since = Instant::now();
+        server.idle_since = clock::coarse_us();
         st.idle.push(server);
     }
 

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use spg_core::Generation;
 use tokio::net::TcpStream;
 
+use super::clock::coarse_us;
 use super::params::Params;
 use super::socket::BackendSocket;
 use crate::cancel::CancelTarget;
@@ -47,9 +48,8 @@ pub struct ServerInfo {
     state: AtomicU8,
     client: AtomicU64,
     prepared: AtomicU64,
-    /// When the state last changed, in microseconds since `epoch`.
+    /// When the state last changed ([`super::clock::coarse_us`]).
     since_us: AtomicU64,
-    epoch: Instant,
 }
 
 impl ServerInfo {
@@ -74,15 +74,14 @@ impl ServerInfo {
 
     /// Time since its state last changed.
     pub fn in_state_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_micros() as u64;
+        let now = coarse_us();
         Duration::from_micros(now.saturating_sub(self.since_us.load(Ordering::Relaxed)))
     }
 
     pub(crate) fn set_state(&self, state: ServerState, client: u64) {
         self.state.store(state as u8, Ordering::Relaxed);
         self.client.store(client, Ordering::Relaxed);
-        self.since_us
-            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.since_us.store(coarse_us(), Ordering::Relaxed);
     }
 }
 
@@ -144,8 +143,8 @@ pub struct Server {
     pub(crate) values: Arc<Params>,
     pub(crate) prepared: PreparedSet,
     pub(crate) info: Arc<ServerInfo>,
-    /// When it was last given back to the pool.
-    pub(crate) idle_since: Instant,
+    /// When it was last given back to the pool ([`super::clock::coarse_us`]).
+    pub(crate) idle_since: u64,
 }
 
 /// A connection back in the pool for less than this is taken as alive without a probe.
@@ -172,13 +171,12 @@ impl Server {
                 state: AtomicU8::new(ServerState::Login as u8),
                 client: AtomicU64::new(0),
                 prepared: AtomicU64::new(0),
-                since_us: AtomicU64::new(0),
-                epoch: Instant::now(),
+                since_us: AtomicU64::new(coarse_us()),
             }),
             target,
             values,
             prepared: PreparedSet::default(),
-            idle_since: Instant::now(),
+            idle_since: coarse_us(),
         })
     }
 
@@ -188,7 +186,7 @@ impl Server {
         if !self.inbuf.is_empty() {
             return false;
         }
-        if self.idle_since.elapsed() < PROBE_AFTER {
+        if coarse_us().saturating_sub(self.idle_since) < PROBE_AFTER.as_micros() as u64 {
             // Just given back by a client that used it: the socket was fine then.
             return true;
         }
