@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +15,99 @@ pub struct ScaleProfile {
     pub shared_buffers_mb: u32,
     /// `max_connections` of the compute.
     pub max_connections: u32,
+    /// Further PostgreSQL settings of the profile (name → value, e.g. `work_mem` → `16MB`).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Resources the compute may use.
+    #[serde(default)]
+    pub limits: ComputeLimits,
 }
+
+/// Resource limits of a compute generation: enforced with cgroups where the machine lets the
+/// platform create them, recorded (and reported as not enforced) where it does not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeLimits {
+    /// CPU, in thousandths of a core (`1500`: one and a half cores).
+    pub cpu_millicores: Option<u32>,
+    /// Memory, in MiB.
+    pub memory_mb: Option<u32>,
+}
+
+impl ScaleProfile {
+    /// Check the profile: a usable name, sizes PostgreSQL accepts, setting names that are
+    /// PostgreSQL identifiers and none of the settings the platform owns.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "profile name {:?} is not 1-32 of [A-Za-z0-9_-]",
+                self.name
+            ));
+        }
+        if self.shared_buffers_mb < 1 {
+            return Err("shared_buffers must be at least 1 MB".into());
+        }
+        if !(2..=10_000).contains(&self.max_connections) {
+            return Err("max_connections must be between 2 and 10000".into());
+        }
+        for (k, v) in &self.settings {
+            let ident = !k.is_empty()
+                && k.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                });
+            if !ident {
+                return Err(format!(
+                    "setting name {k:?} is not a PostgreSQL parameter name"
+                ));
+            }
+            if RESERVED_SETTINGS.contains(&k.as_str()) {
+                return Err(format!("setting {k} is managed by the platform"));
+            }
+            if v.contains(['\n', '\r', '\0']) {
+                return Err(format!("setting {k} has a line break or NUL in its value"));
+            }
+        }
+        if self.limits.cpu_millicores == Some(0) || self.limits.memory_mb == Some(0) {
+            return Err("resource limits must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Settings the compute agent writes itself: a profile cannot change them.
+pub const RESERVED_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "unix_socket_permissions",
+    "max_connections",
+    "shared_buffers",
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_level",
+    "max_wal_senders",
+    "synchronous_standby_names",
+    "restore_command",
+    "archive_command",
+    "archive_mode",
+    "recovery_target_timeline",
+    "hot_standby",
+    "primary_conninfo",
+    "password_encryption",
+    "hba_file",
+    "ident_file",
+    "data_directory",
+    "config_file",
+    "shared_preload_libraries",
+    "logging_collector",
+    "log_destination",
+];
 
 /// What a handoff should do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

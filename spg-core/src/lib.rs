@@ -31,7 +31,9 @@ mod types;
 mod wal;
 pub mod wal_files;
 
-pub use autoscale::{AutoscaleHandoff, HandoffPlan, HandoffReport, ScaleProfile};
+pub use autoscale::{
+    AutoscaleHandoff, ComputeLimits, HandoffPlan, HandoffReport, ScaleProfile, RESERVED_SETTINGS,
+};
 pub use endpoint::ComputeEndpoint;
 pub use error::{CoreError, CoreResult};
 pub use gateway::{Gateway, GatewaySessions};

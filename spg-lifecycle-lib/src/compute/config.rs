@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use spg_core::ScaleProfile;
+use spg_core::{ComputeLimits, ScaleProfile};
 
 /// The platform's own superuser inside every compute. Tenants never get it: it can only log in
 /// over the compute's private Unix socket, through `peer` authentication mapped from the OS user
@@ -12,13 +12,51 @@ pub const ADMIN_ROLE: &str = "spg_admin";
 /// Group role owning tenant databases; every tenant role is a member (no superuser rights).
 pub const TENANT_GROUP: &str = "spg_tenant";
 
-/// The writer profile used when none is configured (`L1`).
+/// The writer profile used when none is configured (`L1`): one core, 1 GiB.
 pub fn default_profile() -> ScaleProfile {
     ScaleProfile {
         name: "L1".into(),
         shared_buffers_mb: 128,
         max_connections: 100,
+        settings: [
+            ("work_mem", "4MB"),
+            ("maintenance_work_mem", "64MB"),
+            ("effective_cache_size", "512MB"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        limits: ComputeLimits {
+            cpu_millicores: Some(1000),
+            memory_mb: Some(1024),
+        },
     }
+}
+
+/// The built-in larger profile (`L2`): two cores, 4 GiB.
+pub fn l2_profile() -> ScaleProfile {
+    ScaleProfile {
+        name: "L2".into(),
+        shared_buffers_mb: 512,
+        max_connections: 200,
+        settings: [
+            ("work_mem", "16MB"),
+            ("maintenance_work_mem", "256MB"),
+            ("effective_cache_size", "2GB"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        limits: ComputeLimits {
+            cpu_millicores: Some(2000),
+            memory_mb: Some(4096),
+        },
+    }
+}
+
+/// The built-in profiles, smallest first.
+pub fn builtin_profiles() -> Vec<ScaleProfile> {
+    vec![default_profile(), l2_profile()]
 }
 
 /// Quote a configuration-file string value.
@@ -87,6 +125,12 @@ pub fn postgresql_conf(
     let _ = writeln!(c, "# profile {}", profile.name);
     let _ = writeln!(c, "max_connections = {}", profile.max_connections);
     let _ = writeln!(c, "shared_buffers = '{}MB'", profile.shared_buffers_mb);
+    for (k, v) in &profile.settings {
+        // Names were validated with the profile; reserved ones never reach here.
+        if !spg_core::RESERVED_SETTINGS.contains(&k.as_str()) {
+            let _ = writeln!(c, "{k} = {}", conf_quote(v));
+        }
+    }
     let _ = writeln!(c, "password_encryption = 'scram-sha-256'");
     let local_fsync = wal.is_none_or(|w| w.local_fsync);
     let _ = writeln!(c, "fsync = {}", if local_fsync { "on" } else { "off" });
@@ -195,6 +239,25 @@ mod tests {
             max_locks_per_xact: 64,
         };
         let l1 = default_profile();
+        for p in builtin_profiles() {
+            p.validate().unwrap();
+            let conf = postgresql_conf(5555, Path::new("/run"), &p, None);
+            assert!(conf.contains(&format!("shared_buffers = '{}MB'", p.shared_buffers_mb)));
+            assert!(conf.contains(&format!("work_mem = '{}'", p.settings["work_mem"])));
+        }
+        let mut bad = l2_profile();
+        bad.settings.insert("fsync".into(), "off".into());
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("managed by the platform"));
+        bad.settings.clear();
+        bad.settings.insert("work_mem = 1; x".into(), "1".into());
+        assert!(bad.validate().is_err());
+        bad.settings.clear();
+        bad.settings
+            .insert("work_mem".into(), "1MB'\nfsync = off".into());
+        assert!(bad.validate().is_err());
         assert!(hot_standby_possible(&l1, Some(recorded)));
         assert!(!hot_standby_possible(&l1, None));
         let bigger = spg_core::pg_control::HotStandbyMinimums {

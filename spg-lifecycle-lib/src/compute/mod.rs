@@ -7,6 +7,7 @@
 //! shutdown, kill after a deadline, write the directory back as a new image, release it. Every
 //! step is timed.
 
+pub mod cgroup;
 pub mod config;
 pub mod process;
 mod sql;
