@@ -360,17 +360,9 @@ async fn idle_client(
     verifier: ScramVerifier,
 ) -> std::io::Result<tokio::net::TcpStream> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in [("user", ROLE), ("database", DB)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    s.write_all(&p).await?;
+    let startup =
+        spg_gateway_lib::proto::startup::encode_startup(&[("user", ROLE), ("database", DB)]);
+    s.write_all(&startup).await?;
     let mut scram = spg_core::scram::client::ScramClient::with_client_key(key, verifier);
     loop {
         let (tag, body) = recv(&mut s).await?;

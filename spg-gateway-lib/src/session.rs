@@ -280,33 +280,67 @@ async fn authenticate(
     };
     let known = verifier.is_some();
     let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(&user, &shared.mock_secret));
-    if shared.config.client_auth == ClientAuth::Password {
-        msg::auth_cleartext_password(&mut out);
-        stream.write_all(&out).await?;
-        out.clear();
-        let body = expect_password_message(stream).await?;
-        let password = body
-            .strip_suffix(&[0])
-            .ok_or_else(|| GatewayError::Protocol("password message without terminator".into()))?;
-        let checked = shared.passwords.check(&user, &verifier, password).await;
-        if checked.cached {
-            shared.metrics.password_cache_hits.inc();
+    let client_key = match shared.config.client_auth {
+        ClientAuth::Password => {
+            password_exchange(shared, stream, &mut out, &user, &verifier, known).await?
         }
-        let (Some(client_key), true, Some(role)) = (checked.client_key, known, role) else {
-            shared.metrics.auth_failures.inc();
-            return Err(GatewayError::AuthFailed);
-        };
-        msg::auth_ok(&mut out);
-        stream.write_all(&out).await?;
-        return Ok(Authenticated {
-            db,
-            role,
-            role_text: user,
-            client_key,
-            verifier,
-            admin,
-        });
+        ClientAuth::Scram => scram_exchange(shared, stream, &mut out, &verifier, known).await?,
+    };
+    // An unknown role was checked against a mock verifier, which nothing matches.
+    let Some(role) = role else {
+        return Err(GatewayError::AuthFailed);
+    };
+    msg::auth_ok(&mut out);
+    stream.write_all(&out).await?;
+    Ok(Authenticated {
+        db,
+        role,
+        role_text: user,
+        client_key,
+        verifier,
+        admin,
+    })
+}
+
+/// The `password` method: ask for the password (after what `out` holds), check it (cached).
+/// Returns the ClientKey.
+async fn password_exchange(
+    shared: &Shared,
+    stream: &mut ClientStream,
+    out: &mut BytesMut,
+    user: &str,
+    verifier: &ScramVerifier,
+    known: bool,
+) -> Result<Key, GatewayError> {
+    msg::auth_cleartext_password(out);
+    stream.write_all(out).await?;
+    out.clear();
+    let body = expect_password_message(stream).await?;
+    let password = body
+        .strip_suffix(&[0])
+        .ok_or_else(|| GatewayError::Protocol("password message without terminator".into()))?;
+    let checked = shared.passwords.check(user, verifier, password).await;
+    if checked.cached {
+        shared.metrics.password_cache_hits.inc();
     }
+    match checked.client_key {
+        Some(client_key) if known => Ok(client_key),
+        _ => {
+            shared.metrics.auth_failures.inc();
+            Err(GatewayError::AuthFailed)
+        }
+    }
+}
+
+/// SCRAM-SHA-256 (with channel binding on TLS), after what `out` holds. Leaves
+/// `AuthenticationSASLFinal` in `out` and returns the ClientKey recovered from the client's proof.
+async fn scram_exchange(
+    shared: &Shared,
+    stream: &mut ClientStream,
+    out: &mut BytesMut,
+    verifier: &ScramVerifier,
+    known: bool,
+) -> Result<Key, GatewayError> {
     let channel_binding = if stream.is_tls() {
         shared
             .config
@@ -316,21 +350,20 @@ async fn authenticate(
     } else {
         None
     };
-    msg::auth_sasl(&mut out, mechanisms(channel_binding.as_ref()));
-    stream.write_all(&out).await?;
+    msg::auth_sasl(out, mechanisms(channel_binding.as_ref()));
+    stream.write_all(out).await?;
     out.clear();
 
     let mut server = ScramServer::new(verifier.clone(), channel_binding);
     let body = expect_password_message(stream).await?;
     let (mechanism, data) = msg::parse_sasl_initial_response(&body)?;
     let server_first = server.client_first(mechanism, data)?;
-    msg::auth_sasl_continue(&mut out, server_first.as_bytes());
-    stream.write_all(&out).await?;
+    msg::auth_sasl_continue(out, server_first.as_bytes());
+    stream.write_all(out).await?;
     out.clear();
 
     let body = expect_password_message(stream).await?;
-    let outcome = server.client_final(&body);
-    let (server_final, client_key) = match outcome {
+    let (server_final, client_key) = match server.client_final(&body) {
         Ok(x) if known => x,
         Ok(_) | Err(GatewayError::AuthFailed) => {
             shared.metrics.auth_failures.inc();
@@ -341,20 +374,8 @@ async fn authenticate(
             return Err(e);
         }
     };
-    msg::auth_sasl_final(&mut out, server_final.as_bytes());
-    msg::auth_ok(&mut out);
-    stream.write_all(&out).await?;
-    let Some(role) = role else {
-        return Err(GatewayError::AuthFailed);
-    };
-    Ok(Authenticated {
-        db,
-        role,
-        role_text: user,
-        client_key,
-        verifier,
-        admin,
-    })
+    msg::auth_sasl_final(out, server_final.as_bytes());
+    Ok(client_key)
 }
 
 /// Read a `PasswordMessage`, `SASLInitialResponse` or `SASLResponse` (all `p`).

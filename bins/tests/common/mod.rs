@@ -324,17 +324,9 @@ impl RawPg {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
-        let mut body = (3u32 << 16).to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        p.extend_from_slice(&body);
-        stream.write_all(&p).await.unwrap();
+        let startup =
+            spg_gateway_lib::proto::startup::encode_startup(&[("user", user), ("database", db)]);
+        stream.write_all(&startup).await.unwrap();
         let mut c = RawPg {
             stream,
             buf: Vec::new(),
