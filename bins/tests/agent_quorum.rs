@@ -516,7 +516,7 @@ async fn images_in_object_storage_make_the_local_directory_disposable() {
     let cache = tmp.path().join("cache");
     let pages = || Arc::new(ObjectPageStore::new(images.clone(), &cache));
     let db = DatabaseName::new("appdb").unwrap();
-    let data_dir = cache.join("appdb").join("pgdata");
+    let data_dir = |g: u64| cache.join("appdb").join(format!("g{g}")).join("pgdata");
 
     // Generation 1: initdb, whose result becomes the base image.
     let (c1, c) = first_generation(&agent, pages(), &wal).await;
@@ -550,12 +550,12 @@ async fn images_in_object_storage_make_the_local_directory_disposable() {
     );
 
     // Generation 2 starts from the cached directory (it is exactly image 2), then crashes.
-    std::fs::write(data_dir.join("sentinel"), b"cache").unwrap();
+    std::fs::write(data_dir(1).join("sentinel"), b"cache").unwrap();
     let c2 = RunningCompute::start(agent.clone(), pages(), Some(wal.clone()), spec(2))
         .await
         .unwrap();
     assert!(
-        data_dir.join("sentinel").exists(),
+        data_dir(2).join("sentinel").exists(),
         "the clean cache was reused"
     );
     let c = tenant(&c2).await;
@@ -569,7 +569,7 @@ async fn images_in_object_storage_make_the_local_directory_disposable() {
         .await
         .unwrap();
     assert!(
-        !data_dir.join("sentinel").exists(),
+        !data_dir(3).join("sentinel").exists() && !data_dir(2).exists(),
         "rebuilt from the image"
     );
     let c = tenant(&c3).await;
@@ -625,12 +625,12 @@ async fn a_compute_runs_on_a_lazily_mounted_image() {
     let cache = tmp.path().join("cache");
     let pages = lazy_pages(&images, &cache, &agent);
     let db = DatabaseName::new("appdb").unwrap();
-    let data_dir = cache.join("appdb").join("pgdata");
+    let db_cache = cache.join("appdb");
     let mounted = || {
         std::fs::read_to_string("/proc/mounts")
             .unwrap()
             .lines()
-            .any(|l| l.contains("spg-lazyfs") && l.contains(data_dir.to_str().unwrap()))
+            .any(|l| l.contains("spg-lazyfs") && l.contains(db_cache.to_str().unwrap()))
     };
 
     let (c1, c) = first_generation(&agent, pages(), &wal).await;
@@ -1261,4 +1261,158 @@ fn lazy_pages(
                 .with_lazy_mounts(uid, gid),
         )
     }
+}
+
+/// An autoscale handoff at the agent's level: generation 3 (profile L2) is prepared as a standby
+/// of the running generation 2 (L1) on a lazily mounted image of its own, while 2 keeps
+/// committing; 2 stops for the handoff, 3 is elected, promotes onto its timeline exactly where
+/// the quorum's log ends, and carries every acknowledged commit. An aborted preparation (a
+/// standby discarded) leaves the writer able to write its image back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_of_the_writer_takes_over_with_every_commit() {
+    use spg_lifecycle_lib::compute::config::l2_profile;
+    use spg_lifecycle_lib::compute::standby::StandbyCompute;
+    use spg_storage_lib::image::ImageStore;
+
+    let tmp = reachable_tempdir();
+    let (nodes, wal, agent, _) = setup(tmp.path());
+    let images = ImageStore::new(archive_in(tmp.path()), "images");
+    let pages: Arc<dyn PageStore> = lazy_pages(&images, &tmp.path().join("cache"), &agent)();
+    let db = DatabaseName::new("appdb").unwrap();
+
+    let (c1, c) = first_generation(&agent, Arc::clone(&pages), &wal).await;
+    c.execute("INSERT INTO t SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
+    drop(c);
+    assert!(c1.stop().await.clean);
+    let c2 = RunningCompute::start(
+        agent.clone(),
+        Arc::clone(&pages),
+        Some(wal.clone()),
+        spec(2),
+    )
+    .await
+    .unwrap();
+    let c = tenant(&c2).await;
+    c.execute("INSERT INTO t SELECT generate_series(1001, 2000)", &[])
+        .await
+        .unwrap();
+
+    // An aborted preparation: the standby goes, the writer is unaffected.
+    let mut s = StandbyCompute::start(
+        agent.clone(),
+        Arc::clone(&pages),
+        wal.clone(),
+        spec(3),
+        &default_profile(),
+    )
+    .await
+    .unwrap();
+    s.discard().await;
+
+    // Generation 4, L2, prepared beside the running writer, which keeps committing.
+    let mut l2 = spec(4);
+    l2.profile = l2_profile();
+    let standby = StandbyCompute::start(
+        agent.clone(),
+        Arc::clone(&pages),
+        wal.clone(),
+        l2,
+        &default_profile(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        standby.is_hot(),
+        "a bigger standby replays with hot standby"
+    );
+    for chunk in 0..10 {
+        let from = 2001 + chunk * 100;
+        c.execute(
+            "INSERT INTO t SELECT generate_series($1::int, $2::int)",
+            &[&from, &(from + 99)],
+        )
+        .await
+        .unwrap();
+    }
+    // It replays what the quorum acknowledged while the writer runs.
+    let first = standby.replay_lsn().await.expect("replay position");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = standby.replay_lsn().await.unwrap();
+        if now > first || std::time::Instant::now() > deadline {
+            break;
+        }
+        c.execute("INSERT INTO t VALUES (-1) ON CONFLICT DO NOTHING", &[])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        standby.replay_lsn().await.unwrap() > first,
+        "the standby follows"
+    );
+    drop(c);
+
+    let report = c2.stop_for_handoff().await;
+    assert!(report.clean, "{:?}", report.error);
+    assert!(report.image.is_none());
+    let c4 = standby.promote().await.expect("promotion");
+    assert_eq!(c4.endpoint().generation, Generation(4));
+    let c = tenant(&c4).await;
+    let mut want: Vec<i32> = (1..=3000).collect();
+    want.insert(0, -1);
+    assert_eq!(ids(&c).await, want, "every acknowledged commit");
+    let sb = c.query_one("SHOW shared_buffers", &[]).await.unwrap();
+    assert_eq!(sb.get::<_, String>(0), "512MB", "the L2 profile runs");
+    c.execute("INSERT INTO t VALUES (3001)", &[]).await.unwrap();
+    // Generation 2 is fenced: no image from it any more.
+    assert!(pages.write_back(&db, Generation(2)).await.is_err());
+
+    // Back to L1: a smaller standby cannot replay with hot standby; it is restarted into the
+    // recovery of a cold start instead, with the same outcome.
+    let standby = StandbyCompute::start(
+        agent.clone(),
+        Arc::clone(&pages),
+        wal.clone(),
+        spec(5),
+        &l2_profile(),
+    )
+    .await
+    .unwrap();
+    assert!(!standby.is_hot());
+    c.execute("INSERT INTO t VALUES (3002)", &[]).await.unwrap();
+    drop(c);
+    assert!(c4.stop_for_handoff().await.clean);
+    let c5 = standby
+        .promote()
+        .await
+        .expect("promotion without hot standby");
+    let c = tenant(&c5).await;
+    assert_eq!(ids_count(&c).await, 3003);
+    let sb = c.query_one("SHOW shared_buffers", &[]).await.unwrap();
+    assert_eq!(sb.get::<_, String>(0), "128MB", "the L1 profile runs");
+    drop(c);
+    let report = c5.stop().await;
+    assert!(report.clean, "{:?}", report.error);
+    assert!(
+        report.image.is_some(),
+        "the promoted generation writes its image"
+    );
+
+    // A cold start after it finds everything, from its image and the quorum.
+    let c6 = RunningCompute::start(
+        agent.clone(),
+        Arc::clone(&pages),
+        Some(wal.clone()),
+        spec(6),
+    )
+    .await
+    .unwrap();
+    let c = tenant(&c6).await;
+    assert_eq!(ids_count(&c).await, 3003);
+    drop(c);
+    assert!(c6.stop().await.clean);
+    shutdown(&nodes).await;
 }

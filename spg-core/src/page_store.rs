@@ -45,6 +45,12 @@ pub struct Checkout {
 /// - `release(db, g)` gives a checkout back without writing it back (compute crashed or was
 ///   killed); whatever the backend can still recover from is kept.
 /// - An image, once written, is never changed by any generation.
+/// - `checkout_standby(db, g, history)` (where the store supports it) prepares a directory for
+///   `g` beside the writer's, as a checkout does, but fences nothing: the writer keeps running
+///   and can still write back. The standby cannot write back until `adopt(db, g)` makes it the
+///   writer, which fences every older generation as a checkout does. That is how an autoscale
+///   handoff prepares the next generation while the current one runs; releasing the standby
+///   instead (an aborted handoff) leaves the writer as it was.
 #[async_trait]
 pub trait PageStore: Send + Sync {
     /// Prepare a data directory for generation `generation` of `db`, from an image on `history`.
@@ -63,6 +69,30 @@ pub trait PageStore: Send + Sync {
 
     /// The latest image of `db`, if it has one.
     async fn latest_image(&self, db: &DatabaseName) -> CoreResult<Option<ImageInfo>>;
+
+    /// Prepare a directory for generation `generation` of `db` beside the writer's, fencing
+    /// nothing (see the trait contract). Stores with one directory per database cannot: the
+    /// default fails with `Unavailable`.
+    async fn checkout_standby(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        history: &[(TimelineId, Lsn)],
+    ) -> CoreResult<Checkout> {
+        let _ = (db, history);
+        Err(crate::CoreError::Unavailable(format!(
+            "this page store keeps one directory per database: no standby checkout for \
+             generation {generation}"
+        )))
+    }
+
+    /// Make the standby checkout of `generation` the writer's: fence every older generation.
+    async fn adopt(&self, db: &DatabaseName, generation: Generation) -> CoreResult<()> {
+        let _ = db;
+        Err(crate::CoreError::Unavailable(format!(
+            "generation {generation} has no standby checkout"
+        )))
+    }
 }
 
 /// A file a compute that runs PostgreSQL with `fsync = off` keeps in its data directory.

@@ -4,9 +4,16 @@
 //! Layout of the cache:
 //!
 //! ```text
-//! <cache>/<database>/pgdata      the directory the current compute runs on
-//! <cache>/<database>/clean.json  the image the directory equals exactly, if it does
+//! <cache>/<database>/g<N>/pgdata  the directory generation N runs on (lazily: a mount, with
+//!                                 g<N>/pg_wal and g<N>/lazy beside it)
+//! <cache>/<database>/clean.json   the image a generation's directory equals exactly, if it does
 //! ```
+//!
+//! Each checkout has its own directory, so a generation can be prepared (as a standby of the
+//! running one, for an autoscale handoff) while the one before it still runs on its own. The
+//! older one keeps its directory until it is released, but from the newer checkout on it can no
+//! longer write back. Directories of generations no longer checked out are swept away by the
+//! next checkout.
 //!
 //! A checkout fences older generations in the object store, picks the newest image on the WAL
 //! quorum's timeline path, and reuses the cached directory only if `clean.json` says it is that
@@ -42,10 +49,18 @@ use crate::pg_control::ControlFile;
 use crate::safekeeper::file::{segment_file_name, DEFAULT_SEGMENT_SIZE};
 use crate::StorageError;
 
-/// Per-database state of the current checkout.
+/// Per-database state: the generations checked out (the writer's, and while a handoff
+/// prepares, its successor's).
 #[derive(Default)]
 struct DbState {
-    checked_out: Option<Generation>,
+    checkouts: std::collections::BTreeMap<Generation, Slot>,
+}
+
+/// One generation's checkout.
+#[derive(Default)]
+struct Slot {
+    /// A standby's checkout: fences nothing and may not write back until adopted.
+    standby: bool,
     /// The image the checkout started from (the parent of the next write-back).
     base: Option<Manifest>,
     /// The lazy mount the compute runs on, if it runs on one.
@@ -105,12 +120,17 @@ impl ObjectPageStore {
         self
     }
 
-    fn wal_dir(&self, db: &DatabaseName) -> PathBuf {
-        self.cache.join(db.as_str()).join("pg_wal")
+    /// Everything of generation `g`'s checkout of `db`.
+    fn generation_dir(&self, db: &DatabaseName, g: Generation) -> PathBuf {
+        self.cache.join(db.as_str()).join(format!("g{}", g.0))
     }
 
-    fn backing_dir(&self, db: &DatabaseName) -> PathBuf {
-        self.cache.join(db.as_str()).join("lazy")
+    fn wal_dir(&self, db: &DatabaseName, g: Generation) -> PathBuf {
+        self.generation_dir(db, g).join("pg_wal")
+    }
+
+    fn backing_dir(&self, db: &DatabaseName, g: Generation) -> PathBuf {
+        self.generation_dir(db, g).join("lazy")
     }
 
     /// Serve the basebackup's image of `db` at its data directory, on the mount
@@ -118,12 +138,13 @@ impl ObjectPageStore {
     fn mount_lazy(
         &self,
         db: &DatabaseName,
+        g: Generation,
         bb: Basebackup,
         lazy: Lazy,
         pending: lazyfs::PendingMount,
     ) -> Result<lazyfs::Mount, StorageError> {
-        let wal = self.wal_dir(db);
-        let backing = self.backing_dir(db);
+        let wal = self.wal_dir(db, g);
+        let backing = self.backing_dir(db, g);
         let Basebackup {
             manifest: m,
             mut objects,
@@ -201,7 +222,7 @@ impl ObjectPageStore {
         tree: Arc<LazyTree>,
         checkpoint_segment: &str,
     ) -> Result<(Manifest, crate::image::CaptureStats), StorageError> {
-        let wal = self.wal_dir(db);
+        let wal = self.wal_dir(db, id.generation);
         let chunk_size = u64::from(self.chunk_size);
         let seg = checkpoint_segment.to_owned();
         let planned = {
@@ -276,9 +297,9 @@ impl ObjectPageStore {
         &self.images
     }
 
-    /// The directory computes of `db` run on.
-    pub fn data_dir(&self, db: &DatabaseName) -> PathBuf {
-        self.cache.join(db.as_str()).join("pgdata")
+    /// The directory generation `g` of `db` runs on.
+    pub fn data_dir(&self, db: &DatabaseName, g: Generation) -> PathBuf {
+        self.generation_dir(db, g).join("pgdata")
     }
 
     fn clean_path(&self, db: &DatabaseName) -> PathBuf {
@@ -290,14 +311,13 @@ impl ObjectPageStore {
         dbs.entry(db.clone()).or_default().clone()
     }
 
-    /// The image the cached directory of `db` equals, if the cache says so and can be trusted.
+    /// The image a cached directory of `db` equals (the directory of the generation that wrote
+    /// it), if the cache says so and can be trusted.
     fn cached_image(&self, db: &DatabaseName) -> Option<ImageId> {
-        let dir = self.data_dir(db);
-        if spg_core::lost_unsynced_writes(&dir) {
-            return None;
-        }
         let bytes = std::fs::read(self.clean_path(db)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let id: ImageId = serde_json::from_slice(&bytes).ok()?;
+        let dir = self.data_dir(db, id.generation);
+        (dir.is_dir() && !spg_core::lost_unsynced_writes(&dir)).then_some(id)
     }
 
     async fn checkout_inner(
@@ -305,29 +325,42 @@ impl ObjectPageStore {
         db: &DatabaseName,
         g: Generation,
         history: &[(TimelineId, Lsn)],
+        standby: bool,
         st: &mut DbState,
     ) -> Result<Checkout, StorageError> {
-        if let Some(newest) = self.images.newest_fence(db).await? {
-            if newest >= g {
-                return Err(StorageError::StaleGeneration {
-                    offered: g.0,
-                    current: newest.0,
-                });
-            }
+        let newest = self
+            .images
+            .newest_fence(db)
+            .await?
+            .into_iter()
+            .chain(st.checkouts.keys().copied())
+            .max();
+        if let Some(newest) = newest.filter(|n| *n >= g) {
+            return Err(StorageError::StaleGeneration {
+                offered: g.0,
+                current: newest.0,
+            });
         }
-        self.images.fence(db, g).await?;
-        if let Some(old) = st.mount.take() {
-            old.unmount()?;
+        if !standby {
+            self.images.fence(db, g).await?;
         }
-        let dir = self.data_dir(db);
-        // Lazily, the mount is made while the basebackup is on its way (the directory changes
-        // from here on: it no longer equals any image).
+        let dir = self.data_dir(db, g);
+        let db_root = self.cache.join(db.as_str());
+        let trash = db_root.join("trash");
+        let checked_out: Vec<PathBuf> = st
+            .checkouts
+            .keys()
+            .map(|h| self.generation_dir(db, *h))
+            .collect();
+        // Lazily, the mount is made while the basebackup is on its way (no cached directory is
+        // reused, so the record of one goes first).
         let preparing = self.lazy.map(|lazy| {
-            let dirs = [dir.clone(), self.wal_dir(db), self.backing_dir(db)];
-            let trash = self.cache.join(db.as_str()).join("trash");
+            let dirs = [dir.clone(), self.wal_dir(db, g), self.backing_dir(db, g)];
             let (clean, db) = (self.clean_path(db), db.clone());
+            let (db_root, trash, keep) = (db_root.clone(), trash.clone(), checked_out.clone());
             tokio::task::spawn_blocking(move || {
                 remove_if_exists(&clean)?;
+                sweep(&db_root, &keep, &trash)?;
                 prepare_lazy(&db, dirs, &trash, lazy)
             })
         });
@@ -342,19 +375,41 @@ impl ObjectPageStore {
         let manifest = bb.as_ref().map(|b| b.manifest.clone());
         let latest = manifest.as_ref().map(|m| m.id);
         let try_lazy = self.lazy.zip(bb).zip(pending);
-        let reuse = self.lazy.is_none() && latest.is_some() && self.cached_image(db) == latest;
+        // Eagerly, the directory a clean stop left is reused when it is the image to start from
+        // and no generation runs on it.
+        let cached = self
+            .cached_image(db)
+            .filter(|c| self.lazy.is_none() && Some(*c) == latest)
+            .filter(|c| !st.checkouts.contains_key(&c.generation));
         if self.lazy.is_none() {
-            // (A lazy checkout removed it while preparing the mount.)
-            remove_if_exists(&self.clean_path(db))?;
+            let mut keep = checked_out;
+            keep.extend(cached.map(|c| self.generation_dir(db, c.generation)));
+            let (clean, root, trash) = (self.clean_path(db), db_root.clone(), trash.clone());
+            tokio::task::spawn_blocking(move || {
+                // The directory changes from here on: it no longer equals any image.
+                remove_if_exists(&clean)?;
+                sweep(&root, &keep, &trash)
+            })
+            .await
+            .map_err(|e| StorageError::io("sweep", &db_root, std::io::Error::other(e)))??;
         }
+        let mut slot = Slot {
+            standby,
+            ..Slot::default()
+        };
         let mounted = match try_lazy {
-            Some(((lazy, bb), pending)) => Some(self.mount_lazy(db, bb, lazy, pending)?),
+            Some(((lazy, bb), pending)) => Some(self.mount_lazy(db, g, bb, lazy, pending)?),
             None => None,
         };
         if let Some(mnt) = mounted {
             info!(%db, generation = %g, image = ?latest, "mounted the image lazily");
-            st.mount = Some(mnt);
-        } else if reuse {
+            slot.mount = Some(mnt);
+        } else if let Some(c) = cached {
+            let from = self.generation_dir(db, c.generation);
+            let to = self.generation_dir(db, g);
+            if from != to {
+                std::fs::rename(&from, &to).map_err(|e| StorageError::io("rename", &from, e))?;
+            }
             info!(%db, generation = %g, image = ?latest, "starting from the cached directory");
         } else {
             if self.lazy.is_some() {
@@ -370,11 +425,12 @@ impl ObjectPageStore {
                       bytes = stats.bytes_fetched, "restored the image (eager)");
             }
         }
-        st.checked_out = Some(g);
-        st.base = manifest;
+        slot.base = manifest;
+        let image = slot.base.as_ref().map(image_info);
+        st.checkouts.insert(g, slot);
         Ok(Checkout {
             data_dir: dir,
-            image: st.base.as_ref().map(image_info),
+            image,
         })
     }
 
@@ -384,10 +440,22 @@ impl ObjectPageStore {
         g: Generation,
         st: &mut DbState,
     ) -> Result<ImageInfo, StorageError> {
-        if st.checked_out != Some(g) {
-            return Err(StorageError::NotCheckedOut(g.0));
+        let newer = st
+            .checkouts
+            .iter()
+            .filter(|(h, s)| **h > g && !s.standby)
+            .map(|(h, _)| *h)
+            .max();
+        if let Some(newer) = newer {
+            return Err(StorageError::StaleGeneration {
+                offered: g.0,
+                current: newer.0,
+            });
         }
-        let dir = self.data_dir(db);
+        let Some(slot) = st.checkouts.get_mut(&g).filter(|s| !s.standby) else {
+            return Err(StorageError::NotCheckedOut(g.0));
+        };
+        let dir = self.data_dir(db, g);
         let control = ControlFile::read(&dir)?;
         if !control.state.is_clean_shutdown() {
             return Err(StorageError::NotShutDown(control.state.to_string()));
@@ -405,14 +473,14 @@ impl ObjectPageStore {
                 DEFAULT_SEGMENT_SIZE
             )
         );
-        let lazy = st.mount.is_some();
-        let captured = match st.mount.as_ref().map(|m| Arc::clone(m.tree())) {
+        let lazy = slot.mount.is_some();
+        let captured = match slot.mount.as_ref().map(|m| Arc::clone(m.tree())) {
             Some(tree) => {
                 let r = self
-                    .capture_lazy(db, id, st.base.as_ref(), tree, &checkpoint_segment)
+                    .capture_lazy(db, id, slot.base.as_ref(), tree, &checkpoint_segment)
                     .await;
                 if r.is_ok() {
-                    if let Some(mnt) = st.mount.take() {
+                    if let Some(mnt) = slot.mount.take() {
                         let stats = mnt.tree().stats();
                         info!(%db, generation = %g,
                               chunks_fetched = stats.chunks_fetched.load(std::sync::atomic::Ordering::Relaxed),
@@ -426,7 +494,7 @@ impl ObjectPageStore {
             None => {
                 let include = move |p: &str| include_in_image(p, &checkpoint_segment);
                 self.images
-                    .capture(db, &dir, id, st.base.as_ref(), self.chunk_size, &include)
+                    .capture(db, &dir, id, slot.base.as_ref(), self.chunk_size, &include)
                     .await
             }
         };
@@ -448,7 +516,7 @@ impl ObjectPageStore {
             write_atomic(&self.clean_path(db), &clean)?;
         }
         let info = image_info(&manifest);
-        st.base = Some(manifest);
+        slot.base = Some(manifest);
         Ok(info)
     }
 }
@@ -491,6 +559,61 @@ fn image_info(m: &Manifest) -> ImageInfo {
     }
 }
 
+/// Move everything in a database's cache directory `db_root` but `keep`, `clean.json` and
+/// `trash` itself into `trash` (deleted in the background): the directories of generations that
+/// no longer run, left by stops, crashes or an earlier layout. Mounts left on them by a process
+/// that died are detached first.
+fn sweep(db_root: &Path, keep: &[PathBuf], trash: &Path) -> Result<(), StorageError> {
+    let entries = match std::fs::read_dir(db_root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::io("read dir", db_root, e)),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut moved = false;
+    for (i, e) in entries.flatten().enumerate() {
+        let path = e.path();
+        let name = e.file_name();
+        if keep.contains(&path) || name == "clean.json" || name == "trash" || name == "clean.tmp" {
+            continue;
+        }
+        // An error just means nothing was mounted there.
+        let _ = lazyfs::detach(&path.join("pgdata"));
+        let _ = lazyfs::detach(&path);
+        create_private_dir(trash)?;
+        let aside = trash.join(format!("{stamp}-s{i}"));
+        if std::fs::rename(&path, &aside).is_err() {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| StorageError::io("remove", &path, e))?;
+        }
+        moved = true;
+    }
+    if moved {
+        empty_trash_later(trash);
+    }
+    Ok(())
+}
+
+/// Delete what is in `trash` in the background, after a start has had the machine.
+fn empty_trash_later(trash: &Path) {
+    let trash = trash.to_path_buf();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        if let Ok(entries) = std::fs::read_dir(&trash) {
+            for e in entries.flatten() {
+                // Another clean-up may be at it too.
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+}
+
 /// Give everything under `dir` to `uid:gid`.
 /// Ready `[data dir, pg_wal, backing dir]` of a database for a lazy mount and mount the data
 /// directory, waiting for its tree: a mount left behind by a process that died is detached, the
@@ -518,16 +641,7 @@ fn prepare_lazy(
         }
         create_private_dir(d)?;
     }
-    let trash = trash.to_path_buf();
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        if let Ok(entries) = std::fs::read_dir(&trash) {
-            for e in entries.flatten() {
-                // Another clean-up may be at it too.
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    });
+    empty_trash_later(trash);
     for d in [wal, dir] {
         std::os::unix::fs::chown(d, Some(lazy.uid), Some(lazy.gid))
             .map_err(|e| StorageError::io("chown", d, e))?;
@@ -574,8 +688,32 @@ impl PageStore for ObjectPageStore {
         let state = self.state(db);
         let mut st = state.lock().await;
         Ok(self
-            .checkout_inner(db, generation, history, &mut st)
+            .checkout_inner(db, generation, history, false, &mut st)
             .await?)
+    }
+
+    async fn checkout_standby(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        history: &[(TimelineId, Lsn)],
+    ) -> CoreResult<Checkout> {
+        let state = self.state(db);
+        let mut st = state.lock().await;
+        Ok(self
+            .checkout_inner(db, generation, history, true, &mut st)
+            .await?)
+    }
+
+    async fn adopt(&self, db: &DatabaseName, generation: Generation) -> CoreResult<()> {
+        let state = self.state(db);
+        let mut st = state.lock().await;
+        let Some(slot) = st.checkouts.get_mut(&generation) else {
+            return Err(StorageError::NotCheckedOut(generation.0).into());
+        };
+        self.images.fence(db, generation).await?;
+        slot.standby = false;
+        Ok(())
     }
 
     async fn write_back(&self, db: &DatabaseName, generation: Generation) -> CoreResult<ImageInfo> {
@@ -587,11 +725,8 @@ impl PageStore for ObjectPageStore {
     async fn release(&self, db: &DatabaseName, generation: Generation) -> CoreResult<()> {
         let state = self.state(db);
         let mut st = state.lock().await;
-        if st.checked_out == Some(generation) {
-            st.checked_out = None;
-            if let Some(mnt) = st.mount.take() {
-                mnt.unmount()?;
-            }
+        if let Some(mnt) = st.checkouts.remove(&generation).and_then(|s| s.mount) {
+            mnt.unmount()?;
         }
         Ok(())
     }
@@ -607,6 +742,89 @@ impl PageStore for ObjectPageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spg_core::CoreError;
+
+    /// A minimal `pg_control`: version, state (1: shut down) and checkpoint LSN.
+    fn write_control(dir: &Path, state: u32, checkpoint: u64) {
+        let mut b = vec![0u8; 8192];
+        b[8..12].copy_from_slice(&1300u32.to_le_bytes());
+        b[16..20].copy_from_slice(&state.to_le_bytes());
+        b[32..40].copy_from_slice(&checkpoint.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..288]);
+        b[288..292].copy_from_slice(&crc.to_le_bytes());
+        std::fs::create_dir_all(dir.join("global")).unwrap();
+        std::fs::write(dir.join("global/pg_control"), b).unwrap();
+    }
+
+    fn inode(p: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+    }
+
+    #[tokio::test]
+    async fn generations_check_out_side_by_side_and_only_the_newest_writes_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = ImageStore::new(Arc::new(object_store::memory::InMemory::new()), "images");
+        let s = ObjectPageStore::new(images, tmp.path().join("cache"));
+        let db = DatabaseName::new("shop").unwrap();
+
+        let c1 = s.checkout(&db, Generation(1), &[]).await.unwrap();
+        assert!(c1.image.is_none());
+        std::fs::write(c1.data_dir.join("PG_VERSION"), "15\n").unwrap();
+        write_control(&c1.data_dir, 1, 0x100);
+        s.write_back(&db, Generation(1)).await.unwrap();
+
+        // Generation 2 is prepared as a standby while 1 still runs: its own directory, from
+        // the image; 1 can still write back, 2 cannot yet.
+        let c2 = s.checkout_standby(&db, Generation(2), &[]).await.unwrap();
+        assert_ne!(c2.data_dir, c1.data_dir);
+        assert_eq!(c2.image.as_ref().map(|i| i.lsn), Some(Lsn(0x100)));
+        assert!(
+            c1.data_dir.join("PG_VERSION").exists(),
+            "1 keeps its directory"
+        );
+        assert_eq!(
+            std::fs::read_to_string(c2.data_dir.join("PG_VERSION")).unwrap(),
+            "15\n"
+        );
+        s.write_back(&db, Generation(1)).await.unwrap();
+        assert!(s.write_back(&db, Generation(2)).await.is_err());
+        // Adopted, it is the writer: 1 is fenced.
+        s.adopt(&db, Generation(2)).await.unwrap();
+        assert!(matches!(
+            s.write_back(&db, Generation(1)).await,
+            Err(CoreError::StaleGeneration {
+                offered: 1,
+                current: 2
+            })
+        ));
+        assert!(matches!(
+            s.checkout(&db, Generation(2), &[]).await,
+            Err(CoreError::StaleGeneration { .. })
+        ));
+        s.release(&db, Generation(1)).await.unwrap();
+        write_control(&c2.data_dir, 1, 0x200);
+        let img = s.write_back(&db, Generation(2)).await.unwrap();
+        assert_eq!(img.lsn, Lsn(0x200));
+
+        // A standby released without adoption (an aborted handoff) leaves the writer as it was.
+        let c3 = s.checkout_standby(&db, Generation(3), &[]).await.unwrap();
+        assert!(c3.data_dir.exists());
+        s.release(&db, Generation(3)).await.unwrap();
+        write_control(&c2.data_dir, 1, 0x300);
+        let img = s.write_back(&db, Generation(2)).await.unwrap();
+        assert_eq!(img.lsn, Lsn(0x300));
+        let version_inode = inode(&c2.data_dir.join("PG_VERSION"));
+        s.release(&db, Generation(2)).await.unwrap();
+
+        // The next checkout reuses the clean directory 2 left and sweeps the others.
+        let c4 = s.checkout(&db, Generation(4), &[]).await.unwrap();
+        assert_eq!(c4.image.map(|i| i.generation), Some(Generation(2)));
+        assert_eq!(inode(&c4.data_dir.join("PG_VERSION")), version_inode);
+        assert!(!c1.data_dir.exists(), "swept");
+        assert!(!c3.data_dir.exists(), "swept");
+        assert!(!c2.data_dir.exists(), "moved to generation 4");
+        s.release(&db, Generation(4)).await.unwrap();
+    }
 
     #[test]
     fn images_leave_out_transient_files_and_foreign_wal() {
