@@ -242,9 +242,10 @@ async fn frozen_databases_make_new_transactions_wait_not_fail() {
     let gw = t.p().gateway.clone().unwrap();
     let db = spg_core::DatabaseName::new(DB).unwrap();
     let first = tokio_pg(&t, &t.dsn).await.unwrap();
-    assert_eq!(gw.sessions(&db).sessions, 1);
+    assert_eq!(gw.sessions(&db).await.unwrap().sessions, 1);
     first.simple_query("BEGIN").await.unwrap();
-    gw.set_frozen(&db, true);
+    assert_eq!(gw.sessions(&db).await.unwrap().in_flight, 1);
+    gw.set_frozen(&db, true).await.unwrap();
     let dsn = t.dsn.clone();
     let tls = tls_maker(&t);
     let waiting = tokio::spawn(async move {
@@ -258,11 +259,14 @@ async fn frozen_databases_make_new_transactions_wait_not_fail() {
         !waiting.is_finished(),
         "a frozen database must hold new work back"
     );
-    assert!(gw.sessions(&db).frozen);
+    let during = gw.sessions(&db).await.unwrap();
+    assert!(during.frozen);
+    assert!(during.pinned.is_empty(), "{during:?}");
     // A transaction already running continues and ends.
     first.simple_query("SELECT 1").await.unwrap();
     first.simple_query("COMMIT").await.unwrap();
-    gw.set_frozen(&db, false);
+    assert_eq!(gw.sessions(&db).await.unwrap().in_flight, 0, "drained");
+    gw.set_frozen(&db, false).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .unwrap()

@@ -1,6 +1,7 @@
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::DatabaseName;
+use crate::{ComputeEndpoint, CoreResult, DatabaseName};
 
 /// Session figures of one database on one gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,9 +12,31 @@ pub struct GatewaySessions {
     pub sessions: usize,
     /// Whether new work for the database is held back.
     pub frozen: bool,
+    /// Transactions in flight: backend connections of the database's compute handed to
+    /// clients right now (in session mode, and for pinned sessions, for the whole session).
+    #[serde(default)]
+    pub in_flight: usize,
+    /// Sessions whose state cannot move to another compute (a handoff waits for them).
+    #[serde(default)]
+    pub pinned: Vec<PinnedSession>,
 }
 
-/// The public PostgreSQL entry point, as the control plane and the autoscaler see it.
+/// A client session bound to its backend connection, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedSession {
+    /// The gateway's id of the client connection (as in its admin view).
+    pub client: u64,
+    /// The login role.
+    pub role: String,
+    /// Why it cannot move: `temp table`, `listen`, `session mode`, ...
+    pub reason: String,
+    /// How long it has been in its current state, in milliseconds.
+    pub for_ms: u64,
+}
+
+/// The public PostgreSQL entry point, as the control plane and the autoscaler see it: the
+/// control surface of a generation handoff. Several gateways may serve one database; the
+/// control plane drives each of them.
 ///
 /// Contract:
 /// - A gateway authenticates clients before anything else happens; a failed login never wakes
@@ -22,12 +45,19 @@ pub struct GatewaySessions {
 ///   new sessions (and, with pooling, new transactions) *wait* — they are not failed — until
 ///   `set_frozen(db, false)`. Work already running continues. Freezing is how a generation
 ///   handoff drains the old writer.
-/// - `sessions` reports what this gateway currently serves; several gateways may serve one
-///   database, each reports its own.
+/// - `sessions` reports what this gateway currently serves: open sessions, transactions in
+///   flight, and the sessions pinned to their backend connection with the reason.
+/// - `switch_target(db, endpoint)` makes `endpoint` the database's compute for everything that
+///   starts afterwards: idle backend connections to older generations are closed and new ones
+///   go to `endpoint`. Sessions still bound to an older generation keep it until they end.
+#[async_trait]
 pub trait Gateway: Send + Sync {
-    /// Open client sessions for `db` on this gateway, and whether it is frozen.
-    fn sessions(&self, db: &DatabaseName) -> GatewaySessions;
+    /// Open client sessions for `db` on this gateway, in flight, pinned, and whether frozen.
+    async fn sessions(&self, db: &DatabaseName) -> CoreResult<GatewaySessions>;
 
     /// Freeze or unfreeze new work for `db` (see the trait contract).
-    fn set_frozen(&self, db: &DatabaseName, frozen: bool);
+    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) -> CoreResult<()>;
+
+    /// Send new work for `db` to `endpoint` (see the trait contract).
+    async fn switch_target(&self, db: &DatabaseName, endpoint: &ComputeEndpoint) -> CoreResult<()>;
 }

@@ -32,11 +32,12 @@ mod wal;
 pub mod wal_files;
 
 pub use autoscale::{
-    AutoscaleHandoff, ComputeLimits, HandoffPlan, HandoffReport, ScaleProfile, RESERVED_SETTINGS,
+    AutoscaleHandoff, ComputeLimits, HandoffPlan, HandoffReport, ScaleProfile, ScaleState,
+    RESERVED_SETTINGS,
 };
 pub use endpoint::ComputeEndpoint;
 pub use error::{CoreError, CoreResult};
-pub use gateway::{Gateway, GatewaySessions};
+pub use gateway::{Gateway, GatewaySessions, PinnedSession};
 pub use lease::{Lease, LeaseGrant, LeaseId};
 pub use names::{DatabaseName, NameError, RoleName};
 pub use page_store::{

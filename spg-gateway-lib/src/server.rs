@@ -236,13 +236,30 @@ impl GatewayServer {
     }
 }
 
+#[async_trait::async_trait]
 impl spg_core::Gateway for GatewayServer {
-    fn sessions(&self, db: &DatabaseName) -> GatewaySessions {
-        self.shared.sessions.sessions(db)
+    async fn sessions(&self, db: &DatabaseName) -> spg_core::CoreResult<GatewaySessions> {
+        let mut s = self.shared.sessions.sessions(db);
+        s.in_flight = self.shared.pools.in_flight(db);
+        s.pinned = self.shared.pools.pinned(db);
+        Ok(s)
     }
 
-    fn set_frozen(&self, db: &DatabaseName, frozen: bool) {
-        self.shared.sessions.set_frozen(db, frozen)
+    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) -> spg_core::CoreResult<()> {
+        info!(%db, frozen, "new work {}", if frozen { "frozen" } else { "unfrozen" });
+        self.shared.sessions.set_frozen(db, frozen);
+        Ok(())
+    }
+
+    async fn switch_target(
+        &self,
+        db: &DatabaseName,
+        endpoint: &spg_core::ComputeEndpoint,
+    ) -> spg_core::CoreResult<()> {
+        let closed = self.shared.pools.retire_older(db, endpoint.generation);
+        info!(%db, generation = %endpoint.generation, addr = %endpoint.addr, closed,
+              "switched to a new compute generation");
+        Ok(())
     }
 }
 

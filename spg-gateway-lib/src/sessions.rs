@@ -68,6 +68,8 @@ impl SessionRegistry {
             database: db.clone(),
             sessions,
             frozen,
+            in_flight: 0,
+            pinned: Vec::new(),
         }
     }
 

@@ -899,12 +899,60 @@ impl Pools {
         v
     }
 
-    /// Transactions in flight (backend connections checked out) for `db`, over all roles.
+    /// Sessions of `db` bound to their backend connection, with the reason: pinned clients in
+    /// transaction mode, and in session mode every client holding a connection.
+    pub fn pinned(&self, db: &DatabaseName) -> Vec<spg_core::PinnedSession> {
+        let mut out = Vec::new();
+        for p in self.all().iter().filter(|p| &p.db == db) {
+            for c in p.clients() {
+                let reason = match (p.mode, c.pinned()) {
+                    (_, Some(r)) => r,
+                    (PoolMode::Session, None) if c.server() != 0 => "session mode".to_owned(),
+                    _ => continue,
+                };
+                out.push(spg_core::PinnedSession {
+                    client: c.id,
+                    role: p.role.to_string(),
+                    reason,
+                    for_ms: c.in_state_for().as_millis() as u64,
+                });
+            }
+        }
+        out.sort_by_key(|s| s.client);
+        out
+    }
+
+    /// Make `generation` the compute of `db` for new work: idle backend connections to older
+    /// generations are closed (their compute is being replaced). Returns how many were closed.
+    pub fn retire_older(&self, db: &DatabaseName, generation: spg_core::Generation) -> usize {
+        let mut closed = 0;
+        for p in self.all().iter().filter(|p| &p.db == db) {
+            let old: Vec<Server> = {
+                let mut st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                let (old, keep): (Vec<Server>, Vec<Server>) = std::mem::take(&mut st.idle)
+                    .into_iter()
+                    .partition(|s| s.info.generation < generation);
+                st.idle = keep;
+                old
+            };
+            for s in old {
+                closed += 1;
+                p.close(s);
+            }
+        }
+        closed
+    }
+
+    /// Transactions in flight for `db`, over all roles: backend connections handed to clients,
+    /// being reset, or being opened (clients held back by a freeze hold none).
     pub fn in_flight(&self, db: &DatabaseName) -> usize {
         self.all()
             .iter()
             .filter(|p| &p.db == db)
-            .map(|p| p.lease.active.load(Ordering::SeqCst))
+            .map(|p| {
+                let st = p.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.total.saturating_sub(st.idle.len())
+            })
             .sum()
     }
 }
