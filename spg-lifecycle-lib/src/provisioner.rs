@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use spg_core::{ComputeEndpoint, DatabaseName, PageStore};
+use spg_core::{ComputeEndpoint, DatabaseName, Generation, PageStore, ScaleProfile};
 
 use crate::compute::process::ExitWatch;
+use crate::compute::standby::StandbyCompute;
 use crate::compute::wal::WalSetup;
 use crate::compute::{
     cleanup_stale, AgentConfig, ComputeSpec, RoleSpec, RunningCompute, StopReport,
@@ -24,6 +25,39 @@ pub trait Provisioner: Send + Sync + 'static {
     /// Stop whatever an earlier run of the platform left running for `db` (after the platform
     /// itself was killed). Returns whether something was found.
     async fn cleanup_stale(&self, db: &DatabaseName) -> Result<bool, LifecycleError>;
+
+    /// Prepare `spec` as a standby of the database's running writer, whose profile is
+    /// `primary`, for an autoscale handoff. Returns once it replays the writer's WAL; on error
+    /// nothing of it keeps running. The default cannot.
+    async fn start_standby(
+        &self,
+        spec: ComputeSpec,
+        primary: &ScaleProfile,
+    ) -> Result<Box<dyn Standby>, LifecycleError> {
+        let _ = primary;
+        Err(LifecycleError::Compute {
+            database: spec.database.to_string(),
+            generation: spec.generation.0,
+            step: "standby",
+            reason: "this provisioner cannot prepare standbys".into(),
+        })
+    }
+}
+
+/// A compute generation running as a standby of the writer, as the control plane handles it.
+#[async_trait]
+pub trait Standby: Send + Sync {
+    /// Its generation.
+    fn generation(&self) -> Generation;
+    /// Whether it accepts read-only sessions while it replays.
+    fn is_hot(&self) -> bool;
+    /// Timings of its preparation.
+    fn prepare_timings(&self) -> StepTimings;
+    /// Promote it after the writer stopped: elected, caught up with the elected log, promoted,
+    /// following by the quorum, roles in place. On error nothing of it keeps running.
+    async fn promote(self: Box<Self>) -> Result<Box<dyn Compute>, LifecycleError>;
+    /// Stop it and give its checkout back.
+    async fn discard(self: Box<Self>);
 }
 
 /// A running compute, as the control plane handles it.
@@ -43,6 +77,9 @@ pub trait Compute: Send + Sync {
 
     /// Stop it: fast shutdown (killed after a deadline), write-back, release.
     async fn stop(self: Box<Self>) -> StopReport;
+    /// Stop it for a handoff to the standby that replaces it: fast shutdown, release, no
+    /// write-back (the standby's checkout fenced it).
+    async fn stop_for_handoff(self: Box<Self>) -> StopReport;
 
     /// Clean up after it exited on its own.
     async fn abandon(self: Box<Self>);
@@ -98,6 +135,50 @@ impl Provisioner for LocalProvisioner {
     async fn cleanup_stale(&self, db: &DatabaseName) -> Result<bool, LifecycleError> {
         cleanup_stale(&self.cfg.run_root, db, self.cfg.stop_timeout).await
     }
+
+    async fn start_standby(
+        &self,
+        spec: ComputeSpec,
+        primary: &ScaleProfile,
+    ) -> Result<Box<dyn Standby>, LifecycleError> {
+        let Some(wal) = self.wal.clone() else {
+            return Err(LifecycleError::Compute {
+                database: spec.database.to_string(),
+                generation: spec.generation.0,
+                step: "standby",
+                reason: "standbys follow the WAL quorum, and computes run without one".into(),
+            });
+        };
+        let standby = StandbyCompute::start(
+            Arc::clone(&self.cfg),
+            Arc::clone(&self.page_store),
+            wal,
+            spec,
+            primary,
+        )
+        .await?;
+        Ok(Box::new(standby))
+    }
+}
+
+#[async_trait]
+impl Standby for StandbyCompute {
+    fn generation(&self) -> Generation {
+        StandbyCompute::generation(self)
+    }
+    fn is_hot(&self) -> bool {
+        StandbyCompute::is_hot(self)
+    }
+    fn prepare_timings(&self) -> StepTimings {
+        StandbyCompute::prepare_timings(self).clone()
+    }
+    async fn promote(self: Box<Self>) -> Result<Box<dyn Compute>, LifecycleError> {
+        let running = StandbyCompute::promote(*self).await?;
+        Ok(Box::new(running))
+    }
+    async fn discard(mut self: Box<Self>) {
+        StandbyCompute::discard(&mut self).await
+    }
 }
 
 #[async_trait]
@@ -120,6 +201,9 @@ impl Compute for RunningCompute {
 
     async fn stop(self: Box<Self>) -> StopReport {
         RunningCompute::stop(*self).await
+    }
+    async fn stop_for_handoff(self: Box<Self>) -> StopReport {
+        RunningCompute::stop_for_handoff(*self).await
     }
 
     async fn abandon(self: Box<Self>) {

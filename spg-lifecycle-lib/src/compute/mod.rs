@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod config;
 pub mod process;
 mod sql;
+pub mod standby;
 pub mod wal;
 
 use std::os::unix::fs::DirBuilderExt;
@@ -482,6 +483,35 @@ impl RunningCompute {
         }
     }
 
+    /// Stop for a handoff to a newer generation prepared as its standby: fast shutdown (with a
+    /// WAL quorum the safekeepers receive everything up to the shutdown checkpoint before
+    /// PostgreSQL exits), stop following, and give the checkout back without an image: the
+    /// newer generation is checked out already (so this one may not write back) and carries on
+    /// from the quorum's log.
+    pub async fn stop_for_handoff(mut self) -> StopReport {
+        let mut timer = StepTimer::new();
+        let (exit, killed) = match self.process.take() {
+            Some(p) => p.stop(self.cfg.stop_timeout).await,
+            None => (
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+                true,
+            ),
+        };
+        timer.step("shutdown");
+        self.stop_following().await;
+        self.finish().await;
+        let clean = exit.success() && !killed;
+        StopReport {
+            timings: timer.finish(),
+            clean,
+            image: None,
+            error: (!clean).then(|| format!("compute did not shut down cleanly ({exit})")),
+        }
+    }
+
     /// Clean up after the postmaster exited on its own (crash): release the checkout.
     pub async fn abandon(mut self) {
         if let Some(p) = self.process.take() {
@@ -540,11 +570,31 @@ pub async fn cleanup_stale(
     db: &DatabaseName,
     timeout: Duration,
 ) -> Result<bool, LifecycleError> {
+    // The writer's record, and those of generations prepared as standbys (`g<N>/`).
+    let db_dir = run_root.join(db.as_str());
+    let mut records = vec![db_dir.join(PID_RECORD)];
+    if let Ok(entries) = std::fs::read_dir(&db_dir) {
+        records.extend(
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path().join(PID_RECORD)),
+        );
+    }
+    let mut stopped = false;
+    for record in records {
+        stopped |= stop_recorded(&record, db, timeout).await;
+    }
+    Ok(stopped)
+}
+
+/// Stop the postmaster a pid record names, if it still runs on the recorded data directory;
+/// remove the record.
+async fn stop_recorded(record: &Path, db: &DatabaseName, timeout: Duration) -> bool {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let record = run_root.join(db.as_str()).join(PID_RECORD);
-    let Ok(text) = std::fs::read_to_string(&record) else {
-        return Ok(false);
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return false;
     };
     let mut lines = text.lines();
     let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
@@ -567,8 +617,8 @@ pub async fn cleanup_stale(
             stopped = true;
         }
     }
-    let _ = std::fs::remove_file(&record);
-    Ok(stopped)
+    let _ = std::fs::remove_file(record);
+    stopped
 }
 
 async fn initdb(cfg: &AgentConfig, data_dir: &Path) -> Result<(), String> {

@@ -157,6 +157,17 @@ impl PostgresProcess {
     /// connections; with `hot_standby`, read-only ones while recovery finishes), it exits, or
     /// `timeout` passes.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), StartFailure> {
+        self.wait_status(timeout, &["ready"]).await
+    }
+
+    /// Wait until the postmaster reports one of `statuses` in `postmaster.pid` (`ready`:
+    /// accepting connections; `standby`: replaying without hot standby), or fail as
+    /// [`PostgresProcess::wait_ready`] does.
+    pub async fn wait_status(
+        &mut self,
+        timeout: Duration,
+        statuses: &[&str],
+    ) -> Result<(), StartFailure> {
         let deadline = Instant::now() + timeout;
         let pid_file = self.data_dir.join("postmaster.pid");
         let mut pause = Duration::from_millis(1);
@@ -166,7 +177,7 @@ impl PostgresProcess {
                 return Err(StartFailure::Exited { exit, log });
             }
             if let Ok(text) = std::fs::read_to_string(&pid_file) {
-                if pid_file_status(&text, self.pid) == Some("ready") {
+                if pid_file_status(&text, self.pid).is_some_and(|st| statuses.contains(&st)) {
                     return Ok(());
                 }
             }
@@ -223,6 +234,12 @@ impl PostgresProcess {
         drop(waited);
         let current = self.exit.borrow().clone();
         current
+    }
+
+    /// Ask a standby to promote (after the `promote` file was written in its data directory),
+    /// as `pg_ctl promote` does.
+    pub fn signal_promote(&self) {
+        self.signal(Signal::SIGUSR1);
     }
 
     fn signal(&self, sig: Signal) {

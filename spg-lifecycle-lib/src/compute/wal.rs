@@ -52,7 +52,12 @@ impl std::fmt::Debug for WalSetup {
 struct RestoreState {
     quorum: Arc<dyn WalQuorum>,
     db: DatabaseName,
-    election: Arc<Election>,
+    /// The log served: elected, or while `following`, the latest observation.
+    election: Arc<std::sync::RwLock<Arc<Election>>>,
+    /// A standby's service: it follows the log a running writer extends, observing the quorum
+    /// afresh for every file (nothing is elected, nothing remembered, and what is not there yet
+    /// is "not found", to be asked again), until [`RestoreService::set_election`].
+    following: Arc<std::sync::atomic::AtomicBool>,
     token: String,
     local_wal: PathBuf,
     /// The data directory's redo point: recovery reads its segment from here on (and its
@@ -113,6 +118,9 @@ fn classify(file: &str, election: &Election, segment_size: u64) -> Need {
 /// The per-compute loopback endpoint behind `restore_command`.
 pub struct RestoreService {
     url: String,
+    election: Arc<std::sync::RwLock<Arc<Election>>>,
+    answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
+    following: Arc<std::sync::atomic::AtomicBool>,
     control: Option<spg_core::pg_control::ControlFile>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -147,13 +155,17 @@ impl RestoreService {
         let state = RestoreState {
             quorum,
             db,
-            election: Arc::new(election),
+            election: Arc::new(std::sync::RwLock::new(Arc::new(election))),
+            following: Arc::default(),
             token: token.clone(),
             local_wal,
             redo,
             checkpoint,
             answered: Arc::default(),
         };
+        let state_election = Arc::clone(&state.election);
+        let state_answered = Arc::clone(&state.answered);
+        let state_following = Arc::clone(&state.following);
         let app = axum::Router::new()
             .route("/{token}/{file}", axum::routing::get(serve))
             .with_state(state);
@@ -166,11 +178,40 @@ impl RestoreService {
         });
         Ok(RestoreService {
             url: format!("http://{addr}/{token}"),
+            election: Arc::clone(&state_election),
+            answered: Arc::clone(&state_answered),
+            following: Arc::clone(&state_following),
             control,
             _on_drop: stop.clone().drop_guard(),
             stop,
             task,
         })
+    }
+
+    /// Serve a standby: follow the log the running writer extends (see [`RestoreState`]),
+    /// starting from `observed` ([`WalQuorum::observe`]).
+    pub async fn start_following(
+        quorum: Arc<dyn WalQuorum>,
+        db: DatabaseName,
+        observed: Election,
+        local_wal: PathBuf,
+    ) -> Result<RestoreService, LifecycleError> {
+        let svc = Self::start(quorum, db, observed, local_wal).await?;
+        svc.following
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(svc)
+    }
+
+    /// Serve `election`'s log from now on (a standby about to promote: the writer it followed
+    /// has stopped and this generation is elected).
+    pub fn set_election(&self, election: Election) {
+        *self.election.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(election);
+        self.answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.following
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The control file of the data directory being recovered, as read at the start.
@@ -208,6 +249,10 @@ async fn serve(
     if !valid {
         return StatusCode::NOT_FOUND.into_response();
     }
+    let following = st.following.load(std::sync::atomic::Ordering::SeqCst);
+    if following {
+        return follow(&st, &file).await;
+    }
     let earlier = st
         .answered
         .lock()
@@ -225,19 +270,20 @@ async fn serve(
             .unwrap_or_else(|p| p.into_inner())
             .insert(file.clone(), answer);
     };
-    let need = classify(&file, &st.election, DEFAULT_SEGMENT_SIZE);
+    let election = Arc::clone(&st.election.read().unwrap_or_else(|p| p.into_inner()));
+    let need = classify(&file, &election, DEFAULT_SEGMENT_SIZE);
     if need == Need::Absent {
         tracing::debug!(db = %st.db, file, "restore: not part of the elected log");
         return StatusCode::NOT_FOUND.into_response();
     }
-    if need == Need::Required && local_copy_covers_the_log(&file, &st) {
+    if need == Need::Required && local_copy_covers_the_log(&file, &st, &election) {
         // The usual wake after an idle stop: the image's own segment already ends where the
         // elected log ends, so there is nothing to read from the quorum.
         tracing::debug!(db = %st.db, file, "restore: local copy holds the rest of the log");
         remember(None);
         return StatusCode::NOT_FOUND.into_response();
     }
-    match st.quorum.read_wal_file(&st.db, &st.election, &file).await {
+    match st.quorum.read_wal_file(&st.db, &election, &file).await {
         Ok(Some(bytes)) => {
             let local = std::fs::read(st.local_wal.join(&file)).ok();
             let from = st
@@ -270,6 +316,41 @@ async fn serve(
     }
 }
 
+/// A standby's request: observe the quorum now and answer from what it holds. What is not
+/// there (yet), and any failure, is "not found": the standby asks again a moment later, and it
+/// never promotes on its own.
+async fn follow(st: &RestoreState, file: &str) -> Response {
+    let observed = match st.quorum.observe(&st.db).await {
+        Ok(Some(e)) => Arc::new(e),
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::debug!(db = %st.db, file, error = %e, "restore (standby): observe failed");
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    };
+    *st.election.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&observed);
+    // Only timelines that exist: an observation's "next" timeline is nobody's yet.
+    if let Some(tli) = file
+        .strip_suffix(".history")
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+    {
+        if observed.history.last().is_none_or(|(t, _)| tli > t.0) {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    }
+    if classify(file, &observed, DEFAULT_SEGMENT_SIZE) == Need::Absent {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    match st.quorum.read_wal_file(&st.db, &observed, file).await {
+        Ok(Some(bytes)) => bytes.into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::debug!(db = %st.db, file, error = %e, "restore (standby): read failed");
+            StatusCode::NOT_FOUND.into_response()
+        }
+    }
+}
+
 /// Whether the data directory's own copy of segment `file` holds everything recovery reads of
 /// the elected log in it, without asking the quorum: the usual wake after an idle stop, where
 /// the elected log ends with the checkpoint the directory was shut down at. That is: the segment
@@ -278,17 +359,17 @@ async fn serve(
 /// copy, which an image always holds from the redo point through the checkpoint, written by
 /// the one writer of that timeline). Anything else (WAL after the checkpoint, other segments or
 /// timelines) goes to the quorum.
-fn local_copy_covers_the_log(file: &str, st: &RestoreState) -> bool {
+fn local_copy_covers_the_log(file: &str, st: &RestoreState, election: &Election) -> bool {
     let seg = DEFAULT_SEGMENT_SIZE;
     let Some((tli, segno)) = parse_segment_file_name(file, seg) else {
         return false;
     };
     let (Some(redo), Some((checkpoint, ckpt_tli)), Some((last, _))) =
-        (st.redo, st.checkpoint, st.election.history.last())
+        (st.redo, st.checkpoint, election.history.last())
     else {
         return false;
     };
-    let flush = st.election.flush_lsn.0;
+    let flush = election.flush_lsn.0;
     let same_segment = [redo.0, checkpoint.0, flush]
         .iter()
         .all(|l| l / seg == segno);
