@@ -83,6 +83,10 @@ pub struct PlatformConfig {
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
     pub lease_ttl: Duration,
+    /// How long a handoff waits, frozen, for transactions in flight (default 10 s).
+    pub handoff_drain_timeout: Duration,
+    /// How long a handoff waits for a window without pinned sessions (default 60 s).
+    pub handoff_pinned_wait: Duration,
     /// Safekeepers run in this process (quorum: a majority); at least one unless
     /// `remote_safekeepers` are given: a compute's local state is disposable in every path.
     pub safekeepers: usize,
@@ -122,6 +126,8 @@ impl PlatformConfig {
             client_auth: spg_gateway_lib::ClientAuth::Scram,
             api_key: None,
             lease_ttl: Duration::from_secs(30),
+            handoff_drain_timeout: Duration::from_secs(10),
+            handoff_pinned_wait: Duration::from_secs(60),
             safekeepers: 3,
             remote_safekeepers: Vec::new(),
             restore_program: None,
@@ -340,6 +346,8 @@ impl Platform {
         let cp_config = ControlPlaneConfig {
             idle_timeout: cfg.idle_timeout,
             lease_ttl: cfg.lease_ttl,
+            drain_timeout: cfg.handoff_drain_timeout,
+            pinned_wait: cfg.handoff_pinned_wait,
             ..ControlPlaneConfig::default()
         };
         let control_plane =
@@ -382,6 +390,10 @@ impl Platform {
                 ))
             })
             .transpose()?;
+        if let Some(g) = &gateway {
+            // Handoffs freeze, drain and switch the gateway of this process.
+            control_plane.add_gateway(Arc::new(g.clone()));
+        }
 
         let registry = Arc::new(registry);
         let gateway_listener = match cfg.gateway_listen {

@@ -109,6 +109,51 @@ pub const RESERVED_SETTINGS: &[&str] = &[
     "log_destination",
 ];
 
+/// Where a database's autoscale handoff stands (the API's `scale_state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleState {
+    /// No handoff in progress.
+    #[default]
+    Steady,
+    /// The next generation is being brought up as a standby of the writer; the handoff waits
+    /// here, too, for a window without pinned sessions.
+    Preparing,
+    /// New work is held back at every gateway.
+    Frozen,
+    /// Waiting until no transaction is in flight on the writer (time-boxed).
+    Draining,
+    /// The writer is being stopped and the standby promoted; gateways switch to it.
+    Switching,
+    /// The last handoff gave up (the reason is kept); the writer runs on unchanged.
+    Aborted,
+}
+
+impl ScaleState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleState::Steady => "steady",
+            ScaleState::Preparing => "preparing",
+            ScaleState::Frozen => "frozen",
+            ScaleState::Draining => "draining",
+            ScaleState::Switching => "switching",
+            ScaleState::Aborted => "aborted",
+        }
+    }
+
+    /// Whether a handoff is in progress.
+    pub fn in_progress(self) -> bool {
+        !matches!(self, ScaleState::Steady | ScaleState::Aborted)
+    }
+}
+
+impl std::fmt::Display for ScaleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a handoff should do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffPlan {
@@ -133,6 +178,9 @@ pub struct HandoffReport {
     /// How long new work was held back.
     #[serde(with = "crate::lease::duration_ms")]
     pub frozen_for: Duration,
+    /// Milliseconds per phase (`prepare`, `pinned_wait`, `drain`, `switch`, `frozen`, `total`).
+    #[serde(default)]
+    pub timings_ms: BTreeMap<String, u64>,
 }
 
 /// Replacing a database's writer by a new generation (bigger or smaller) without client errors

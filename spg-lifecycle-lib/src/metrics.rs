@@ -48,6 +48,10 @@ pub struct ControlPlaneMetrics {
     pub databases: Family<StateLabel, Gauge>,
     /// Leases held.
     pub leases: Gauge,
+    /// Autoscale handoff phases entered (`preparing`, `frozen`, ..., `steady`, `aborted`).
+    pub scale_phases: Family<StateLabel, Counter>,
+    /// Sessions pinned to a writer that a handoff is waiting for.
+    pub handoff_blocking_sessions: Gauge,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -62,6 +66,8 @@ impl Default for ControlPlaneMetrics {
             stops: Family::default(),
             databases: Family::default(),
             leases: Gauge::default(),
+            scale_phases: Family::default(),
+            handoff_blocking_sessions: Gauge::default(),
         }
     }
 }
@@ -94,7 +100,25 @@ impl ControlPlaneMetrics {
             m.databases.clone(),
         );
         r.register("leases", "Leases currently held", m.leases.clone());
+        r.register(
+            "scale_phases",
+            "Autoscale handoff phases entered",
+            m.scale_phases.clone(),
+        );
+        r.register(
+            "handoff_blocking_sessions",
+            "Sessions pinned to the writer that a handoff waits for",
+            m.handoff_blocking_sessions.clone(),
+        );
         m
+    }
+
+    pub(crate) fn scale_changed(&self, to: spg_core::ScaleState) {
+        self.scale_phases
+            .get_or_create(&StateLabel {
+                state: to.as_str().into(),
+            })
+            .inc();
     }
 
     pub(crate) fn state_changed(&self, from: Option<ComputeState>, to: ComputeState) {

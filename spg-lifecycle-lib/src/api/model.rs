@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use spg_core::{ComputeState, DatabaseName, Generation, RoleName};
+use spg_core::{ComputeState, DatabaseName, Generation, RoleName, ScaleState};
 
 use crate::store::{RoleRecord, Transition};
 use crate::timing::StepTimings;
@@ -44,6 +44,22 @@ pub struct DatabaseView {
     pub last_boot: Option<StepTimings>,
     /// Step timings of the last stop (ms).
     pub last_stop: Option<StepTimings>,
+    /// The writer profile (`L1`, `L2`, ...).
+    pub profile: String,
+    /// Where an autoscale handoff stands: `steady`, `preparing`, `frozen`, `draining`,
+    /// `switching` or `aborted`.
+    pub scale_state: ScaleState,
+    /// What the handoff does or waits for, or why it gave up.
+    pub scale_reason: Option<String>,
+    /// Phase timings of the last completed handoff (ms).
+    pub last_handoff: Option<StepTimings>,
+}
+
+/// Body of `POST /v1/databases/{name}/handoff`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffRequest {
+    /// The profile of the new writer generation.
+    pub profile: String,
 }
 
 impl From<DatabaseStatus> for DatabaseView {
@@ -64,6 +80,10 @@ impl From<DatabaseStatus> for DatabaseView {
             last_error: r.last_error,
             last_boot: r.last_boot,
             last_stop: r.last_stop,
+            profile: s.profile,
+            scale_state: r.scale_state,
+            scale_reason: r.scale_reason,
+            last_handoff: r.last_handoff,
         }
     }
 }

@@ -184,6 +184,7 @@ pub fn router(cp: ControlPlane, key: ApiKey, metrics: Arc<Registry>) -> Router {
         .route("/v1/databases/{name}", get(show_database))
         .route("/v1/databases/{name}/stop", post(stop_database))
         .route("/v1/databases/{name}/wake", post(wake_database))
+        .route("/v1/databases/{name}/handoff", post(handoff_database))
         .route(
             "/v1/databases/{name}/transitions",
             get(database_transitions),
@@ -268,6 +269,23 @@ async fn wake_database(
         addr: ep.addr.to_string(),
         generation: ep.generation,
     }))
+}
+
+/// Start a handoff of the writer to another profile; 202 with the database (its `scale_state`
+/// shows the progress).
+async fn handoff_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<HandoffRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DatabaseView>), ApiError> {
+    let db = db_name(&name)?;
+    let req = json_body(body)?;
+    // The handoff runs on in the background; its outcome is in the database's record.
+    let _running = st.cp.start_handoff(&db, &req.profile).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.cp.database(&db).await?.into()),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::RngExt;
-use spg_core::{ComputeEndpoint, ComputeState, DatabaseName, LeaseGrant, LeaseId};
+use spg_core::{
+    ComputeEndpoint, ComputeState, DatabaseName, Generation, LeaseGrant, LeaseId, ScaleProfile,
+    ScaleState,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -15,8 +18,9 @@ use super::{now_ms, Shared};
 use crate::compute::process::ExitWatch;
 use crate::compute::{ComputeSpec, RoleSpec};
 use crate::metrics::ReasonLabel;
-use crate::provisioner::Compute;
+use crate::provisioner::{Compute, Standby};
 use crate::store::{DatabaseRecord, Transition};
+use crate::timing::StepTimings;
 use crate::LifecycleError;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
@@ -45,9 +49,34 @@ pub(crate) enum Command {
     ApplyRoles {
         reply: Reply<()>,
     },
+    HandoffBegin {
+        profile: ScaleProfile,
+        reply: Reply<HandoffTicket>,
+    },
+    HandoffPhase {
+        state: ScaleState,
+        reason: String,
+        reply: Reply<()>,
+    },
+    HandoffSwitch {
+        from: Generation,
+        profile: String,
+        standby: Box<dyn Standby>,
+        reply: Reply<(ComputeEndpoint, StepTimings)>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// What a handoff works with, from its start.
+pub(crate) struct HandoffTicket {
+    /// The writer's generation.
+    pub(crate) from: Generation,
+    /// What to start as its standby.
+    pub(crate) spec: ComputeSpec,
+    /// The writer's profile.
+    pub(crate) primary: ScaleProfile,
 }
 
 /// What the rest of the control plane can read without a round trip to the actor.
@@ -194,6 +223,27 @@ impl DbActor {
                 let r = self.apply_roles().await;
                 let _ = reply.send(r);
             }
+            Command::HandoffBegin { profile, reply } => {
+                let r = self.handoff_begin(profile).await;
+                let _ = reply.send(r);
+            }
+            Command::HandoffPhase {
+                state,
+                reason,
+                reply,
+            } => {
+                let r = self.scale_phase(state, reason).await;
+                let _ = reply.send(r);
+            }
+            Command::HandoffSwitch {
+                from,
+                profile,
+                standby,
+                reply,
+            } => {
+                let r = self.handoff_switch(from, profile, standby).await;
+                let _ = reply.send(r);
+            }
             Command::Shutdown { reply } => return Some(reply),
         }
         None
@@ -257,7 +307,7 @@ impl DbActor {
             }
         }
         let started = Instant::now();
-        let generation = self.rec.generation.next();
+        let generation = self.next_generation();
         self.transition(ComputeState::Booting, "wake", |r| {
             r.generation = generation;
             r.target_scale = 1;
@@ -318,7 +368,7 @@ impl DbActor {
             database: self.name.clone(),
             generation: self.rec.generation,
             roles,
-            profile: self.shared.config.profile.clone(),
+            profile: self.shared.config.profile_of(&self.rec),
         };
         let timeout = self.shared.config.boot_timeout;
         match tokio::time::timeout(timeout, self.shared.provisioner.start(spec)).await {
@@ -390,6 +440,197 @@ impl DbActor {
         .await
         .ok();
         self.publish();
+    }
+
+    /// A generation newer than every one started or handed to a standby.
+    fn next_generation(&self) -> Generation {
+        self.rec
+            .generation
+            .max(self.rec.reserved_generation.unwrap_or(Generation::NONE))
+            .next()
+    }
+
+    /// Start a handoff to `profile`: the writer must run and no other handoff be in progress.
+    async fn handoff_begin(
+        &mut self,
+        profile: ScaleProfile,
+    ) -> Result<HandoffTicket, LifecycleError> {
+        if self.compute.is_none() || self.rec.state != ComputeState::Ready {
+            return Err(LifecycleError::Invalid {
+                what: "handoff",
+                reason: format!("the database is {}, not running", self.rec.state),
+            });
+        }
+        if self.rec.scale_state.in_progress() {
+            return Err(LifecycleError::Invalid {
+                what: "handoff",
+                reason: format!("a handoff is in progress ({})", self.rec.scale_state),
+            });
+        }
+        let primary = self.shared.config.profile_of(&self.rec);
+        let generation = self.next_generation();
+        let roles = self.role_specs().await?;
+        let from = self.rec.generation;
+        let reason = format!("handoff {} -> {}", primary.name, profile.name);
+        self.scale_update(ScaleState::Preparing, reason, |r| {
+            r.reserved_generation = Some(generation);
+        })
+        .await?;
+        Ok(HandoffTicket {
+            from,
+            spec: ComputeSpec {
+                database: self.name.clone(),
+                generation,
+                roles,
+                profile,
+            },
+            primary,
+        })
+    }
+
+    async fn scale_phase(
+        &mut self,
+        state: ScaleState,
+        reason: String,
+    ) -> Result<(), LifecycleError> {
+        self.scale_update(state, reason, |_| {}).await
+    }
+
+    /// Stop the writer and promote `standby` in its place. If the promotion fails, the
+    /// database is started cold (with the new profile) instead: clients wait either way.
+    async fn handoff_switch(
+        &mut self,
+        from: Generation,
+        profile: String,
+        standby: Box<dyn Standby>,
+    ) -> Result<(ComputeEndpoint, StepTimings), LifecycleError> {
+        let to = standby.generation();
+        let running = self.compute.is_some()
+            && self.rec.state == ComputeState::Ready
+            && self.rec.generation == from;
+        if !running {
+            standby.discard().await;
+            return Err(LifecycleError::Invalid {
+                what: "handoff",
+                reason: format!(
+                    "generation {from} no longer runs ({}, generation {})",
+                    self.rec.state, self.rec.generation
+                ),
+            });
+        }
+        let profile = Some(profile);
+        self.scale_update(
+            ScaleState::Switching,
+            format!("stopping {from}, promoting {to}"),
+            |_| {},
+        )
+        .await?;
+        let mut timer = crate::timing::StepTimer::new();
+        let Some(old) = self.compute.take() else {
+            unreachable!("checked above");
+        };
+        self.exit = None;
+        let report = old.stop_for_handoff().await;
+        timer.step("stop_writer");
+        if let Some(e) = &report.error {
+            warn!(error = %e, "the writer did not stop cleanly for the handoff");
+        }
+        let stop_steps = report.timings.clone();
+        match standby.promote().await {
+            Ok(compute) => {
+                timer.step("promote");
+                let endpoint = compute.endpoint();
+                let boot = compute.boot_timings();
+                self.exit = compute.exit_watch();
+                self.compute = Some(compute);
+                let now = now_ms();
+                let timings = timer.finish();
+                let t2 = timings.clone();
+                let reason = format!("handoff: generation {to} promoted in place of {from}");
+                self.rec.generation = to;
+                let stored = self
+                    .scale_update(ScaleState::Steady, reason, move |r| {
+                        r.generation = to;
+                        r.profile = profile.or(r.profile.take());
+                        r.wake_count += 1;
+                        r.last_started_ms = Some(now);
+                        r.last_boot = Some(boot);
+                        r.last_stop = Some(stop_steps);
+                        r.last_handoff = Some(t2);
+                        r.last_error = None;
+                    })
+                    .await;
+                if let Err(e) = stored {
+                    self.stop("store failure").await.ok();
+                    return Err(e);
+                }
+                self.shared.metrics.record_steps("handoff", &timings);
+                if self.leases.is_empty() {
+                    self.idle_since = Instant::now();
+                }
+                self.publish();
+                Ok((endpoint, timings))
+            }
+            Err(e) => {
+                warn!(error = %e, "promotion failed; starting the database cold instead");
+                let msg = format!("handoff: promotion of {to} failed ({e}); started cold");
+                let now = now_ms();
+                self.scale_update(ScaleState::Aborted, msg.clone(), |r| {
+                    r.profile = profile.or(r.profile.take());
+                })
+                .await?;
+                self.transition(ComputeState::Stopped, "handoff promotion failed", |r| {
+                    r.target_scale = 0;
+                    r.last_stopped_ms = Some(now);
+                    r.last_error = Some(msg);
+                })
+                .await?;
+                self.publish();
+                let endpoint = self.wake(Instant::now()).await?;
+                Ok((endpoint, timer.finish()))
+            }
+        }
+    }
+
+    /// Persist a scale-state change (the compute's state stays) with a transition record.
+    async fn scale_update(
+        &mut self,
+        state: ScaleState,
+        reason: String,
+        update: impl FnOnce(&mut DatabaseRecord),
+    ) -> Result<(), LifecycleError> {
+        let mut next = self.rec.clone();
+        let now = now_ms();
+        let before = next.scale_state;
+        next.scale_state = state;
+        next.scale_reason = Some(reason.clone());
+        next.version += 1;
+        update(&mut next);
+        let t = Transition {
+            database: self.name.clone(),
+            from: Some(self.rec.state),
+            to: next.state,
+            generation: next.generation,
+            at_ms: now,
+            reason: format!("scale {before} -> {state}: {reason}"),
+        };
+        if !self
+            .shared
+            .store
+            .update_database(&next, self.rec.version, Some(&t))
+            .await?
+        {
+            if let Some(current) = self.shared.store.database(&self.name).await? {
+                self.rec = current;
+            }
+            self.publish();
+            return Err(LifecycleError::Conflict(self.name.to_string()));
+        }
+        info!(from = %before, to = %state, reason, "scale state");
+        self.shared.metrics.scale_changed(state);
+        self.rec = next;
+        self.publish();
+        Ok(())
     }
 
     /// The database's roles, as the compute installs them.

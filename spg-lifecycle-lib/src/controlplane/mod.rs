@@ -2,8 +2,9 @@
 //! through a [`Provisioner`], stops them when idle, and hands out [`Lease`]s.
 
 mod actor;
+mod handoff;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,12 +18,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::compute::config::default_profile;
+use crate::compute::config::{builtin_profiles, default_profile};
 use crate::metrics::ControlPlaneMetrics;
 use crate::provisioner::Provisioner;
 use crate::store::{DatabaseRecord, RoleRecord, StateStore, Transition};
 use crate::LifecycleError;
 use actor::{Command, DbActor, LiveStatus};
+pub use handoff::HandoffHandle;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -33,8 +35,16 @@ pub struct ControlPlaneConfig {
     pub lease_ttl: Duration,
     /// Upper bound on one compute start (default 120 s; the first start runs `initdb`).
     pub boot_timeout: Duration,
-    /// Writer profile of computes.
+    /// Writer profile of computes of databases that have not been given another.
     pub profile: ScaleProfile,
+    /// Named writer profiles a handoff can switch to (the default one is always among them).
+    pub profiles: BTreeMap<String, ScaleProfile>,
+    /// How long a handoff waits, frozen, for transactions in flight to end before it gives up
+    /// (default 10 s).
+    pub drain_timeout: Duration,
+    /// How long a handoff waits for a window without sessions pinned to the writer before it
+    /// gives up (default 60 s). Nothing is frozen while it waits.
+    pub pinned_wait: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -44,7 +54,32 @@ impl Default for ControlPlaneConfig {
             lease_ttl: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(120),
             profile: default_profile(),
+            profiles: builtin_profiles()
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
+            drain_timeout: Duration::from_secs(10),
+            pinned_wait: Duration::from_secs(60),
         }
+    }
+}
+
+impl ControlPlaneConfig {
+    /// The profile named `name`: one of `profiles`, or the default profile.
+    pub fn profile_named(&self, name: &str) -> Option<&ScaleProfile> {
+        if self.profile.name == name {
+            return Some(&self.profile);
+        }
+        self.profiles.get(name)
+    }
+
+    /// The profile a database runs with.
+    pub fn profile_of(&self, rec: &DatabaseRecord) -> ScaleProfile {
+        rec.profile
+            .as_deref()
+            .and_then(|n| self.profile_named(n))
+            .unwrap_or(&self.profile)
+            .clone()
     }
 }
 
@@ -57,6 +92,8 @@ pub struct DatabaseStatus {
     pub endpoint: Option<ComputeEndpoint>,
     /// Leases held.
     pub leases: usize,
+    /// The writer profile it runs (or starts) with.
+    pub profile: String,
 }
 
 pub(crate) struct Shared {
@@ -66,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: ControlPlaneMetrics,
     pub(crate) tasks: TaskTracker,
     actors: Mutex<HashMap<DatabaseName, ActorHandle>>,
+    /// Gateways a handoff freezes, drains and switches.
+    gateways: Mutex<Vec<Arc<dyn spg_core::Gateway>>>,
 }
 
 #[derive(Clone)]
@@ -124,6 +163,7 @@ impl ControlPlane {
             metrics,
             tasks: TaskTracker::new(),
             actors: Mutex::new(HashMap::new()),
+            gateways: Mutex::new(Vec::new()),
         });
         for rec in shared.store.databases().await? {
             match shared.provisioner.cleanup_stale(&rec.name).await {
@@ -224,6 +264,7 @@ impl ControlPlane {
             .insert(name.clone(), ActorHandle { tx, live });
         info!(db = %name, "database created");
         Ok(DatabaseStatus {
+            profile: self.shared.config.profile_of(&rec).name,
             record: rec,
             endpoint: None,
             leases: 0,
@@ -244,6 +285,7 @@ impl ControlPlane {
                 .ok_or_else(|| LifecycleError::DatabaseNotFound(name.to_string()))?,
         };
         Ok(DatabaseStatus {
+            profile: self.shared.config.profile_of(&record).name,
             record,
             endpoint: live.endpoint,
             leases: live.leases,

@@ -7,7 +7,7 @@ mod sqlite;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use spg_core::scram::ScramVerifier;
-use spg_core::{ComputeState, DatabaseName, Generation, RoleName};
+use spg_core::{ComputeState, DatabaseName, Generation, RoleName, ScaleState};
 
 pub use sqlite::SqliteStateStore;
 
@@ -43,6 +43,22 @@ pub struct DatabaseRecord {
     pub last_boot: Option<StepTimings>,
     /// Step timings of the last stop.
     pub last_stop: Option<StepTimings>,
+    /// The writer profile computes start with (`None`: the control plane's default).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Where an autoscale handoff stands.
+    #[serde(default)]
+    pub scale_state: ScaleState,
+    /// Why the scale state is what it is (the profiles involved, what a handoff waits for, why
+    /// it gave up).
+    #[serde(default)]
+    pub scale_reason: Option<String>,
+    /// The newest generation handed to a standby: a later start takes a newer one.
+    #[serde(default)]
+    pub reserved_generation: Option<Generation>,
+    /// Step timings of the last completed handoff (ms).
+    #[serde(default)]
+    pub last_handoff: Option<StepTimings>,
 }
 
 impl DatabaseRecord {
@@ -62,6 +78,11 @@ impl DatabaseRecord {
             last_error: None,
             last_boot: None,
             last_stop: None,
+            profile: None,
+            scale_state: ScaleState::Steady,
+            scale_reason: None,
+            reserved_generation: None,
+            last_handoff: None,
         }
     }
 }

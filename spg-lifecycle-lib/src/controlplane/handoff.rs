@@ -1,0 +1,333 @@
+//! The autoscale handoff (DESIGN §2, "Autoscale handoff"): generation N+1 with a new profile is
+//! prepared as a standby of N while N serves; the handoff then waits for a window without
+//! sessions pinned to N, freezes new work on every gateway, drains what is in flight (time-boxed),
+//! stops N, promotes N+1, points the gateways at it and unfreezes. Every phase is persisted as
+//! the database's `scale_state`, with a transition.
+//!
+//! The database's actor does what touches the compute (start of the handoff, the switch); the
+//! waiting happens in a task of its own, so leases, wakes and renewals are served meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use spg_core::{
+    AutoscaleHandoff, CoreResult, DatabaseName, Gateway, HandoffPlan, HandoffReport, PinnedSession,
+    ScaleProfile, ScaleState,
+};
+use tracing::{info, info_span, warn, Instrument};
+
+use super::actor::{Command, HandoffTicket};
+use super::ControlPlane;
+use crate::provisioner::Standby;
+use crate::LifecycleError;
+
+/// How often a waiting handoff looks at the gateways.
+const POLL: Duration = Duration::from_millis(5);
+
+/// A handoff started by [`ControlPlane::start_handoff`].
+pub struct HandoffHandle {
+    task: tokio::task::JoinHandle<Result<HandoffReport, LifecycleError>>,
+}
+
+impl HandoffHandle {
+    /// Wait for its outcome.
+    pub async fn wait(self) -> Result<HandoffReport, LifecycleError> {
+        self.task
+            .await
+            .map_err(|e| LifecycleError::Store(format!("handoff task failed: {e}")))?
+    }
+}
+
+impl ControlPlane {
+    /// Register a gateway: handoffs freeze, drain and switch it (and every other registered).
+    pub fn add_gateway(&self, gateway: Arc<dyn Gateway>) {
+        self.shared
+            .gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(gateway);
+    }
+
+    fn gateways(&self) -> Vec<Arc<dyn Gateway>> {
+        self.shared
+            .gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Start a handoff of `db`'s writer to the profile named `profile`. Fails at once when the
+    /// profile is unknown, the database does not run, or a handoff is in progress; otherwise
+    /// the handoff goes on in the background (its progress is the database's `scale_state`).
+    pub async fn start_handoff(
+        &self,
+        db: &DatabaseName,
+        profile: &str,
+    ) -> Result<HandoffHandle, LifecycleError> {
+        let profile = self
+            .shared
+            .config
+            .profile_named(profile)
+            .cloned()
+            .ok_or_else(|| LifecycleError::invalid("profile", format!("no profile {profile:?}")))?;
+        let drain = self.shared.config.drain_timeout;
+        self.start_handoff_to(db, profile, drain).await
+    }
+
+    async fn start_handoff_to(
+        &self,
+        db: &DatabaseName,
+        profile: ScaleProfile,
+        drain_timeout: Duration,
+    ) -> Result<HandoffHandle, LifecycleError> {
+        profile
+            .validate()
+            .map_err(|r| LifecycleError::invalid("profile", r))?;
+        let ticket = self
+            .ask(db, |reply| Command::HandoffBegin { profile, reply })
+            .await?;
+        info!(%db, from = %ticket.from, to = %ticket.spec.generation,
+              profile = %ticket.spec.profile.name, "handoff started");
+        let cp = self.clone();
+        let db = db.clone();
+        let span = info_span!("handoff", %db, to = %ticket.spec.generation);
+        let task = self.shared.tasks.spawn(
+            async move { cp.run_handoff(&db, ticket, drain_timeout).await }.instrument(span),
+        );
+        Ok(HandoffHandle { task })
+    }
+
+    async fn phase(&self, db: &DatabaseName, state: ScaleState, reason: String) {
+        if let Err(e) = self
+            .ask(db, |reply| Command::HandoffPhase {
+                state,
+                reason,
+                reply,
+            })
+            .await
+        {
+            warn!(%db, %state, error = %e, "recording a handoff phase failed");
+        }
+    }
+
+    /// Give up: discard the standby, unfreeze, record why.
+    async fn abort(
+        &self,
+        db: &DatabaseName,
+        standby: Option<Box<dyn Standby>>,
+        frozen: bool,
+        reason: String,
+    ) -> LifecycleError {
+        warn!(%db, reason, "handoff aborted");
+        if frozen {
+            self.set_frozen(db, false).await;
+        }
+        if let Some(s) = standby {
+            s.discard().await;
+        }
+        self.shared.metrics.handoff_blocking_sessions.set(0);
+        self.phase(db, ScaleState::Aborted, reason.clone()).await;
+        LifecycleError::Invalid {
+            what: "handoff",
+            reason,
+        }
+    }
+
+    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) {
+        for g in self.gateways() {
+            if let Err(e) = g.set_frozen(db, frozen).await {
+                warn!(%db, frozen, error = %e, "a gateway did not take the freeze flag");
+            }
+        }
+    }
+
+    /// Sessions pinned to the writer and transactions in flight, over every gateway.
+    async fn census(&self, db: &DatabaseName) -> (Vec<PinnedSession>, usize) {
+        let mut pinned = Vec::new();
+        let mut in_flight = 0;
+        for g in self.gateways() {
+            match g.sessions(db).await {
+                Ok(s) => {
+                    pinned.extend(s.pinned);
+                    in_flight += s.in_flight;
+                }
+                Err(e) => warn!(%db, error = %e, "a gateway did not report its sessions"),
+            }
+        }
+        (pinned, in_flight)
+    }
+
+    async fn run_handoff(
+        &self,
+        db: &DatabaseName,
+        ticket: HandoffTicket,
+        drain_timeout: Duration,
+    ) -> Result<HandoffReport, LifecycleError> {
+        let cfg = &self.shared.config;
+        let (from, to) = (ticket.from, ticket.spec.generation);
+        let mut timings = BTreeMap::new();
+        let started = Instant::now();
+
+        // preparing: the standby, then a window without pinned sessions.
+        let standby = match self
+            .shared
+            .provisioner
+            .start_standby(ticket.spec.clone(), &ticket.primary)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(self
+                    .abort(db, None, false, format!("the standby did not start: {e}"))
+                    .await)
+            }
+        };
+        timings.insert("prepare".to_owned(), ms(started.elapsed()));
+        let waited = Instant::now();
+        let mut reported = Vec::new();
+        loop {
+            let (pinned, _) = self.census(db).await;
+            self.shared
+                .metrics
+                .handoff_blocking_sessions
+                .set(pinned.len() as i64);
+            if pinned.is_empty() {
+                break;
+            }
+            let blocking = describe(&pinned);
+            if waited.elapsed() >= cfg.pinned_wait {
+                return Err(self
+                    .abort(
+                        db,
+                        Some(standby),
+                        false,
+                        format!(
+                            "sessions pinned to generation {from} for {:?}: {blocking}",
+                            cfg.pinned_wait
+                        ),
+                    )
+                    .await);
+            }
+            if blocking != reported.join("") {
+                self.phase(
+                    db,
+                    ScaleState::Preparing,
+                    format!("waiting for sessions pinned to generation {from}: {blocking}"),
+                )
+                .await;
+                reported = vec![blocking];
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        timings.insert("pinned_wait".to_owned(), ms(waited.elapsed()));
+
+        // frozen, then draining (time-boxed).
+        self.set_frozen(db, true).await;
+        let frozen_at = Instant::now();
+        self.phase(
+            db,
+            ScaleState::Frozen,
+            format!("new work held back for {to}"),
+        )
+        .await;
+        self.phase(
+            db,
+            ScaleState::Draining,
+            "waiting for transactions in flight".into(),
+        )
+        .await;
+        loop {
+            let (pinned, in_flight) = self.census(db).await;
+            if in_flight == 0 && pinned.is_empty() {
+                break;
+            }
+            if frozen_at.elapsed() >= drain_timeout {
+                let what = if pinned.is_empty() {
+                    format!("{in_flight} transaction(s) still in flight")
+                } else {
+                    describe(&pinned)
+                };
+                return Err(self
+                    .abort(
+                        db,
+                        Some(standby),
+                        true,
+                        format!("drain timed out after {drain_timeout:?}: {what}"),
+                    )
+                    .await);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        timings.insert("drain".to_owned(), ms(frozen_at.elapsed()));
+
+        // switching: the actor stops N and promotes N+1 (or starts cold if that fails).
+        let switched = Instant::now();
+        let outcome = self
+            .ask(db, |reply| Command::HandoffSwitch {
+                from,
+                profile: ticket.spec.profile.name.clone(),
+                standby,
+                reply,
+            })
+            .await;
+        let (endpoint, _) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                self.set_frozen(db, false).await;
+                self.phase(db, ScaleState::Aborted, format!("switch failed: {e}"))
+                    .await;
+                return Err(e);
+            }
+        };
+        for g in self.gateways() {
+            if let Err(e) = g.switch_target(db, &endpoint).await {
+                warn!(%db, error = %e, "a gateway did not switch");
+            }
+        }
+        self.set_frozen(db, false).await;
+        timings.insert("switch".to_owned(), ms(switched.elapsed()));
+        let frozen_for = frozen_at.elapsed();
+        timings.insert("frozen".to_owned(), ms(frozen_for));
+        timings.insert("total".to_owned(), ms(started.elapsed()));
+        self.shared.metrics.handoff_blocking_sessions.set(0);
+        info!(%db, %from, to = %endpoint.generation, ?frozen_for, "handoff done");
+        Ok(HandoffReport {
+            from,
+            to: endpoint.generation,
+            frozen_for,
+            timings_ms: timings,
+        })
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// `client 12 (app): temp table; client 14 (app): listen`.
+fn describe(pinned: &[PinnedSession]) -> String {
+    pinned
+        .iter()
+        .map(|p| format!("client {} ({}): {}", p.client, p.role, p.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[async_trait]
+impl AutoscaleHandoff for ControlPlane {
+    async fn handoff(&self, plan: HandoffPlan) -> CoreResult<HandoffReport> {
+        let running = self.database(&plan.database).await?.record.generation;
+        if running != plan.from {
+            return Err(spg_core::CoreError::StaleGeneration {
+                offered: plan.from.0,
+                current: running.0,
+            });
+        }
+        let handle = self
+            .start_handoff_to(&plan.database, plan.to_profile, plan.drain_timeout)
+            .await?;
+        Ok(handle.wait().await?)
+    }
+}
