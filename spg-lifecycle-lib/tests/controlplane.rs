@@ -337,3 +337,48 @@ fn restart_recovers_state_and_stops_leftover_computes() {
         f.cp.shutdown().await;
     });
 }
+
+/// A handoff needs a page store that holds a standby beside the writer: this one cannot, so the
+/// handoff gives up with the reason and the writer runs on. A handoff left in progress by a
+/// control plane that died is recorded as aborted at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_handoff_aborts_and_a_crashed_one_is_recorded_aborted() {
+    let f = Fixture::new(Duration::from_secs(300)).await;
+    f.cp.create_database(db()).await.unwrap();
+    let ep = f.cp.wake(&db()).await.unwrap();
+    let err =
+        f.cp.start_handoff(&db(), "L2")
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("standby"), "{err}");
+    let st = f.cp.database(&db()).await.unwrap();
+    assert_eq!(st.record.scale_state, spg_core::ScaleState::Aborted);
+    assert_eq!(st.record.state, ComputeState::Ready);
+    assert_eq!(st.endpoint, Some(ep), "the writer runs on");
+    assert_eq!(st.profile, "L1");
+    assert!(
+        f.cp.start_handoff(&db(), "L7").await.is_err(),
+        "unknown profile"
+    );
+    f.cp.shutdown().await;
+
+    // A record left mid-handoff (the process died while draining).
+    let store = SqliteStateStore::open(&f.dir.path().join("state.db")).unwrap();
+    use spg_lifecycle_lib::store::StateStore;
+    let mut rec = store.database(&db()).await.unwrap().unwrap();
+    let v = rec.version;
+    rec.scale_state = spg_core::ScaleState::Draining;
+    rec.version += 1;
+    assert!(store.update_database(&rec, v, None).await.unwrap());
+    drop(store);
+    let dir = f.dir;
+    let f = Fixture::start(dir, Duration::from_secs(300)).await;
+    let st = f.cp.database(&db()).await.unwrap();
+    assert_eq!(st.record.scale_state, spg_core::ScaleState::Aborted);
+    assert!(st.record.scale_reason.unwrap().contains("restarted"));
+    f.cp.shutdown().await;
+}

@@ -173,6 +173,19 @@ impl ControlPlane {
             }
         }
         for mut rec in shared.store.databases().await? {
+            if rec.scale_state.in_progress() {
+                // A handoff this process was running: its standby was stopped above, the
+                // gateways it froze went with the process.
+                rec.scale_state = spg_core::ScaleState::Aborted;
+                rec.scale_reason = Some("the control plane restarted during the handoff".into());
+                if rec.state == ComputeState::Stopped {
+                    let expected = rec.version;
+                    rec.version += 1;
+                    if !shared.store.update_database(&rec, expected, None).await? {
+                        return Err(LifecycleError::Conflict(rec.name.to_string()));
+                    }
+                }
+            }
             if rec.state != ComputeState::Stopped {
                 let from = rec.state;
                 let expected = rec.version;
