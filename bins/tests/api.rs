@@ -329,6 +329,14 @@ async fn leases_over_the_api_keep_a_database_awake() {
         .await
         .unwrap();
     assert_eq!(woken["generation"], 1);
+    // A holder renews within the lease's lifetime (the first start alone may take seconds).
+    let renewed = c
+        .post(url(&format!("/v1/leases/{id}/renew")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renewed.status(), 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(t.status().await.record.state, spg_core::ComputeState::Ready);
     assert_eq!(
