@@ -526,6 +526,8 @@ impl<'a> Session<'a> {
             if let Some(att) = &mut self.att {
                 att.broken = true;
             }
+            // Its compute may have gone as a whole: no idle sibling may go to the next client.
+            self.pool.probe_idle();
             warn!(
                 server = self.att.as_ref().map(|a| a.server.info.id),
                 "backend connection lost under a client"
@@ -939,6 +941,7 @@ impl<'a> Session<'a> {
             self.info.set_state(ClientState::Idle, 0);
             self.pool.close(att.server);
             self.pool.lease_exit();
+            self.pool.probe_idle();
         }
     }
 

@@ -214,7 +214,10 @@ pub async fn tokio_pg(
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(&t.ca_file(), None));
     let (client, conn) = tokio_postgres::connect(dsn, tls).await?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        if let Err(e) = conn.await {
+            // Shown with a failing test's output: why a client's connection ended.
+            eprintln!("client connection ended: {e:?}");
+        }
     });
     Ok(client)
 }

@@ -635,6 +635,7 @@ impl Pool {
                 );
                 self.forget(&s);
                 drop(s);
+                self.probe_idle();
             }
             Grant::Slot | Grant::Expired => {}
         }
@@ -748,6 +749,26 @@ impl Pool {
         server.info.set_state(ServerState::Idle, 0);
         server.idle_since = clock::coarse_us();
         st.idle.push(server);
+    }
+
+    /// Close the idle connections whose backend is gone (probed). Called when a connection was
+    /// found dead: the others often went with it (a compute crash), and a client must not be
+    /// handed one of them because it was given back a moment ago.
+    pub(crate) fn probe_idle(&self) {
+        let dead: Vec<Server> = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (dead, alive): (Vec<Server>, Vec<Server>) = std::mem::take(&mut st.idle)
+                .into_iter()
+                .partition(|s| !s.inbuf.is_empty() || s.stream.closed_or_talking());
+            st.idle = alive;
+            dead
+        };
+        if !dead.is_empty() {
+            debug!(closed = dead.len(), "idle backend connections found gone");
+        }
+        for s in dead {
+            self.close(s);
+        }
     }
 
     /// Close a backend connection (broken, or in a state that cannot be reused).

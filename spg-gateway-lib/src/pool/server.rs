@@ -187,8 +187,10 @@ impl Server {
             return false;
         }
         if coarse_us().saturating_sub(self.idle_since) < PROBE_AFTER.as_micros() as u64 {
-            // Just given back by a client that used it: the socket was fine then.
-            return true;
+            // Just given back by a client that used it: the socket was fine then, and unless
+            // the reactor has seen it readable since (the backend closed it: its compute may
+            // have been killed a moment ago), it still is.
+            return !self.stream.seen_readable();
         }
         !self.stream.closed_or_talking()
     }

@@ -96,6 +96,14 @@ impl BackendSocket {
         Ok(())
     }
 
+    /// Whether the reactor has seen the socket readable since its last drained read: for an
+    /// idle connection, the backend closed it or sent something unasked. No system call.
+    pub fn seen_readable(&self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        self.fd.poll_read_ready(&mut cx).is_ready()
+    }
+
     /// Whether the peer closed the connection or sent something unasked (a compute shutting
     /// down sends an error, then closes), checked without waiting.
     pub fn closed_or_talking(&self) -> bool {
