@@ -83,6 +83,9 @@ pub struct PlatformConfig {
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
     pub lease_ttl: Duration,
+    /// The cgroup hierarchy computes are limited in (default `/sys/fs/cgroup`; `None`, or a
+    /// machine that does not allow it, records the profiles' limits without enforcing them).
+    pub cgroup_root: Option<PathBuf>,
     /// How long a handoff waits, frozen, for transactions in flight (default 10 s).
     pub handoff_drain_timeout: Duration,
     /// How long a handoff waits for a window without pinned sessions (default 60 s).
@@ -126,6 +129,7 @@ impl PlatformConfig {
             client_auth: spg_gateway_lib::ClientAuth::Scram,
             api_key: None,
             lease_ttl: Duration::from_secs(30),
+            cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
             handoff_drain_timeout: Duration::from_secs(10),
             handoff_pinned_wait: Duration::from_secs(60),
             safekeepers: 3,
@@ -254,7 +258,8 @@ impl Platform {
         let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&objects)?,
         );
-        let agent = AgentConfig::new(data_dir.join("run"), bins)?;
+        let mut agent = AgentConfig::new(data_dir.join("run"), bins)?;
+        agent.cgroup_root = cfg.cgroup_root.clone();
         let in_process = if cfg.remote_safekeepers.is_empty() {
             cfg.safekeepers
         } else {

@@ -28,6 +28,36 @@ async fn ledger(t: &TestPlatform) -> tokio_postgres::Client {
     c
 }
 
+/// The compute of `generation` runs in its own cgroup with the profile's CPU quota, where the
+/// machine lets the platform make cgroups (otherwise the limits are only recorded).
+fn assert_limited(t: &TestPlatform, generation: u64, millicores: u64) {
+    let pids = postgres_processes_under(t.dir.path());
+    assert_eq!(pids.len(), 1, "one writer");
+    let groups = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+    let name = format!("/spg/{DB}-g{generation}");
+    let Some(line) = groups
+        .lines()
+        .find(|l| l.ends_with(&name) && (l.contains(":cpu") || l.starts_with("0::")))
+    else {
+        let writable = std::fs::metadata("/sys/fs/cgroup/cpu/spg")
+            .or_else(|_| std::fs::metadata("/sys/fs/cgroup/spg"))
+            .is_ok();
+        assert!(
+            !writable,
+            "cgroups are writable here, yet the compute is not in {name}: {groups}"
+        );
+        eprintln!("no writable cgroup hierarchy: limits recorded only");
+        return;
+    };
+    let quota = if line.starts_with("0::") {
+        std::fs::read_to_string(format!("/sys/fs/cgroup{name}/cpu.max")).unwrap()
+    } else {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{name}/cpu.cfs_quota_us")).unwrap()
+    };
+    let quota: u64 = quota.split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(quota, millicores * 100, "CPU quota of the profile ({line})");
+}
+
 async fn shared_buffers(t: &TestPlatform) -> String {
     let c = tokio_pg(t, &t.dsn).await.unwrap();
     let rows = c.simple_query("SHOW shared_buffers").await.unwrap();
@@ -66,7 +96,7 @@ async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
     let bins = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None).unwrap();
     let bench = Command::new(bins.exe("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &t.gateway_port().to_string()])
-        .args(["-U", ROLE, "-n", "-c", "16", "-j", "2", "-T", "40"])
+        .args(["-U", ROLE, "-n", "-c", "16", "-j", "2", "-T", "60"])
         .arg("-f")
         .arg(&script)
         .arg(DB)
@@ -256,6 +286,7 @@ async fn pinned_sessions_delay_and_long_transactions_abort_a_handoff_without_bre
     };
     assert_eq!(view["scale_state"], "steady", "{view}");
     assert_eq!(view["profile"], "L2", "{view}");
+    assert_limited(&t, view["generation"].as_u64().unwrap(), 2000);
     assert!(view["generation"].as_u64().unwrap() > generation.0);
     assert!(view["last_handoff"].is_object(), "{view}");
     let c = tokio_pg(&t, &t.dsn).await.unwrap();

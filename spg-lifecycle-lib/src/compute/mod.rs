@@ -60,6 +60,9 @@ pub struct AgentConfig {
     pub ready_timeout: Duration,
     /// How long a fast shutdown may take before the compute is killed.
     pub stop_timeout: Duration,
+    /// The cgroup hierarchy computes' resource limits are placed in (e.g. `/sys/fs/cgroup`);
+    /// `None` records the limits without enforcing them.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -73,6 +76,7 @@ impl AgentConfig {
             platform_os_user: crate::os_user::current_user_name(),
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
+            cgroup_root: None,
         })
     }
 }
@@ -126,6 +130,8 @@ pub struct RunningCompute {
     boot: StepTimings,
     wal: Option<WalSetup>,
     follow_task: Option<tokio::task::JoinHandle<()>>,
+    /// Where its processes are limited (dropped after they exited).
+    limits: cgroup::CgroupPlacement,
 }
 
 impl std::fmt::Debug for RunningCompute {
@@ -176,6 +182,7 @@ impl RunningCompute {
             .map_err(LifecycleError::PageStore)?;
         timer.step("checkout");
         let wal_boot = wal.as_ref().zip(election);
+        let limits = place_limits(&cfg, &spec);
         match Self::boot(
             &cfg,
             &page_store,
@@ -183,6 +190,7 @@ impl RunningCompute {
             &spec,
             &checkout.data_dir,
             checkout.image.is_none(),
+            &limits,
             &mut timer,
         )
         .await
@@ -207,6 +215,7 @@ impl RunningCompute {
                     boot,
                     wal,
                     follow_task,
+                    limits,
                 })
             }
             Err(e) => {
@@ -218,7 +227,7 @@ impl RunningCompute {
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     async fn boot(
         cfg: &AgentConfig,
         page_store: &Arc<dyn PageStore>,
@@ -226,6 +235,7 @@ impl RunningCompute {
         spec: &ComputeSpec,
         data_dir: &Path,
         fresh: bool,
+        limits: &cgroup::CgroupPlacement,
         timer: &mut StepTimer,
     ) -> Result<
         (
@@ -299,6 +309,7 @@ impl RunningCompute {
             &run_dir,
             &socket_dir,
             restore.as_ref().map(|(_, c)| c),
+            limits,
             timer,
         )
         .await;
@@ -318,6 +329,7 @@ impl RunningCompute {
         run_dir: &Path,
         socket_dir: &Path,
         wal_conf: Option<&config::WalConf>,
+        limits: &cgroup::CgroupPlacement,
         timer: &mut StepTimer,
     ) -> Result<(PostgresProcess, u16, Option<tokio::task::JoinHandle<()>>), LifecycleError> {
         let fail = |step: &'static str, reason: String| compute_error(spec, step, reason);
@@ -344,8 +356,11 @@ impl RunningCompute {
                 data_dir,
                 &run_dir.join("postgres.log"),
             )?;
+            place(limits, &process);
             match process.wait_ready(cfg.ready_timeout).await {
                 Ok(()) => {
+                    // Children forked before the postmaster moved stay where they were.
+                    place(limits, &process);
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
                     std::fs::write(run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
@@ -411,6 +426,11 @@ impl RunningCompute {
     /// Timings of the start.
     pub fn boot_timings(&self) -> &StepTimings {
         &self.boot
+    }
+
+    /// Where the profile's resource limits are enforced (the compute's cgroups), or why not.
+    pub fn limits(&self) -> &cgroup::CgroupPlacement {
+        &self.limits
     }
 
     /// Receiver that turns `Some` when the postmaster exits.
@@ -549,6 +569,32 @@ impl RunningCompute {
             generation: self.generation.0,
             step,
             reason,
+        }
+    }
+}
+
+/// The cgroups of `spec`'s generation with its profile's limits, or the limits recorded only.
+fn place_limits(cfg: &AgentConfig, spec: &ComputeSpec) -> cgroup::CgroupPlacement {
+    let limits = &spec.profile.limits;
+    let placement = match &cfg.cgroup_root {
+        Some(root) => cgroup::CgroupPlacement::create(
+            root,
+            &format!("{}-g{}", spec.database, spec.generation.0),
+            limits,
+        ),
+        None => cgroup::CgroupPlacement::recorded_only("no cgroup root configured"),
+    };
+    info!(db = %spec.database, generation = %spec.generation, profile = %spec.profile.name,
+          cpu_millicores = ?limits.cpu_millicores, memory_mb = ?limits.memory_mb,
+          enforced = placement.enforced(), reason = ?placement.not_enforced, "resource limits");
+    placement
+}
+
+/// Move a postmaster (and what it forked so far) into the compute's groups.
+fn place(limits: &cgroup::CgroupPlacement, process: &PostgresProcess) {
+    if limits.enforced() {
+        if let Err(e) = limits.add_tree(process.pid() as u32) {
+            warn!(error = %e, "placing the compute in its cgroup failed");
         }
     }
 }

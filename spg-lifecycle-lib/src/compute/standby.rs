@@ -49,6 +49,7 @@ pub struct StandbyCompute {
     hot: bool,
     timer: StepTimer,
     prepared: StepTimings,
+    limits: super::cgroup::CgroupPlacement,
 }
 
 impl std::fmt::Debug for StandbyCompute {
@@ -119,7 +120,9 @@ impl StandbyCompute {
             hot: false,
             timer,
             prepared: StepTimings::default(),
+            limits: super::cgroup::CgroupPlacement::recorded_only("not started"),
         };
+        standby.limits = super::place_limits(&standby.cfg, &standby.spec);
         if checkout.image.is_none() {
             standby.discard().await;
             return Err(compute_error(
@@ -221,6 +224,7 @@ impl StandbyCompute {
                 &data_dir,
                 &run_dir.join("postgres.log"),
             )?;
+            super::place(&self.limits, &process);
             let want: &[&str] = if self.hot {
                 &["ready"]
             } else {
@@ -228,6 +232,7 @@ impl StandbyCompute {
             };
             match process.wait_status(cfg.ready_timeout, want).await {
                 Ok(()) => {
+                    super::place(&self.limits, &process);
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
                     std::fs::write(run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
@@ -307,6 +312,10 @@ impl StandbyCompute {
                     boot,
                     wal: Some(self.wal.clone()),
                     follow_task: Some(follow_task),
+                    limits: std::mem::replace(
+                        &mut self.limits,
+                        super::cgroup::CgroupPlacement::recorded_only("handed over"),
+                    ),
                 })
             }
             Err(e) => {
@@ -441,6 +450,7 @@ impl StandbyCompute {
             &self.run_dir.join("postgres.log"),
         )
         .map_err(|e| e.to_string())?;
+        super::place(&self.limits, &process);
         let record = format!("{}\n{}\n", process.pid(), data_dir.display());
         std::fs::write(self.run_dir.join(PID_RECORD), record).map_err(|e| e.to_string())?;
         self.process = Some(process);
