@@ -137,6 +137,29 @@ impl TestPlatform {
     }
 }
 
+/// Detach every FUSE mount under `dir` (a test that failed before its platform shut down leaves
+/// the computes' lazily mounted images behind otherwise).
+pub fn detach_mounts_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    for at in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+        if at.starts_with(&prefix) {
+            let _ = spg_storage_lib::lazyfs::detach(Path::new(at));
+        }
+    }
+}
+
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        // A failed test: its processes die with the platform's guards; its mounts need this.
+        if self.platform.is_some() {
+            detach_mounts_under(self.dir.path());
+        }
+    }
+}
+
 /// Path of psql.
 pub fn psql_bin() -> PathBuf {
     if let Ok(p) = which("psql") {
