@@ -454,16 +454,7 @@ impl RunningCompute {
     /// exits; then the safekeepers stop following.
     pub async fn stop(mut self) -> StopReport {
         let mut timer = StepTimer::new();
-        let (exit, killed) = match self.process.take() {
-            Some(p) => p.stop(self.cfg.stop_timeout).await,
-            None => (
-                ExitInfo {
-                    code: None,
-                    signal: None,
-                },
-                true,
-            ),
-        };
+        let (exit, killed) = self.shut_down().await;
         timer.step("shutdown");
         self.stop_following().await;
         let mut clean = exit.success() && !killed;
@@ -510,16 +501,7 @@ impl RunningCompute {
     /// from the quorum's log.
     pub async fn stop_for_handoff(mut self) -> StopReport {
         let mut timer = StepTimer::new();
-        let (exit, killed) = match self.process.take() {
-            Some(p) => p.stop(self.cfg.stop_timeout).await,
-            None => (
-                ExitInfo {
-                    code: None,
-                    signal: None,
-                },
-                true,
-            ),
-        };
+        let (exit, killed) = self.shut_down().await;
         timer.step("shutdown");
         self.stop_following().await;
         self.finish().await;
@@ -529,6 +511,21 @@ impl RunningCompute {
             clean,
             image: None,
             error: (!clean).then(|| format!("compute did not shut down cleanly ({exit})")),
+        }
+    }
+
+    /// Fast shutdown of the postmaster, killed after the configured deadline: how it exited and
+    /// whether it had to be killed.
+    async fn shut_down(&mut self) -> (ExitInfo, bool) {
+        match self.process.take() {
+            Some(p) => p.stop(self.cfg.stop_timeout).await,
+            None => (
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+                true,
+            ),
         }
     }
 

@@ -614,18 +614,7 @@ impl DbActor {
             at_ms: now,
             reason: format!("scale {before} -> {state}: {reason}"),
         };
-        if !self
-            .shared
-            .store
-            .update_database(&next, self.rec.version, Some(&t))
-            .await?
-        {
-            if let Some(current) = self.shared.store.database(&self.name).await? {
-                self.rec = current;
-            }
-            self.publish();
-            return Err(LifecycleError::Conflict(self.name.to_string()));
-        }
+        self.store_record(&next, &t).await?;
         info!(from = %before, to = %state, reason, "scale state");
         self.shared.metrics.scale_changed(state);
         self.rec = next;
@@ -676,23 +665,34 @@ impl DbActor {
             at_ms: now,
             reason: reason.to_string(),
         };
-        if !self
-            .shared
-            .store
-            .update_database(&next, self.rec.version, Some(&t))
-            .await?
-        {
-            if let Some(current) = self.shared.store.database(&self.name).await? {
-                self.rec = current;
-            }
-            self.publish();
-            return Err(LifecycleError::Conflict(self.name.to_string()));
-        }
+        self.store_record(&next, &t).await?;
         info!(%from, %to, generation = %next.generation, reason, "state");
         self.shared.metrics.state_changed(Some(from), to);
         self.rec = next;
         self.publish();
         Ok(())
+    }
+
+    /// Compare-and-set `next` over the record held, with transition `t`. On a conflict the
+    /// record held is refreshed from the store.
+    async fn store_record(
+        &mut self,
+        next: &DatabaseRecord,
+        t: &Transition,
+    ) -> Result<(), LifecycleError> {
+        if self
+            .shared
+            .store
+            .update_database(next, self.rec.version, Some(t))
+            .await?
+        {
+            return Ok(());
+        }
+        if let Some(current) = self.shared.store.database(&self.name).await? {
+            self.rec = current;
+        }
+        self.publish();
+        Err(LifecycleError::Conflict(self.name.to_string()))
     }
 }
 
