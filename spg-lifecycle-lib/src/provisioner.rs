@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use spg_core::{ComputeEndpoint, DatabaseName, Generation, PageStore, ScaleProfile};
 
+use crate::compute::load::ComputeLoad;
 use crate::compute::process::ExitWatch;
 use crate::compute::standby::StandbyCompute;
 use crate::compute::wal::WalSetup;
@@ -51,6 +52,8 @@ pub trait Standby: Send + Sync {
     fn generation(&self) -> Generation;
     /// Whether it accepts read-only sessions while it replays.
     fn is_hot(&self) -> bool;
+    /// Whether it still runs (a standby that died is not promoted: the handoff gives up).
+    fn is_running(&self) -> bool;
     /// Timings of its preparation.
     fn prepare_timings(&self) -> StepTimings;
     /// Promote it after the writer stopped: elected, caught up with the elected log, promoted,
@@ -74,6 +77,16 @@ pub trait Compute: Send + Sync {
 
     /// Install or update tenant roles while it runs.
     async fn apply_roles(&self, roles: &[RoleSpec]) -> Result<(), LifecycleError>;
+
+    /// Its load counters now, for the autoscaler. The default has none.
+    async fn load(&self) -> Result<ComputeLoad, LifecycleError> {
+        Err(LifecycleError::Compute {
+            database: String::new(),
+            generation: self.endpoint().generation.0,
+            step: "load",
+            reason: "this compute reports no load".into(),
+        })
+    }
 
     /// Stop it: fast shutdown (killed after a deadline), write-back, release.
     async fn stop(self: Box<Self>) -> StopReport;
@@ -169,6 +182,9 @@ impl Standby for StandbyCompute {
     fn is_hot(&self) -> bool {
         StandbyCompute::is_hot(self)
     }
+    fn is_running(&self) -> bool {
+        StandbyCompute::is_running(self)
+    }
     fn prepare_timings(&self) -> StepTimings {
         StandbyCompute::prepare_timings(self).clone()
     }
@@ -197,6 +213,10 @@ impl Compute for RunningCompute {
 
     async fn apply_roles(&self, roles: &[RoleSpec]) -> Result<(), LifecycleError> {
         RunningCompute::apply_roles(self, roles).await
+    }
+
+    async fn load(&self) -> Result<ComputeLoad, LifecycleError> {
+        RunningCompute::load(self).await
     }
 
     async fn stop(self: Box<Self>) -> StopReport {

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod load;
 pub mod process;
 mod sql;
 pub mod standby;
@@ -17,7 +18,7 @@ pub mod wal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use spg_core::scram::ScramVerifier;
@@ -340,12 +341,15 @@ impl RunningCompute {
         )?;
 
         let mut last_failure = String::new();
-        for attempt in 1..=PORT_ATTEMPTS {
+        let mut wal_conf = wal_conf.cloned();
+        let mut attempt = 0;
+        while attempt < PORT_ATTEMPTS {
+            attempt += 1;
             let port = free_loopback_port()?;
             write_owned(
                 cfg,
                 &data_dir.join("postgresql.conf"),
-                &config::postgresql_conf(port, socket_dir, &spec.profile, wal_conf),
+                &config::postgresql_conf(port, socket_dir, &spec.profile, wal_conf.as_ref()),
             )?;
             if attempt == 1 {
                 timer.step("configure");
@@ -372,9 +376,27 @@ impl RunningCompute {
                         }
                     };
                     if wal.is_some() {
-                        if let Err(reason) = wait_promoted(&admin, cfg.ready_timeout).await {
-                            process.kill().await;
-                            return Err(fail("start", reason));
+                        match wait_promoted_or_paused(&admin, cfg.ready_timeout).await {
+                            Ok(()) => {}
+                            Err(None) if wal_conf.as_ref().is_some_and(|c| c.hot_standby) => {
+                                // The log holds a larger profile's settings: recover again
+                                // without hot standby (nothing checks them then).
+                                warn!(db = %spec.database, generation = %spec.generation,
+                                      "recovery paused on a larger writer's settings; \
+                                       recovering without hot standby");
+                                drop(admin);
+                                let _ = process.stop(cfg.stop_timeout).await;
+                                if let Some(c) = wal_conf.as_mut() {
+                                    c.hot_standby = false;
+                                }
+                                attempt -= 1;
+                                continue;
+                            }
+                            Err(reason) => {
+                                process.kill().await;
+                                let reason = reason.unwrap_or_else(|| "recovery paused".into());
+                                return Err(fail("start", reason));
+                            }
                         }
                     }
                     timer.step("start");
@@ -447,6 +469,44 @@ impl RunningCompute {
             .batch_execute(&sql::role_sync_sql(roles))
             .await
             .map_err(|e| self.fail("roles", e.to_string()))
+    }
+
+    /// Its load right now (see [`load::ComputeLoad`]): CPU time of the postmaster's process
+    /// tree, and PostgreSQL's figures of active sessions and buffer hits.
+    pub async fn load(&self) -> Result<load::ComputeLoad, LifecycleError> {
+        let pid = self
+            .process
+            .as_ref()
+            .map(|p| p.pid() as u32)
+            .ok_or_else(|| self.fail("load", "the compute is not running".into()))?;
+        let client = admin_client(&self.socket_dir, self.endpoint.addr.port())
+            .await
+            .map_err(|reason| self.fail("load", reason))?;
+        let rows = client
+            .simple_query(load::LOAD_SQL)
+            .await
+            .map_err(|e| self.fail("load", e.to_string()))?;
+        let at = Instant::now();
+        let cpu_us = tokio::task::spawn_blocking(move || load::process_tree_cpu_us(pid))
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| self.fail("load", "the postmaster is gone".into()))?;
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .ok_or_else(|| self.fail("load", "the statistics query returned no row".into()))?;
+        let num = |i: usize| row.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(load::ComputeLoad {
+            at,
+            cpu_us,
+            active: u32::try_from(num(0)).unwrap_or(u32::MAX),
+            blocks_hit: num(1),
+            blocks_read: num(2),
+        })
     }
 
     /// Fast shutdown (killed after the configured deadline), write-back, release. With a WAL
@@ -718,14 +778,30 @@ async fn admin_client(socket_dir: &Path, port: u16) -> Result<tokio_postgres::Cl
 /// then: a first session after recovery builds its caches over the lazy mount, which overlaps
 /// with the end of recovery (timeline switch, end-of-recovery checkpoint).
 async fn wait_promoted(client: &tokio_postgres::Client, timeout: Duration) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    match wait_promoted_or_paused(client, timeout).await {
+        Ok(()) => Ok(()),
+        Err(None) => Err("recovery paused: the log was written with larger settings".into()),
+        Err(Some(reason)) => Err(reason),
+    }
+}
+
+/// [`wait_promoted`], telling a paused recovery apart (`Err(None)`): with `hot_standby`,
+/// PostgreSQL pauses when the log it replays was written by a compute with larger settings
+/// (`max_connections`, ...) than this one's, as after a larger profile's writer.
+async fn wait_promoted_or_paused(
+    client: &tokio_postgres::Client,
+    timeout: Duration,
+) -> Result<(), Option<String>> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut next_pause_check = started + Duration::from_millis(300);
     loop {
         // A setting, not a function: a function call looks its name up in the catalogs, which
         // over a lazy mount fetches chunks nothing else in the start needs.
         let rows = client
             .simple_query("SHOW in_hot_standby")
             .await
-            .map_err(|e| format!("waiting for promotion: {e}"))?;
+            .map_err(|e| Some(format!("waiting for promotion: {e}")))?;
         let in_recovery = rows.iter().any(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
             _ => false,
@@ -733,8 +809,24 @@ async fn wait_promoted(client: &tokio_postgres::Client, timeout: Duration) -> Re
         if !in_recovery {
             return Ok(());
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err("recovery did not end in time".into());
+        let now = tokio::time::Instant::now();
+        if now >= next_pause_check {
+            // Only when recovery takes a while: this one looks the function up.
+            next_pause_check = now + Duration::from_millis(250);
+            let rows = client
+                .simple_query("SELECT pg_get_wal_replay_pause_state()")
+                .await
+                .map_err(|e| Some(format!("waiting for promotion: {e}")))?;
+            let paused = rows.iter().any(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("paused"),
+                _ => false,
+            });
+            if paused {
+                return Err(None);
+            }
+        }
+        if now >= deadline {
+            return Err(Some("recovery did not end in time".into()));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -184,6 +184,10 @@ impl StandbyCompute {
         )?;
         cfg.run_as
             .check_reachable(self.wal.restore_program.parent().unwrap_or(Path::new("/")))?;
+        // The writer's timeline, named: `latest` would probe history files upwards from the
+        // image's timeline and stop at the first gap (timelines of generations that never
+        // wrote), short of the writer's.
+        let target = observed.clone();
         let svc = RestoreService::start_following(
             Arc::clone(&self.wal.quorum),
             spec.database.clone(),
@@ -201,7 +205,7 @@ impl StandbyCompute {
             local_fsync: !mark_unsynced(&data_dir)?,
             standby_names: self.wal.quorum.synchronous_standby_names(),
             restore_command: svc.restore_command(&self.wal.restore_program),
-            recovery_target_timeline: "latest".into(),
+            recovery_target_timeline: super::recovery_target(&target, svc.control()),
             hot_standby: self.hot,
         };
         self.restore = Some(svc);
@@ -257,6 +261,11 @@ impl StandbyCompute {
     /// The generation.
     pub fn generation(&self) -> Generation {
         self.spec.generation
+    }
+
+    /// Whether its postmaster still runs.
+    pub fn is_running(&self) -> bool {
+        self.process.as_ref().is_some_and(|p| !p.has_exited())
     }
 
     /// Whether it accepts read-only sessions while it replays.
@@ -397,6 +406,7 @@ impl StandbyCompute {
     async fn wait_replayed(&self, end: Lsn) -> Result<(), String> {
         let client = admin_client(&self.socket_dir, self.port).await?;
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
+        let mut last: Option<(Option<Lsn>, tokio::time::Instant)> = None;
         loop {
             let row = client
                 .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
@@ -406,7 +416,27 @@ impl StandbyCompute {
             if at.is_some_and(|at| at >= end) {
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            // A log that ends in a record cut short is never replayed to its end: done once
+            // replay stands still and recovery asked for the last segment again (it read all
+            // of it). The branch point check after the promotion confirms where it ended.
+            let now = tokio::time::Instant::now();
+            let still = match last {
+                Some((before, since)) if before == at => now.duration_since(since),
+                _ => {
+                    last = Some((at, now));
+                    Duration::ZERO
+                }
+            };
+            let read_all = self
+                .restore
+                .as_ref()
+                .is_some_and(|svc| svc.times_handed_out(end) >= 2);
+            if read_all && still >= Duration::from_millis(100) {
+                info!(db = %self.spec.database, replayed = ?at, %end,
+                      "the elected log ends in an incomplete record; replay is complete");
+                return Ok(());
+            }
+            if now >= deadline {
                 return Err(format!(
                     "the standby replayed to {} only, the elected log ends at {end}",
                     at.map_or_else(|| "?".to_owned(), |l| l.to_string())

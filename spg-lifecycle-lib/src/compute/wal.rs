@@ -68,6 +68,8 @@ struct RestoreState {
     /// Answers already given: recovery asks for some files twice, and nothing changes while it
     /// runs (the log is elected, nobody writes it). `None`: the local copy holds it.
     answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
+    /// How often each segment (by number) was handed out since the election.
+    handed_out: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
 }
 
 /// A remembered answer: the bytes served, or `None` for "the local copy holds it".
@@ -120,6 +122,7 @@ pub struct RestoreService {
     url: String,
     election: Arc<std::sync::RwLock<Arc<Election>>>,
     answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
+    handed_out: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
     following: Arc<std::sync::atomic::AtomicBool>,
     control: Option<spg_core::pg_control::ControlFile>,
     stop: CancellationToken,
@@ -162,9 +165,11 @@ impl RestoreService {
             redo,
             checkpoint,
             answered: Arc::default(),
+            handed_out: Arc::default(),
         };
         let state_election = Arc::clone(&state.election);
         let state_answered = Arc::clone(&state.answered);
+        let handed_out = Arc::clone(&state.handed_out);
         let state_following = Arc::clone(&state.following);
         let app = axum::Router::new()
             .route("/{token}/{file}", axum::routing::get(serve))
@@ -180,6 +185,7 @@ impl RestoreService {
             url: format!("http://{addr}/{token}"),
             election: Arc::clone(&state_election),
             answered: Arc::clone(&state_answered),
+            handed_out,
             following: Arc::clone(&state_following),
             control,
             _on_drop: stop.clone().drop_guard(),
@@ -210,8 +216,26 @@ impl RestoreService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.following
             .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times, since the election, the segment holding the last byte before `end` was
+    /// handed out. Recovery asks for a segment again only once it read all it could of it: a
+    /// second time means it has seen everything the elected log holds there, even when the
+    /// log ends in a record cut short (its writer died mid-record), which it never replays.
+    pub fn times_handed_out(&self, end: Lsn) -> u32 {
+        let segno = end.0.saturating_sub(1) / DEFAULT_SEGMENT_SIZE;
+        self.handed_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&segno)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The control file of the data directory being recovered, as read at the start.
@@ -259,8 +283,20 @@ async fn serve(
         .unwrap_or_else(|p| p.into_inner())
         .get(&file)
         .cloned();
+    let handed = |file: &str| {
+        if let Some((_, segno)) = parse_segment_file_name(file, DEFAULT_SEGMENT_SIZE) {
+            *st.handed_out
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(segno)
+                .or_insert(0) += 1;
+        }
+    };
     match earlier {
-        Some(Some(bytes)) => return bytes.as_ref().clone().into_response(),
+        Some(Some(bytes)) => {
+            handed(&file);
+            return bytes.as_ref().clone().into_response();
+        }
         Some(None) => return StatusCode::NOT_FOUND.into_response(),
         None => {}
     }
@@ -302,6 +338,7 @@ async fn serve(
             tracing::debug!(db = %st.db, file, "restore: served");
             let bytes = Arc::new(bytes);
             remember(Some(Arc::clone(&bytes)));
+            handed(&file);
             bytes.as_ref().clone().into_response()
         }
         Ok(None) if need == Need::Required => {
