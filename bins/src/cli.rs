@@ -41,6 +41,35 @@ pub struct PlatformArgs {
     #[arg(long, env = "SPG_SAFEKEEPERS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub safekeepers: u16,
+    /// The cgroup hierarchy computes are limited in (their profile's CPU and memory).
+    #[arg(long, env = "SPG_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Record the profiles' limits without enforcing them with cgroups.
+    #[arg(long, env = "SPG_NO_CGROUPS")]
+    pub no_cgroups: bool,
+    /// How long a handoff waits, frozen, for transactions in flight before it gives up.
+    #[arg(long, env = "SPG_HANDOFF_DRAIN_TIMEOUT", default_value = "10s",
+          value_parser = crate::parse_duration)]
+    pub handoff_drain_timeout: Duration,
+    /// How long a handoff waits for sessions pinned to the writer to end before it gives up.
+    #[arg(long, env = "SPG_HANDOFF_PINNED_WAIT", default_value = "60s",
+          value_parser = crate::parse_duration)]
+    pub handoff_pinned_wait: Duration,
+    /// Run the writer autoscaler: move databases between the L1 and L2 profiles by load.
+    #[arg(long, env = "SPG_AUTOSCALE")]
+    pub autoscale: bool,
+    /// How long the load must stay high before the autoscaler moves a writer up.
+    #[arg(long, env = "SPG_AUTOSCALE_UP_WINDOW", default_value = "30s",
+          value_parser = crate::parse_duration)]
+    pub autoscale_up_window: Duration,
+    /// How long the load must stay low before the autoscaler moves a writer down.
+    #[arg(long, env = "SPG_AUTOSCALE_DOWN_WINDOW", default_value = "2m",
+          value_parser = crate::parse_duration)]
+    pub autoscale_down_window: Duration,
+    /// How long a writer keeps a profile after a change before the autoscaler moves it again.
+    #[arg(long, env = "SPG_AUTOSCALE_DWELL", default_value = "5m",
+          value_parser = crate::parse_duration)]
+    pub autoscale_dwell: Duration,
 }
 
 impl PlatformArgs {
@@ -62,6 +91,13 @@ impl PlatformArgs {
         cfg.tls_cert = self.tls_cert.clone();
         cfg.tls_key = self.tls_key.clone();
         cfg.safekeepers = usize::from(self.safekeepers);
+        cfg.cgroup_root = (!self.no_cgroups).then(|| self.cgroup_root.clone());
+        cfg.handoff_drain_timeout = self.handoff_drain_timeout;
+        cfg.handoff_pinned_wait = self.handoff_pinned_wait;
+        cfg.autoscale.enabled = self.autoscale;
+        cfg.autoscale.up_window = self.autoscale_up_window;
+        cfg.autoscale.down_window = self.autoscale_down_window;
+        cfg.autoscale.min_dwell = self.autoscale_dwell;
         cfg.api_key = existing
             .as_ref()
             .and_then(|e| e.get("SPG_API_KEY"))

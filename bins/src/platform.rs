@@ -12,6 +12,7 @@ use spg_core::{PageStore, WalQuorum};
 use spg_gateway_lib::pool::PoolConfig;
 use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
 use spg_lifecycle_lib::api::{self, ApiKey};
+use spg_lifecycle_lib::autoscale::AutoscalePolicy;
 use spg_lifecycle_lib::compute::wal::WalSetup;
 use spg_lifecycle_lib::compute::AgentConfig;
 use spg_lifecycle_lib::metrics::ControlPlaneMetrics;
@@ -90,6 +91,8 @@ pub struct PlatformConfig {
     pub handoff_drain_timeout: Duration,
     /// How long a handoff waits for a window without pinned sessions (default 60 s).
     pub handoff_pinned_wait: Duration,
+    /// The writer autoscaler (off by default).
+    pub autoscale: AutoscalePolicy,
     /// Safekeepers run in this process (quorum: a majority); at least one unless
     /// `remote_safekeepers` are given: a compute's local state is disposable in every path.
     pub safekeepers: usize,
@@ -132,6 +135,7 @@ impl PlatformConfig {
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
             handoff_drain_timeout: Duration::from_secs(10),
             handoff_pinned_wait: Duration::from_secs(60),
+            autoscale: AutoscalePolicy::default(),
             safekeepers: 3,
             remote_safekeepers: Vec::new(),
             restore_program: None,
@@ -353,6 +357,7 @@ impl Platform {
             lease_ttl: cfg.lease_ttl,
             drain_timeout: cfg.handoff_drain_timeout,
             pinned_wait: cfg.handoff_pinned_wait,
+            autoscale: cfg.autoscale.clone(),
             ..ControlPlaneConfig::default()
         };
         let control_plane =

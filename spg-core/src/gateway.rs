@@ -19,6 +19,13 @@ pub struct GatewaySessions {
     /// Sessions whose state cannot move to another compute (a handoff waits for them).
     #[serde(default)]
     pub pinned: Vec<PinnedSession>,
+    /// Clients queued for a backend connection of the database right now (the pool is full).
+    #[serde(default)]
+    pub waiting: usize,
+    /// Microseconds clients have waited in that queue, in total since the gateway started (the
+    /// autoscaler reads the growth between two looks as the mean queue length).
+    #[serde(default)]
+    pub wait_us: u64,
 }
 
 /// A client session bound to its backend connection, and why.

@@ -242,6 +242,7 @@ impl spg_core::Gateway for GatewayServer {
         let mut s = self.shared.sessions.sessions(db);
         s.in_flight = self.shared.pools.in_flight(db);
         s.pinned = self.shared.pools.pinned(db);
+        (s.waiting, s.wait_us) = self.shared.pools.queue(db);
         Ok(s)
     }
 

@@ -70,6 +70,8 @@ impl SessionRegistry {
             frozen,
             in_flight: 0,
             pinned: Vec::new(),
+            waiting: 0,
+            wait_us: 0,
         }
     }
 

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod autoscale;
 pub mod compute;
 pub mod controlplane;
 mod error;

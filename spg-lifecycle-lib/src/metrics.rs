@@ -31,6 +31,25 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// Label: a figure of one database's writer load.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabel {
+    /// The database.
+    pub database: String,
+    /// `cpu_cores`, `active`, `waiting` or `hit_ratio`.
+    pub signal: String,
+}
+
+/// Label: which way an autoscaler decision went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `up` or `down`.
+    pub direction: String,
+}
+
+/// A gauge of a fractional figure.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// The control plane's metrics.
 #[derive(Clone, Debug)]
 pub struct ControlPlaneMetrics {
@@ -52,6 +71,10 @@ pub struct ControlPlaneMetrics {
     pub scale_phases: Family<StateLabel, Counter>,
     /// Sessions pinned to a writer that a handoff is waiting for.
     pub handoff_blocking_sessions: Gauge,
+    /// The autoscaler's latest view of each writer's load (means over its up window).
+    pub autoscale_load: Family<LoadLabel, FloatGauge>,
+    /// Autoscaler decisions, by direction.
+    pub autoscale_decisions: Family<DirectionLabel, Counter>,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -68,6 +91,8 @@ impl Default for ControlPlaneMetrics {
             leases: Gauge::default(),
             scale_phases: Family::default(),
             handoff_blocking_sessions: Gauge::default(),
+            autoscale_load: Family::default(),
+            autoscale_decisions: Family::default(),
         }
     }
 }
@@ -109,6 +134,17 @@ impl ControlPlaneMetrics {
             "handoff_blocking_sessions",
             "Sessions pinned to the writer that a handoff waits for",
             m.handoff_blocking_sessions.clone(),
+        );
+        r.register(
+            "autoscale_load",
+            "The autoscaler's view of each writer's load: mean cores used, active sessions, \
+             clients waiting for a backend, and buffer hit ratio over its up window",
+            m.autoscale_load.clone(),
+        );
+        r.register(
+            "autoscale_decisions",
+            "Profile changes the autoscaler decided, by direction",
+            m.autoscale_decisions.clone(),
         );
         m
     }

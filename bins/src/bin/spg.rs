@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform on this machine (control plane, gateway, local computes).
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Manage databases.
     #[command(subcommand)]
     Db(DbCommand),
@@ -154,7 +154,7 @@ fn main() -> Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Up(args) => up(args).await,
+            Command::Up(args) => up(*args).await,
             Command::Db(cmd) => db(cmd).await,
             Command::Role(cmd) => role(cmd).await,
             Command::WalRestore { .. } => Ok(()),

@@ -964,6 +964,23 @@ impl Pools {
         closed
     }
 
+    /// Clients of `db` queued for a backend connection now, and the microseconds clients of
+    /// `db` have waited in such queues in total.
+    pub fn queue(&self, db: &DatabaseName) -> (usize, u64) {
+        self.all()
+            .iter()
+            .filter(|p| &p.db == db)
+            .fold((0, 0), |(n, us), p| {
+                let waiting = p
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .waiters
+                    .len();
+                (n + waiting, us + p.stats.wait_us.load(Ordering::Relaxed))
+            })
+    }
+
     /// Transactions in flight for `db`, over all roles: backend connections handed to clients,
     /// being reset, or being opened (clients held back by a freeze hold none).
     pub fn in_flight(&self, db: &DatabaseName) -> usize {

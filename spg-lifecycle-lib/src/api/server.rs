@@ -281,7 +281,10 @@ async fn handoff_database(
     let db = db_name(&name)?;
     let req = json_body(body)?;
     // The handoff runs on in the background; its outcome is in the database's record.
-    let _running = st.cp.start_handoff(&db, &req.profile).await?;
+    let _running = st
+        .cp
+        .start_handoff_because(&db, &req.profile, "requested through the API".into())
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(st.cp.database(&db).await?.into()),

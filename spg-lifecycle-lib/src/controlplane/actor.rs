@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::{now_ms, Shared};
+use crate::compute::load::ComputeLoad;
 use crate::compute::process::ExitWatch;
 use crate::compute::{ComputeSpec, RoleSpec};
 use crate::metrics::ReasonLabel;
@@ -51,7 +52,12 @@ pub(crate) enum Command {
     },
     HandoffBegin {
         profile: ScaleProfile,
+        /// Who asked and why (`api`, or the autoscaler's reason).
+        why: String,
         reply: Reply<HandoffTicket>,
+    },
+    Load {
+        reply: Reply<WriterLoad>,
     },
     HandoffPhase {
         state: ScaleState,
@@ -77,6 +83,13 @@ pub(crate) struct HandoffTicket {
     pub(crate) spec: ComputeSpec,
     /// The writer's profile.
     pub(crate) primary: ScaleProfile,
+}
+
+/// The writer's load counters, for the autoscaler.
+pub(crate) struct WriterLoad {
+    pub(crate) generation: Generation,
+    pub(crate) profile: String,
+    pub(crate) load: ComputeLoad,
 }
 
 /// What the rest of the control plane can read without a round trip to the actor.
@@ -223,8 +236,16 @@ impl DbActor {
                 let r = self.apply_roles().await;
                 let _ = reply.send(r);
             }
-            Command::HandoffBegin { profile, reply } => {
-                let r = self.handoff_begin(profile).await;
+            Command::HandoffBegin {
+                profile,
+                why,
+                reply,
+            } => {
+                let r = self.handoff_begin(profile, why).await;
+                let _ = reply.send(r);
+            }
+            Command::Load { reply } => {
+                let r = self.writer_load().await;
                 let _ = reply.send(r);
             }
             Command::HandoffPhase {
@@ -451,9 +472,32 @@ impl DbActor {
     }
 
     /// Start a handoff to `profile`: the writer must run and no other handoff be in progress.
+    /// The writer's load, when it runs steadily (no handoff under way).
+    async fn writer_load(&self) -> Result<WriterLoad, LifecycleError> {
+        let compute = match &self.compute {
+            Some(c)
+                if self.rec.state == ComputeState::Ready && !self.rec.scale_state.in_progress() =>
+            {
+                c
+            }
+            _ => {
+                return Err(LifecycleError::Invalid {
+                    what: "load",
+                    reason: format!("the database is {}, not running steadily", self.rec.state),
+                })
+            }
+        };
+        Ok(WriterLoad {
+            generation: self.rec.generation,
+            profile: self.shared.config.profile_of(&self.rec).name,
+            load: compute.load().await?,
+        })
+    }
+
     async fn handoff_begin(
         &mut self,
         profile: ScaleProfile,
+        why: String,
     ) -> Result<HandoffTicket, LifecycleError> {
         if self.compute.is_none() || self.rec.state != ComputeState::Ready {
             return Err(LifecycleError::Invalid {
@@ -471,7 +515,7 @@ impl DbActor {
         let generation = self.next_generation();
         let roles = self.role_specs().await?;
         let from = self.rec.generation;
-        let reason = format!("handoff {} -> {}", primary.name, profile.name);
+        let reason = format!("handoff {} -> {} ({why})", primary.name, profile.name);
         self.scale_update(ScaleState::Preparing, reason, |r| {
             r.reserved_generation = Some(generation);
         })

@@ -26,6 +26,15 @@ use crate::LifecycleError;
 /// How often a waiting handoff looks at the gateways.
 const POLL: Duration = Duration::from_millis(5);
 
+/// What the gateways report of one database, summed.
+#[derive(Debug, Default)]
+pub(crate) struct Census {
+    pub(crate) pinned: Vec<PinnedSession>,
+    pub(crate) in_flight: usize,
+    /// Microseconds clients waited for a backend connection, in total.
+    pub(crate) wait_us: u64,
+}
+
 /// A handoff started by [`ControlPlane::start_handoff`].
 pub struct HandoffHandle {
     task: tokio::task::JoinHandle<Result<HandoffReport, LifecycleError>>,
@@ -66,6 +75,17 @@ impl ControlPlane {
         db: &DatabaseName,
         profile: &str,
     ) -> Result<HandoffHandle, LifecycleError> {
+        self.start_handoff_because(db, profile, "requested".into())
+            .await
+    }
+
+    /// [`ControlPlane::start_handoff`], with the reason kept in the database's transitions.
+    pub async fn start_handoff_because(
+        &self,
+        db: &DatabaseName,
+        profile: &str,
+        why: String,
+    ) -> Result<HandoffHandle, LifecycleError> {
         let profile = self
             .shared
             .config
@@ -73,7 +93,7 @@ impl ControlPlane {
             .cloned()
             .ok_or_else(|| LifecycleError::invalid("profile", format!("no profile {profile:?}")))?;
         let drain = self.shared.config.drain_timeout;
-        self.start_handoff_to(db, profile, drain).await
+        self.start_handoff_to(db, profile, drain, why).await
     }
 
     async fn start_handoff_to(
@@ -81,12 +101,17 @@ impl ControlPlane {
         db: &DatabaseName,
         profile: ScaleProfile,
         drain_timeout: Duration,
+        why: String,
     ) -> Result<HandoffHandle, LifecycleError> {
         profile
             .validate()
             .map_err(|r| LifecycleError::invalid("profile", r))?;
         let ticket = self
-            .ask(db, |reply| Command::HandoffBegin { profile, reply })
+            .ask(db, |reply| Command::HandoffBegin {
+                profile,
+                why,
+                reply,
+            })
             .await?;
         info!(%db, from = %ticket.from, to = %ticket.spec.generation,
               profile = %ticket.spec.profile.name, "handoff started");
@@ -143,20 +168,21 @@ impl ControlPlane {
         }
     }
 
-    /// Sessions pinned to the writer and transactions in flight, over every gateway.
-    async fn census(&self, db: &DatabaseName) -> (Vec<PinnedSession>, usize) {
-        let mut pinned = Vec::new();
-        let mut in_flight = 0;
+    /// Sessions pinned to the writer, transactions in flight and queued clients, over every
+    /// gateway.
+    pub(crate) async fn census(&self, db: &DatabaseName) -> Census {
+        let mut c = Census::default();
         for g in self.gateways() {
             match g.sessions(db).await {
                 Ok(s) => {
-                    pinned.extend(s.pinned);
-                    in_flight += s.in_flight;
+                    c.pinned.extend(s.pinned);
+                    c.in_flight += s.in_flight;
+                    c.wait_us += s.wait_us;
                 }
                 Err(e) => warn!(%db, error = %e, "a gateway did not report its sessions"),
             }
         }
-        (pinned, in_flight)
+        c
     }
 
     async fn run_handoff(
@@ -188,7 +214,7 @@ impl ControlPlane {
         let waited = Instant::now();
         let mut reported = Vec::new();
         loop {
-            let (pinned, _) = self.census(db).await;
+            let pinned = self.census(db).await.pinned;
             self.shared
                 .metrics
                 .handoff_blocking_sessions
@@ -222,6 +248,11 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         timings.insert("pinned_wait".to_owned(), ms(waited.elapsed()));
+        if !standby.is_running() {
+            return Err(self
+                .abort(db, Some(standby), false, format!("the standby {to} exited"))
+                .await);
+        }
 
         // frozen, then draining (time-boxed).
         self.set_frozen(db, true).await;
@@ -239,7 +270,9 @@ impl ControlPlane {
         )
         .await;
         loop {
-            let (pinned, in_flight) = self.census(db).await;
+            let Census {
+                pinned, in_flight, ..
+            } = self.census(db).await;
             if in_flight == 0 && pinned.is_empty() {
                 break;
             }
@@ -261,6 +294,11 @@ impl ControlPlane {
             tokio::time::sleep(POLL).await;
         }
         timings.insert("drain".to_owned(), ms(frozen_at.elapsed()));
+        if !standby.is_running() {
+            return Err(self
+                .abort(db, Some(standby), true, format!("the standby {to} exited"))
+                .await);
+        }
 
         // switching: the actor stops N and promotes N+1 (or starts cold if that fails).
         let switched = Instant::now();
@@ -326,7 +364,12 @@ impl AutoscaleHandoff for ControlPlane {
             });
         }
         let handle = self
-            .start_handoff_to(&plan.database, plan.to_profile, plan.drain_timeout)
+            .start_handoff_to(
+                &plan.database,
+                plan.to_profile,
+                plan.drain_timeout,
+                "requested".into(),
+            )
             .await?;
         Ok(handle.wait().await?)
     }

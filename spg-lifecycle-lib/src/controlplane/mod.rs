@@ -2,6 +2,7 @@
 //! through a [`Provisioner`], stops them when idle, and hands out [`Lease`]s.
 
 mod actor;
+mod autoscaler;
 mod handoff;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,9 +16,11 @@ use spg_core::{
     ScaleProfile,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::autoscale::AutoscalePolicy;
 use crate::compute::config::{builtin_profiles, default_profile};
 use crate::metrics::ControlPlaneMetrics;
 use crate::provisioner::Provisioner;
@@ -45,6 +48,8 @@ pub struct ControlPlaneConfig {
     /// How long a handoff waits for a window without sessions pinned to the writer before it
     /// gives up (default 60 s). Nothing is frozen while it waits.
     pub pinned_wait: Duration,
+    /// The writer autoscaler (off by default: profiles change only when asked).
+    pub autoscale: AutoscalePolicy,
 }
 
 impl Default for ControlPlaneConfig {
@@ -60,6 +65,7 @@ impl Default for ControlPlaneConfig {
                 .collect(),
             drain_timeout: Duration::from_secs(10),
             pinned_wait: Duration::from_secs(60),
+            autoscale: AutoscalePolicy::default(),
         }
     }
 }
@@ -105,6 +111,8 @@ pub(crate) struct Shared {
     actors: Mutex<HashMap<DatabaseName, ActorHandle>>,
     /// Gateways a handoff freezes, drains and switches.
     gateways: Mutex<Vec<Arc<dyn spg_core::Gateway>>>,
+    /// Cancelled at shutdown (ends the autoscaler).
+    stop: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -164,7 +172,23 @@ impl ControlPlane {
             tasks: TaskTracker::new(),
             actors: Mutex::new(HashMap::new()),
             gateways: Mutex::new(Vec::new()),
+            stop: CancellationToken::new(),
         });
+        if shared.config.autoscale.enabled {
+            shared
+                .config
+                .autoscale
+                .validate()
+                .map_err(|r| LifecycleError::invalid("autoscale", r))?;
+            for name in &shared.config.autoscale.ladder {
+                if shared.config.profile_named(name).is_none() {
+                    return Err(LifecycleError::invalid(
+                        "autoscale",
+                        format!("the ladder names {name:?}, which is no profile"),
+                    ));
+                }
+            }
+        }
         for rec in shared.store.databases().await? {
             match shared.provisioner.cleanup_stale(&rec.name).await {
                 Ok(true) => warn!(db = %rec.name, "stopped a compute left by an earlier run"),
@@ -219,7 +243,12 @@ impl ControlPlane {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(rec.name, ActorHandle { tx, live });
         }
-        Ok(ControlPlane { shared })
+        let cp = ControlPlane { shared };
+        if cp.shared.config.autoscale.enabled {
+            let stop = cp.shared.stop.clone();
+            cp.shared.tasks.spawn(cp.clone().autoscale(stop));
+        }
+        Ok(cp)
     }
 
     /// The configuration.
@@ -408,6 +437,7 @@ impl ControlPlane {
 
     /// Stop every compute and end all database tasks. Idempotent.
     pub async fn shutdown(&self) {
+        self.shared.stop.cancel();
         let actors: Vec<ActorHandle> = self
             .shared
             .actors
