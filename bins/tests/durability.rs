@@ -6,46 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{postgres_processes_under, tokio_pg, TestPlatform};
+use common::{kill_9_computes, postgres_processes_under, tokio_pg, TestPlatform};
 use rand::RngExt;
 
-/// The compute's postmaster (its command line names its data directory under the test's
-/// directory) and, with it, every process of its group.
+/// Every compute of the test's platform, as when its host dies.
 fn kill_9_compute(t: &TestPlatform) -> bool {
-    let pids = postgres_processes_under(t.dir.path());
-    // The whole compute, as when its host dies: the postmaster's process group and every
-    // backend (PostgreSQL's children are process-group leaders of their own; a backend that
-    // outlives its postmaster for a moment still answers queries, then ends its session).
-    let mut victims: Vec<i32> = pids.iter().map(|p| -p).collect();
-    victims.extend(pids.iter().flat_map(|p| children_of(*p)));
-    for pid in victims {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    !pids.is_empty()
-}
-
-/// The processes whose parent is `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-                    let rest = s.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
+    kill_9_computes(&postgres_processes_under(t.dir.path()))
 }
 
 async fn connect(t: &TestPlatform) -> tokio_postgres::Client {

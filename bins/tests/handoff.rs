@@ -9,7 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use spg::adapters::InProcess;
 use spg_core::{DatabaseName, ScaleState};
+use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
+use spg_lifecycle_lib::autoscale::AutoscalePolicy;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 fn db() -> DatabaseName {
     DatabaseName::new(DB).unwrap()
@@ -73,14 +78,21 @@ fn first_value(rows: &[tokio_postgres::SimpleQueryMessage]) -> String {
         .unwrap_or_default()
 }
 
-/// Under pgbench (16 clients, transaction pooling) moving money between accounts, ten handoffs
-/// L1 → L2 → L1 … complete; pgbench sees no error, and the books balance: every transfer it
-/// counted is in the ledger and the total is unchanged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
-    let t = TestPlatform::start(Duration::from_secs(300)).await;
-    let c = ledger(&t).await;
-    let script = t.dir.path().join("transfer.sql");
+/// pgbench moving money between accounts through the gateway (`clients` sessions, `secs`
+/// seconds), as set up by [`ledger`].
+fn transfers(t: &TestPlatform, clients: u32, secs: u32) -> ChildGuard {
+    transfers_via(t, t.gateway_port(), "require", clients, secs)
+}
+
+/// [`transfers`] through the gateway at `port` with `sslmode`.
+fn transfers_via(
+    t: &TestPlatform,
+    port: u16,
+    sslmode: &str,
+    clients: u32,
+    secs: u32,
+) -> ChildGuard {
+    let script = t.dir.path().join(format!("transfer-{port}.sql"));
     std::fs::File::create(&script)
         .unwrap()
         .write_all(
@@ -95,22 +107,75 @@ async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
         .unwrap();
     let bins = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None).unwrap();
     let bench = Command::new(bins.exe("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &t.gateway_port().to_string()])
-        .args(["-U", ROLE, "-n", "-c", "16", "-j", "2", "-T", "60"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", ROLE, "-n", "-j", "2"])
+        .args(["-c", &clients.to_string(), "-T", &secs.to_string()])
         .arg("-f")
         .arg(&script)
         .arg(DB)
         .env("PGPASSWORD", PASSWORD)
-        .env("PGSSLMODE", "require")
+        .env("PGSSLMODE", sslmode)
         .env("PGCONNECT_TIMEOUT", "30")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut bench = ChildGuard {
+    ChildGuard {
         child: Some(bench),
         dir: t.dir.path().join("pgbench"),
-    };
+    }
+}
+
+/// Wait for pgbench to end; asserts it saw no error and returns the transactions it counted.
+async fn finish(mut bench: ChildGuard) -> i64 {
+    let child = bench.child.take().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "pgbench failed: {stderr}\n{stdout}");
+    assert!(
+        !stderr.contains("error") && !stderr.contains("abort"),
+        "client errors: {stderr}"
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in {stdout}"))
+}
+
+/// The books balance: the total is unchanged and the ledger holds `processed` transfers.
+async fn assert_balanced(c: &tokio_postgres::Client, processed: i64) {
+    let total = first_value(
+        &c.simple_query("SELECT sum(balance) FROM accounts")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(total, "100000", "the books balance");
+    let transfers = first_value(
+        &c.simple_query("SELECT count(*) FROM transfers")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        transfers.parse::<i64>().unwrap(),
+        processed,
+        "every transfer pgbench counted is in the ledger"
+    );
+}
+
+/// Under pgbench (16 clients, transaction pooling) moving money between accounts, ten handoffs
+/// L1 → L2 → L1 … complete; pgbench sees no error, and the books balance: every transfer it
+/// counted is in the ledger and the total is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
+    let t = TestPlatform::start(Duration::from_secs(300)).await;
+    let c = ledger(&t).await;
+    let mut bench = transfers(&t, 16, 60);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let cp = t.p().control_plane.clone();
@@ -143,48 +208,16 @@ async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
         started.elapsed(),
         frozen
     );
-    let mut child = bench.child.take().unwrap();
     assert!(
-        child.try_wait().unwrap().is_none(),
+        bench.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "pgbench ended before the handoffs did: they did not all run under load"
     );
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "pgbench failed: {stderr}\n{stdout}");
-    assert!(
-        !stderr.contains("error") && !stderr.contains("abort"),
-        "client errors: {stderr}"
-    );
-    let processed: i64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no transaction count in {stdout}"));
-    assert!(processed > 100, "{stdout}");
+    let processed = finish(bench).await;
+    assert!(processed > 100);
 
     let st = t.status().await;
     assert_eq!(st.record.generation.0, start_generation.0 + 10);
-    let total = first_value(
-        &c.simple_query("SELECT sum(balance) FROM accounts")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(total, "100000", "the books balance");
-    let transfers = first_value(
-        &c.simple_query("SELECT count(*) FROM transfers")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(
-        transfers.parse::<i64>().unwrap(),
-        processed,
-        "every transfer pgbench counted is in the ledger"
-    );
+    assert_balanced(&c, processed).await;
     let transitions = cp.transitions(Some(&db()), 200).await.unwrap();
     let phases = transitions
         .iter()
@@ -321,5 +354,171 @@ async fn pinned_sessions_delay_and_long_transactions_abort_a_handoff_without_bre
     assert_eq!(st.record.generation, generation);
     assert_eq!(st.record.scale_state, ScaleState::Aborted);
     drop((c, long));
+    t.shutdown().await;
+}
+
+/// The autoscaler (short windows for the test) moves the writer to L2 under sustained pgbench
+/// load and back to L1 once the load stops, once each way: no flapping while the load lasts
+/// on L2, nor in the quiet afterwards. Each decision is a transition with its reason; clients
+/// see no error and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_moves_up_under_load_and_back_down_after_without_flapping() {
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| {
+        c.autoscale = AutoscalePolicy {
+            enabled: true,
+            interval: Duration::from_millis(250),
+            up_window: Duration::from_secs(3),
+            down_window: Duration::from_secs(5),
+            min_dwell: Duration::from_secs(8),
+            // A share of one core the loaded compute reaches on this 2-core machine, where
+            // pgbench and the gateway take their part.
+            cpu_up: 0.4,
+            cpu_down: 0.2,
+            ..AutoscalePolicy::default()
+        };
+    })
+    .await;
+    let c = ledger(&t).await;
+    let cp = t.p().control_plane.clone();
+    let decisions = || async {
+        cp.transitions(Some(&db()), 500)
+            .await
+            .unwrap()
+            .into_iter()
+            .rev()
+            .filter(|t| t.reason.contains("autoscaler:"))
+            .map(|t| t.reason)
+            .collect::<Vec<_>>()
+    };
+    let quiet = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(decisions().await.is_empty(), "no move while idle");
+    assert_eq!(t.status().await.profile, "L1");
+    eprintln!("idle for {:?}: no move", quiet.elapsed());
+
+    // Sustained load: up to L2 within a few seconds, and nothing more while it lasts.
+    let loaded = Instant::now();
+    let bench = transfers(&t, 8, 25);
+    let up = loop {
+        let st = t.status().await;
+        if st.profile == "L2" && st.record.scale_state == ScaleState::Steady {
+            break loaded.elapsed();
+        }
+        assert!(
+            loaded.elapsed() < Duration::from_secs(20),
+            "no move to L2 under load: {:?} {:?}",
+            st.record.scale_state,
+            decisions().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("on L2 {up:?} after the load began: {:?}", decisions().await);
+    let processed = finish(bench).await;
+    let made = decisions().await;
+    assert_eq!(made.len(), 1, "one move while loaded: {made:?}");
+    assert!(made[0].contains("handoff L1 -> L2"), "{made:?}");
+    assert_eq!(t.status().await.profile, "L2", "stays on L2 while loaded");
+
+    // Quiet: back to L1 after the down window (and the dwell), then it stays there.
+    let stopped = Instant::now();
+    let down = loop {
+        let st = t.status().await;
+        if st.profile == "L1" && st.record.scale_state == ScaleState::Steady {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "no move back to L1: {:?} {:?}",
+            st.record.scale_state,
+            decisions().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("back on L1 {down:?} after the load ended");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let made = decisions().await;
+    assert_eq!(made.len(), 2, "up once, down once: {made:?}");
+    assert!(made[1].contains("handoff L2 -> L1"), "{made:?}");
+    assert!(made[1].contains("fit L1"), "{made:?}");
+    assert_eq!(t.status().await.profile, "L1");
+    assert_balanced(&c, processed).await;
+    drop(c);
+    t.shutdown().await;
+}
+
+/// Two gateways serve the database (the platform's, and a second instance over the same
+/// control plane): each handoff freezes, drains and switches both. pgbench through each sees no
+/// error, both end up on the new writer, and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_freezes_drains_and_switches_every_gateway() {
+    let t = TestPlatform::start(Duration::from_secs(300)).await;
+    let c = ledger(&t).await;
+    let cp = t.p().control_plane.clone();
+    let second = GatewayServer::new(
+        GatewayConfig {
+            allow_plaintext: true,
+            lease_holder: "second-gateway".into(),
+            ..GatewayConfig::default()
+        },
+        GatewayDeps {
+            auth: Arc::new(InProcess(cp.clone())),
+            waker: Arc::new(InProcess(cp.clone())),
+            lease: Some(Arc::new(cp.clone())),
+        },
+        GatewayMetrics::default(),
+    );
+    cp.add_gateway(Arc::new(second.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port2 = listener.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn({
+        let (second, stop) = (second.clone(), stop.clone());
+        async move { second.serve(listener, stop).await }
+    });
+
+    let first = transfers(&t, 8, 30);
+    let other = transfers_via(&t, port2, "disable", 8, 30);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, profile) in ["L2", "L1", "L2", "L1"].into_iter().enumerate() {
+        let report = cp
+            .start_handoff(&db(), profile)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap_or_else(|e| panic!("handoff {i} to {profile}: {e}"));
+        eprintln!("handoff {i} to {profile}: {:?}", report.timings_ms);
+        for (name, g) in [
+            ("first", t.p().gateway.clone().unwrap()),
+            ("second", second.clone()),
+        ] {
+            let s = spg_core::Gateway::sessions(&g, &db()).await.unwrap();
+            assert!(!s.frozen, "the {name} gateway is unfrozen");
+            assert!(
+                s.sessions >= 8,
+                "the {name} gateway serves its clients: {s:?}"
+            );
+        }
+    }
+    let processed = finish(first).await + finish(other).await;
+    assert!(processed > 100, "{processed}");
+    assert_balanced(&c, processed).await;
+    // A new session through the second gateway lands on the newest writer.
+    let dsn2 = format!(
+        "host=127.0.0.1 port={port2} user={ROLE} password={PASSWORD} dbname={DB} sslmode=disable"
+    );
+    let (c2, conn) = tokio_postgres::connect(&dsn2, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = c2.simple_query("SHOW shared_buffers").await.unwrap();
+    assert_eq!(
+        first_value(&rows),
+        "128MB",
+        "L1 serves through the second gateway"
+    );
+    drop((c, c2));
+    stop.cancel();
+    serving.await.unwrap();
     t.shutdown().await;
 }

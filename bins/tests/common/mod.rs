@@ -271,6 +271,57 @@ pub fn postgres_processes_under(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// `kill -9` of the computes whose postmasters are `postmasters`, each as a whole, as when its
+/// host dies: the postmaster's process group and every backend (PostgreSQL's children lead
+/// process groups of their own; a backend that outlives its postmaster for a moment still
+/// answers queries, then ends its session). Returns whether there was anything to kill.
+pub fn kill_9_computes(postmasters: &[i32]) -> bool {
+    let mut victims: Vec<i32> = postmasters.iter().map(|p| -p).collect();
+    victims.extend(postmasters.iter().flat_map(|p| children_of(*p)));
+    victims.extend(postmasters.iter().copied());
+    for pid in victims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    !postmasters.is_empty()
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                    let rest = s.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Postmasters under `dir` of compute generation `generation` (their command line names the
+/// generation's data directory, `…/g<generation>/…`).
+pub fn postmasters_of_generation(dir: &Path, generation: u64) -> Vec<i32> {
+    let needle = format!("/g{generation}/");
+    postgres_processes_under(dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
 /// Kills a child process (and postgres processes under a directory) when dropped, so a failing
 /// test leaves nothing behind.
 pub struct ChildGuard {
