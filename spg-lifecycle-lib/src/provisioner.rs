@@ -54,6 +54,13 @@ pub trait Standby: Send + Sync {
     fn is_hot(&self) -> bool;
     /// Whether it still runs (a standby that died is not promoted: the handoff gives up).
     fn is_running(&self) -> bool;
+    /// Wait (at most `timeout`) until it has replayed the writer's log to within a few pages
+    /// of what the quorum holds; returns how far behind it still is, in bytes. The default
+    /// (and a standby that cannot be watched) returns at once.
+    async fn catch_up(&self, timeout: std::time::Duration) -> Result<u64, LifecycleError> {
+        let _ = timeout;
+        Ok(0)
+    }
     /// Timings of its preparation.
     fn prepare_timings(&self) -> StepTimings;
     /// Promote it after the writer stopped: elected, caught up with the elected log, promoted,
@@ -78,6 +85,11 @@ pub trait Compute: Send + Sync {
     /// Install or update tenant roles while it runs.
     async fn apply_roles(&self, roles: &[RoleSpec]) -> Result<(), LifecycleError>;
 
+    /// The settings it runs with, when known (a handoff prepares its standby to match).
+    fn profile(&self) -> Option<ScaleProfile> {
+        None
+    }
+
     /// Its load counters now, for the autoscaler. The default has none.
     async fn load(&self) -> Result<ComputeLoad, LifecycleError> {
         Err(LifecycleError::Compute {
@@ -90,8 +102,21 @@ pub trait Compute: Send + Sync {
 
     /// Stop it: fast shutdown (killed after a deadline), write-back, release.
     async fn stop(self: Box<Self>) -> StopReport;
-    /// Stop it for a handoff to the standby that replaces it: fast shutdown, release, no
-    /// write-back (the standby's checkout fenced it).
+    /// Before a handoff's election: make everything committed on it durable on the WAL
+    /// quorum (asynchronous commits too), so that it may be stopped without a shutdown
+    /// checkpoint. The default cannot.
+    async fn flush_for_handoff(&self) -> Result<(), LifecycleError> {
+        Err(LifecycleError::Compute {
+            database: String::new(),
+            generation: self.endpoint().generation.0,
+            step: "flush",
+            reason: "this compute cannot flush for a handoff".into(),
+        })
+    }
+
+    /// Stop it for a handoff to the standby that replaces it: immediate shutdown after
+    /// [`Compute::flush_for_handoff`] (a fast one otherwise), release, no write-back (the
+    /// standby's checkout fenced it).
     async fn stop_for_handoff(self: Box<Self>) -> StopReport;
 
     /// Clean up after it exited on its own.
@@ -185,6 +210,9 @@ impl Standby for StandbyCompute {
     fn is_running(&self) -> bool {
         StandbyCompute::is_running(self)
     }
+    async fn catch_up(&self, timeout: std::time::Duration) -> Result<u64, LifecycleError> {
+        StandbyCompute::catch_up(self, timeout).await
+    }
     fn prepare_timings(&self) -> StepTimings {
         StandbyCompute::prepare_timings(self).clone()
     }
@@ -219,8 +247,15 @@ impl Compute for RunningCompute {
         RunningCompute::load(self).await
     }
 
+    fn profile(&self) -> Option<ScaleProfile> {
+        Some(RunningCompute::profile(self).clone())
+    }
+
     async fn stop(self: Box<Self>) -> StopReport {
         RunningCompute::stop(*self).await
+    }
+    async fn flush_for_handoff(&self) -> Result<(), LifecycleError> {
+        RunningCompute::flush_for_handoff(self).await
     }
     async fn stop_for_handoff(self: Box<Self>) -> StopReport {
         RunningCompute::stop_for_handoff(*self).await

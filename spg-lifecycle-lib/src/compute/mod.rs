@@ -133,6 +133,11 @@ pub struct RunningCompute {
     follow_task: Option<tokio::task::JoinHandle<()>>,
     /// Where its processes are limited (dropped after they exited).
     limits: cgroup::CgroupPlacement,
+    /// The settings it runs with (its profile's, or a larger writer's connection slots when it
+    /// was promoted from a standby of one).
+    profile: ScaleProfile,
+    /// Whether [`RunningCompute::flush_for_handoff`] succeeded.
+    flushed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RunningCompute {
@@ -207,6 +212,8 @@ impl RunningCompute {
                         addr: ([127, 0, 0, 1], port).into(),
                         generation: spec.generation,
                     },
+                    profile: spec.profile,
+                    flushed: Default::default(),
                     database: spec.database,
                     generation: spec.generation,
                     socket_dir,
@@ -439,6 +446,11 @@ impl RunningCompute {
         self.endpoint
     }
 
+    /// The settings it runs with.
+    pub fn profile(&self) -> &ScaleProfile {
+        &self.profile
+    }
+
     /// The directory of the compute's Unix socket, where only the platform's OS user may log in
     /// (as the admin role, by `peer` authentication): for maintenance tools such as `pg_amcheck`.
     pub fn admin_socket_dir(&self) -> &Path {
@@ -554,23 +566,46 @@ impl RunningCompute {
         }
     }
 
-    /// Stop for a handoff to a newer generation prepared as its standby: fast shutdown (with a
-    /// WAL quorum the safekeepers receive everything up to the shutdown checkpoint before
-    /// PostgreSQL exits), stop following, and give the checkout back without an image: the
-    /// newer generation is checked out already (so this one may not write back) and carries on
-    /// from the quorum's log.
+    /// Before a handoff's election: one synchronous commit, after which everything committed
+    /// before it (asynchronous commits too) is on the WAL quorum.
+    pub async fn flush_for_handoff(&self) -> Result<(), LifecycleError> {
+        let client = admin_client(&self.socket_dir, self.endpoint.addr.port())
+            .await
+            .map_err(|reason| self.fail("flush", reason))?;
+        client
+            .batch_execute("SET synchronous_commit = on; SELECT txid_current()")
+            .await
+            .map_err(|e| self.fail("flush", e.to_string()))?;
+        self.flushed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stop for a handoff to a newer generation prepared as its standby. After
+    /// [`RunningCompute::flush_for_handoff`], an immediate shutdown (no shutdown checkpoint:
+    /// the successor replays the quorum's log, not this directory; it may be elected
+    /// meanwhile, which fences this one); otherwise a fast shutdown, which streams the rest
+    /// first. Then stop following and give the checkout back without an image (the newer
+    /// generation is checked out already, so this one may not write back).
     pub async fn stop_for_handoff(mut self) -> StopReport {
         let mut timer = StepTimer::new();
-        let (exit, killed) = self.shut_down().await;
+        let flushed = self.flushed.load(std::sync::atomic::Ordering::SeqCst);
+        let (exit, killed) = match self.process.take() {
+            Some(p) if flushed => p.stop_immediately(self.cfg.stop_timeout).await,
+            p => {
+                self.process = p;
+                self.shut_down().await
+            }
+        };
         timer.step("shutdown");
         self.stop_following().await;
         self.finish().await;
-        let clean = exit.success() && !killed;
+        let clean = !killed;
         StopReport {
             timings: timer.finish(),
             clean,
             image: None,
-            error: (!clean).then(|| format!("compute did not shut down cleanly ({exit})")),
+            error: (!clean).then(|| format!("compute did not shut down in time ({exit})")),
         }
     }
 

@@ -214,6 +214,25 @@ impl PostgresProcess {
         (exit, true)
     }
 
+    /// Immediate shutdown (SIGQUIT: every process ends at once, no checkpoint), killed if it
+    /// has not exited after `timeout`. For a writer whose log is already on the WAL quorum and
+    /// whose successor does not read its data directory.
+    pub async fn stop_immediately(mut self, timeout: Duration) -> (ExitInfo, bool) {
+        self.signal(Signal::SIGQUIT);
+        if let Some(exit) = self.wait_exit(timeout).await {
+            return (exit, false);
+        }
+        self.signal(Signal::SIGKILL);
+        let exit = self
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or(ExitInfo {
+                code: None,
+                signal: Some(Signal::SIGKILL as i32),
+            });
+        (exit, true)
+    }
+
     /// Kill the postmaster at once (SIGKILL) and wait until it is reaped.
     pub async fn kill(mut self) -> ExitInfo {
         self.signal(Signal::SIGKILL);

@@ -32,7 +32,9 @@ use crate::timing::{StepTimer, StepTimings};
 use crate::LifecycleError;
 
 /// How often a standby asks for WAL it did not find (PostgreSQL's default is 5 s).
-const RETRY_INTERVAL: &str = "200ms";
+const RETRY_INTERVAL: &str = "50ms";
+/// A standby this close to the end of the writer's log is caught up (a handoff freezes then).
+pub const CAUGHT_UP_BYTES: u64 = 1 << 20;
 
 /// A generation running as a standby of the database's writer.
 pub struct StandbyCompute {
@@ -198,6 +200,24 @@ impl StandbyCompute {
         // Hot standby where PostgreSQL allows it: the primary's settings, and those of whoever
         // wrote the image, at most this profile's.
         let image_minimums = svc.control().and_then(|c| c.hot_standby_minimums);
+        // A smaller profile's standby takes the larger writer's connection slots (PostgreSQL
+        // pauses a hot standby with fewer): it stays hot, and so stays caught up and promotes
+        // in place. The promoted writer keeps them until its next start.
+        let wanted = [Some(minimums_of(primary)), image_minimums]
+            .into_iter()
+            .flatten()
+            .map(|m| m.max_connections)
+            .max()
+            .unwrap_or(0);
+        if let Ok(wanted) = u32::try_from(wanted) {
+            if wanted > self.spec.profile.max_connections {
+                info!(db = %spec.database, generation = %spec.generation,
+                      profile = %spec.profile.name, max_connections = wanted,
+                      "the standby takes the writer's max_connections to stay hot");
+                self.spec.profile.max_connections = wanted;
+            }
+        }
+        let spec = self.spec.clone();
         self.hot = config::hot_standby_possible(&spec.profile, Some(minimums_of(primary)))
             && (image_minimums.is_none()
                 || config::hot_standby_possible(&spec.profile, image_minimums));
@@ -263,6 +283,42 @@ impl StandbyCompute {
         self.spec.generation
     }
 
+    /// Wait (at most `timeout`) until replay is within [`CAUGHT_UP_BYTES`] of the end of the
+    /// log on the quorum; returns the bytes still behind. A standby that is not hot cannot be
+    /// watched: 0 at once.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<u64, LifecycleError> {
+        if !self.hot {
+            return Ok(0);
+        }
+        let fail = |reason: String| compute_error(&self.spec, "catch up", reason);
+        let client = admin_client(&self.socket_dir, self.port)
+            .await
+            .map_err(fail)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let end = self
+                .wal
+                .quorum
+                .observe(&self.spec.database)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_or(Lsn(0), |e| e.flush_lsn);
+            let row = client
+                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                .await
+                .map_err(|e| fail(format!("replay position: {e}")))?;
+            let at: Lsn = row
+                .get::<_, Option<String>>(0)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(Lsn(0));
+            let behind = end.0.saturating_sub(at.0);
+            if behind <= CAUGHT_UP_BYTES || tokio::time::Instant::now() >= deadline {
+                return Ok(behind);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Whether its postmaster still runs.
     pub fn is_running(&self) -> bool {
         self.process.as_ref().is_some_and(|p| !p.has_exited())
@@ -306,6 +362,8 @@ impl StandbyCompute {
                 info!(db = %self.spec.database, generation = %self.spec.generation,
                       port = self.port, "standby promoted");
                 Ok(RunningCompute {
+                    profile: self.spec.profile.clone(),
+                    flushed: Default::default(),
                     cfg: Arc::clone(&self.cfg),
                     page_store: Arc::clone(&self.page_store),
                     endpoint: ComputeEndpoint {

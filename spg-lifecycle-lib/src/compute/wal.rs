@@ -70,6 +70,8 @@ struct RestoreState {
     answered: Arc<std::sync::Mutex<std::collections::HashMap<String, Answer>>>,
     /// How often each segment (by number) was handed out since the election.
     handed_out: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
+    /// While following: the end of the log when each file was last answered, and when.
+    followed: Arc<std::sync::Mutex<std::collections::HashMap<String, (Lsn, tokio::time::Instant)>>>,
 }
 
 /// A remembered answer: the bytes served, or `None` for "the local copy holds it".
@@ -166,6 +168,7 @@ impl RestoreService {
             checkpoint,
             answered: Arc::default(),
             handed_out: Arc::default(),
+            followed: Arc::default(),
         };
         let state_election = Arc::clone(&state.election);
         let state_answered = Arc::clone(&state.answered);
@@ -277,6 +280,12 @@ async fn serve(
     if following {
         return follow(&st, &file).await;
     }
+    serve_elected(&st, &file).await
+}
+
+/// Answer `file` from the elected log.
+async fn serve_elected(st: &RestoreState, file: &str) -> Response {
+    let file = file.to_owned();
     let earlier = st
         .answered
         .lock()
@@ -312,7 +321,7 @@ async fn serve(
         tracing::debug!(db = %st.db, file, "restore: not part of the elected log");
         return StatusCode::NOT_FOUND.into_response();
     }
-    if need == Need::Required && local_copy_covers_the_log(&file, &st, &election) {
+    if need == Need::Required && local_copy_covers_the_log(&file, st, &election) {
         // The usual wake after an idle stop: the image's own segment already ends where the
         // elected log ends, so there is nothing to read from the quorum.
         tracing::debug!(db = %st.db, file, "restore: local copy holds the rest of the log");
@@ -353,18 +362,54 @@ async fn serve(
     }
 }
 
+/// How long a standby's request for the segment the log ends in waits for the log to grow.
+const FOLLOW_WAIT: Duration = Duration::from_millis(1000);
+/// Least time between two answers for that segment (each carries the whole segment).
+const FOLLOW_SPACING: Duration = Duration::from_millis(100);
+/// How often the quorum is looked at meanwhile.
+const FOLLOW_POLL: Duration = Duration::from_millis(5);
+
 /// A standby's request: observe the quorum now and answer from what it holds. What is not
 /// there (yet), and any failure, is "not found": the standby asks again a moment later, and it
-/// never promotes on its own.
+/// never promotes on its own. A request for the segment the log ends in, answered before at
+/// the same end, waits (a moment) for the log to grow, so that the standby replays WAL as soon
+/// as the quorum has it instead of polling; when the standby is elected meanwhile, it gets the
+/// elected log at once.
 async fn follow(st: &RestoreState, file: &str) -> Response {
-    let observed = match st.quorum.observe(&st.db).await {
-        Ok(Some(e)) => Arc::new(e),
-        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
-        Err(e) => {
-            tracing::debug!(db = %st.db, file, error = %e, "restore (standby): observe failed");
-            return StatusCode::NOT_FOUND.into_response();
+    let before = st
+        .followed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(file)
+        .copied();
+    let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+    let observed = loop {
+        if !st.following.load(std::sync::atomic::Ordering::SeqCst) {
+            return serve_elected(st, file).await;
         }
+        let observed = match st.quorum.observe(&st.db).await {
+            Ok(Some(e)) => Arc::new(e),
+            Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+            Err(e) => {
+                tracing::debug!(db = %st.db, file, error = %e, "restore (standby): observe failed");
+                return StatusCode::NOT_FOUND.into_response();
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let grew = before.is_none_or(|(b, _)| observed.flush_lsn > b);
+        let spaced = before.is_none_or(|(_, at)| now.duration_since(at) >= FOLLOW_SPACING);
+        if (grew && spaced) || now >= deadline {
+            break observed;
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
     };
+    st.followed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            file.to_owned(),
+            (observed.flush_lsn, tokio::time::Instant::now()),
+        );
     *st.election.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&observed);
     // Only timelines that exist: an observation's "next" timeline is nobody's yet.
     if let Some(tli) = file

@@ -59,6 +59,7 @@ pub(crate) enum Command {
     Load {
         reply: Reply<WriterLoad>,
     },
+
     HandoffPhase {
         state: ScaleState,
         reason: String,
@@ -511,7 +512,13 @@ impl DbActor {
                 reason: format!("a handoff is in progress ({})", self.rec.scale_state),
             });
         }
-        let primary = self.shared.config.profile_of(&self.rec);
+        // What the writer really runs with (a promoted standby may have more connection slots
+        // than its profile), which its standby must match to stay hot.
+        let configured = self.shared.config.profile_of(&self.rec);
+        let primary = match self.compute.as_ref().and_then(|c| c.profile()) {
+            Some(p) if p.name == configured.name => p,
+            _ => configured,
+        };
         let generation = self.next_generation();
         let roles = self.role_specs().await?;
         let from = self.rec.generation;
@@ -574,15 +581,36 @@ impl DbActor {
             unreachable!("checked above");
         };
         self.exit = None;
-        let report = old.stop_for_handoff().await;
-        timer.step("stop_writer");
+        // Flushed, the writer may stop while the standby is elected and promoted (the
+        // election fences it); otherwise it streams the rest in a fast shutdown first.
+        let stopping = match old.flush_for_handoff().await {
+            Ok(()) => {
+                timer.step("flush_writer");
+                tokio::spawn(old.stop_for_handoff())
+            }
+            Err(e) => {
+                warn!(error = %e, "the writer did not flush for the handoff; stopping it first");
+                let report = old.stop_for_handoff().await;
+                timer.step("stop_writer");
+                tokio::spawn(async move { report })
+            }
+        };
+        let promoted = standby.promote().await;
+        timer.step("promote");
+        let report = stopping
+            .await
+            .unwrap_or_else(|e| crate::compute::StopReport {
+                timings: StepTimings::default(),
+                clean: false,
+                image: None,
+                error: Some(format!("stop task failed: {e}")),
+            });
         if let Some(e) = &report.error {
             warn!(error = %e, "the writer did not stop cleanly for the handoff");
         }
         let stop_steps = report.timings.clone();
-        match standby.promote().await {
+        match promoted {
             Ok(compute) => {
-                timer.step("promote");
                 let endpoint = compute.endpoint();
                 let boot = compute.boot_timings();
                 self.exit = compute.exit_watch();

@@ -248,6 +248,24 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         timings.insert("pinned_wait".to_owned(), ms(waited.elapsed()));
+
+        // Before the freeze, while clients work: a standby caught up with the log (little
+        // left to replay once the writer stops).
+        let caught = Instant::now();
+        match standby.catch_up(cfg.drain_timeout).await {
+            Ok(behind) => info!(%db, behind, "standby caught up"),
+            Err(e) => {
+                return Err(self
+                    .abort(
+                        db,
+                        Some(standby),
+                        false,
+                        format!("the standby fell behind: {e}"),
+                    )
+                    .await)
+            }
+        }
+        timings.insert("catch_up".to_owned(), ms(caught.elapsed()));
         if !standby.is_running() {
             return Err(self
                 .abort(db, Some(standby), false, format!("the standby {to} exited"))
