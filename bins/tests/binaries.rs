@@ -320,3 +320,161 @@ fn spg_up_refuses_to_run_without_a_wal_quorum() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--safekeepers"), "{err}");
 }
+
+/// A separate `spg-gateway` daemon registers its control routes with `spg-controlplane`: a
+/// handoff then waits for the transaction in flight through it (draining), lets it commit, and
+/// switches it to the new writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_drains_and_switches_a_separate_gateway_daemon() {
+    let tmp = reachable_tempdir();
+    let cp_data = tmp.path().join("cp");
+    let (api, gw, metrics) = (free_port(), free_port(), free_port());
+    let child = Command::new(SPG_CONTROLPLANE)
+        .arg("--data-dir")
+        .arg(&cp_data)
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--handoff-drain-timeout", "60s"])
+        .env("SPG_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut cp = ChildGuard {
+        child: Some(child),
+        dir: tmp.path().to_path_buf(),
+    };
+    let env = wait_for_env(&cp_data.join("env"), "SPG_API_KEY", &mut cp);
+    spg_cli(&cp_data, &["db", "create", "shop"]);
+    spg_cli(
+        &cp_data,
+        &[
+            "role",
+            "create",
+            "--db",
+            "shop",
+            "clerk",
+            "--password",
+            "pw-clerk",
+        ],
+    );
+    let child = Command::new(SPG_GATEWAY)
+        .args(["--listen", &format!("127.0.0.1:{gw}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .arg("--allow-plaintext")
+        .arg("--data-dir")
+        .arg(tmp.path().join("gw"))
+        .env("SPG_API_URL", env.get("SPG_API_URL").unwrap())
+        .env("SPG_API_KEY", env.get("SPG_API_KEY").unwrap())
+        .env("SPG_API_CA", env.get("SPG_API_CA").unwrap())
+        .env("SPG_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // Its guard kills only what is under its own directory (the computes are the control
+    // plane's).
+    let gateway = ChildGuard {
+        child: Some(child),
+        dir: tmp.path().join("gw"),
+    };
+    let dsn = format!("host=127.0.0.1 port={gw} user=clerk password=pw-clerk dbname=shop");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                if c.simple_query("SELECT 1").await.is_ok() {
+                    break c;
+                }
+            }
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Its control routes want the token it registered with.
+    let denied =
+        tokio::task::spawn_blocking(move || http_get(metrics, "/v1/gateway/databases/shop"))
+            .await
+            .unwrap();
+    assert!(
+        denied.starts_with("HTTP/1.0 401") || denied.starts_with("HTTP/1.1 401"),
+        "{denied}"
+    );
+    client
+        .batch_execute("CREATE TABLE t (v int); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let ca = std::fs::read(env.get("SPG_API_CA").unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/databases/shop", env.get("SPG_API_URL").unwrap());
+    let key = env.get("SPG_API_KEY").unwrap().to_string();
+    let view = || async {
+        http.get(&url)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let resp = http
+        .post(format!("{url}/handoff"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "profile": "L2" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // The transaction through the daemon holds the drain.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = view().await;
+        if v["scale_state"] == "draining" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        view().await["scale_state"],
+        "draining",
+        "still waiting for it"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let v = view().await;
+        if v["scale_state"] != "draining" && v["scale_state"] != "switching" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never switched: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(v["scale_state"], "steady", "{v}");
+    assert_eq!(v["profile"], "L2", "{v}");
+    // The same client session goes on, on the new writer.
+    let rows = client
+        .simple_query("SELECT count(*) FROM t; SHOW shared_buffers")
+        .await
+        .unwrap();
+    let values: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["1", "512MB"]);
+    drop(client);
+    tokio::task::spawn_blocking(move || {
+        stop(gateway, Signal::SIGTERM);
+        stop(cp, Signal::SIGTERM);
+    })
+    .await
+    .unwrap();
+    assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
+}

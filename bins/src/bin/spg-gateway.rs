@@ -42,9 +42,13 @@ struct Args {
     /// Accept plaintext (non-TLS) client connections.
     #[arg(long, env = "SPG_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
-    /// Plain-HTTP Prometheus metrics.
+    /// Plain-HTTP Prometheus metrics, and the control routes handoffs drive this gateway by.
     #[arg(long, env = "SPG_METRICS_LISTEN", default_value = "127.0.0.1:9187")]
     metrics_listen: SocketAddr,
+    /// The URL the control plane reaches the control routes at (default: http:// and the
+    /// metrics address, 127.0.0.1 for an unspecified one).
+    #[arg(long, env = "SPG_GATEWAY_CONTROL_URL")]
+    control_url: Option<String>,
     /// How long a connection may wait for its database to wake.
     #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
     wake_timeout: Duration,
@@ -99,7 +103,7 @@ async fn main() -> Result<()> {
                 admin: Some(spg_core::scram::ScramVerifier::from_password(&args.api_key)),
             }),
             waker: Arc::new(OverApi(api.clone())),
-            lease: Some(Arc::new(api)),
+            lease: Some(Arc::new(api.clone())),
         },
         metrics,
     );
@@ -109,17 +113,53 @@ async fn main() -> Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("metrics cannot listen on {}", args.metrics_listen))?;
+    // The control routes, guarded by a token of this run, registered with the control plane
+    // now and every few seconds (it forgets gateways that stop registering).
+    let token = {
+        use rand::RngExt;
+        let raw: [u8; 24] = rand::rng().random();
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let control_url = match args.control_url.clone() {
+        Some(u) => u,
+        None => {
+            let mut addr = metrics_listener.local_addr()?;
+            if addr.ip().is_unspecified() {
+                addr.set_ip([127, 0, 0, 1].into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let control = spg_lifecycle_lib::api::gateway_control::router(
+        Arc::new(gateway.clone()),
+        spg_lifecycle_lib::api::server::ApiKey::new(&token),
+    );
     let stop = CancellationToken::new();
     let metrics_task = tokio::spawn(spg_lifecycle_lib::api::http::serve_http(
         metrics_listener,
-        spg::platform::metrics_router(Arc::new(registry)),
+        spg::platform::metrics_router(Arc::new(registry)).merge(control),
         stop.clone(),
     ));
+    let register_task = tokio::spawn({
+        let (api, stop) = (api.clone(), stop.clone());
+        async move {
+            loop {
+                if let Err(e) = api.register_gateway(&control_url, &token).await {
+                    tracing::warn!(error = %e, "registering with the control plane failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    });
     let gw_stop = stop.clone();
     let serve = tokio::spawn(async move { gateway.serve(listener, gw_stop).await });
     spg::shutdown_signal().await;
     stop.cancel();
     let _ = serve.await;
     let _ = metrics_task.await;
+    let _ = register_task.await;
     Ok(())
 }

@@ -128,6 +128,17 @@ impl ApiClient {
             .await
     }
 
+    /// Register (or refresh) a gateway daemon's control routes at `url`, guarded by `token`.
+    pub async fn register_gateway(&self, url: &str, token: &str) -> Result<(), LifecycleError> {
+        let body = super::server::RegisterGateway {
+            url: url.into(),
+            token: token.into(),
+        };
+        self.send(Method::POST, "/v1/gateways", Some(&body))
+            .await
+            .map(|_| ())
+    }
+
     /// Wake a database; returns its compute's endpoint.
     pub async fn wake(&self, name: &str) -> Result<ComputeEndpoint, LifecycleError> {
         let w: WakeView = self

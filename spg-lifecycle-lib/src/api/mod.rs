@@ -18,11 +18,13 @@
 //! | POST | `/v1/databases/{name}/leases` `{"holder"}` | take a lease |
 //! | POST | `/v1/leases/{id}/renew` | renew it |
 //! | DELETE | `/v1/leases/{id}` | release it |
+//! | POST | `/v1/gateways` `{"url", "token"}` | register (or refresh) a gateway daemon's control routes ([`gateway_control`]) |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a matching HTTP status; `503`
 //! means retrying may succeed.
 
 pub mod client;
+pub mod gateway_control;
 pub mod http;
 pub mod model;
 pub mod server;

@@ -201,6 +201,7 @@ pub fn router(cp: ControlPlane, key: ApiKey, metrics: Arc<Registry>) -> Router {
         .route("/v1/databases/{name}/leases", post(acquire_lease))
         .route("/v1/leases/{id}/renew", post(renew_lease))
         .route("/v1/leases/{id}", delete(release_lease))
+        .route("/v1/gateways", post(register_gateway))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_key));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -289,6 +290,24 @@ async fn handoff_database(
         StatusCode::ACCEPTED,
         Json(st.cp.database(&db).await?.into()),
     ))
+}
+
+/// A gateway daemon's control routes, registered (again) by the daemon.
+#[derive(Deserialize, serde::Serialize)]
+pub struct RegisterGateway {
+    /// Where its control routes are (`http://host:port`).
+    pub url: String,
+    /// The Bearer token they accept.
+    pub token: String,
+}
+
+async fn register_gateway(
+    State(st): State<AppState>,
+    body: Result<Json<RegisterGateway>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let req = json_body(body)?;
+    st.cp.register_gateway(&req.url, &req.token)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

@@ -20,8 +20,13 @@ use tracing::{info, info_span, warn, Instrument};
 
 use super::actor::{Command, HandoffTicket};
 use super::ControlPlane;
+use crate::api::gateway_control::RemoteGateway;
 use crate::provisioner::Standby;
 use crate::LifecycleError;
+
+/// A gateway daemon that has not registered for this long is no longer driven by handoffs
+/// (daemons register every few seconds).
+pub const REMOTE_GATEWAY_TTL: Duration = Duration::from_secs(30);
 
 /// How often a waiting handoff looks at the gateways.
 const POLL: Duration = Duration::from_millis(5);
@@ -59,12 +64,56 @@ impl ControlPlane {
             .push(gateway);
     }
 
+    /// Register (or refresh) a gateway daemon whose control routes are at `url` (see
+    /// [`crate::api::gateway_control`]); handoffs drive it until it has not registered for
+    /// [`REMOTE_GATEWAY_TTL`].
+    pub fn register_gateway(&self, url: &str, token: &str) -> Result<(), LifecycleError> {
+        let ok = (url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() <= 200
+            && !token.is_empty();
+        if !ok {
+            return Err(LifecycleError::invalid(
+                "gateway",
+                "url must be http(s)://host:port and the token not empty",
+            ));
+        }
+        let gw = RemoteGateway::new(url, token)
+            .map_err(|e| LifecycleError::invalid("gateway", e.to_string()))?;
+        let mut remote = self
+            .shared
+            .remote_gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !remote.contains_key(url) {
+            info!(url, "gateway registered");
+        }
+        remote.insert(url.to_owned(), (Arc::new(gw), Instant::now()));
+        Ok(())
+    }
+
+    /// The gateways a handoff drives: those added in this process, and the daemons that
+    /// registered lately.
     fn gateways(&self) -> Vec<Arc<dyn Gateway>> {
-        self.shared
+        let mut all = self
+            .shared
             .gateways
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let mut remote = self
+            .shared
+            .remote_gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        remote.retain(|url, (_, seen)| {
+            let live = seen.elapsed() < REMOTE_GATEWAY_TTL;
+            if !live {
+                warn!(url, "gateway stopped registering; no longer driven");
+            }
+            live
+        });
+        all.extend(remote.values().map(|(g, _)| Arc::clone(g)));
+        all
     }
 
     /// Start a handoff of `db`'s writer to the profile named `profile`. Fails at once when the

@@ -27,7 +27,7 @@ use crate::provisioner::Provisioner;
 use crate::store::{DatabaseRecord, RoleRecord, StateStore, Transition};
 use crate::LifecycleError;
 use actor::{Command, DbActor, LiveStatus};
-pub use handoff::HandoffHandle;
+pub use handoff::{HandoffHandle, REMOTE_GATEWAY_TTL};
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -111,9 +111,14 @@ pub(crate) struct Shared {
     actors: Mutex<HashMap<DatabaseName, ActorHandle>>,
     /// Gateways a handoff freezes, drains and switches.
     gateways: Mutex<Vec<Arc<dyn spg_core::Gateway>>>,
+    /// Gateway daemons by control URL, with when they last registered.
+    remote_gateways: Mutex<HashMap<String, RegisteredGateway>>,
     /// Cancelled at shutdown (ends the autoscaler).
     stop: CancellationToken,
 }
+
+/// A gateway daemon and when it last registered.
+type RegisteredGateway = (Arc<dyn spg_core::Gateway>, Instant);
 
 #[derive(Clone)]
 struct ActorHandle {
@@ -172,6 +177,7 @@ impl ControlPlane {
             tasks: TaskTracker::new(),
             actors: Mutex::new(HashMap::new()),
             gateways: Mutex::new(Vec::new()),
+            remote_gateways: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         });
         if shared.config.autoscale.enabled {
