@@ -1370,31 +1370,58 @@ async fn a_standby_of_the_writer_takes_over_with_every_commit() {
     // Generation 2 is fenced: no image from it any more.
     assert!(pages.write_back(&db, Generation(2)).await.is_err());
 
-    // Back to L1: a smaller standby cannot replay with hot standby; it is restarted into the
-    // recovery of a cold start instead, with the same outcome.
+    // Back to L1: the smaller standby takes the writer's connection slots and stays hot; the
+    // writer flushes (one synchronous commit) and stops at once, without a shutdown checkpoint.
     let standby = StandbyCompute::start(
         agent.clone(),
         Arc::clone(&pages),
         wal.clone(),
         spec(5),
-        &l2_profile(),
+        c4.profile(),
     )
     .await
     .unwrap();
-    assert!(!standby.is_hot());
+    assert!(standby.is_hot());
     c.execute("INSERT INTO t VALUES (3002)", &[]).await.unwrap();
     drop(c);
+    c4.flush_for_handoff().await.unwrap();
     assert!(c4.stop_for_handoff().await.clean);
-    let c5 = standby
-        .promote()
-        .await
-        .expect("promotion without hot standby");
+    let c5 = standby.promote().await.expect("promotion");
     let c = tenant(&c5).await;
     assert_eq!(ids_count(&c).await, 3003);
     let sb = c.query_one("SHOW shared_buffers", &[]).await.unwrap();
     assert_eq!(sb.get::<_, String>(0), "128MB", "the L1 profile runs");
+    let mc = c.query_one("SHOW max_connections", &[]).await.unwrap();
+    assert_eq!(mc.get::<_, String>(0), "200", "with the L2 writer's slots");
+    c.execute("INSERT INTO t VALUES (3003)", &[]).await.unwrap();
+
+    // A standby that cannot replay with hot standby (the writer claims more lock slots than it
+    // has) is restarted into the recovery of a cold start instead, with the same outcome.
+    let mut claimed = c5.profile().clone();
+    claimed
+        .settings
+        .insert("max_locks_per_transaction".into(), "256".into());
+    let standby = StandbyCompute::start(
+        agent.clone(),
+        Arc::clone(&pages),
+        wal.clone(),
+        spec(6),
+        &claimed,
+    )
+    .await
+    .unwrap();
+    assert!(!standby.is_hot());
+    c.execute("INSERT INTO t VALUES (3004)", &[]).await.unwrap();
     drop(c);
-    let report = c5.stop().await;
+    assert!(c5.stop_for_handoff().await.clean);
+    let c6 = standby
+        .promote()
+        .await
+        .expect("promotion without hot standby");
+    let c = tenant(&c6).await;
+    assert_eq!(ids_count(&c).await, 3005);
+    drop(c);
+    let report = c6.stop().await;
     assert!(report.clean, "{:?}", report.error);
     assert!(
         report.image.is_some(),
@@ -1402,17 +1429,17 @@ async fn a_standby_of_the_writer_takes_over_with_every_commit() {
     );
 
     // A cold start after it finds everything, from its image and the quorum.
-    let c6 = RunningCompute::start(
+    let c7 = RunningCompute::start(
         agent.clone(),
         Arc::clone(&pages),
         Some(wal.clone()),
-        spec(6),
+        spec(7),
     )
     .await
     .unwrap();
-    let c = tenant(&c6).await;
-    assert_eq!(ids_count(&c).await, 3003);
+    let c = tenant(&c7).await;
+    assert_eq!(ids_count(&c).await, 3005);
     drop(c);
-    assert!(c6.stop().await.clean);
+    assert!(c7.stop().await.clean);
     shutdown(&nodes).await;
 }
