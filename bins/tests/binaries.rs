@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -59,22 +59,8 @@ fn wait_listening(port: u16, guard: &mut ChildGuard) {
     }
 }
 
-fn spg_up(data: &Path, gw: u16, api: u16) -> ChildGuard {
-    let child = Command::new(SPG)
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--idle-timeout", "2s"])
-        .args(["--gateway-listen", &format!("127.0.0.1:{gw}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .env("SPG_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    ChildGuard {
-        child: Some(child),
-        dir: data.to_path_buf(),
-    }
+fn spg_up_test(data: &Path, gw: u16, api: u16) -> ChildGuard {
+    spg_up(data, gw, api, &["--idle-timeout", "2s"], true)
 }
 
 /// Signal the process and wait for it to exit successfully.
@@ -125,7 +111,7 @@ fn spg_up_serves_a_dsn_keeps_it_across_restarts_and_leaves_no_postgres() {
     let data = tmp.path().join("spgdata");
     let (gw, api) = (free_port(), free_port());
 
-    let mut up = spg_up(&data, gw, api);
+    let mut up = spg_up_test(&data, gw, api);
     let env = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
     wait_listening(gw, &mut up);
     let dsn = env.get("SPG_DSN").unwrap().to_string();
@@ -170,7 +156,7 @@ fn spg_up_serves_a_dsn_keeps_it_across_restarts_and_leaves_no_postgres() {
     assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
 
     // Second run: same env, same DSN, same data.
-    let mut up = spg_up(&data, gw, api);
+    let mut up = spg_up_test(&data, gw, api);
     wait_listening(gw, &mut up);
     wait_listening(api, &mut up);
     let env2 = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
@@ -185,7 +171,7 @@ fn spg_up_recovers_after_being_killed() {
     let tmp = reachable_tempdir();
     let data = tmp.path().join("spgdata");
     let (gw, api) = (free_port(), free_port());
-    let mut up = spg_up(&data, gw, api);
+    let mut up = spg_up_test(&data, gw, api);
     let env = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
     let dsn = env.get("SPG_DSN").unwrap().to_string();
     psql_ok(&dsn, "CREATE TABLE t (v int); INSERT INTO t VALUES (7)");
@@ -195,7 +181,7 @@ fn spg_up_recovers_after_being_killed() {
     child.wait().unwrap();
     assert!(!postgres_processes_under(tmp.path()).is_empty());
     // The next start stops the leftover compute and serves again, with the data.
-    let up = spg_up(&data, gw, api);
+    let up = spg_up_test(&data, gw, api);
     let deadline = Instant::now() + Duration::from_secs(60);
     let v = loop {
         let out = psql(&dsn, "SELECT v FROM t");
@@ -214,25 +200,29 @@ fn spg_up_recovers_after_being_killed() {
     assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
 }
 
-#[test]
-fn gateway_and_control_plane_run_as_separate_daemons() {
-    let tmp = reachable_tempdir();
-    let cp_data = tmp.path().join("cp");
+/// `spg-controlplane` (with `cp_args`) and a `spg-gateway` daemon (with `gw_args`) using its
+/// API, in `tmp`, with database `shop` and role `clerk` (`pw-clerk`). Returns the control
+/// plane's guard and env file, the gateway's guard, and the gateway's and its metrics' ports.
+fn daemons(
+    tmp: &Path,
+    cp_args: &[&str],
+    gw_args: &[&str],
+) -> (ChildGuard, EnvFile, ChildGuard, u16, u16) {
+    let cp_data = tmp.join("cp");
     let (api, gw, metrics) = (free_port(), free_port(), free_port());
     let child = Command::new(SPG_CONTROLPLANE)
         .arg("--data-dir")
         .arg(&cp_data)
         .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(["--idle-timeout", "2s", "--lease-ttl", "3s"])
+        .args(cp_args)
         .env("SPG_LOG", "warn")
         .spawn()
         .unwrap();
     let mut cp = ChildGuard {
         child: Some(child),
-        dir: tmp.path().to_path_buf(),
+        dir: tmp.to_path_buf(),
     };
     let env = wait_for_env(&cp_data.join("env"), "SPG_API_KEY", &mut cp);
-
     spg_cli(&cp_data, &["db", "create", "shop"]);
     spg_cli(
         &cp_data,
@@ -246,22 +236,36 @@ fn gateway_and_control_plane_run_as_separate_daemons() {
             "pw-clerk",
         ],
     );
-
     let child = Command::new(SPG_GATEWAY)
         .args(["--listen", &format!("127.0.0.1:{gw}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(gw_args)
         .arg("--data-dir")
-        .arg(tmp.path().join("gw"))
+        .arg(tmp.join("gw"))
         .env("SPG_API_URL", env.get("SPG_API_URL").unwrap())
         .env("SPG_API_KEY", env.get("SPG_API_KEY").unwrap())
         .env("SPG_API_CA", env.get("SPG_API_CA").unwrap())
         .env("SPG_LOG", "warn")
         .spawn()
         .unwrap();
+    // Its guard kills only what is under its own directory (the computes are the control
+    // plane's).
     let gateway = ChildGuard {
         child: Some(child),
-        dir: tmp.path().to_path_buf(),
+        dir: tmp.join("gw"),
     };
+    (cp, env, gateway, gw, metrics)
+}
+
+#[test]
+fn gateway_and_control_plane_run_as_separate_daemons() {
+    let tmp = reachable_tempdir();
+    let cp_data = tmp.path().join("cp");
+    let (cp, _env, gateway, gw, metrics) = daemons(
+        tmp.path(),
+        &["--idle-timeout", "2s", "--lease-ttl", "3s"],
+        &[],
+    );
     let dsn = format!("postgresql://clerk:pw-clerk@127.0.0.1:{gw}/shop?sslmode=require");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -327,52 +331,11 @@ fn spg_up_refuses_to_run_without_a_wal_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_drains_and_switches_a_separate_gateway_daemon() {
     let tmp = reachable_tempdir();
-    let cp_data = tmp.path().join("cp");
-    let (api, gw, metrics) = (free_port(), free_port(), free_port());
-    let child = Command::new(SPG_CONTROLPLANE)
-        .arg("--data-dir")
-        .arg(&cp_data)
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(["--handoff-drain-timeout", "60s"])
-        .env("SPG_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let mut cp = ChildGuard {
-        child: Some(child),
-        dir: tmp.path().to_path_buf(),
-    };
-    let env = wait_for_env(&cp_data.join("env"), "SPG_API_KEY", &mut cp);
-    spg_cli(&cp_data, &["db", "create", "shop"]);
-    spg_cli(
-        &cp_data,
-        &[
-            "role",
-            "create",
-            "--db",
-            "shop",
-            "clerk",
-            "--password",
-            "pw-clerk",
-        ],
+    let (cp, env, gateway, gw, metrics) = daemons(
+        tmp.path(),
+        &["--handoff-drain-timeout", "60s"],
+        &["--allow-plaintext"],
     );
-    let child = Command::new(SPG_GATEWAY)
-        .args(["--listen", &format!("127.0.0.1:{gw}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .arg("--allow-plaintext")
-        .arg("--data-dir")
-        .arg(tmp.path().join("gw"))
-        .env("SPG_API_URL", env.get("SPG_API_URL").unwrap())
-        .env("SPG_API_KEY", env.get("SPG_API_KEY").unwrap())
-        .env("SPG_API_CA", env.get("SPG_API_CA").unwrap())
-        .env("SPG_LOG", "warn")
-        .spawn()
-        .unwrap();
-    // Its guard kills only what is under its own directory (the computes are the control
-    // plane's).
-    let gateway = ChildGuard {
-        child: Some(child),
-        dir: tmp.path().join("gw"),
-    };
     let dsn = format!("host=127.0.0.1 port={gw} user=clerk password=pw-clerk dbname=shop");
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {

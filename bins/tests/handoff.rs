@@ -357,6 +357,24 @@ async fn pinned_sessions_delay_and_long_transactions_abort_a_handoff_without_bre
     t.shutdown().await;
 }
 
+/// Wait until the writer runs `profile` steadily; returns how long that took.
+async fn until_steady_on(t: &TestPlatform, profile: &str, limit: Duration) -> Duration {
+    let since = Instant::now();
+    loop {
+        let st = t.status().await;
+        if st.profile == profile && st.record.scale_state == ScaleState::Steady {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < limit,
+            "not on {profile} after {limit:?}: {:?} {:?}",
+            st.record.scale_state,
+            st.record.scale_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The autoscaler (short windows for the test) moves the writer to L2 under sustained pgbench
 /// load and back to L1 once the load stops, once each way: no flapping while the load lasts
 /// on L2, nor in the quiet afterwards. Each decision is a transition with its reason; clients
@@ -397,21 +415,8 @@ async fn the_autoscaler_moves_up_under_load_and_back_down_after_without_flapping
     eprintln!("idle for {:?}: no move", quiet.elapsed());
 
     // Sustained load: up to L2 within a few seconds, and nothing more while it lasts.
-    let loaded = Instant::now();
     let bench = transfers(&t, 8, 25);
-    let up = loop {
-        let st = t.status().await;
-        if st.profile == "L2" && st.record.scale_state == ScaleState::Steady {
-            break loaded.elapsed();
-        }
-        assert!(
-            loaded.elapsed() < Duration::from_secs(20),
-            "no move to L2 under load: {:?} {:?}",
-            st.record.scale_state,
-            decisions().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let up = until_steady_on(&t, "L2", Duration::from_secs(20)).await;
     eprintln!("on L2 {up:?} after the load began: {:?}", decisions().await);
     let processed = finish(bench).await;
     let made = decisions().await;
@@ -420,20 +425,7 @@ async fn the_autoscaler_moves_up_under_load_and_back_down_after_without_flapping
     assert_eq!(t.status().await.profile, "L2", "stays on L2 while loaded");
 
     // Quiet: back to L1 after the down window (and the dwell), then it stays there.
-    let stopped = Instant::now();
-    let down = loop {
-        let st = t.status().await;
-        if st.profile == "L1" && st.record.scale_state == ScaleState::Steady {
-            break stopped.elapsed();
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(30),
-            "no move back to L1: {:?} {:?}",
-            st.record.scale_state,
-            decisions().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let down = until_steady_on(&t, "L1", Duration::from_secs(30)).await;
     eprintln!("back on L1 {down:?} after the load ended");
     tokio::time::sleep(Duration::from_secs(12)).await;
     let made = decisions().await;

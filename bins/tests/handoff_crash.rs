@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,6 @@ use futures::future::BoxFuture;
 use spg::envfile::EnvFile;
 use spg_core::{DatabaseName, ScaleState};
 use tokio_util::sync::CancellationToken;
-
-const SPG: &str = env!("CARGO_BIN_EXE_spg");
 
 fn db() -> DatabaseName {
     DatabaseName::new(DB).unwrap()
@@ -141,6 +138,19 @@ async fn connect_retrying(dsn: &str, ca: &Path) -> tokio_postgres::Client {
     }
 }
 
+/// For a crash while draining: a session with a transaction in flight (inserting `id`), which
+/// holds the drain open.
+async fn hold_drain(phase: Phase, dsn: &str, ca: &Path, id: i32) -> Option<tokio_postgres::Client> {
+    if phase != Phase::Draining {
+        return None;
+    }
+    let h = connect_retrying(dsn, ca).await;
+    h.batch_execute(&format!("BEGIN; INSERT INTO t VALUES ({id}, 'held')"))
+        .await
+        .unwrap();
+    Some(h)
+}
+
 /// Every acknowledged id is in `t`.
 async fn audit(dsn: &str, ca: &Path, acked: &[i32]) {
     for attempt in 1.. {
@@ -218,19 +228,8 @@ async fn kill_9_of_either_generation_in_each_phase_leaves_one_writer_and_every_c
             let st = t.status().await;
             let from = st.record.generation.0;
             let to_profile = if st.profile == "L1" { "L2" } else { "L1" };
-            // A transaction in flight holds the drain open.
-            let holder = if phase == Phase::Draining {
-                let h = connect_retrying(&t.dsn, &ca).await;
-                holder_id += 1;
-                h.batch_execute(&format!(
-                    "BEGIN; INSERT INTO t VALUES ({holder_id}, 'held')"
-                ))
-                .await
-                .unwrap();
-                Some(h)
-            } else {
-                None
-            };
+            holder_id += 1;
+            let holder = hold_drain(phase, &t.dsn, &ca, holder_id).await;
             let handle = cp.start_handoff(&db(), to_profile).await.unwrap();
             let deadline = Instant::now() + Duration::from_secs(60);
             let standby = loop {
@@ -278,22 +277,8 @@ async fn kill_9_of_either_generation_in_each_phase_leaves_one_writer_and_every_c
     t.shutdown().await;
 }
 
-fn spg_up(data: &Path, gw: u16, api: u16) -> ChildGuard {
-    let child = Command::new(SPG)
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args(["--gateway-listen", &format!("127.0.0.1:{gw}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(["--handoff-drain-timeout", "5s"])
-        .env("SPG_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    ChildGuard {
-        child: Some(child),
-        dir: data.to_path_buf(),
-    }
+fn spg_up_crashable(data: &Path, gw: u16, api: u16) -> ChildGuard {
+    spg_up(data, gw, api, &["--handoff-drain-timeout", "5s"], false)
 }
 
 async fn wait_env(path: &Path) -> EnvFile {
@@ -317,7 +302,7 @@ async fn kill_9_of_the_control_plane_in_each_phase_leaves_one_writer_and_every_c
     let tmp = reachable_tempdir();
     let data = tmp.path().join("spgdata");
     let (gw, api) = (free_port(), free_port());
-    let mut up = spg_up(&data, gw, api);
+    let mut up = spg_up_crashable(&data, gw, api);
     let env = wait_env(&data.join("env")).await;
     let dsn = env.get("SPG_DSN").unwrap().to_string();
     let ca = std::path::PathBuf::from(env.get("SPG_API_CA").unwrap());
@@ -352,18 +337,8 @@ async fn kill_9_of_the_control_plane_in_each_phase_leaves_one_writer_and_every_c
         let what = format!("kill -9 of the control plane in {phase:?}");
         let v = view().await.expect("the API answers");
         let to_profile = if v["profile"] == "L1" { "L2" } else { "L1" };
-        let _holder = if phase == Phase::Draining {
-            let h = connect_retrying(&dsn, &ca).await;
-            holder_id += 1;
-            h.batch_execute(&format!(
-                "BEGIN; INSERT INTO t VALUES ({holder_id}, 'held')"
-            ))
-            .await
-            .unwrap();
-            Some(h)
-        } else {
-            None
-        };
+        holder_id += 1;
+        let _holder = hold_drain(phase, &dsn, &ca, holder_id).await;
         let resp = http
             .post(format!("{url}/handoff"))
             .bearer_auth(&key)
@@ -388,7 +363,7 @@ async fn kill_9_of_the_control_plane_in_each_phase_leaves_one_writer_and_every_c
         child.wait().unwrap();
         // Its computes are orphaned: the next `spg up` must stop them, not the guard.
         up.dir = tmp.path().join("nothing");
-        up = spg_up(&data, gw, api);
+        up = spg_up_crashable(&data, gw, api);
         writer.progress(20, &what).await;
         assert_one_writer(tmp.path(), &what).await;
         let v = view().await.expect("the API answers");

@@ -350,6 +350,30 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `spg up` on `data`, its gateway and API on the given loopback ports, with `extra` flags;
+/// stdout piped when `capture` (else dropped). Killed on drop, with any postgres under `data`.
+pub fn spg_up(data: &Path, gw: u16, api: u16, extra: &[&str], capture: bool) -> ChildGuard {
+    let child = Command::new(env!("CARGO_BIN_EXE_spg"))
+        .args(["up", "--data-dir"])
+        .arg(data)
+        .args(["--gateway-listen", &format!("127.0.0.1:{gw}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(extra)
+        .env("SPG_LOG", "warn")
+        .stdout(if capture {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    ChildGuard {
+        child: Some(child),
+        dir: data.to_path_buf(),
+    }
+}
+
 /// Start a daemon whose first line on stdout says where it listens ("... listening on ...");
 /// killed on drop, with any postgres under `dir`.
 pub fn spawn_daemon(mut cmd: Command, dir: PathBuf) -> ChildGuard {

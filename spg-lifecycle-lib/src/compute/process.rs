@@ -197,31 +197,23 @@ impl PostgresProcess {
     /// Fast shutdown (SIGINT): PostgreSQL disconnects sessions, writes a shutdown checkpoint and
     /// exits. If it has not exited after `timeout`, it is killed. Returns how it exited and
     /// whether it had to be killed.
-    pub async fn stop(mut self, timeout: Duration) -> (ExitInfo, bool) {
-        self.signal(Signal::SIGINT);
-        if let Some(exit) = self.wait_exit(timeout).await {
-            return (exit, false);
-        }
-        tracing::warn!(pid = self.pid, "fast shutdown timed out; killing postgres");
-        self.signal(Signal::SIGKILL);
-        let exit = self
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .unwrap_or(ExitInfo {
-                code: None,
-                signal: Some(Signal::SIGKILL as i32),
-            });
-        (exit, true)
+    pub async fn stop(self, timeout: Duration) -> (ExitInfo, bool) {
+        self.shut_down(Signal::SIGINT, timeout).await
     }
 
     /// Immediate shutdown (SIGQUIT: every process ends at once, no checkpoint), killed if it
     /// has not exited after `timeout`. For a writer whose log is already on the WAL quorum and
     /// whose successor does not read its data directory.
-    pub async fn stop_immediately(mut self, timeout: Duration) -> (ExitInfo, bool) {
-        self.signal(Signal::SIGQUIT);
+    pub async fn stop_immediately(self, timeout: Duration) -> (ExitInfo, bool) {
+        self.shut_down(Signal::SIGQUIT, timeout).await
+    }
+
+    async fn shut_down(mut self, how: Signal, timeout: Duration) -> (ExitInfo, bool) {
+        self.signal(how);
         if let Some(exit) = self.wait_exit(timeout).await {
             return (exit, false);
         }
+        tracing::warn!(pid = self.pid, signal = ?how, "shutdown timed out; killing postgres");
         self.signal(Signal::SIGKILL);
         let exit = self
             .wait_exit(Duration::from_secs(10))
