@@ -296,6 +296,8 @@ impl<'a> Session<'a> {
         pool: Arc<Pool>,
         peer: Option<SocketAddr>,
         id: u64,
+        greeting: BytesMut,
+        leftover: BytesMut,
     ) -> Result<Session<'a>, GatewayError> {
         let settings = startup_settings(startup)?;
         let app = startup.param("application_name").unwrap_or("").to_string();
@@ -339,7 +341,8 @@ impl<'a> Session<'a> {
             }
         };
         pool.add_client(Arc::clone(&info));
-        let mut out = BytesMut::new();
+        // The rest of the authentication, the parameters, the key and ready: one write.
+        let mut out = greeting;
         for (k, v) in params.reported_pairs() {
             msg::parameter_status(&mut out, k, v);
         }
@@ -354,7 +357,12 @@ impl<'a> Session<'a> {
             info,
             cancel,
             client,
-            cin: BytesMut::with_capacity(1024),
+            cin: {
+                // What the client sent past its login, first.
+                let mut cin = leftover;
+                cin.reserve(1024);
+                cin
+            },
             csplit: Splitter::default(),
             cout: BytesMut::new(),
             startup: Arc::clone(&params),

@@ -213,7 +213,7 @@ impl GatewayServer {
                 user = tracing::field::Empty
             );
             let shared = Arc::clone(&self.shared);
-            tasks.spawn(crate::session::serve_connection(shared, tcp).instrument(span));
+            tasks.spawn(crate::session::serve_connection(shared, tcp, peer).instrument(span));
         }
         drop(listener);
         while tasks.try_join_next().is_some() {}

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::password::ClientAuth;
 use crate::pooled::Session;
 use crate::proto::backend as msg;
-use crate::proto::io::{read_message, read_startup_packet};
+use crate::proto::io::PacketReader;
 use crate::proto::startup::{parse_initial_packet, InitialPacket, StartupMessage};
 use crate::proto::{ALPN_POSTGRESQL, MAX_AUTH_MESSAGE, TLS_HANDSHAKE_BYTE};
 use crate::scram::server::{mechanisms, ScramServer};
@@ -33,7 +33,7 @@ use crate::GatewayError;
 
 /// Outcome of negotiation.
 enum Negotiated {
-    Session(ClientStream, StartupMessage),
+    Session(ClientStream, StartupMessage, PacketReader),
     /// Cancel request handled, or the client went away.
     Done,
 }
@@ -41,19 +41,19 @@ enum Negotiated {
 type Failed = (Option<ClientStream>, GatewayError);
 
 /// Serve one connection. Errors are reported to the client (when possible) and logged.
-pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream) {
+pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let peer = tcp.peer_addr().ok();
+    let peer = Some(peer);
     let _conn = shared.connections.enter();
     let setup = tokio::time::timeout(shared.config.auth_timeout, async {
-        let (stream, startup) = match negotiate(&shared, tcp).await {
-            Ok(Negotiated::Session(s, st)) => (s, st),
+        let (stream, startup, mut reader) = match negotiate(&shared, tcp).await {
+            Ok(Negotiated::Session(s, st, r)) => (s, st, r),
             Ok(Negotiated::Done) => return Ok(None),
             Err((stream, e)) => return Err((stream, e, String::new(), String::new())),
         };
         let mut stream = stream;
-        match authenticate(&shared, &mut stream, &startup).await {
-            Ok(auth) => Ok(Some((stream, startup, auth))),
+        match authenticate(&shared, &mut stream, &mut reader, &startup).await {
+            Ok(auth) => Ok(Some((stream, startup, auth, reader.leftover()))),
             Err(e) => {
                 let user = startup.param("user").unwrap_or_default().to_string();
                 let db = startup.database().unwrap_or_default().to_string();
@@ -62,7 +62,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream) {
         }
     })
     .await;
-    let (mut stream, startup, auth) = match setup {
+    let (mut stream, startup, auth, leftover) = match setup {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return,
         Ok(Err((stream, e, user, db))) => {
@@ -79,7 +79,7 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream) {
     let span = tracing::Span::current();
     span.record("db", dbname.as_str());
     span.record("user", user.as_str());
-    if let Err(e) = run_session(&shared, &mut stream, &startup, auth, peer).await {
+    if let Err(e) = run_session(&shared, &mut stream, &startup, auth, leftover, peer).await {
         report(&shared, Some(stream), &e, &user, &dbname).await;
     }
 }
@@ -150,8 +150,9 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Failed
     };
     let mut negotiated_tls = stream.is_tls();
     let mut negotiated_gss = false;
+    let mut reader = PacketReader::default();
     loop {
-        let packet = match read_startup_packet(&mut stream).await {
+        let packet = match reader.startup_packet(&mut stream).await {
             Ok(p) => p,
             Err(e) => return Err((Some(stream), e)),
         };
@@ -168,6 +169,13 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Failed
                     ));
                 }
                 negotiated_tls = true;
+                if !reader.is_empty() {
+                    // Bytes sent before the handshake would pass for bytes sent over TLS.
+                    return Err((
+                        Some(stream),
+                        GatewayError::Protocol("data after SSLRequest".into()),
+                    ));
+                }
                 let ClientStream::Plain(mut tcp) = stream else {
                     unreachable!("negotiated_tls is set for TLS streams")
                 };
@@ -209,7 +217,7 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Failed
                 if !stream.is_tls() && !shared.config.allow_plaintext {
                     return Err((Some(stream), GatewayError::TlsRequired));
                 }
-                return Ok(Negotiated::Session(stream, startup));
+                return Ok(Negotiated::Session(stream, startup, reader));
             }
         }
     }
@@ -224,11 +232,15 @@ pub(crate) struct Authenticated {
     verifier: ScramVerifier,
     /// A login to the admin console.
     admin: bool,
+    /// What the client is still to be sent of the authentication (`AuthenticationOk`, after
+    /// `AuthenticationSASLFinal`).
+    greeting: BytesMut,
 }
 
 async fn authenticate(
     shared: &Shared,
     stream: &mut ClientStream,
+    reader: &mut PacketReader,
     startup: &StartupMessage,
 ) -> Result<Authenticated, GatewayError> {
     let user = startup.user()?.to_string();
@@ -282,16 +294,18 @@ async fn authenticate(
     let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(&user, &shared.mock_secret));
     let client_key = match shared.config.client_auth {
         ClientAuth::Password => {
-            password_exchange(shared, stream, &mut out, &user, &verifier, known).await?
+            password_exchange(shared, stream, reader, &mut out, &user, &verifier, known).await?
         }
-        ClientAuth::Scram => scram_exchange(shared, stream, &mut out, &verifier, known).await?,
+        ClientAuth::Scram => {
+            scram_exchange(shared, stream, reader, &mut out, &verifier, known).await?
+        }
     };
     // An unknown role was checked against a mock verifier, which nothing matches.
     let Some(role) = role else {
         return Err(GatewayError::AuthFailed);
     };
+    // Sent with the session's first messages: one write where there were two.
     msg::auth_ok(&mut out);
-    stream.write_all(&out).await?;
     Ok(Authenticated {
         db,
         role,
@@ -299,6 +313,7 @@ async fn authenticate(
         client_key,
         verifier,
         admin,
+        greeting: out,
     })
 }
 
@@ -307,6 +322,7 @@ async fn authenticate(
 async fn password_exchange(
     shared: &Shared,
     stream: &mut ClientStream,
+    reader: &mut PacketReader,
     out: &mut BytesMut,
     user: &str,
     verifier: &ScramVerifier,
@@ -315,7 +331,7 @@ async fn password_exchange(
     msg::auth_cleartext_password(out);
     stream.write_all(out).await?;
     out.clear();
-    let body = expect_password_message(stream).await?;
+    let body = expect_password_message(stream, reader).await?;
     let password = body
         .strip_suffix(&[0])
         .ok_or_else(|| GatewayError::Protocol("password message without terminator".into()))?;
@@ -337,6 +353,7 @@ async fn password_exchange(
 async fn scram_exchange(
     shared: &Shared,
     stream: &mut ClientStream,
+    reader: &mut PacketReader,
     out: &mut BytesMut,
     verifier: &ScramVerifier,
     known: bool,
@@ -355,14 +372,14 @@ async fn scram_exchange(
     out.clear();
 
     let mut server = ScramServer::new(verifier.clone(), channel_binding);
-    let body = expect_password_message(stream).await?;
+    let body = expect_password_message(stream, reader).await?;
     let (mechanism, data) = msg::parse_sasl_initial_response(&body)?;
     let server_first = server.client_first(mechanism, data)?;
     msg::auth_sasl_continue(out, server_first.as_bytes());
     stream.write_all(out).await?;
     out.clear();
 
-    let body = expect_password_message(stream).await?;
+    let body = expect_password_message(stream, reader).await?;
     let (server_final, client_key) = match server.client_final(&body) {
         Ok(x) if known => x,
         Ok(_) | Err(GatewayError::AuthFailed) => {
@@ -379,8 +396,11 @@ async fn scram_exchange(
 }
 
 /// Read a `PasswordMessage`, `SASLInitialResponse` or `SASLResponse` (all `p`).
-async fn expect_password_message(stream: &mut ClientStream) -> Result<Vec<u8>, GatewayError> {
-    let (tag, body) = read_message(stream, MAX_AUTH_MESSAGE).await?;
+async fn expect_password_message(
+    stream: &mut ClientStream,
+    reader: &mut PacketReader,
+) -> Result<Vec<u8>, GatewayError> {
+    let (tag, body) = reader.message(stream, MAX_AUTH_MESSAGE).await?;
     if tag != b'p' {
         return Err(GatewayError::Protocol(format!(
             "expected an authentication response, got message type {}",
@@ -395,10 +415,17 @@ async fn run_session(
     stream: &mut ClientStream,
     startup: &StartupMessage,
     auth: Authenticated,
+    leftover: BytesMut,
     peer: Option<SocketAddr>,
 ) -> Result<(), GatewayError> {
     if auth.admin {
         info!(user = %auth.role_text, "admin console session");
+        if !leftover.is_empty() {
+            return Err(GatewayError::Protocol(
+                "messages sent before the session was ready".into(),
+            ));
+        }
+        stream.write_all(&auth.greeting).await?;
         return crate::admin::serve(&shared.pools, stream, &auth.role_text).await;
     }
     let _session = shared.sessions.enter(&auth.db);
@@ -406,7 +433,17 @@ async fn run_session(
     pool.set_credentials(auth.client_key, auth.verifier);
     let id = shared.client_ids.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let session = Session::login(shared, stream, startup, pool, peer, id).await?;
+    let session = Session::login(
+        shared,
+        stream,
+        startup,
+        pool,
+        peer,
+        id,
+        auth.greeting,
+        leftover,
+    )
+    .await?;
     debug!(ms = started.elapsed().as_millis() as u64, "session ready");
     shared.metrics.active_sessions.inc();
     let ended = session.run().await;

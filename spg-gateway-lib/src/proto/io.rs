@@ -89,3 +89,168 @@ mod tests {
         assert!(read_startup_packet(&mut huge).await.is_err());
     }
 }
+
+/// Reads the packets of a client's login through a buffer: one `recv` usually brings a whole
+/// packet, where reading its header and its body exactly took two (and a third that found the
+/// socket empty). What the client sent past a packet stays buffered ([`PacketReader::leftover`]).
+#[derive(Debug, Default)]
+pub struct PacketReader {
+    buf: bytes::BytesMut,
+}
+
+/// Least room offered to one `recv`.
+const READ_CHUNK: usize = 512;
+
+impl PacketReader {
+    /// A first packet (length-prefixed, no type byte), bounded by `MAX_STARTUP_PACKET`; the
+    /// whole packet including its length.
+    pub async fn startup_packet<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Vec<u8>, GatewayError> {
+        const WHAT: &str = "the startup packet";
+        self.fill(r, 4, WHAT).await?;
+        let n = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if !(8..=MAX_STARTUP_PACKET).contains(&n) {
+            return Err(GatewayError::Protocol(format!(
+                "invalid length of startup packet ({n} bytes)"
+            )));
+        }
+        self.fill(r, n, WHAT).await?;
+        Ok(self.buf.split_to(n).to_vec())
+    }
+
+    /// One typed message (`tag`, `int32` length, body) whose body is at most `max_body` bytes.
+    pub async fn message<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        max_body: usize,
+    ) -> Result<(u8, Vec<u8>), GatewayError> {
+        const WHAT: &str = "a message";
+        self.fill(r, 5, WHAT).await?;
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len < 4 {
+            return Err(GatewayError::Protocol(format!(
+                "invalid message length {len}"
+            )));
+        }
+        if len - 4 > max_body {
+            return Err(GatewayError::MessageTooLarge {
+                len: len - 4,
+                max: max_body,
+            });
+        }
+        self.fill(r, 1 + len, WHAT).await?;
+        let m = self.buf.split_to(1 + len);
+        Ok((m[0], m[5..].to_vec()))
+    }
+
+    /// Whether nothing is buffered (a client may not send anything past an `SSLRequest`
+    /// before the TLS handshake: bytes there would be taken as sent over TLS).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// What the client sent past the packets read.
+    pub fn leftover(self) -> bytes::BytesMut {
+        self.buf
+    }
+
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        want: usize,
+        what: &'static str,
+    ) -> Result<(), GatewayError> {
+        while self.buf.len() < want {
+            self.buf.reserve((want - self.buf.len()).max(READ_CHUNK));
+            let n = r
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| eof_as_truncated(e, what))?;
+            if n == 0 {
+                return Err(GatewayError::Truncated(what));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod packet_reader_tests {
+    use super::*;
+
+    /// Yields its bytes a few at a time, as a slow client does.
+    struct Dribble(Vec<u8>, usize);
+
+    impl AsyncRead for Dribble {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let at = self.1;
+            let n = 3.min(self.0.len() - at).min(buf.remaining());
+            buf.put_slice(&self.0[at..at + n]);
+            self.1 += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn startup() -> Vec<u8> {
+        let body = b"\x00\x03\x00\x00user\x00u\x00\x00";
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(body);
+        p
+    }
+
+    #[tokio::test]
+    async fn packets_split_anyhow_come_out_whole_and_the_rest_stays() {
+        let mut bytes = startup();
+        bytes.extend_from_slice(b"p\x00\x00\x00\x08abcd");
+        bytes.extend_from_slice(b"Q\x00\x00\x00\x05x");
+        for mut r in [
+            Box::new(Dribble(bytes.clone(), 0)) as Box<dyn AsyncRead + Unpin>,
+            Box::new(&bytes[..]),
+        ] {
+            let mut pr = PacketReader::default();
+            assert_eq!(pr.startup_packet(&mut r).await.unwrap(), startup());
+            assert_eq!(
+                pr.message(&mut r, 100).await.unwrap(),
+                (b'p', b"abcd".to_vec())
+            );
+            // The reader may have taken more than it handed out: it is kept.
+            let (tag, body) = pr.message(&mut r, 100).await.unwrap();
+            assert_eq!((tag, body.len()), (b'Q', 1));
+            assert!(pr.leftover().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn short_bad_and_oversized_packets_are_clear_errors() {
+        let mut pr = PacketReader::default();
+        let cut = &startup()[..6];
+        assert!(matches!(
+            pr.startup_packet(&mut &cut[..]).await,
+            Err(GatewayError::Truncated(_))
+        ));
+        let mut pr = PacketReader::default();
+        let tiny = [0u8, 0, 0, 4];
+        assert!(matches!(
+            pr.startup_packet(&mut &tiny[..]).await,
+            Err(GatewayError::Protocol(_))
+        ));
+        let mut pr = PacketReader::default();
+        let big = b"p\x00\x01\x00\x00";
+        assert!(matches!(
+            pr.message(&mut &big[..], 100).await,
+            Err(GatewayError::MessageTooLarge { .. })
+        ));
+        let mut pr = PacketReader::default();
+        let short_len = b"p\x00\x00\x00\x02";
+        assert!(matches!(
+            pr.message(&mut &short_len[..], 100).await,
+            Err(GatewayError::Protocol(_))
+        ));
+    }
+}
