@@ -168,6 +168,20 @@ async fn assert_balanced(c: &tokio_postgres::Client, processed: i64) {
     );
 }
 
+/// Handoff number `i`, to `profile`, run to its end.
+async fn hand_off(
+    cp: &spg_lifecycle_lib::ControlPlane,
+    profile: &str,
+    i: usize,
+) -> spg_core::HandoffReport {
+    cp.start_handoff(&db(), profile)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap_or_else(|e| panic!("handoff {i} to {profile}: {e}"))
+}
+
 /// Under pgbench (16 clients, transaction pooling) moving money between accounts, ten handoffs
 /// L1 → L2 → L1 … complete; pgbench sees no error, and the books balance: every transfer it
 /// counted is in the ledger and the total is unchanged.
@@ -184,13 +198,7 @@ async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
     let started = Instant::now();
     for i in 0..10 {
         let profile = if i % 2 == 0 { "L2" } else { "L1" };
-        let report = cp
-            .start_handoff(&db(), profile)
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap_or_else(|e| panic!("handoff {i} to {profile}: {e}"));
+        let report = hand_off(&cp, profile, i).await;
         eprintln!(
             "handoff {i} to {profile}: {} -> {}, {:?}",
             report.from, report.to, report.timings_ms
@@ -472,13 +480,7 @@ async fn a_handoff_freezes_drains_and_switches_every_gateway() {
     let other = transfers_via(&t, port2, "disable", 8, 30);
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (i, profile) in ["L2", "L1", "L2", "L1"].into_iter().enumerate() {
-        let report = cp
-            .start_handoff(&db(), profile)
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap_or_else(|e| panic!("handoff {i} to {profile}: {e}"));
+        let report = hand_off(&cp, profile, i).await;
         eprintln!("handoff {i} to {profile}: {:?}", report.timings_ms);
         for (name, g) in [
             ("first", t.p().gateway.clone().unwrap()),

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::future::BoxFuture;
 use spg::envfile::EnvFile;
 use spg_core::{DatabaseName, ScaleState};
 use tokio_util::sync::CancellationToken;
@@ -51,22 +50,25 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(
-        connect: impl Fn() -> BoxFuture<'static, Result<tokio_postgres::Client, tokio_postgres::Error>>
-            + Send
-            + Sync
-            + 'static,
-        first_id: i32,
-    ) -> Writer {
+    /// Create table `t` through `dsn` and start writing into it; returns once 20 commits were
+    /// acknowledged.
+    async fn start(dsn: &str, ca: &Path) -> Writer {
+        let setup = connect_retrying(dsn, ca).await;
+        setup
+            .batch_execute("CREATE TABLE t (id int PRIMARY KEY, payload text NOT NULL)")
+            .await
+            .unwrap();
+        drop(setup);
+        let (dsn, ca) = (dsn.to_owned(), ca.to_owned());
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let acked = Arc::clone(&acked);
             let stop = stop.clone();
             async move {
-                let mut next = first_id;
+                let mut next = 0;
                 'connect: while !stop.is_cancelled() {
-                    let Ok(client) = connect().await else {
+                    let Ok(client) = connect_dsn(dsn.clone(), ca.clone()).await else {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
@@ -83,7 +85,9 @@ impl Writer {
                 }
             }
         });
-        Writer { acked, stop, task }
+        let writer = Writer { acked, stop, task };
+        writer.progress(20, "the start").await;
+        writer
     }
 
     fn acked(&self) -> usize {
@@ -196,20 +200,7 @@ async fn kill_9_of_either_generation_in_each_phase_leaves_one_writer_and_every_c
     })
     .await;
     let ca = t.ca_file();
-    let setup = connect_retrying(&t.dsn, &ca).await;
-    setup
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, payload text NOT NULL)")
-        .await
-        .unwrap();
-    drop(setup);
-    let writer = Writer::start(
-        {
-            let (dsn, ca) = (t.dsn.clone(), ca.clone());
-            move || Box::pin(connect_dsn(dsn.clone(), ca.clone()))
-        },
-        0,
-    );
-    writer.progress(20, "the start").await;
+    let writer = Writer::start(&t.dsn, &ca).await;
     let cp = t.p().control_plane.clone();
     let mut holder_id = 1_000_000;
     // SPG_CRASH_CASE=Switching/standby,... runs those cases only (when looking into one).
@@ -318,20 +309,7 @@ async fn kill_9_of_the_control_plane_in_each_phase_leaves_one_writer_and_every_c
         let r = http.get(&url).bearer_auth(&key).send().await.ok()?;
         r.json::<serde_json::Value>().await.ok()
     };
-    let setup = connect_retrying(&dsn, &ca).await;
-    setup
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, payload text NOT NULL)")
-        .await
-        .unwrap();
-    drop(setup);
-    let writer = Writer::start(
-        {
-            let (dsn, ca) = (dsn.clone(), ca.clone());
-            move || Box::pin(connect_dsn(dsn.clone(), ca.clone()))
-        },
-        0,
-    );
-    writer.progress(20, "the start").await;
+    let writer = Writer::start(&dsn, &ca).await;
     let mut holder_id = 1_000_000;
     for phase in Phase::ALL {
         let what = format!("kill -9 of the control plane in {phase:?}");

@@ -13,6 +13,34 @@ fn eof_as_truncated(e: std::io::Error, what: &'static str) -> GatewayError {
     }
 }
 
+/// Whether the length a first packet declares (its own four bytes included) is acceptable.
+fn check_startup_len(n: usize) -> Result<(), GatewayError> {
+    if (8..=MAX_STARTUP_PACKET).contains(&n) {
+        Ok(())
+    } else {
+        Err(GatewayError::Protocol(format!(
+            "invalid length of startup packet ({n} bytes)"
+        )))
+    }
+}
+
+/// Whether the length a typed message declares (its own four bytes included) is acceptable for
+/// a body of at most `max_body` bytes.
+fn check_message_len(len: usize, max_body: usize) -> Result<(), GatewayError> {
+    if len < 4 {
+        return Err(GatewayError::Protocol(format!(
+            "invalid message length {len}"
+        )));
+    }
+    if len - 4 > max_body {
+        return Err(GatewayError::MessageTooLarge {
+            len: len - 4,
+            max: max_body,
+        });
+    }
+    Ok(())
+}
+
 /// Read a first packet (length-prefixed, no type byte), bounded by `MAX_STARTUP_PACKET`.
 /// Returns the whole packet including its length.
 pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, GatewayError> {
@@ -21,11 +49,7 @@ pub async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<
         .await
         .map_err(|e| eof_as_truncated(e, "the startup packet"))?;
     let n = u32::from_be_bytes(len) as usize;
-    if !(8..=MAX_STARTUP_PACKET).contains(&n) {
-        return Err(GatewayError::Protocol(format!(
-            "invalid length of startup packet ({n} bytes)"
-        )));
-    }
+    check_startup_len(n)?;
     let mut packet = vec![0u8; n];
     packet[..4].copy_from_slice(&len);
     r.read_exact(&mut packet[4..])
@@ -44,17 +68,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| eof_as_truncated(e, "a message"))?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len < 4 {
-        return Err(GatewayError::Protocol(format!(
-            "invalid message length {len}"
-        )));
-    }
-    if len - 4 > max_body {
-        return Err(GatewayError::MessageTooLarge {
-            len: len - 4,
-            max: max_body,
-        });
-    }
+    check_message_len(len, max_body)?;
     let mut body = vec![0u8; len - 4];
     r.read_exact(&mut body)
         .await
@@ -111,11 +125,7 @@ impl PacketReader {
         const WHAT: &str = "the startup packet";
         self.fill(r, 4, WHAT).await?;
         let n = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if !(8..=MAX_STARTUP_PACKET).contains(&n) {
-            return Err(GatewayError::Protocol(format!(
-                "invalid length of startup packet ({n} bytes)"
-            )));
-        }
+        check_startup_len(n)?;
         self.fill(r, n, WHAT).await?;
         Ok(self.buf.split_to(n).to_vec())
     }
@@ -129,17 +139,7 @@ impl PacketReader {
         const WHAT: &str = "a message";
         self.fill(r, 5, WHAT).await?;
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len < 4 {
-            return Err(GatewayError::Protocol(format!(
-                "invalid message length {len}"
-            )));
-        }
-        if len - 4 > max_body {
-            return Err(GatewayError::MessageTooLarge {
-                len: len - 4,
-                max: max_body,
-            });
-        }
+        check_message_len(len, max_body)?;
         self.fill(r, 1 + len, WHAT).await?;
         let m = self.buf.split_to(1 + len);
         Ok((m[0], m[5..].to_vec()))

@@ -303,13 +303,9 @@ impl StandbyCompute {
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .map_or(Lsn(0), |e| e.flush_lsn);
-            let row = client
-                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            let at = replay_position(&client)
                 .await
-                .map_err(|e| fail(format!("replay position: {e}")))?;
-            let at: Lsn = row
-                .get::<_, Option<String>>(0)
-                .and_then(|t| t.parse().ok())
+                .map_err(fail)?
                 .unwrap_or(Lsn(0));
             let behind = end.0.saturating_sub(at.0);
             if behind <= CAUGHT_UP_BYTES || tokio::time::Instant::now() >= deadline {
@@ -335,11 +331,7 @@ impl StandbyCompute {
             return None;
         }
         let client = admin_client(&self.socket_dir, self.port).await.ok()?;
-        let row = client
-            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-            .await
-            .ok()?;
-        row.get::<_, Option<String>>(0)?.parse().ok()
+        replay_position(&client).await.ok().flatten()
     }
 
     /// Timings of the preparation (`observe`, `checkout`, `configure`, `start`, `total`).
@@ -466,11 +458,7 @@ impl StandbyCompute {
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
         let mut last: Option<(Option<Lsn>, tokio::time::Instant)> = None;
         loop {
-            let row = client
-                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                .await
-                .map_err(|e| format!("replay position: {e}"))?;
-            let at: Option<Lsn> = row.get::<_, Option<String>>(0).and_then(|t| t.parse().ok());
+            let at = replay_position(&client).await?;
             if at.is_some_and(|at| at >= end) {
                 return Ok(());
             }
@@ -568,6 +556,15 @@ impl StandbyCompute {
             let _ = std::fs::remove_file(self.run_dir.join(PID_RECORD));
         }
     }
+}
+
+/// How far a standby has replayed (`None` before it replayed anything).
+async fn replay_position(client: &tokio_postgres::Client) -> Result<Option<Lsn>, String> {
+    let row = client
+        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+        .await
+        .map_err(|e| format!("replay position: {e}"))?;
+    Ok(row.get::<_, Option<String>>(0).and_then(|t| t.parse().ok()))
 }
 
 /// The promoted timeline must branch off exactly where the elected log ends: PostgreSQL writes

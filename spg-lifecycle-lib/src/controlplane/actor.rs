@@ -59,7 +59,6 @@ pub(crate) enum Command {
     Load {
         reply: Reply<WriterLoad>,
     },
-
     HandoffPhase {
         state: ScaleState,
         reason: String,
@@ -472,7 +471,6 @@ impl DbActor {
             .next()
     }
 
-    /// Start a handoff to `profile`: the writer must run and no other handoff be in progress.
     /// The writer's load, when it runs steadily (no handoff under way).
     async fn writer_load(&self) -> Result<WriterLoad, LifecycleError> {
         let compute = match &self.compute {
@@ -495,6 +493,7 @@ impl DbActor {
         })
     }
 
+    /// Start a handoff to `profile`: the writer must run and no other handoff be in progress.
     async fn handoff_begin(
         &mut self,
         profile: ScaleProfile,
@@ -586,25 +585,26 @@ impl DbActor {
         let stopping = match old.flush_for_handoff().await {
             Ok(()) => {
                 timer.step("flush_writer");
-                tokio::spawn(old.stop_for_handoff())
+                Ok(tokio::spawn(old.stop_for_handoff()))
             }
             Err(e) => {
                 warn!(error = %e, "the writer did not flush for the handoff; stopping it first");
                 let report = old.stop_for_handoff().await;
                 timer.step("stop_writer");
-                tokio::spawn(async move { report })
+                Err(report)
             }
         };
         let promoted = standby.promote().await;
         timer.step("promote");
-        let report = stopping
-            .await
-            .unwrap_or_else(|e| crate::compute::StopReport {
+        let report = match stopping {
+            Ok(task) => task.await.unwrap_or_else(|e| crate::compute::StopReport {
                 timings: StepTimings::default(),
                 clean: false,
                 image: None,
                 error: Some(format!("stop task failed: {e}")),
-            });
+            }),
+            Err(report) => report,
+        };
         if let Some(e) = &report.error {
             warn!(error = %e, "the writer did not stop cleanly for the handoff");
         }

@@ -62,16 +62,6 @@ impl ControlPlane {
         }
     }
 
-    fn names(&self) -> Vec<DatabaseName> {
-        self.shared
-            .actors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
-
     fn rung(&self, name: &str) -> Option<Rung> {
         self.shared.config.profile_named(name).map(|p| Rung {
             name: p.name.clone(),

@@ -340,6 +340,17 @@ impl ControlPlane {
         })
     }
 
+    /// The names of all databases, in no order.
+    fn names(&self) -> Vec<DatabaseName> {
+        self.shared
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether a database exists.
     pub fn exists(&self, name: &DatabaseName) -> bool {
         self.actor(name).is_ok()
@@ -347,14 +358,7 @@ impl ControlPlane {
 
     /// All databases, by name.
     pub async fn databases(&self) -> Result<Vec<DatabaseStatus>, LifecycleError> {
-        let mut names: Vec<DatabaseName> = self
-            .shared
-            .actors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let mut names = self.names();
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for n in names {
