@@ -1,8 +1,12 @@
 //! Pooling benchmark: `pgbench -S` through the SPG gateway (transaction pooling), through
 //! PgBouncer (Debian package, transaction pooling, same pool size) and directly against the same
 //! PostgreSQL, with 32, 128 and 512 clients, each with and without `-C` (a new connection per
-//! transaction). Prints TPS and p50/p99 latency (from pgbench's per-transaction logs), the
-//! pooler's CPU use (share of a core, and per transaction), and the Gateway/PgBouncer and Gateway/direct ratios.
+//! transaction). Rounds alternate between the targets, so a drift in the machine's speed falls
+//! on all of them alike. Prints TPS and p50/p99 latency (from pgbench's per-transaction logs,
+//! the median round), then per transaction: the pooler's CPU (and its share of a core), the
+//! whole machine's CPU, pgbench's CPU, context switches and TCP segments sent (these include
+//! the run's logins); and the Gateway/PgBouncer and Gateway/direct ratios, as the median and
+//! range of the round-by-round ratios.
 //!
 //! `-C` authenticates once per transaction, so it runs under both methods all three targets
 //! offer, each against the same SCRAM verifier: SCRAM-SHA-256, where libpq derives the key with
@@ -20,10 +24,15 @@
 //! `32,128,512`), `SPG_BENCH_POOL_SIZE` (default 20), `SPG_BENCH_SCALE` (pgbench scale, default
 //! 10), `SPG_BENCH_IDLE` (idle clients, default 10000), `SPG_BENCH_TARGETS` (comma-separated
 //! subset of `direct,pgbouncer,gateway,password`), `SPG_BENCH_GATEWAY_THREADS` (tokio workers of
-//! the gateway, default 2), `SPG_BENCH_MODES` (subset of `plain,scram,password`: without `-C`,
-//! `-C` under each method), `SPG_BENCH_KEEP=1` keeps the directory.
+//! the gateway, default 2; 1 is a current-thread runtime; a list such as `2,1` adds a gateway
+//! per further entry, measured in the same rounds), `SPG_BENCH_MODES` (subset of
+//! `plain,scram,password`: without `-C`, `-C` under each method), `SPG_BENCH_KEEP=1` keeps the
+//! directory.
 //!
-//! Clients use plaintext TCP on loopback (SCRAM on 127.0.0.1, `password` on 127.0.0.2); each
+//! Clients use plaintext TCP on loopback, except for the `password` method against PostgreSQL
+//! and PgBouncer: both tell methods apart by the client's address, and a client of 127.0.0.2
+//! still comes from 127.0.0.1, so those runs use their Unix sockets (`local ... password`: a
+//! cheaper transport than the gateway's TCP). Each
 //! gateway runs in its own process (this program, re-executed).
 
 use std::path::{Path, PathBuf};
@@ -41,6 +50,11 @@ use spg_gateway_lib::{
 use spg_lifecycle_lib::os_user::RunAs;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// mimalloc: a connection's buffers, task and session state come and go with it; glibc's
+/// allocator spent several percent of the gateway's CPU on them under connection churn.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROLE: &str = "bench";
 const PASSWORD: &str = "bench-Pa55";
@@ -160,9 +174,6 @@ fn gateway_child() {
 
 // ---- setup ----------------------------------------------------------------------------------
 
-/// Loopback address on which PostgreSQL and PgBouncer use the `password` method.
-const PASSWORD_HOST: &str = "127.0.0.2";
-
 /// A benchmark target: name, host, port, pooler process (for its CPU use).
 type Target = (&'static str, &'static str, u16, Option<u32>);
 
@@ -173,6 +184,7 @@ fn spawn_gateway(
     verifier: &ScramVerifier,
     pool_size: usize,
     client_auth: &str,
+    threads: usize,
 ) -> (u16, u32) {
     let mut gw = Command::new(std::env::current_exe().unwrap());
     gw.env("SPG_BENCH_POOL_CHILD", "1")
@@ -180,6 +192,7 @@ fn spawn_gateway(
         .env("SPG_BENCH_VERIFIER", verifier.to_postgres_string())
         .env("SPG_BENCH_POOL_SIZE", pool_size.to_string())
         .env("SPG_BENCH_CLIENT_AUTH", client_auth)
+        .env("SPG_BENCH_GATEWAY_THREADS", threads.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -255,10 +268,125 @@ fn rss_mb(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU and context switches over a run: the pooler's, and the whole machine's (pgbench,
+/// PostgreSQL and the pooler share it, so a pooler that costs the others work shows here).
+#[derive(Default)]
+struct Usage {
+    wall: f64,
+    pooler_cpu: f64,
+    machine_cpu: f64,
+    /// pgbench's own CPU (the client side's share of the machine).
+    client_cpu: f64,
+    switches: f64,
+    /// TCP segments sent on the machine (queries, replies and pure ACKs, every hop).
+    segments: f64,
+}
+
+/// A snapshot of the counters [`Usage`] is the difference of.
+struct Counters {
+    at: Instant,
+    pooler_cpu: f64,
+    machine_cpu: f64,
+    client_cpu: f64,
+    switches: f64,
+    segments: f64,
+}
+
+/// TCP segments the machine sent so far (`OutSegs` of `/proc/net/snmp`).
+fn tcp_out_segments() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0.0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// CPU time of this process's waited-for children (pgbench runs), in seconds.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid selector.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+impl Usage {
+    fn now(pooler: Option<u32>) -> Counters {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        // Busy time: every field of the `cpu` line but idle and iowait.
+        let busy: f64 = stat
+            .lines()
+            .next()
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .enumerate()
+                    .filter(|(i, _)| *i != 3 && *i != 4)
+                    .filter_map(|(_, v)| v.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0);
+        let switches = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("ctxt "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        Counters {
+            at: Instant::now(),
+            pooler_cpu: pooler.map(cpu_seconds).unwrap_or(0.0),
+            machine_cpu: busy / hz.max(1.0),
+            client_cpu: children_cpu(),
+            switches,
+            segments: tcp_out_segments(),
+        }
+    }
+
+    fn plus(&self, o: &Usage) -> Usage {
+        Usage {
+            wall: self.wall + o.wall,
+            pooler_cpu: self.pooler_cpu + o.pooler_cpu,
+            machine_cpu: self.machine_cpu + o.machine_cpu,
+            client_cpu: self.client_cpu + o.client_cpu,
+            switches: self.switches + o.switches,
+            segments: self.segments + o.segments,
+        }
+    }
+}
+
+impl Counters {
+    fn since(&self, before: &Counters) -> Usage {
+        Usage {
+            wall: self.at.duration_since(before.at).as_secs_f64(),
+            pooler_cpu: self.pooler_cpu - before.pooler_cpu,
+            machine_cpu: self.machine_cpu - before.machine_cpu,
+            client_cpu: self.client_cpu - before.client_cpu,
+            switches: self.switches - before.switches,
+            segments: self.segments - before.segments,
+        }
+    }
+}
+
+/// One pgbench run and what it used.
+struct Measured {
+    run: RunResult,
+    used: Usage,
+}
+
 // ---- pgbench --------------------------------------------------------------------------------
 
 struct RunResult {
     tps: f64,
+    /// Transactions pgbench completed.
+    txns: f64,
     p50_ms: f64,
     p99_ms: f64,
     failed: bool,
@@ -292,6 +420,12 @@ fn pgbench(
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let txns = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let tps = stdout
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))
@@ -329,6 +463,7 @@ fn pgbench(
     }
     RunResult {
         tps,
+        txns,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         failed,
@@ -473,6 +608,32 @@ async fn open_idle(port: u16, n: usize, verifier: &ScramVerifier) -> Vec<tokio::
     out
 }
 
+/// Print each gateway's ratios to PgBouncer and to direct PostgreSQL, from runs made back to
+/// back (round by round): their median, and the range.
+fn print_ratios(label: &str, row: &[(&str, Vec<f64>)]) {
+    let ratio = |of: &str, to: &str| -> Option<String> {
+        let a = &row.iter().find(|(n, _)| *n == of)?.1;
+        let b = &row.iter().find(|(n, _)| *n == to)?.1;
+        let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect();
+        r.sort_by(f64::total_cmp);
+        Some(format!(
+            "{of}/{to} {:.2}x ({:.2}-{:.2})",
+            r.get(r.len() / 2)?,
+            r.first()?,
+            r.last()?
+        ))
+    };
+    let parts: Vec<String> = row
+        .iter()
+        .filter(|(n, _)| n.starts_with("gateway"))
+        .flat_map(|(g, _)| ["pgbouncer", "direct"].map(|b| ratio(g, b)))
+        .flatten()
+        .collect();
+    if !parts.is_empty() {
+        println!("{label}: {}", parts.join(", "));
+    }
+}
+
 fn raise_fd_limit() {
     let mut l = libc::rlimit {
         rlim_cur: 0,
@@ -534,22 +695,18 @@ fn main() {
         .env("LC_ALL", "C");
     as_user(&mut initdb, &run_as);
     run_ok(&mut initdb, "initdb");
-    // Connections to 127.0.0.2 use the `password` method (against the same SCRAM verifier):
-    // the -C runs compare every target under both methods.
+    // Connections over the Unix socket use the `password` method for the benchmark's role
+    // (against the same SCRAM verifier): the -C runs compare every target under both methods.
     let hba = data.join("pg_hba.conf");
     let rules = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!("host all all {PASSWORD_HOST}/32 password\n{rules}"),
-    )
-    .unwrap();
+    std::fs::write(&hba, format!("local all {ROLE} password\n{rules}")).unwrap();
     let pg_port = free_port();
     let pg_log = dir.join("postgres.log");
     let mut pg = Command::new(bins.exe("postgres"));
     pg.arg("-D")
         .arg(&data)
         .args(["-p", &pg_port.to_string()])
-        .args(["-c", "listen_addresses=127.0.0.1,127.0.0.2"])
+        .args(["-c", "listen_addresses=127.0.0.1"])
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
         .args(["-c", "max_connections=600", "-c", "shared_buffers=256MB"])
@@ -588,9 +745,36 @@ fn main() {
     run_ok(&mut init, "pgbench -i");
 
     // The gateway, in its own process; a second one asks clients for the `password` method.
-    let (gw_port, gw_pid) = spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "scram");
-    let (gw_pw_port, gw_pw_pid) =
-        spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "password");
+    // `SPG_BENCH_GATEWAY_THREADS` may list several runtimes (`2,1`): the first is `gateway`,
+    // the others `gateway-<n>t`, all measured in the same rounds.
+    let thread_counts: Vec<usize> = std::env::var("SPG_BENCH_GATEWAY_THREADS")
+        .unwrap_or_else(|_| "2".into())
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+    let first_threads = thread_counts.first().copied().unwrap_or(2);
+    let (gw_port, gw_pid) = spawn_gateway(
+        &mut procs,
+        pg_port,
+        &verifier,
+        pool_size,
+        "scram",
+        first_threads,
+    );
+    let mut more_gateways: Vec<Target> = Vec::new();
+    for &t in thread_counts.iter().skip(1) {
+        let (port, pid) = spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "scram", t);
+        let name: &'static str = Box::leak(format!("gateway-{t}t").into_boxed_str());
+        more_gateways.push((name, "127.0.0.1", port, Some(pid)));
+    }
+    let (gw_pw_port, gw_pw_pid) = spawn_gateway(
+        &mut procs,
+        pg_port,
+        &verifier,
+        pool_size,
+        "password",
+        first_threads,
+    );
 
     // PgBouncer, transaction pooling, the same pool size.
     let pgb_port = free_port();
@@ -606,11 +790,12 @@ fn main() {
         &ini,
         format!(
             "[databases]\n{DB} = host=127.0.0.1 port={pg_port} dbname={DB}\n\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1,{PASSWORD_HOST}\nlisten_port = {pgb_port}\n\
-             unix_socket_dir =\nauth_type = hba\nauth_hba_file = {}\nauth_file = {}\n\
+             listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\n\
+             unix_socket_dir = {}\nauth_type = hba\nauth_hba_file = {}\nauth_file = {}\n\
              pool_mode = transaction\n\
              default_pool_size = {pool_size}\nmax_client_conn = 20000\nmax_db_connections = 0\n\
              logfile = {}\npidfile =\nlog_connections = 0\nlog_disconnections = 0\n",
+            dir.display(),
             dir.join("pgbouncer_hba.conf").display(),
             dir.join("userlist.txt").display(),
             dir.join("pgbouncer.log").display()
@@ -619,9 +804,7 @@ fn main() {
     .unwrap();
     std::fs::write(
         dir.join("pgbouncer_hba.conf"),
-        format!(
-            "host all all {PASSWORD_HOST}/32 password\nhost all all 127.0.0.1/32 scram-sha-256\n"
-        ),
+        "local all all password\nhost all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
     run_as.chown_tree(&dir).unwrap();
@@ -650,13 +833,15 @@ fn main() {
         ("gateway", "127.0.0.1", gw_port, Some(gw_pid)),
     ]
     .into_iter()
-    .filter(|t| chosen(t.0))
+    .chain(more_gateways)
+    .filter(|t| chosen(t.0) || (t.0.starts_with("gateway-") && chosen("gateway")))
     .collect();
     // The same three with the `password` method (only -C differs: it authenticates per
     // transaction).
+    let socket_dir: &'static str = Box::leak(dir.display().to_string().into_boxed_str());
     let password_targets: Vec<Target> = [
-        ("direct", PASSWORD_HOST, pg_port, None),
-        ("pgbouncer", PASSWORD_HOST, pgb_port, Some(pgb_pid)),
+        ("direct", socket_dir, pg_port, None),
+        ("pgbouncer", socket_dir, pgb_port, Some(pgb_pid)),
         ("gateway", "127.0.0.1", gw_pw_port, Some(gw_pw_pid)),
     ]
     .into_iter()
@@ -676,8 +861,18 @@ fn main() {
         );
     }
     println!(
-        "{:<12} {:>7} {:<10} {:>11} {:>9} {:>9} {:>17}",
-        "mode", "clients", "target", "tps", "p50 ms", "p99 ms", "pooler cpu, /txn"
+        "{:<12} {:>7} {:<11} {:>10} {:>8} {:>8} {:>17} {:>10} {:>10} {:>6} {:>6}",
+        "mode",
+        "clients",
+        "target",
+        "tps",
+        "p50 ms",
+        "p99 ms",
+        "pooler cpu, /txn",
+        "machine us",
+        "pgbench us",
+        "cs/txn",
+        "segs"
     );
     let mut summary = Vec::new();
     let modes = [
@@ -697,65 +892,70 @@ fn main() {
             continue;
         }
         for &clients in &client_counts {
+            // Rounds alternate between the targets, so a drift in the machine's speed (it is
+            // a shared VM) falls on all of them alike.
+            let mut runs: Vec<Vec<Measured>> = targets.iter().map(|_| Vec::new()).collect();
+            for i in 0..rounds {
+                for (t, &(name, host, port, pooler)) in targets.iter().enumerate() {
+                    let before = Usage::now(pooler);
+                    let r = pgbench(
+                        &bins,
+                        &dir,
+                        &format!("{name}-{clients}-{reconnect}-{i}"),
+                        host,
+                        port,
+                        clients,
+                        seconds,
+                        reconnect,
+                    );
+                    let used = Usage::now(pooler).since(&before);
+                    runs[t].push(Measured { run: r, used });
+                }
+            }
             let mut row = Vec::new();
-            for &(name, host, port, pooler) in targets.iter() {
-                let cpu0 = pooler.map(cpu_seconds).unwrap_or(0.0);
-                let t0 = Instant::now();
-                let mut runs: Vec<RunResult> = (0..rounds)
-                    .map(|i| {
-                        pgbench(
-                            &bins,
-                            &dir,
-                            &format!("{name}-{clients}-{reconnect}-{i}"),
-                            host,
-                            port,
-                            clients,
-                            seconds,
-                            reconnect,
-                        )
-                    })
-                    .collect();
-                let txns: f64 = runs.iter().map(|r| r.tps * seconds as f64).sum();
-                runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
-                let r = runs.swap_remove(runs.len() / 2);
-                // The pooler's CPU: share of one core over the runs, and per transaction.
-                let cpu = pooler
-                    .map(|p| {
-                        let used = cpu_seconds(p) - cpu0;
-                        format!(
-                            "{:.0}% {:.1} us",
-                            100.0 * used / t0.elapsed().as_secs_f64(),
-                            1e6 * used / txns.max(1.0)
-                        )
-                    })
-                    .unwrap_or_else(|| "-".into());
+            for (&(name, ..), mut runs) in targets.iter().zip(runs) {
+                let by_round: Vec<f64> = runs.iter().map(|m| m.run.tps).collect();
+                let txns: f64 = runs.iter().map(|m| m.run.txns).sum();
+                let used = runs.iter().fold(Usage::default(), |a, m| a.plus(&m.used));
+                runs.sort_by(|a, b| a.run.tps.total_cmp(&b.run.tps));
+                let r = runs.swap_remove(runs.len() / 2).run;
+                let per_txn = |x: f64| 1e6 * x / txns.max(1.0);
+                let pooler_cpu = if used.pooler_cpu > 0.0 {
+                    format!(
+                        "{:.0}% {:.1} us",
+                        100.0 * used.pooler_cpu / used.wall.max(1e-9),
+                        per_txn(used.pooler_cpu)
+                    )
+                } else {
+                    "-".into()
+                };
                 println!(
-                    "{:<12} {:>7} {:<10} {:>11.1} {:>9.2} {:>9.2} {:>17}{}",
+                    "{:<12} {:>7} {:<11} {:>10.1} {:>8.2} {:>8.2} {:>17} {:>10.1} {:>10.1} {:>6.2} {:>6.2}{}",
                     mode,
                     clients,
                     name,
                     r.tps,
                     r.p50_ms,
                     r.p99_ms,
-                    cpu,
+                    pooler_cpu,
+                    per_txn(used.machine_cpu),
+                    per_txn(used.client_cpu),
+                    used.switches / txns.max(1.0),
+                    used.segments / txns.max(1.0),
                     if r.failed {
                         "  (pgbench reported errors)"
                     } else {
                         ""
                     }
                 );
-                row.push(r.tps);
+                row.push((name, by_round));
             }
             summary.push((mode, clients, row));
         }
     }
     println!();
-    for (mode, clients, row) in summary.iter().filter(|(_, _, r)| r.len() == 3) {
-        println!(
-            "{mode:<12}{clients:>4} clients: gateway/pgbouncer {:.2}x, gateway/direct {:.2}x",
-            row[2] / row[1].max(1e-9),
-            row[2] / row[0].max(1e-9),
-        );
+    for (mode, clients, row) in &summary {
+        print_ratios(&format!("{mode:<12}{clients:>4} clients"), row);
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -771,7 +971,7 @@ fn main() {
         let mut row = Vec::new();
         for &(name, _, port, _) in &scram_targets {
             let rate = rt.block_on(churn(port, tasks, seconds, &verifier));
-            row.push(rate);
+            row.push((name, vec![rate]));
             println!(
                 "churn {tasks:>4} clients {name:<10} {rate:>9.1} connections/s \
                  (connect + SCRAM + SELECT 1 + close)"
@@ -782,12 +982,8 @@ fn main() {
             break;
         }
     }
-    for (tasks, row) in churn_summary.iter().filter(|(_, r)| r.len() == 3) {
-        println!(
-            "churn {tasks:>4} clients: gateway/pgbouncer {:.2}x, gateway/direct {:.2}x",
-            row[2] / row[1].max(1e-9),
-            row[2] / row[0].max(1e-9)
-        );
+    for (tasks, row) in &churn_summary {
+        print_ratios(&format!("churn {tasks:>4} clients"), row);
     }
 
     // Idle clients: memory held for them.
