@@ -51,8 +51,7 @@ use spg_lifecycle_lib::os_user::RunAs;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// mimalloc: a connection's buffers, task and session state come and go with it; glibc's
-/// allocator spent several percent of the gateway's CPU on them under connection churn.
+/// The gateway's allocator, as in the `spg-gateway` daemon.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -318,6 +317,19 @@ fn children_cpu() -> f64 {
 }
 
 impl Usage {
+    fn plus(&self, o: &Usage) -> Usage {
+        Usage {
+            wall: self.wall + o.wall,
+            pooler_cpu: self.pooler_cpu + o.pooler_cpu,
+            machine_cpu: self.machine_cpu + o.machine_cpu,
+            client_cpu: self.client_cpu + o.client_cpu,
+            switches: self.switches + o.switches,
+            segments: self.segments + o.segments,
+        }
+    }
+}
+
+impl Counters {
     fn now(pooler: Option<u32>) -> Counters {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         // SAFETY: sysconf has no preconditions.
@@ -350,19 +362,6 @@ impl Usage {
         }
     }
 
-    fn plus(&self, o: &Usage) -> Usage {
-        Usage {
-            wall: self.wall + o.wall,
-            pooler_cpu: self.pooler_cpu + o.pooler_cpu,
-            machine_cpu: self.machine_cpu + o.machine_cpu,
-            client_cpu: self.client_cpu + o.client_cpu,
-            switches: self.switches + o.switches,
-            segments: self.segments + o.segments,
-        }
-    }
-}
-
-impl Counters {
     fn since(&self, before: &Counters) -> Usage {
         Usage {
             wall: self.at.duration_since(before.at).as_secs_f64(),
@@ -747,26 +746,26 @@ fn main() {
     // The gateway, in its own process; a second one asks clients for the `password` method.
     // `SPG_BENCH_GATEWAY_THREADS` may list several runtimes (`2,1`): the first is `gateway`,
     // the others `gateway-<n>t`, all measured in the same rounds.
-    let thread_counts: Vec<usize> = std::env::var("SPG_BENCH_GATEWAY_THREADS")
-        .unwrap_or_else(|_| "2".into())
+    let mut thread_counts: Vec<usize> = std::env::var("SPG_BENCH_GATEWAY_THREADS")
+        .unwrap_or_default()
         .split(',')
         .filter_map(|t| t.trim().parse().ok())
         .collect();
-    let first_threads = thread_counts.first().copied().unwrap_or(2);
-    let (gw_port, gw_pid) = spawn_gateway(
-        &mut procs,
-        pg_port,
-        &verifier,
-        pool_size,
-        "scram",
-        first_threads,
-    );
-    let mut more_gateways: Vec<Target> = Vec::new();
-    for &t in thread_counts.iter().skip(1) {
-        let (port, pid) = spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "scram", t);
-        let name: &'static str = Box::leak(format!("gateway-{t}t").into_boxed_str());
-        more_gateways.push((name, "127.0.0.1", port, Some(pid)));
+    if thread_counts.is_empty() {
+        thread_counts.push(2);
     }
+    let first_threads = thread_counts[0];
+    let mut gateways: Vec<Target> = Vec::new();
+    for (i, &t) in thread_counts.iter().enumerate() {
+        let (port, pid) = spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "scram", t);
+        let name: &'static str = match i {
+            0 => "gateway",
+            _ => Box::leak(format!("gateway-{t}t").into_boxed_str()),
+        };
+        gateways.push((name, "127.0.0.1", port, Some(pid)));
+    }
+    let (_, _, gw_port, gw_pid) = gateways[0];
+    let gw_pid = gw_pid.expect("a gateway process");
     let (gw_pw_port, gw_pw_pid) = spawn_gateway(
         &mut procs,
         pg_port,
@@ -830,11 +829,11 @@ fn main() {
     let scram_targets: Vec<Target> = [
         ("direct", "127.0.0.1", pg_port, None),
         ("pgbouncer", "127.0.0.1", pgb_port, Some(pgb_pid)),
-        ("gateway", "127.0.0.1", gw_port, Some(gw_pid)),
     ]
     .into_iter()
-    .chain(more_gateways)
-    .filter(|t| chosen(t.0) || (t.0.starts_with("gateway-") && chosen("gateway")))
+    .chain(gateways)
+    // `gateway-1t` is chosen with `gateway`.
+    .filter(|t| chosen(t.0.split('-').next().unwrap_or(t.0)))
     .collect();
     // The same three with the `password` method (only -C differs: it authenticates per
     // transaction).
@@ -897,7 +896,7 @@ fn main() {
             let mut runs: Vec<Vec<Measured>> = targets.iter().map(|_| Vec::new()).collect();
             for i in 0..rounds {
                 for (t, &(name, host, port, pooler)) in targets.iter().enumerate() {
-                    let before = Usage::now(pooler);
+                    let before = Counters::now(pooler);
                     let r = pgbench(
                         &bins,
                         &dir,
@@ -908,7 +907,7 @@ fn main() {
                         seconds,
                         reconnect,
                     );
-                    let used = Usage::now(pooler).since(&before);
+                    let used = Counters::now(pooler).since(&before);
                     runs[t].push(Measured { run: r, used });
                 }
             }

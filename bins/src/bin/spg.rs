@@ -13,8 +13,7 @@ use spg::platform::Platform;
 use spg_core::{DatabaseName, RoleName};
 use spg_lifecycle_lib::api::ApiClient;
 
-/// mimalloc: a connection's buffers, task and session state come and go with it; glibc's
-/// allocator spent several percent of the gateway's CPU on them under connection churn.
+/// The gateway's allocator (`spg up` runs the gateway), as in the `spg-gateway` daemon.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use spg_lifecycle_lib::{LifecycleError, RoleSecret};
