@@ -1340,13 +1340,14 @@ async fn a_standby_of_the_writer_takes_over_with_every_commit() {
     let first = standby.replay_lsn().await.expect("replay position");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
+        // A commit each time round (at least one: the row is expected at the end).
+        c.execute("INSERT INTO t VALUES (-1) ON CONFLICT DO NOTHING", &[])
+            .await
+            .unwrap();
         let now = standby.replay_lsn().await.unwrap();
         if now > first || std::time::Instant::now() > deadline {
             break;
         }
-        c.execute("INSERT INTO t VALUES (-1) ON CONFLICT DO NOTHING", &[])
-            .await
-            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
