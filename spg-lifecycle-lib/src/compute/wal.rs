@@ -214,7 +214,13 @@ impl RestoreService {
     /// Serve `election`'s log from now on (a standby about to promote: the writer it followed
     /// has stopped and this generation is elected).
     pub fn set_election(&self, election: Election) {
-        *self.election.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(election);
+        // Under the lock a follower takes to record its observation (see `follow`): no
+        // observation made before the election can replace it afterwards.
+        let mut served = self.election.write().unwrap_or_else(|p| p.into_inner());
+        *served = Arc::new(election);
+        self.following
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(served);
         self.answered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -223,8 +229,6 @@ impl RestoreService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.following
-            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many times, since the election, the segment holding the last byte before `end` was
@@ -403,6 +407,17 @@ async fn follow(st: &RestoreState, file: &str) -> Response {
         }
         tokio::time::sleep(FOLLOW_POLL).await;
     };
+    {
+        // The observation becomes the log served only while still following: one made just
+        // before an election must not replace the elected log (a standby would then promote
+        // at the end of the observed log, short of the elected end).
+        let mut served = st.election.write().unwrap_or_else(|p| p.into_inner());
+        if !st.following.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(served);
+            return serve_elected(st, file).await;
+        }
+        *served = Arc::clone(&observed);
+    }
     st.followed
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -410,7 +425,6 @@ async fn follow(st: &RestoreState, file: &str) -> Response {
             file.to_owned(),
             (observed.flush_lsn, tokio::time::Instant::now()),
         );
-    *st.election.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&observed);
     // Only timelines that exist: an observation's "next" timeline is nobody's yet.
     if let Some(tli) = file
         .strip_suffix(".history")
