@@ -39,10 +39,11 @@ fn assert_limited(t: &TestPlatform, generation: u64, millicores: u64) {
     let pids = postgres_processes_under(t.dir.path());
     assert_eq!(pids.len(), 1, "one writer");
     let groups = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
-    let name = format!("/spg/{DB}-g{generation}");
+    // The group is `<db>-g<generation>-<tag of this platform>`.
+    let name = format!("/spg/{DB}-g{generation}-");
     let Some(line) = groups
         .lines()
-        .find(|l| l.ends_with(&name) && (l.contains(":cpu") || l.starts_with("0::")))
+        .find(|l| l.contains(&name) && (l.contains(":cpu") || l.starts_with("0::")))
     else {
         let writable = std::fs::metadata("/sys/fs/cgroup/cpu/spg")
             .or_else(|_| std::fs::metadata("/sys/fs/cgroup/spg"))
@@ -54,10 +55,11 @@ fn assert_limited(t: &TestPlatform, generation: u64, millicores: u64) {
         eprintln!("no writable cgroup hierarchy: limits recorded only");
         return;
     };
+    let group = line.rsplit(':').next().unwrap();
     let quota = if line.starts_with("0::") {
-        std::fs::read_to_string(format!("/sys/fs/cgroup{name}/cpu.max")).unwrap()
+        std::fs::read_to_string(format!("/sys/fs/cgroup{group}/cpu.max")).unwrap()
     } else {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{name}/cpu.cfs_quota_us")).unwrap()
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{group}/cpu.cfs_quota_us")).unwrap()
     };
     let quota: u64 = quota.split_whitespace().next().unwrap().parse().unwrap();
     assert_eq!(quota, millicores * 100, "CPU quota of the profile ({line})");
@@ -206,7 +208,13 @@ async fn ten_handoffs_under_pgbench_fail_no_client_and_lose_nothing() {
         frozen.push(report.frozen_for);
         let st = t.status().await;
         assert_eq!(st.profile, profile);
-        assert_eq!(st.record.scale_state, ScaleState::Steady);
+        assert_eq!(
+            st.record.scale_state,
+            ScaleState::Steady,
+            "handoff {i}: {:?} (last error {:?})",
+            st.record.scale_reason,
+            st.record.last_error
+        );
         assert_eq!(st.record.generation, report.to);
         let want = if profile == "L2" { "512MB" } else { "128MB" };
         assert_eq!(shared_buffers(&t).await, want, "{profile} runs");

@@ -3,8 +3,8 @@
 //! Both hierarchies are handled: the unified one (cgroup v2: `cpu.max`, `memory.max`, the
 //! `cpu` and `memory` controllers enabled down the tree) and the legacy one (cgroup v1:
 //! `cpu/…/cpu.cfs_quota_us`, `memory/…/memory.limit_in_bytes`). Each generation gets its own
-//! group `spg/<database>-g<generation>` under the root, so two generations of a database (a
-//! handoff) are limited separately. Where no hierarchy is writable (containers without
+//! group `spg/<database>-g<generation>-<platform tag>` under the root, so two generations of a
+//! database (a handoff) are limited separately. Where no hierarchy is writable (containers without
 //! delegation, no root), nothing is enforced and [`CgroupPlacement::enforced`] says so: the
 //! profile's limits are still recorded.
 
@@ -14,6 +14,16 @@ use spg_core::ComputeLimits;
 
 /// CFS period used for CPU quotas (100 ms, the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
+
+/// The group of generation `generation` of `database` run by the platform whose computes run
+/// under `run_root`: `<database>-g<generation>-<8 hex digits of the run root>`, so that two
+/// platforms on one machine (or two test runs) never share, nor remove, each other's groups.
+pub fn group_name(run_root: &Path, database: &str, generation: u64) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(run_root.as_os_str().as_encoded_bytes());
+    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{database}-g{generation}-{tag}")
+}
 
 /// Which cgroup hierarchy a root holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -671,7 +671,7 @@ fn place_limits(cfg: &AgentConfig, spec: &ComputeSpec) -> cgroup::CgroupPlacemen
     let placement = match &cfg.cgroup_root {
         Some(root) => cgroup::CgroupPlacement::create(
             root,
-            &format!("{}-g{}", spec.database, spec.generation.0),
+            &cgroup::group_name(&cfg.run_root, spec.database.as_str(), spec.generation.0),
             limits,
         ),
         None => cgroup::CgroupPlacement::recorded_only("no cgroup root configured"),
