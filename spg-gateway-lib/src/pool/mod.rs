@@ -503,9 +503,17 @@ impl Pool {
             // Cancels a pending linger release (it checks the epoch).
             l.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        if l.held.load(Ordering::SeqCst) {
+        if l.held.load(Ordering::SeqCst) || self.deps.leases.is_none() {
             return Ok(());
         }
+        // Boxed: taking the lease is rare, and its future is large; inline, it would be
+        // copied into every client message's future.
+        Box::pin(self.take_lease(deadline)).await
+    }
+
+    /// The slow path of [`Pool::lease_enter`]: the pool holds no lease yet.
+    async fn take_lease(&self, deadline: Instant) -> Result<(), GatewayError> {
+        let l = &self.lease;
         let Some(keeper) = &self.deps.leases else {
             return Ok(());
         };
@@ -646,7 +654,8 @@ impl Pool {
         } else {
             deadline
         };
-        match self.open(deadline).await {
+        // Boxed: opening a connection is rare next to checkouts, and its future is large.
+        match Box::pin(self.open(deadline)).await {
             Ok(s) => {
                 s.info.set_state(ServerState::Active, client.id);
                 Ok(s)
