@@ -171,7 +171,15 @@ impl Provisioner for LocalProvisioner {
     }
 
     async fn cleanup_stale(&self, db: &DatabaseName) -> Result<bool, LifecycleError> {
-        cleanup_stale(&self.cfg.run_root, db, self.cfg.stop_timeout).await
+        let stopped = cleanup_stale(&self.cfg.run_root, db, self.cfg.stop_timeout).await?;
+        if let Some(root) = &self.cfg.cgroup_root {
+            let groups =
+                crate::compute::cgroup::remove_stale(root, &self.cfg.run_root, db.as_str());
+            if groups > 0 {
+                tracing::info!(%db, groups, "removing cgroups left by an earlier run");
+            }
+        }
+        Ok(stopped)
     }
 
     async fn start_standby(

@@ -19,10 +19,58 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// under `run_root`: `<database>-g<generation>-<8 hex digits of the run root>`, so that two
 /// platforms on one machine (or two test runs) never share, nor remove, each other's groups.
 pub fn group_name(run_root: &Path, database: &str, generation: u64) -> String {
+    format!("{database}-g{generation}-{}", platform_tag(run_root))
+}
+
+/// The 8 hex digits that name a platform's groups (from its run root).
+fn platform_tag(run_root: &Path) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(run_root.as_os_str().as_encoded_bytes());
-    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{database}-g{generation}-{tag}")
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Remove the groups of `database` that the platform running computes under `run_root` left
+/// behind (its control plane stopped without dropping them: a crash). For a start, before any
+/// compute of the platform runs. Returns how many were found; busy ones are retried as in
+/// [`CgroupPlacement::remove`].
+pub fn remove_stale(root: &Path, run_root: &Path, database: &str) -> usize {
+    let parents = match detect(root) {
+        Some(Layout::Unified(r)) => vec![r.join("spg")],
+        Some(Layout::Legacy { cpu, memory }) => vec![cpu.join("spg"), memory.join("spg")],
+        None => return 0,
+    };
+    let prefix = format!("{database}-g");
+    let suffix = format!("-{}", platform_tag(run_root));
+    let ours = |name: &str| {
+        name.strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let dirs: Vec<PathBuf> = parents
+        .iter()
+        .filter_map(|p| std::fs::read_dir(p).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| ours(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    let found = dirs.len();
+    CgroupPlacement {
+        dirs,
+        not_enforced: None,
+    }
+    .remove();
+    found
+}
+
+/// How long the removal of a group still holding processes is retried.
+pub const REMOVE_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Remove group `dir`: `true` once it is gone.
+fn try_remove(dir: &Path) -> bool {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Which cgroup hierarchy a root holds.
@@ -184,10 +232,29 @@ impl CgroupPlacement {
         &self.dirs
     }
 
-    /// Remove the groups (their processes must have exited); best effort.
+    /// Remove the groups; best effort. A group still holding processes (a killed postmaster's
+    /// children, a `restore_command` still running, exit a moment after the postmaster) cannot
+    /// be removed yet: a background thread tries again for up to [`REMOVE_RETRY_FOR`].
     pub fn remove(&mut self) {
-        for d in self.dirs.drain(..) {
-            let _ = std::fs::remove_dir(&d);
+        let mut left: Vec<PathBuf> = self.dirs.drain(..).filter(|d| !try_remove(d)).collect();
+        if left.is_empty() {
+            return;
+        }
+        let retry = move || {
+            let deadline = std::time::Instant::now() + REMOVE_RETRY_FOR;
+            while !left.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                left.retain(|d| !try_remove(d));
+            }
+            for d in left {
+                tracing::warn!(group = %d.display(), "cgroup still busy; left in place");
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("spg-cgroup-rm".into())
+            .spawn(retry)
+        {
+            tracing::warn!(error = %e, "cannot retry removing cgroups");
         }
     }
 }
@@ -217,6 +284,41 @@ mod tests {
             .unwrap()
             .contains("no writable cgroup"));
         assert!(p.add_tree(std::process::id()).is_ok());
+    }
+
+    /// Groups a crashed platform left are removed at its next start, and only its own.
+    #[test]
+    fn a_restart_removes_the_groups_an_earlier_run_left() {
+        let root = Path::new("/sys/fs/cgroup");
+        if detect(root).is_none() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("no writable cgroup hierarchy here");
+            return;
+        }
+        let limits = ComputeLimits {
+            cpu_millicores: Some(500),
+            memory_mb: Some(256),
+        };
+        let run_root = PathBuf::from(format!("/run/spg-test-{}", std::process::id()));
+        let other_root = PathBuf::from(format!("/run/spg-other-{}", std::process::id()));
+        let db = format!("stale{}", std::process::id());
+        let mut left = Vec::new();
+        for g in [1, 7] {
+            let p = CgroupPlacement::create(root, &group_name(&run_root, &db, g), &limits);
+            if !p.enforced() {
+                eprintln!("cgroups not writable: {:?}", p.not_enforced);
+                return;
+            }
+            left.extend(p.dirs().to_vec());
+            std::mem::forget(p); // the control plane crashed: nothing drops it
+        }
+        let mut other = CgroupPlacement::create(root, &group_name(&other_root, &db, 1), &limits);
+        assert_eq!(remove_stale(root, &run_root, &db), left.len());
+        assert!(left.iter().all(|d| !d.exists()), "{left:?}");
+        assert!(
+            other.dirs().iter().all(|d| d.exists()),
+            "another platform's group stays"
+        );
+        other.remove();
     }
 
     /// On a machine whose cgroups the platform may write (root here), a process moved into a
@@ -270,10 +372,20 @@ mod tests {
             limits_seen.iter().any(|v| v == &(300u64 << 20).to_string()),
             "{limits_seen:?}"
         );
-        let _ = child.kill();
-        let _ = child.wait();
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Removed while its process still runs: the groups go once the process has exited.
+        let dirs = placement.dirs().to_vec();
         placement.remove();
         assert!(placement.dirs().is_empty());
+        assert!(dirs.iter().all(|d| d.exists()), "a busy group stays");
+        let _ = child.kill();
+        let _ = child.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dirs.iter().any(|d| d.exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "groups left after their process exited: {dirs:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
