@@ -503,20 +503,24 @@ impl Pool {
             // Cancels a pending linger release (it checks the epoch).
             l.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        if l.held.load(Ordering::SeqCst) || self.deps.leases.is_none() {
+        if l.held.load(Ordering::SeqCst) {
             return Ok(());
         }
-        // Boxed: taking the lease is rare, and its future is large; inline, it would be
-        // copied into every client message's future.
-        Box::pin(self.take_lease(deadline)).await
-    }
-
-    /// The slow path of [`Pool::lease_enter`]: the pool holds no lease yet.
-    async fn take_lease(&self, deadline: Instant) -> Result<(), GatewayError> {
-        let l = &self.lease;
         let Some(keeper) = &self.deps.leases else {
             return Ok(());
         };
+        // Boxed: taking the lease is rare, and its future is large; inline, it would be
+        // copied into every client message's future.
+        Box::pin(self.take_lease(keeper, deadline)).await
+    }
+
+    /// The slow path of [`Pool::lease_enter`]: the pool holds no lease yet.
+    async fn take_lease(
+        &self,
+        keeper: &Arc<LeaseKeeper>,
+        deadline: Instant,
+    ) -> Result<(), GatewayError> {
+        let l = &self.lease;
         let mut g = l.guard.lock().await;
         if g.is_none() {
             let db = &self.db;

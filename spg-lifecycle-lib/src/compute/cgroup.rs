@@ -286,14 +286,22 @@ mod tests {
         assert!(p.add_tree(std::process::id()).is_ok());
     }
 
+    /// The machine's cgroup root, where the platform may write it (root here).
+    fn writable_root() -> Option<&'static Path> {
+        let root = Path::new("/sys/fs/cgroup");
+        if detect(root).is_none() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("no writable cgroup hierarchy here: only the recorded path is tested");
+            return None;
+        }
+        Some(root)
+    }
+
     /// Groups a crashed platform left are removed at its next start, and only its own.
     #[test]
     fn a_restart_removes_the_groups_an_earlier_run_left() {
-        let root = Path::new("/sys/fs/cgroup");
-        if detect(root).is_none() || !nix::unistd::Uid::effective().is_root() {
-            eprintln!("no writable cgroup hierarchy here");
+        let Some(root) = writable_root() else {
             return;
-        }
+        };
         let limits = ComputeLimits {
             cpu_millicores: Some(500),
             memory_mb: Some(256),
@@ -325,11 +333,9 @@ mod tests {
     /// compute's group runs under its limits.
     #[test]
     fn a_process_in_the_group_gets_the_limits() {
-        let root = Path::new("/sys/fs/cgroup");
-        if detect(root).is_none() || !nix::unistd::Uid::effective().is_root() {
-            eprintln!("no writable cgroup hierarchy here: only the recorded path is tested");
+        let Some(root) = writable_root() else {
             return;
-        }
+        };
         let name = format!("test-{}", std::process::id());
         let limits = ComputeLimits {
             cpu_millicores: Some(250),
