@@ -16,14 +16,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::cancel::CancelKey;
@@ -92,6 +94,16 @@ impl Kind {
     fn is_sync_point(self) -> bool {
         matches!(self, Kind::Sync | Kind::Query | Kind::Call)
     }
+}
+
+/// What woke the relay.
+enum Event {
+    /// The backend sent bytes (0: it closed).
+    Backend(std::io::Result<usize>),
+    /// Queued bytes went to the backend.
+    Written(std::io::Result<()>),
+    /// The client sent bytes (0: it closed).
+    Client(std::io::Result<usize>),
 }
 
 #[derive(Debug)]
@@ -463,7 +475,7 @@ impl<'a> Session<'a> {
             if self.cin.capacity() - self.cin.len() < 512 {
                 self.cin.reserve(8 * 1024);
             }
-            let (srv, inbuf, out) = match &mut self.att {
+            let (srv, mut inbuf, mut out) = match &mut self.att {
                 Some(a) => (
                     Some(&a.server.stream),
                     Some(&mut a.server.inbuf),
@@ -471,14 +483,34 @@ impl<'a> Session<'a> {
                 ),
                 None => (None, None, None),
             };
-            tokio::select! {
-                biased;
-                r = async {
-                    match (srv, inbuf) {
-                        (Some(s), Some(buf)) => s.read_buf(buf).await,
-                        _ => std::future::pending().await,
+            // One poll of the three sources, in this order (replies first); each waits in its
+            // socket's single reader or writer slot, so a pass that finds nothing registers
+            // nothing anew.
+            let client = &mut *self.client;
+            let cin = &mut self.cin;
+            let event = std::future::poll_fn(|cx| {
+                if let (Some(s), Some(buf)) = (srv, inbuf.as_deref_mut()) {
+                    if let Poll::Ready(r) = s.poll_read_buf(cx, buf) {
+                        return Poll::Ready(Event::Backend(r));
                     }
-                } => {
+                }
+                if let (Some(s), Some(out)) = (srv, out.as_deref_mut()) {
+                    if !out.is_empty() {
+                        if let Poll::Ready(r) = s.poll_write_some(cx, out) {
+                            return Poll::Ready(Event::Written(r));
+                        }
+                    }
+                }
+                if client_room {
+                    if let Poll::Ready(r) = poll_read_client(client, cx, cin) {
+                        return Poll::Ready(Event::Client(r));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Backend(r) => {
                     let n = match r {
                         Ok(n) => n,
                         Err(e) => {
@@ -498,12 +530,7 @@ impl<'a> Session<'a> {
                         }
                     }
                 }
-                r = async {
-                    match (srv, out) {
-                        (Some(s), Some(out)) if !out.is_empty() => s.write_some(out).await,
-                        _ => std::future::pending().await,
-                    }
-                } => {
+                Event::Written(r) => {
                     if let Err(e) = r {
                         if let Some(att) = &mut self.att {
                             att.broken = true;
@@ -511,7 +538,7 @@ impl<'a> Session<'a> {
                         return Err(GatewayError::BackendUnavailable(e.to_string()));
                     }
                 }
-                r = read_client(self.client, &mut self.cin), if client_room => {
+                Event::Client(r) => {
                     let n = r?;
                     if n == 0 {
                         return Ok(End::Client);
@@ -1475,18 +1502,24 @@ fn evict(att: &mut Attached, max: usize) {
     }
 }
 
-/// Read what the client sent. On plain TCP a read that did not fill the buffer drained the
-/// socket: its readiness is cleared at once (by reporting `WouldBlock` to the reactor) instead
-/// of being learned from one more `recv` failing with `EAGAIN` before every wait.
-async fn read_client(client: &mut ClientStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let ClientStream::Plain(tcp) = client else {
-        return client.read_buf(buf).await;
-    };
+/// Read what the client sent, or register `cx` for the client's next readiness. On plain TCP a
+/// read that did not fill the buffer drained the socket: its readiness is cleared at once (by
+/// reporting `WouldBlock` to the reactor) instead of being learned from one more `recv` failing
+/// with `EAGAIN` before every wait.
+fn poll_read_client(
+    client: &mut ClientStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
     if buf.capacity() - buf.len() < 512 {
         buf.reserve(8 * 1024);
     }
+    let tcp = match client {
+        ClientStream::Plain(tcp) => tcp,
+        ClientStream::Tls(_) => return poll_read_buf(Pin::new(client), cx, buf),
+    };
     loop {
-        tcp.readable().await?;
+        ready!(tcp.poll_read_ready(cx))?;
         let room = buf.capacity() - buf.len();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*tcp);
         let mut got = None;
@@ -1500,11 +1533,28 @@ async fn read_client(client: &mut ClientStream, buf: &mut BytesMut) -> std::io::
             }
         });
         match (r, got) {
-            (_, Some(n)) => return Ok(n),
-            (Err(e), None) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e),
+            (_, Some(n)) => return Poll::Ready(Ok(n)),
+            (Err(e), None) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                return Poll::Ready(Err(e))
+            }
             _ => {}
         }
     }
+}
+
+/// Read once from `r` into the spare capacity of `buf`.
+fn poll_read_buf<R: AsyncRead + ?Sized>(
+    r: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    let spare = buf.spare_capacity_mut();
+    let mut rb = tokio::io::ReadBuf::uninit(spare);
+    ready!(r.poll_read(cx, &mut rb))?;
+    let n = rb.filled().len();
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
 }
 
 /// Write what is queued for the backend without waiting.

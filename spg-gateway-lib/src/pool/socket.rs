@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use bytes::{Buf, BytesMut};
 use std::os::fd::{AsRawFd, RawFd};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
 
@@ -34,8 +35,19 @@ impl BackendSocket {
     /// Wait until readable, then read once into `buf` (reserving room). `Ok(0)`: end of stream.
     /// Cancel-safe: nothing is read unless the call returns.
     pub async fn read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_buf(cx, buf)).await
+    }
+
+    /// Poll form of [`BackendSocket::read_buf`]: read once into `buf` if the socket is readable,
+    /// else register `cx` for its next readiness. The wait uses the socket's one reader slot, so
+    /// a caller that polls several sockets in turn registers and drops nothing per poll.
+    pub fn poll_read_buf(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(32 * 1024);
             }
@@ -46,10 +58,10 @@ impl BackendSocket {
                         // Drained: wait for the next readiness event without another recv.
                         guard.clear_ready();
                     }
-                    return Ok(n);
+                    return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) => return Err(e),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -70,15 +82,24 @@ impl BackendSocket {
 
     /// Wait until writable, then write some of `out`. Cancel-safe.
     pub async fn write_some(&self, out: &mut BytesMut) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write_some(cx, out)).await
+    }
+
+    /// Poll form of [`BackendSocket::write_some`] (the socket's one writer slot holds the wait).
+    pub fn poll_write_some(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<io::Result<()>> {
         loop {
-            let mut guard = self.fd.writable().await?;
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard.try_io(|inner| inner.get_ref().write(out)) {
-                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(Ok(n)) => {
                     out.advance(n);
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(_would_block) => continue,
             }
         }
