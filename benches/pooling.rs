@@ -166,8 +166,13 @@ fn gateway_child() {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("listening on {}", listener.local_addr().unwrap().port());
-        gw.serve(listener, tokio_util::sync::CancellationToken::new())
-            .await;
+        // As in the `spg-gateway` daemon: the accept loop is a task on the runtime's workers
+        // (not the `block_on` thread), so a session it spawns starts on the accepting worker.
+        let serve = tokio::spawn(async move {
+            gw.serve(listener, tokio_util::sync::CancellationToken::new())
+                .await
+        });
+        let _ = serve.await;
     });
 }
 
