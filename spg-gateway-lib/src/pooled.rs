@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::cancel::CancelKey;
@@ -472,9 +472,6 @@ impl<'a> Session<'a> {
                 return Ok(End::Client);
             }
             let client_room = self.att.as_ref().is_none_or(|a| a.out.len() < HIGH_WATER);
-            if self.cin.capacity() - self.cin.len() < 512 {
-                self.cin.reserve(8 * 1024);
-            }
             let (srv, mut inbuf, mut out) = match &mut self.att {
                 Some(a) => (
                     Some(&a.server.stream),
@@ -1516,7 +1513,7 @@ fn poll_read_client(
     }
     let tcp = match client {
         ClientStream::Plain(tcp) => tcp,
-        ClientStream::Tls(_) => return poll_read_buf(Pin::new(client), cx, buf),
+        ClientStream::Tls(_) => return tokio_util::io::poll_read_buf(Pin::new(client), cx, buf),
     };
     loop {
         ready!(tcp.poll_read_ready(cx))?;
@@ -1540,21 +1537,6 @@ fn poll_read_client(
             _ => {}
         }
     }
-}
-
-/// Read once from `r` into the spare capacity of `buf`.
-fn poll_read_buf<R: AsyncRead + ?Sized>(
-    r: Pin<&mut R>,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<std::io::Result<usize>> {
-    let spare = buf.spare_capacity_mut();
-    let mut rb = tokio::io::ReadBuf::uninit(spare);
-    ready!(r.poll_read(cx, &mut rb))?;
-    let n = rb.filled().len();
-    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Poll::Ready(Ok(n))
 }
 
 /// Write what is queued for the backend without waiting.
