@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -32,7 +32,7 @@ use crate::cancel::CancelKey;
 use crate::pool::clock::coarse_us;
 use crate::pool::{ClientInfo, ClientState, Param, Params, Pool, PoolMode, Server, ServerState};
 use crate::proto::backend::{self as msg, Severity};
-use crate::proto::messages::{self as m, Piece, Splitter};
+use crate::proto::messages::{self as m, Piece, Span, Splitter};
 use crate::proto::sql::{self, Effect, PinKind};
 use crate::proto::startup::StartupMessage;
 use crate::server::Shared;
@@ -186,10 +186,13 @@ pub(crate) struct Session<'a> {
     retry: Option<Vec<Bytes>>,
     /// Retries for the current transaction.
     retries: u32,
-    /// The reply queue and output buffer of the last attachment, kept for the next.
-    spare: Option<(VecDeque<Expect>, BytesMut)>,
+    /// The reply queue, output buffer and replay log of the last attachment, kept for the
+    /// next (their allocations).
+    spare: Option<(VecDeque<Expect>, BytesMut, Vec<Bytes>)>,
     /// Figures not yet added to the pool's.
     local: LocalStats,
+    /// The backend message being handled (its allocation kept from one message to the next).
+    scratch: Vec<u8>,
 }
 
 /// How often a working session adds its figures to the pool's.
@@ -393,6 +396,7 @@ impl<'a> Session<'a> {
             retry: None,
             retries: 0,
             local: LocalStats::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -954,9 +958,10 @@ impl<'a> Session<'a> {
         self.info.set_state(ClientState::Active, server.info.id);
         self.cancel.set_target(Some(server.target));
         let mut att = Attached::new(server);
-        if let Some((queue, out)) = self.spare.take() {
+        if let Some((queue, out, log)) = self.spare.take() {
             att.queue = queue;
             att.out = out;
+            att.log = log;
         }
         if !Arc::ptr_eq(&att.server.values, &self.params) {
             let have = Arc::clone(&att.server.values);
@@ -1003,9 +1008,14 @@ impl<'a> Session<'a> {
             self.local.flush(&self.pool, now);
         }
         let Attached {
-            server, queue, out, ..
+            server,
+            queue,
+            out,
+            mut log,
+            ..
         } = att;
-        self.spare = Some((queue, out));
+        log.clear();
+        self.spare = Some((queue, out, log));
         self.info.set_state(ClientState::Idle, 0);
         self.pool.release(server);
         self.pool.lease_exit();
@@ -1174,12 +1184,18 @@ impl<'a> Session<'a> {
                 return Ok(());
             };
             let stream = |t: u8| matches!(t, b'D' | b'd');
-            let piece = att
+            let inbuf = &mut att.server.inbuf;
+            let span = att
                 .server
                 .splitter
-                .next(&mut att.server.inbuf, usize::MAX >> 1, STREAM_OVER, stream)
+                .next_span(inbuf, usize::MAX >> 1, STREAM_OVER, stream)
                 .map_err(|e| GatewayError::BackendRejected(e.to_string()))?;
-            let Some(piece) = piece else {
+            let Some(span) = span else {
+                if att.server.splitter.at_boundary() && inbuf.len() >= m::HEADER {
+                    // Room for the rest of the message, read in as few reads as it takes.
+                    let len = u32::from_be_bytes([inbuf[1], inbuf[2], inbuf[3], inbuf[4]]);
+                    inbuf.reserve((1 + len as usize).saturating_sub(inbuf.len()));
+                }
                 // Something asynchronous (a notice) after the transaction's ReadyForQuery.
                 self.maybe_release();
                 return Ok(());
@@ -1188,14 +1204,27 @@ impl<'a> Session<'a> {
                 att.queue.front(),
                 Some(Expect::Reply { internal: true, .. })
             );
-            match piece {
-                Piece::StreamStart(_) => {}
-                Piece::Raw(b) => {
+            match span {
+                Span::StreamStart(_) => {}
+                Span::Raw(n) => {
                     if !internal {
-                        self.cout.extend_from_slice(&b);
+                        self.cout.extend_from_slice(&inbuf[..n]);
                     }
+                    inbuf.advance(n);
                 }
-                Piece::Whole(msg) => self.on_backend_message(msg)?,
+                Span::Whole(n) => {
+                    // Handled from a copy kept across messages (no allocation, no reference
+                    // counting per message): the handler may give the backend back.
+                    let mut msg = std::mem::take(&mut self.scratch);
+                    msg.clear();
+                    msg.extend_from_slice(&inbuf[..n]);
+                    inbuf.advance(n);
+                    let r = self.on_backend_message(&msg);
+                    if msg.capacity() <= 64 * 1024 {
+                        self.scratch = msg;
+                    }
+                    r?;
+                }
             }
             if self.retry.is_some() {
                 return Ok(());
@@ -1206,7 +1235,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_backend_message(&mut self, msg: Bytes) -> Result<(), GatewayError> {
+    fn on_backend_message(&mut self, msg: &[u8]) -> Result<(), GatewayError> {
         let Some(att) = &mut self.att else {
             return Ok(());
         };
@@ -1214,8 +1243,8 @@ impl<'a> Session<'a> {
         if att.fresh {
             att.fresh = false;
             let log = std::mem::take(&mut att.log);
-            if tag == b'E' && m::error_is_fatal(&msg) && self.retries < MAX_RETRIES {
-                let code = msg::parse_error_fields(m::body(&msg)).code;
+            if tag == b'E' && m::error_is_fatal(msg) && self.retries < MAX_RETRIES {
+                let code = msg::parse_error_fields(m::body(msg)).code;
                 // Shutting down or gone before it read anything (a reply would come first):
                 // nothing ran, the messages can go to another backend.
                 if code.starts_with("57P") && !log.is_empty() {
@@ -1238,14 +1267,14 @@ impl<'a> Session<'a> {
         let head = att.queue.front();
         let internal = matches!(head, Some(Expect::Reply { internal: true, .. }));
         match tag {
-            b'A' => self.cout.extend_from_slice(&msg),
+            b'A' => self.cout.extend_from_slice(msg),
             b'N' => {
                 if !internal {
-                    self.cout.extend_from_slice(&msg);
+                    self.cout.extend_from_slice(msg);
                 }
             }
             b'S' => {
-                let (k, v) = m::parameter_status(&msg)?;
+                let (k, v) = m::parameter_status(msg)?;
                 let key = k.to_ascii_lowercase();
                 if self.params.map.get(&key).is_none_or(|p| p.value != v) {
                     let mut p = (*self.params).clone();
@@ -1254,11 +1283,11 @@ impl<'a> Session<'a> {
                 }
                 att.server.values = Arc::clone(&self.params);
                 if !internal {
-                    self.cout.extend_from_slice(&msg);
+                    self.cout.extend_from_slice(msg);
                 }
             }
             b'E' => {
-                if m::error_is_fatal(&msg) {
+                if m::error_is_fatal(msg) {
                     att.broken = true;
                 }
                 if !internal {
@@ -1269,7 +1298,7 @@ impl<'a> Session<'a> {
                         if internal {
                             warn!("a settings query the gateway sent failed");
                         } else {
-                            self.cout.extend_from_slice(&msg);
+                            self.cout.extend_from_slice(msg);
                         }
                     }
                     Some(Expect::Reply { .. }) => {
@@ -1280,7 +1309,7 @@ impl<'a> Session<'a> {
                         undo(att, &mut self.statements, created);
                         // Errors of a statement the gateway re-prepared are the client's own.
                         if !internal || kind == Kind::Parse {
-                            self.cout.extend_from_slice(&msg);
+                            self.cout.extend_from_slice(msg);
                         }
                         // The backend skips everything up to Sync.
                         while let Some(front) = att.queue.front() {
@@ -1297,16 +1326,16 @@ impl<'a> Session<'a> {
                         // No Sync sent yet: what the client sends until then gets no reply.
                         att.skipping = att.queue.is_empty();
                     }
-                    _ => self.cout.extend_from_slice(&msg),
+                    _ => self.cout.extend_from_slice(msg),
                 }
             }
             b'Z' => {
-                let status = m::ready_status(&msg)?;
+                let status = m::ready_status(msg)?;
                 match att.queue.pop_front() {
                     Some(Expect::Reply { kind, internal, .. }) if kind.is_sync_point() => {
                         att.status = status;
                         if !internal {
-                            self.cout.extend_from_slice(&msg);
+                            self.cout.extend_from_slice(msg);
                             if status == b'I' {
                                 self.local.xacts += 1;
                             }
@@ -1328,7 +1357,7 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
             b'C' => {
-                let ctag = m::command_tag(&msg)?;
+                let ctag = m::command_tag(msg)?;
                 match ctag {
                     "DISCARD ALL" | "DEALLOCATE ALL" => {
                         att.server.prepared.clear();
@@ -1339,7 +1368,7 @@ impl<'a> Session<'a> {
                 }
                 complete(att, tag);
                 if !internal {
-                    self.cout.extend_from_slice(&msg);
+                    self.cout.extend_from_slice(msg);
                 }
             }
             _ => {
@@ -1351,7 +1380,7 @@ impl<'a> Session<'a> {
                 }
                 complete(att, tag);
                 if !internal {
-                    self.cout.extend_from_slice(&msg);
+                    self.cout.extend_from_slice(msg);
                 }
             }
         }

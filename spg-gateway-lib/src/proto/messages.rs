@@ -246,6 +246,19 @@ pub enum Piece {
     StreamStart(u8),
 }
 
+/// What [`Splitter::next_span`] found at the front of the buffer, by length: the caller
+/// reads the bytes in place and then consumes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// A whole message of this many bytes (tag at `[0]`).
+    Whole(usize),
+    /// This many raw bytes of a streamed message (its header first).
+    Raw(usize),
+    /// The header of a streamed message: its tag; nothing to consume (the header bytes follow
+    /// as [`Span::Raw`] from the next call on).
+    StreamStart(u8),
+}
+
 impl Splitter {
     /// Next piece from `buf`, or `None` when more bytes are needed. Messages of a type for
     /// which `stream(tag)` holds and bodies over `stream_over` bytes are streamed; bodies over
@@ -257,13 +270,37 @@ impl Splitter {
         stream_over: usize,
         stream: impl Fn(u8) -> bool,
     ) -> Result<Option<Piece>, GatewayError> {
+        Ok(match self.next_span(buf, max_body, stream_over, stream)? {
+            None => {
+                if self.pass == 0 && buf.len() >= HEADER {
+                    // Room for the rest of the message, read in as few reads as it takes.
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    buf.reserve(1 + len - buf.len());
+                }
+                None
+            }
+            Some(Span::Whole(n)) => Some(Piece::Whole(buf.split_to(n).freeze())),
+            Some(Span::Raw(n)) => Some(Piece::Raw(buf.split_to(n).freeze())),
+            Some(Span::StreamStart(tag)) => Some(Piece::StreamStart(tag)),
+        })
+    }
+
+    /// Like [`Splitter::next`] without taking anything out of `buf`: the span at its front.
+    /// The caller consumes a [`Span::Whole`] or [`Span::Raw`] (`advance`) before the next call.
+    pub fn next_span(
+        &mut self,
+        buf: &[u8],
+        max_body: usize,
+        stream_over: usize,
+        stream: impl Fn(u8) -> bool,
+    ) -> Result<Option<Span>, GatewayError> {
         if self.pass > 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
             let n = self.pass.min(buf.len());
             self.pass -= n;
-            return Ok(Some(Piece::Raw(buf.split_to(n).freeze())));
+            return Ok(Some(Span::Raw(n)));
         }
         if buf.len() < HEADER {
             return Ok(None);
@@ -284,13 +321,12 @@ impl Splitter {
         }
         if body_len > stream_over && stream(tag) {
             self.pass = body_len + HEADER;
-            return Ok(Some(Piece::StreamStart(tag)));
+            return Ok(Some(Span::StreamStart(tag)));
         }
         if buf.len() < HEADER + body_len {
-            buf.reserve(HEADER + body_len - buf.len());
             return Ok(None);
         }
-        Ok(Some(Piece::Whole(buf.split_to(HEADER + body_len).freeze())))
+        Ok(Some(Span::Whole(HEADER + body_len)))
     }
 
     /// Whether the stream is between messages.
@@ -387,6 +423,51 @@ mod tests {
             let mut buf = BytesMut::from(&bytes[..]);
             let mut s = Splitter::default();
             while let Ok(Some(_)) = s.next(&mut buf, 32, 8, |t| t == b'd') {}
+        }
+
+        /// Reading spans in place yields the very pieces `next` splits off, however the
+        /// stream arrives in chunks.
+        #[test]
+        fn spans_match_pieces(
+            msgs in proptest::collection::vec(
+                (prop_oneof![Just(b'D'), Just(b'C'), Just(b'Z')],
+                 proptest::collection::vec(any::<u8>(), 0..40)),
+                0..12),
+            cuts in proptest::collection::vec(1usize..30, 1..40),
+        ) {
+            let mut stream = Vec::new();
+            for (tag, body) in &msgs {
+                stream.push(*tag);
+                stream.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+                stream.extend_from_slice(body);
+            }
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            let (mut sa, mut sb) = (Splitter::default(), Splitter::default());
+            let (mut pieces, mut spans) = (Vec::new(), Vec::new());
+            let mut at = 0;
+            let mut cut = cuts.iter().cycle();
+            while at < stream.len() {
+                let n = (*cut.next().unwrap()).min(stream.len() - at);
+                a.put_slice(&stream[at..at + n]);
+                b.put_slice(&stream[at..at + n]);
+                at += n;
+                while let Some(p) = sa.next(&mut a, 64, 16, |t| t == b'D').unwrap() {
+                    pieces.push(match p {
+                        Piece::Whole(m) => (0u8, m.to_vec()),
+                        Piece::Raw(r) => (1, r.to_vec()),
+                        Piece::StreamStart(t) => (2, vec![t]),
+                    });
+                }
+                while let Some(s) = sb.next_span(&b, 64, 16, |t| t == b'D').unwrap() {
+                    spans.push(match s {
+                        Span::Whole(n) => (0u8, b.split_to(n).to_vec()),
+                        Span::Raw(n) => (1, b.split_to(n).to_vec()),
+                        Span::StreamStart(t) => (2, vec![t]),
+                    });
+                }
+            }
+            prop_assert_eq!(&pieces, &spans);
+            prop_assert!(a.is_empty() && b.is_empty());
         }
     }
 }
