@@ -239,7 +239,7 @@ fn main() {
         let bins = PgBinaries::locate(None).unwrap();
         let run_as = RunAs::detect().unwrap();
         let images = ImageStore::new(
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.join("data/objects")).unwrap()),
+            Arc::new(spg_storage_lib::DurableLocalStore::open(dir.join("data/objects")).unwrap()),
             "images",
         );
         // Anchors: each database's newest image restored to a plain local directory, started

@@ -257,10 +257,11 @@ impl Platform {
         info!(bindir = %bins.bindir().display(), major = bins.major(), "PostgreSQL binaries");
         // Object storage for base images and offloaded WAL: a local directory by default.
         let objects = data_dir.join("objects");
-        std::fs::create_dir_all(&objects)
-            .with_context(|| format!("creating {}", objects.display()))?;
+        // Durable: a put returns once file and directories are fsynced (safekeepers delete
+        // their own copy of what they offloaded here).
         let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(&objects)?,
+            spg_storage_lib::DurableLocalStore::open(&objects)
+                .with_context(|| format!("opening {}", objects.display()))?,
         );
         let mut agent = AgentConfig::new(data_dir.join("run"), bins)?;
         agent.cgroup_root = cfg.cgroup_root.clone();

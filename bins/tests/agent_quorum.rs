@@ -212,9 +212,7 @@ fn nodes_in(root: &Path) -> Vec<Arc<SafekeeperNode>> {
 }
 
 fn archive_in(root: &Path) -> Arc<dyn object_store::ObjectStore> {
-    let dir = root.join("objects");
-    std::fs::create_dir_all(&dir).unwrap();
-    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap())
+    Arc::new(spg_storage_lib::DurableLocalStore::open(root.join("objects")).unwrap())
 }
 
 fn wal_over(nodes: &[Arc<SafekeeperNode>]) -> WalSetup {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use object_store::local::LocalFileSystem;
 use prometheus_client::registry::Registry;
 use spg::pageserver_http::{router, GcRequest, HttpPageserver};
 use spg::tls::TlsMaterial;
@@ -11,6 +10,7 @@ use spg_core::DatabaseName;
 use spg_lifecycle_lib::api::ApiKey;
 use spg_storage_lib::image::{conformance, ImageRepo, ImageStore, ObjectRepo};
 use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
+use spg_storage_lib::DurableLocalStore;
 use spg_storage_lib::StorageError;
 use tokio_util::sync::CancellationToken;
 
@@ -20,11 +20,7 @@ const KEY: &str = "ps-test-key-0123456789";
 async fn the_conformance_suite_passes_over_https() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("objects");
-    std::fs::create_dir_all(&root).unwrap();
-    let raw = ObjectRepo::new(
-        Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap()),
-        "images",
-    );
+    let raw = ObjectRepo::new(Arc::new(DurableLocalStore::open(&root).unwrap()), "images");
     let ps = Arc::new(
         Pageserver::open(
             raw.clone(),

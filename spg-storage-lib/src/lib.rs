@@ -7,6 +7,8 @@
 //!   a crash-safe image record); the platform does not use it.
 //! - [`object_pages::ObjectPageStore`]: a [`PageStore`](spg_core::PageStore) whose durable
 //!   state is images in object storage; the local data directory is a disposable cache.
+//! - [`durable_local::DurableLocalStore`]: object storage in a local directory whose writes are
+//!   fsynced, file and directories, before they return (the default deployment's store).
 //! - [`image`]: database images in object storage (content-addressed chunks, create-only
 //!   manifests) over any `object_store` backend, with the conformance suite every backend runs.
 //! - [`pageserver`]: images served to computes from a bounded cache in front of object storage
@@ -18,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod durable_local;
 mod error;
 mod fsutil;
 pub mod fuzzing;
@@ -30,6 +33,7 @@ pub mod pageserver;
 pub use spg_core::pg_control;
 pub mod safekeeper;
 
+pub use durable_local::DurableLocalStore;
 pub use error::StorageError;
 pub use local_dir::LocalDirPageStore;
 pub use object_pages::ObjectPageStore;

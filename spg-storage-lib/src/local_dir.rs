@@ -599,9 +599,7 @@ mod tests {
         // With base images: the same boot keeps the directory, another boot rebuilds it.
         let tmp = tempfile::tempdir().unwrap();
         let objects = tmp.path().join("objects");
-        std::fs::create_dir_all(&objects).unwrap();
-        let archive =
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&objects).unwrap());
+        let archive = Arc::new(crate::DurableLocalStore::open(&objects).unwrap());
         let s = LocalDirPageStore::new(tmp.path().join("pages")).with_base_images(archive);
         let c = s.checkout(&db, Generation(1), &[]).await.unwrap();
         write_control(&c.data_dir, 1, 0x100);

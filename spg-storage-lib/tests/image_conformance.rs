@@ -4,20 +4,16 @@
 use std::sync::Arc;
 
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use spg_storage_lib::image::{conformance, ImageStore, ObjectRepo};
 use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
+use spg_storage_lib::DurableLocalStore;
 
 #[tokio::test]
-async fn local_filesystem() {
+async fn durable_local_filesystem() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("objects");
-    std::fs::create_dir_all(&root).unwrap();
-    let raw = ObjectRepo::new(
-        Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap()),
-        "images",
-    );
+    let raw = ObjectRepo::new(Arc::new(DurableLocalStore::open(&root).unwrap()), "images");
     let store = ImageStore::with_repo(Arc::new(raw.clone()));
     conformance::run_all(&store, &raw, tmp.path()).await;
 }
@@ -34,11 +30,7 @@ async fn in_memory() {
 async fn pageserver_in_front_of_local_filesystem() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("objects");
-    std::fs::create_dir_all(&root).unwrap();
-    let raw = ObjectRepo::new(
-        Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap()),
-        "images",
-    );
+    let raw = ObjectRepo::new(Arc::new(DurableLocalStore::open(&root).unwrap()), "images");
     let ps = Pageserver::open(
         raw.clone(),
         &PageserverConfig::new(tmp.path().join("cache")),

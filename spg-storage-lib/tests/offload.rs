@@ -6,12 +6,80 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 use spg_core::{DatabaseName, Election, Generation, Lsn, WalQuorum};
+use spg_storage_lib::durable_local::FileSync;
 use spg_storage_lib::safekeeper::file::{segment_file_name, FileWalStore};
 use spg_storage_lib::safekeeper::node::{archive_path, NodeConfig, SafekeeperNode};
 use spg_storage_lib::safekeeper::quorum::{SafekeeperApi, SafekeeperSet};
 use spg_storage_lib::safekeeper::{timeline_of, History, Safekeeper};
+use spg_storage_lib::DurableLocalStore;
 
 const SEG: u64 = 1 << 16;
+
+/// A disk that loses whatever is not synced, and whose syncs fail.
+#[derive(Debug)]
+struct SyncFails;
+
+impl FileSync for SyncFails {
+    fn sync_file(&self, _: &std::path::Path) -> std::io::Result<()> {
+        Err(std::io::Error::other("injected: fsync failed"))
+    }
+    fn sync_dir(&self, _: &std::path::Path) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn wal_on_one_safekeeper(dir: &std::path::Path, segments: u64) -> (Arc<SafekeeperNode>, Vec<u8>) {
+    let g = Generation(1);
+    let data: Vec<u8> = (0..(SEG * segments + SEG / 2))
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    {
+        let store = FileWalStore::open(dir.join("sk1").join("appdb"), SEG).unwrap();
+        let mut sk = Safekeeper::open(store).unwrap();
+        sk.follow(g, &History::starting(timeline_of(g), Lsn(0)))
+            .unwrap();
+        sk.append(g, Lsn(0), &data).unwrap();
+        sk.flush().unwrap();
+    }
+    let node = SafekeeperNode::new(NodeConfig {
+        name: "sk1".into(),
+        dir: dir.join("sk1"),
+        segment_size: SEG,
+    })
+    .unwrap();
+    (node, data)
+}
+
+#[tokio::test]
+async fn a_segment_whose_offloaded_copy_was_not_synced_is_never_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = DatabaseName::new("appdb").unwrap();
+    let (node, data) = wal_on_one_safekeeper(tmp.path(), 6);
+    let unsynced: Arc<dyn ObjectStore> = Arc::new(
+        DurableLocalStore::open_with(tmp.path().join("objects"), Arc::new(SyncFails)).unwrap(),
+    );
+    for _ in 0..3 {
+        let report = node.offload_once(unsynced.as_ref(), 0).await.unwrap();
+        assert_eq!(
+            report,
+            Default::default(),
+            "nothing offloaded, nothing removed"
+        );
+        let status = node.status(&db).await.unwrap();
+        assert_eq!(status.log.start, Lsn(0), "every segment still held locally");
+    }
+    // The object of the first segment exists (written, never synced): existing is not enough.
+    let name = segment_file_name(timeline_of(Generation(1)), 0, SEG);
+    assert!(unsynced.head(&archive_path(&db, &name)).await.is_ok());
+    // With a disk that syncs, the same objects are made durable and only then dropped locally.
+    let synced: Arc<dyn ObjectStore> =
+        Arc::new(DurableLocalStore::open(tmp.path().join("objects")).unwrap());
+    let report = node.offload_once(synced.as_ref(), 0).await.unwrap();
+    assert_eq!(report.removed, 6);
+    let status = node.status(&db).await.unwrap();
+    assert_eq!(status.log.start, Lsn(6 * SEG));
+    assert_eq!(status.log.flush, Lsn(data.len() as u64));
+}
 
 #[tokio::test]
 async fn complete_segments_are_offloaded_local_ones_dropped_and_still_readable() {
@@ -36,10 +104,8 @@ async fn complete_segments_are_offloaded_local_ones_dropped_and_still_readable()
         segment_size: SEG,
     })
     .unwrap();
-    std::fs::create_dir_all(tmp.path().join("objects")).unwrap();
-    let archive: Arc<dyn ObjectStore> = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(tmp.path().join("objects")).unwrap(),
-    );
+    let archive: Arc<dyn ObjectStore> =
+        Arc::new(DurableLocalStore::open(tmp.path().join("objects")).unwrap());
 
     let report = node.offload_once(archive.as_ref(), 2).await.unwrap();
     assert_eq!(report.uploaded, 6, "six complete segments");

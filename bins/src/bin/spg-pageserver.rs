@@ -60,10 +60,9 @@ async fn main() -> Result<()> {
         args.tls_key.as_deref(),
         None,
     )?;
-    std::fs::create_dir_all(&args.archive_dir)
-        .with_context(|| format!("creating {}", args.archive_dir.display()))?;
     let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(&args.archive_dir)?,
+        spg_storage_lib::DurableLocalStore::open(&args.archive_dir)
+            .with_context(|| format!("opening {}", args.archive_dir.display()))?,
     );
     let cfg = PageserverConfig {
         cache_bytes: args.cache_mb << 20,

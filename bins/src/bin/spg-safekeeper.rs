@@ -70,9 +70,10 @@ async fn main() -> Result<()> {
     let (offload_stop, offload_rx) = tokio::sync::watch::channel(false);
     let offloader = match &args.archive_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let archive: Arc<dyn object_store::ObjectStore> =
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?);
+            let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
+                spg_storage_lib::DurableLocalStore::open(dir)
+                    .with_context(|| format!("opening {}", dir.display()))?,
+            );
             Some(node.spawn_offloader(archive, std::time::Duration::from_secs(10), 4, offload_rx))
         }
         None => None,

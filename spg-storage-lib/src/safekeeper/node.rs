@@ -54,6 +54,17 @@ struct Db {
     name: DatabaseName,
     sk: SharedSafekeeper<FileWalStore>,
     follower: tokio::sync::Mutex<Option<Follower>>,
+    /// Segments known to be durable in the archive (put by this process, or found there by a
+    /// create-only put, which makes what it finds durable): segment number → file name.
+    offloaded: Mutex<std::collections::BTreeMap<u64, String>>,
+}
+
+impl Db {
+    fn offloaded_map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, String>> {
+        self.offloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A safekeeper: elections, streaming from computes, and WAL reads for recovery, per database.
@@ -119,6 +130,7 @@ impl SafekeeperNode {
                 name: db.clone(),
                 sk: Arc::new(Mutex::new(sk)),
                 follower: tokio::sync::Mutex::new(None),
+                offloaded: Mutex::new(Default::default()),
             })
         });
         Ok(Arc::clone(d))
@@ -337,6 +349,12 @@ impl SafekeeperNode {
     /// Copy every complete WAL segment not yet in `archive` there (create-only: a segment, once
     /// there, never changes), then drop local segments that are offloaded, keeping the newest
     /// `keep_segments` complete ones for fast recovery reads.
+    ///
+    /// A segment counts as offloaded only once a put of it returned, created or found there:
+    /// an object that merely exists (`head`) may be one a crashed writer never made durable, and
+    /// the local copy is the one the safekeeper is about to delete. `archive` must make a put
+    /// durable before it returns (S3 does; locally, use
+    /// [`DurableLocalStore`](crate::DurableLocalStore)).
     pub async fn offload_once(
         &self,
         archive: &dyn object_store::ObjectStore,
@@ -355,13 +373,16 @@ impl SafekeeperNode {
             let log = lock(&d.sk).log().clone();
             let complete_end = log.flush.0 / seg; // segments below this number are complete
             let mut offloaded_end = log.start.0 / seg;
-            for segno in log.start.0.div_ceil(seg)..complete_end {
+            let first = log.start.0.div_ceil(seg);
+            // Forget segments the log no longer holds.
+            let mut known = std::mem::take(&mut *d.offloaded_map()).split_off(&first);
+            for segno in first..complete_end {
                 let Some(tli) = log.history.tli_at(Lsn((segno + 1) * seg - 1)) else {
                     break;
                 };
                 let name = super::file::segment_file_name(tli, segno, seg);
-                let path = archive_path(&db, &name);
-                if archive.head(&path).await.is_err() {
+                if known.get(&segno) != Some(&name) {
+                    let path = archive_path(&db, &name);
                     let sk = Arc::clone(&d.sk);
                     let bytes =
                         blocking(move || lock(&sk).read(Lsn(segno * seg), seg as usize)).await?;
@@ -376,9 +397,11 @@ impl SafekeeperNode {
                             break;
                         }
                     }
+                    known.insert(segno, name);
                 }
                 offloaded_end = segno + 1;
             }
+            *d.offloaded_map() = known;
             self.metrics
                 .set_offload_lag(&db, log.flush.0.saturating_sub(offloaded_end * seg));
             let keep_from = complete_end.saturating_sub(keep_segments);
