@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::envfile::EnvFile;
 use crate::platform::{Platform, PlatformConfig};
@@ -77,8 +77,7 @@ impl PlatformArgs {
     /// configuration from these flags (no gateway; the caller adds one). The API key of an
     /// existing env file is reused.
     pub fn prepare(&self) -> Result<(PathBuf, Option<EnvFile>, PlatformConfig)> {
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        crate::secure_dir(&self.data_dir)?;
         let data_dir = std::path::absolute(&self.data_dir)?;
         let existing = EnvFile::read(&env_path(&data_dir))?;
         let mut cfg = PlatformConfig::new(&data_dir);

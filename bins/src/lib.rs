@@ -33,6 +33,26 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Make `dir` a daemon's private directory: created if missing (missing parents get the default
+/// mode; only the daemon's own tree is private), and everything in it that the daemon's user owns
+/// tightened to `0600` files in `0700` directories (what an older version or a hand-made copy
+/// left looser). Passages for a compute's user are made again by the code that needs them.
+pub fn secure_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    spg_core::fsmode::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let done = spg_core::fsmode::tighten_tree(dir, &[])
+        .with_context(|| format!("tightening the modes under {}", dir.display()))?;
+    if done.changed > 0 {
+        tracing::warn!(dir = %dir.display(), changed = done.changed,
+                       "files and directories readable by others were made private (0600/0700)");
+    }
+    Ok(())
+}
+
 /// Parse a duration like `3s`, `500ms`, `5m`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))

@@ -203,8 +203,13 @@ impl Platform {
     /// Start everything.
     pub async fn start(cfg: PlatformConfig) -> Result<Platform> {
         let data_dir = std::path::absolute(&cfg.data_dir)?;
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
+        // Everything under the data directory is 0600 in 0700 directories, except the passages
+        // on the way to the computes' own directories (the data directory itself, `run`,
+        // `pages`, ...), which the compute user's group may enter (0710) but not list.
+        crate::secure_dir(&data_dir)?;
+        let passage_group = spg_lifecycle_lib::os_user::RunAs::detect()?.passage_group();
+        spg_core::fsmode::passage_dir(&data_dir, passage_group)
+            .with_context(|| format!("opening {}", data_dir.display()))?;
         let tls = TlsMaterial::load_or_generate(
             &data_dir.join("tls"),
             cfg.tls_cert.as_deref(),
@@ -330,7 +335,8 @@ impl Platform {
         let images = ImageStore::with_repo(repo);
         let pages: Arc<dyn PageStore> = Arc::new(
             ObjectPageStore::new(images.clone(), data_dir.join("pages"))
-                .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid),
+                .with_lazy_mounts(agent.run_as.uid, agent.run_as.gid)
+                .with_passage_group(agent.run_as.switch_user.then_some(agent.run_as.gid)),
         );
         let quorum = Arc::new(
             SafekeeperSet::new(members, Duration::from_secs(5)).with_archive(Arc::clone(&archive)),

@@ -100,7 +100,9 @@ impl RollForward {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
-        std::fs::create_dir_all(&dir)?;
+        // The compute user reaches its scratch copy through `scratch` (a passage).
+        spg_core::fsmode::passage_dir(&self.scratch, self.agent.run_as.passage_group())?;
+        spg_core::fsmode::private_dir(&dir)?;
         let result = self.replay(db, &dir, &view, &manifest).await;
         let _ = std::fs::remove_dir_all(&dir);
         let (to, quorum_end) = match result? {
@@ -126,11 +128,11 @@ impl RollForward {
         manifest: &spg_storage_lib::image::Manifest,
     ) -> Result<Option<(ImageId, Lsn)>> {
         let data = dir.join("pgdata");
-        std::fs::create_dir_all(&data)?;
+        spg_core::fsmode::private_dir(&data)?;
         self.images.restore(manifest, &data).await?;
-        std::fs::create_dir_all(data.join("pg_wal/archive_status"))?;
+        spg_core::fsmode::private_dir(&data.join("pg_wal/archive_status"))?;
         let socket_dir = dir.join("sock");
-        std::fs::create_dir_all(&socket_dir)?;
+        spg_core::fsmode::private_dir(&socket_dir)?;
         let restore = RestoreService::start(
             Arc::clone(&self.wal.quorum),
             db.clone(),
@@ -156,13 +158,14 @@ impl RollForward {
                 .restore_command(&self.wal.restore_program)
                 .replace('\'', "''"),
         ));
-        std::fs::write(data.join("postgresql.conf"), conf)?;
-        std::fs::write(data.join("pg_hba.conf"), pg_hba_conf(false))?;
-        std::fs::write(
-            data.join("pg_ident.conf"),
+        use spg_core::fsmode::write_private;
+        write_private(&data.join("postgresql.conf"), conf)?;
+        write_private(&data.join("pg_hba.conf"), pg_hba_conf(false))?;
+        write_private(
+            &data.join("pg_ident.conf"),
             pg_ident_conf(&self.agent.platform_os_user),
         )?;
-        std::fs::write(data.join("standby.signal"), "")?;
+        write_private(&data.join("standby.signal"), "")?;
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         self.agent.run_as.chown_tree(dir)?;
         let mut pg = PostgresProcess::spawn(

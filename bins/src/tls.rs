@@ -1,7 +1,6 @@
 //! TLS material: a configured certificate, or a CA and server certificate generated on first
 //! start and kept under `<data-dir>/tls`.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,16 +88,8 @@ fn load(cert: &Path, key: &Path, ca: &Path) -> Result<TlsMaterial> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
+    spg_core::fsmode::write_private(path, contents)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Create a CA and a server certificate for localhost, 127.0.0.1, ::1 and this host's name.
@@ -107,7 +98,7 @@ fn generate(dir: &Path) -> Result<()> {
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    spg_core::fsmode::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -136,11 +127,11 @@ fn generate(dir: &Path) -> Result<()> {
     let cert = params.signed_by(&key, &issuer)?;
 
     write_private(&dir.join("server.key"), &key.serialize_pem())?;
-    std::fs::write(
-        dir.join("server.pem"),
-        format!("{}{}", cert.pem(), ca_cert.pem()),
+    write_private(
+        &dir.join("server.pem"),
+        &format!("{}{}", cert.pem(), ca_cert.pem()),
     )?;
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    write_private(&dir.join("ca.pem"), &ca_cert.pem())?;
     tracing::info!(dir = %dir.display(), "generated a self-signed CA and server certificate");
     Ok(())
 }

@@ -166,6 +166,112 @@ fn spg_up_serves_a_dsn_keeps_it_across_restarts_and_leaves_no_postgres() {
     assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
 }
 
+/// Every entry under `root` that is not private: files with group or other bits, directories
+/// other than 0700, except passages (0710, the compute user's group) at the `passages` given.
+fn loose_entries(root: &Path, passages: &[std::path::PathBuf]) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let compute_gid = nix::unistd::Group::from_name("postgres")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let root_user = nix::unistd::Uid::effective().is_root();
+    let mut loose = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        // A mount of a compute that is going away, or an entry removed while walking.
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_symlink() || ft.is_socket() {
+            continue;
+        }
+        if ft.is_dir() {
+            let passage = passages.contains(&p);
+            let ok = mode == 0o700
+                || (passage && root_user && mode == 0o710 && Some(meta.gid()) == compute_gid);
+            if !ok {
+                loose.push(format!("{mode:o} {}", p.display()));
+            }
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if mode & 0o077 != 0 {
+            loose.push(format!("{mode:o} {}", p.display()));
+        }
+    }
+    loose.sort();
+    loose
+}
+
+#[test]
+fn files_under_a_fresh_data_dir_are_private_and_loosened_ones_are_tightened_at_start() {
+    let tmp = reachable_tempdir();
+    let data = tmp.path().join("spgdata");
+    let (gw, api) = (free_port(), free_port());
+    let mut up = spg_up_test(&data, gw, api);
+    let env = wait_for_env(&data.join("env"), "SPG_DSN", &mut up);
+    wait_listening(gw, &mut up);
+    let dsn = env.get("SPG_DSN").unwrap().to_string();
+    // State, WAL on the safekeepers, an image written back by a stop, a lazily mounted restart
+    // from it, and the pageserver's cache.
+    psql_ok(
+        &dsn,
+        "CREATE TABLE t AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g",
+    );
+    spg_cli(&data, &["db", "stop", "appdb"]);
+    assert_eq!(psql_ok(&dsn, "SELECT count(*) FROM t"), "20000");
+    spg_cli(&data, &["role", "create", "--db", "appdb", "reporter"]);
+    // The way to the computes' directories: the data directory, `run`, and the generations'
+    // directories of the page cache.
+    let passages = || {
+        let shown: serde_json::Value =
+            serde_json::from_str(&spg_cli(&data, &["db", "show", "appdb"])).unwrap();
+        let g = shown["generation"].as_u64().unwrap();
+        let mut p = vec![
+            data.clone(),
+            data.join("run"),
+            data.join("pages"),
+            data.join("pages/appdb"),
+            data.join("rollforward"),
+        ];
+        p.extend((1..=g).map(|g| data.join(format!("pages/appdb/g{g}"))));
+        p
+    };
+    for must_exist in [
+        "state.db",
+        "env",
+        "tls/server.key",
+        "objects",
+        "safekeepers",
+        "pageserver",
+    ] {
+        assert!(
+            data.join(must_exist).exists(),
+            "{must_exist} is where expected"
+        );
+    }
+    assert_eq!(loose_entries(&data, &passages()), Vec::<String>::new());
+    stop(up, Signal::SIGTERM);
+
+    // Loosened by hand (or left by an older version): tightened at the next start.
+    use std::os::unix::fs::PermissionsExt;
+    let loosen = |rel: &str, mode: u32| {
+        std::fs::set_permissions(data.join(rel), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    loosen("state.db", 0o644);
+    loosen("safekeepers", 0o755);
+    loosen("tls/server.key", 0o644);
+    loosen("objects", 0o777);
+    let mut up = spg_up_test(&data, gw, api);
+    wait_listening(gw, &mut up);
+    assert_eq!(psql_ok(&dsn, "SELECT count(*) FROM t"), "20000");
+    assert_eq!(loose_entries(&data, &passages()), Vec::<String>::new());
+    stop(up, Signal::SIGTERM);
+    assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
+}
+
 #[test]
 fn spg_up_recovers_after_being_killed() {
     let tmp = reachable_tempdir();

@@ -20,6 +20,7 @@
 mod autoscale;
 mod endpoint;
 mod error;
+pub mod fsmode;
 mod gateway;
 mod lease;
 mod names;

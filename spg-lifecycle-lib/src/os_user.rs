@@ -58,6 +58,12 @@ impl RunAs {
         }
     }
 
+    /// The group directories on the way to a compute's own are passages for
+    /// ([`spg_core::fsmode::passage_dir`]): this user's group when the platform switches to it.
+    pub fn passage_group(&self) -> Option<u32> {
+        self.switch_user.then_some(self.gid)
+    }
+
     /// Make `path` (not recursively) owned by this user.
     pub fn chown(&self, path: &Path) -> Result<(), LifecycleError> {
         if !self.switch_user {

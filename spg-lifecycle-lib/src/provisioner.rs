@@ -134,7 +134,8 @@ pub struct LocalProvisioner {
 impl LocalProvisioner {
     /// A provisioner running computes with `cfg`, on data directories from `page_store`.
     pub fn new(cfg: AgentConfig, page_store: Arc<dyn PageStore>) -> Result<Self, LifecycleError> {
-        std::fs::create_dir_all(&cfg.run_root)
+        // Computes reach their run directories through it; nobody else gets in.
+        spg_core::fsmode::passage_dir(&cfg.run_root, cfg.run_as.passage_group())
             .map_err(|e| LifecycleError::io("create dir", &cfg.run_root, e))?;
         cfg.run_as.check_reachable(&cfg.run_root)?;
         Ok(LocalProvisioner {

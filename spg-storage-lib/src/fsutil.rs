@@ -11,7 +11,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+        let mut f = spg_core::fsmode::create_private(&tmp)
+            .map_err(|e| StorageError::io("create", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| StorageError::io("write", &tmp, e))?;
         f.sync_all()
@@ -28,16 +29,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io("fsync dir", dir, e))
 }
 
-/// Create `dir` with mode 0700 (PostgreSQL insists; an existing one is fine); its parents get the
-/// default mode so that the compute user can reach it.
+/// Create `dir` (and missing parents) with mode 0700; an existing one is tightened to 0700.
+/// Directories a compute's user must pass through are made passages first
+/// ([`spg_core::fsmode::passage_dir`]).
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StorageError::io("create dir", parent, e))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StorageError::io("create dir", dir, e)),
-    }
+    spg_core::fsmode::private_dir(dir).map_err(|e| StorageError::io("create dir", dir, e))
+}
+
+/// Make `dir` (created if missing) a passage for `group` ([`spg_core::fsmode::passage_dir`]).
+pub(crate) fn passage_dir(dir: &Path, group: Option<u32>) -> Result<(), StorageError> {
+    spg_core::fsmode::passage_dir(dir, group).map_err(|e| StorageError::io("create dir", dir, e))
 }

@@ -199,7 +199,7 @@ impl FileData {
     /// The backing file, created on first use with the file's size and inline bytes.
     fn file(&mut self) -> std::io::Result<&File> {
         if self.backing.is_none() {
-            let f = std::fs::OpenOptions::new()
+            let f = spg_core::fsmode::private_options()
                 .read(true)
                 .write(true)
                 .create(true)
@@ -295,7 +295,8 @@ impl LazyTree {
         cache: &Path,
         source: Arc<dyn ChunkSource>,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(cache).map_err(|e| StorageError::io("create dir", cache, e))?;
+        spg_core::fsmode::private_dir(cache)
+            .map_err(|e| StorageError::io("create dir", cache, e))?;
         let now = SystemTime::now();
         let mut inner = Inner {
             nodes: BTreeMap::new(),

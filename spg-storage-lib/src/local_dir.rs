@@ -35,7 +35,7 @@ use spg_core::{
 };
 use tracing::{info, warn};
 
-use crate::fsutil::{create_private_dir, write_atomic};
+use crate::fsutil::write_atomic;
 use crate::pg_control::ControlFile;
 use crate::StorageError;
 
@@ -205,7 +205,7 @@ impl Inner {
             std::fs::remove_dir_all(&data_dir)
                 .map_err(|e| StorageError::io("remove", &data_dir, e))?;
         }
-        create_private_dir(&data_dir)?;
+        create_reachable_dir(&data_dir)?;
         rec.fenced_generation = generation.0;
         rec.checked_out = Some(generation.0);
         self.save(db, &rec)?;
@@ -354,7 +354,8 @@ impl LocalDirPageStore {
             })?;
         for d in &manifest.dirs {
             let path = safe_join(data_dir, d)?;
-            create_private_dir(&path)?;
+            spg_core::fsmode::private_dir(&path)
+                .map_err(|e| StorageError::io("create dir", &path, e))?;
         }
         for (rel, size) in &manifest.files {
             let path = safe_join(data_dir, rel)?;
@@ -372,8 +373,10 @@ impl LocalDirPageStore {
                 }
                 .into());
             }
-            tokio::fs::write(&path, &bytes)
+            let to = path.clone();
+            tokio::task::spawn_blocking(move || spg_core::fsmode::write_private(&to, &bytes))
                 .await
+                .map_err(|e| StorageError::io("write", &path, std::io::Error::other(e)))?
                 .map_err(|e| StorageError::io("write", &path, e))?;
         }
         info!(%db, lsn = %manifest.image.lsn, "data directory restored from the base image in object storage");
@@ -490,6 +493,15 @@ impl PageStore for LocalDirPageStore {
         self.blocking(db, |s, db| Ok(s.load(db)?.images.last().cloned()))
             .await
     }
+}
+
+/// Create `dir` with mode 0700; missing parents get the default mode so that a compute running
+/// as another user can reach it (this development store keeps no passages; its files are 0600).
+fn create_reachable_dir(dir: &Path) -> Result<(), StorageError> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StorageError::io("create dir", parent, e))?;
+    }
+    spg_core::fsmode::private_dir(dir).map_err(|e| StorageError::io("create dir", dir, e))
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ pub struct ObjectPageStore {
     cache: PathBuf,
     chunk_size: u32,
     lazy: Option<Lazy>,
+    /// The compute user's group, when it is not this process's user: directories on the way
+    /// to a compute's data directory are passages for it ([`spg_core::fsmode`]).
+    passage_group: Option<u32>,
     dbs: Arc<Mutex<HashMap<DatabaseName, Arc<tokio::sync::Mutex<DbState>>>>>,
 }
 
@@ -103,8 +106,16 @@ impl ObjectPageStore {
             cache: cache.into(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             lazy: None,
+            passage_group: None,
             dbs: Arc::default(),
         }
+    }
+
+    /// Computes run as another user, of group `gid`: the directories on the way to their data
+    /// directories are made passages for that group (`0710`); everything else stays `0700`.
+    pub fn with_passage_group(mut self, gid: Option<u32>) -> Self {
+        self.passage_group = gid;
+        self
     }
 
     /// Serve checkouts of existing images lazily: the data directory is a lazyfs mount whose
@@ -184,7 +195,8 @@ impl ObjectPageStore {
         path: &Path,
         objects: &mut HashMap<(ObjectKind, ChunkHash), Bytes>,
     ) -> Result<(), StorageError> {
-        let file = std::fs::File::create(path).map_err(|e| StorageError::io("create", path, e))?;
+        let file = spg_core::fsmode::create_private(path)
+            .map_err(|e| StorageError::io("create", path, e))?;
         let chunks = match &f.content {
             Some(Content::Inline(b)) => {
                 return file
@@ -347,6 +359,11 @@ impl ObjectPageStore {
         let dir = self.data_dir(db, g);
         let db_root = self.cache.join(db.as_str());
         let trash = db_root.join("trash");
+        // The way to the data directory: the generation's own directory is made one below,
+        // once what an earlier checkout left there is swept away.
+        for d in [&self.cache, &db_root] {
+            crate::fsutil::passage_dir(d, self.passage_group)?;
+        }
         let checked_out: Vec<PathBuf> = st
             .checkouts
             .keys()
@@ -358,9 +375,11 @@ impl ObjectPageStore {
             let dirs = [dir.clone(), self.wal_dir(db, g), self.backing_dir(db, g)];
             let (clean, db) = (self.clean_path(db), db.clone());
             let (db_root, trash, keep) = (db_root.clone(), trash.clone(), checked_out.clone());
+            let passage = (self.generation_dir(&db, g), self.passage_group);
             tokio::task::spawn_blocking(move || {
                 remove_if_exists(&clean)?;
                 sweep(&db_root, &keep, &trash)?;
+                crate::fsutil::passage_dir(&passage.0, passage.1)?;
                 prepare_lazy(&db, dirs, &trash, lazy)
             })
         });
@@ -410,6 +429,7 @@ impl ObjectPageStore {
             if from != to {
                 std::fs::rename(&from, &to).map_err(|e| StorageError::io("rename", &from, e))?;
             }
+            crate::fsutil::passage_dir(&to, self.passage_group)?;
             info!(%db, generation = %g, image = ?latest, "starting from the cached directory");
         } else {
             if self.lazy.is_some() {
@@ -418,6 +438,7 @@ impl ObjectPageStore {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| StorageError::io("remove", &dir, e))?;
             }
+            crate::fsutil::passage_dir(&self.generation_dir(db, g), self.passage_group)?;
             create_private_dir(&dir)?;
             if let Some(m) = &manifest {
                 let stats = self.images.restore(m, &dir).await?;
@@ -584,7 +605,10 @@ fn sweep(db_root: &Path, keep: &[PathBuf], trash: &Path) -> Result<(), StorageEr
         let _ = lazyfs::detach(&path);
         create_private_dir(trash)?;
         let aside = trash.join(format!("{stamp}-s{i}"));
-        if std::fs::rename(&path, &aside).is_err() {
+        if std::fs::rename(&path, &aside).is_ok() {
+            // A generation's directory was a passage; in the trash it is nobody's way anywhere.
+            let _ = spg_core::fsmode::tighten(&aside);
+        } else {
             let removed = if path.is_dir() {
                 std::fs::remove_dir_all(&path)
             } else {

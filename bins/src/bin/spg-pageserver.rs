@@ -54,6 +54,7 @@ struct Args {
 async fn main() -> Result<()> {
     spg::init_logging();
     let args = Args::parse();
+    spg::secure_dir(&args.dir)?;
     let tls = TlsMaterial::load_or_generate(
         &args.dir.join("tls"),
         args.tls_cert.as_deref(),

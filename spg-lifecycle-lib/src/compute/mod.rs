@@ -373,7 +373,7 @@ impl RunningCompute {
                     // Children forked before the postmaster moved stay where they were.
                     place(limits, &process);
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
-                    std::fs::write(run_dir.join(PID_RECORD), record)
+                    spg_core::fsmode::write_private(&run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
                     let admin = match admin_client(socket_dir, port).await {
                         Ok(c) => c,
@@ -995,7 +995,7 @@ fn mark_unsynced(data_dir: &Path) -> Result<bool, LifecycleError> {
     };
     let path = data_dir.join(spg_core::UNSYNCED_MARKER);
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&path)?;
+        let mut f = spg_core::fsmode::create_private(&path)?;
         std::io::Write::write_all(&mut f, format!("{boot}\n").as_bytes())?;
         f.sync_all()?;
         std::fs::File::open(data_dir)?.sync_all()
@@ -1020,7 +1020,8 @@ fn sync_and_unmark(data_dir: &Path) -> Result<(), LifecycleError> {
 }
 
 fn write_owned(cfg: &AgentConfig, path: &Path, contents: &str) -> Result<(), LifecycleError> {
-    std::fs::write(path, contents).map_err(|e| LifecycleError::io("write", path, e))?;
+    spg_core::fsmode::write_private(path, contents)
+        .map_err(|e| LifecycleError::io("write", path, e))?;
     cfg.run_as.chown(path)
 }
 

@@ -65,7 +65,7 @@ impl PostgresProcess {
         data_dir: &Path,
         log_path: &Path,
     ) -> Result<PostgresProcess, LifecycleError> {
-        let log = File::options()
+        let log = spg_core::fsmode::private_options()
             .create(true)
             .append(true)
             .open(log_path)

@@ -258,7 +258,7 @@ impl StandbyCompute {
                 Ok(()) => {
                     super::place(&self.limits, &process);
                     let record = format!("{}\n{}\n", process.pid(), data_dir.display());
-                    std::fs::write(run_dir.join(PID_RECORD), record)
+                    spg_core::fsmode::write_private(&run_dir.join(PID_RECORD), record)
                         .map_err(|e| LifecycleError::io("write", run_dir.join(PID_RECORD), e))?;
                     self.port = port;
                     self.process = Some(process);
@@ -528,7 +528,8 @@ impl StandbyCompute {
         .map_err(|e| e.to_string())?;
         super::place(&self.limits, &process);
         let record = format!("{}\n{}\n", process.pid(), data_dir.display());
-        std::fs::write(self.run_dir.join(PID_RECORD), record).map_err(|e| e.to_string())?;
+        spg_core::fsmode::write_private(&self.run_dir.join(PID_RECORD), record)
+            .map_err(|e| e.to_string())?;
         self.process = Some(process);
         Ok(())
     }

@@ -602,7 +602,8 @@ pub fn fetch_wal_file(url: &str, file: &str, dest: &Path) -> Result<bool, String
     match status {
         200 => {
             let tmp = dest.with_extension("spg-partial");
-            std::fs::write(&tmp, body).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+            spg_core::fsmode::write_private(&tmp, body)
+                .map_err(|e| format!("write {}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, dest).map_err(|e| format!("rename {}: {e}", dest.display()))?;
             Ok(true)
         }

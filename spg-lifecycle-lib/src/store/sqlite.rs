@@ -66,6 +66,26 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
 impl SqliteStateStore {
     /// Open (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, LifecycleError> {
+        // Role verifiers live here: the database is 0600 (SQLite gives its `-wal` and `-shm`
+        // files the database's mode), and what an older version left looser is tightened.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            let tightened = match spg_core::fsmode::tighten(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && suffix.is_empty() => {
+                    spg_core::fsmode::private_options()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&p)
+                        .map(drop)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            };
+            tightened.map_err(|e| LifecycleError::io("create", &p, e))?;
+        }
         let conn = Connection::open(path).map_err(store_err)?;
         Self::init(conn)
     }

@@ -539,12 +539,12 @@ impl ImageStore {
             let path = dir.join(&f.path);
             match &f.content {
                 None => {
-                    std::fs::create_dir_all(&path)
+                    spg_core::fsmode::private_dir(&path)
                         .map_err(|e| StorageError::io("create dir", &path, e))?;
                 }
                 Some(c) => {
                     stats.files += 1;
-                    let file = std::fs::File::create(&path)
+                    let file = spg_core::fsmode::create_private(&path)
                         .map_err(|e| StorageError::io("create", &path, e))?;
                     if let Content::Inline(b) = c {
                         file.write_all_at(b, 0)

@@ -95,7 +95,7 @@ impl ObjectCache {
     /// (most recently modified counts as most recently used) and trimmed to the budget.
     pub fn open(dir: impl Into<PathBuf>, capacity: u64) -> Result<Self, StorageError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
+        spg_core::fsmode::private_dir(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
         let mut found = Vec::new();
         scan(&dir, &mut found)?;
         found.sort_by_key(|(mtime, _, _)| *mtime);
@@ -179,8 +179,8 @@ impl ObjectCache {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let written = path
             .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, bytes))
+            .map_or(Ok(()), spg_core::fsmode::private_dir)
+            .and_then(|()| spg_core::fsmode::write_private(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!(error = %e, path = %path.display(), "pageserver cache: write failed");

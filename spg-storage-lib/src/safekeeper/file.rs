@@ -190,7 +190,9 @@ impl FileWalStore {
             });
         }
         let wal = dir.join("wal");
-        std::fs::create_dir_all(&wal).map_err(|e| StorageError::io("create dir", &wal, e))?;
+        // WAL is tenant data: 0700 directories (an existing one tightened), 0600 segments.
+        spg_core::fsmode::private_dir(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
+        spg_core::fsmode::private_dir(&wal).map_err(|e| StorageError::io("create dir", &wal, e))?;
         let mut segments: BTreeMap<u64, Segment> = BTreeMap::new();
         let entries = std::fs::read_dir(&wal).map_err(|e| StorageError::io("read dir", &wal, e))?;
         for entry in entries {
@@ -310,7 +312,7 @@ impl FileWalStore {
             }
             None => {
                 let path = self.segment_path(tli, segno);
-                let file = OpenOptions::new()
+                let file = spg_core::fsmode::private_options()
                     .read(true)
                     .write(true)
                     .create(true)

@@ -93,7 +93,7 @@ async fn blocking<T: Send + 'static>(
 impl SafekeeperNode {
     /// A node over `cfg.dir` (created if missing); databases are opened on first use.
     pub fn new(cfg: NodeConfig) -> Result<Arc<Self>, StorageError> {
-        std::fs::create_dir_all(&cfg.dir)
+        spg_core::fsmode::private_dir(&cfg.dir)
             .map_err(|e| StorageError::io("create dir", &cfg.dir, e))?;
         Ok(Arc::new(SafekeeperNode {
             metrics: Arc::new(SafekeeperMetrics::new(&cfg.name)),
