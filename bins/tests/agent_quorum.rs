@@ -512,7 +512,8 @@ async fn images_in_object_storage_make_the_local_directory_disposable() {
     let (nodes, wal, agent, _) = setup(tmp.path());
     let images = ImageStore::new(archive_in(tmp.path()), "images");
     let cache = tmp.path().join("cache");
-    let pages = || Arc::new(ObjectPageStore::new(images.clone(), &cache));
+    let group = agent.run_as.passage_group();
+    let pages = || Arc::new(ObjectPageStore::new(images.clone(), &cache).with_passage_group(group));
     let db = DatabaseName::new("appdb").unwrap();
     let data_dir = |g: u64| cache.join("appdb").join(format!("g{g}")).join("pgdata");
 

@@ -28,6 +28,7 @@ mod page_store;
 pub mod pg_control;
 pub mod scram;
 mod state;
+pub mod throttle;
 mod types;
 mod wal;
 pub mod wal_files;

@@ -122,7 +122,14 @@ impl ObjectPageStore {
     /// files appear owned by `uid:gid`, chunks arrive on first read, and `pg_wal` is a local
     /// directory. Where FUSE is unavailable the image is restored eagerly (and the log says so),
     /// unless `SPG_REQUIRE_FUSE=1`, which turns that into an error.
+    ///
+    /// When `uid` is not this process's user, the directories on the way to the data directory
+    /// become passages for `gid` (see [`with_passage_group`](Self::with_passage_group)).
     pub fn with_lazy_mounts(mut self, uid: u32, gid: u32) -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if uid != unsafe { libc::geteuid() } {
+            self.passage_group = Some(gid);
+        }
         self.lazy = Some(Lazy {
             uid,
             gid,
