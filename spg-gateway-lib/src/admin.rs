@@ -38,7 +38,7 @@ pub(crate) async fn serve(
         ("TimeZone", "UTC"),
         ("application_name", ""),
     ] {
-        msg::parameter_status(&mut out, k, v);
+        msg::parameter_status(&mut out, k, v.as_bytes());
     }
     let (pid, secret) = crate::pooled::random_key();
     msg::backend_key_data(&mut out, pid, secret);
@@ -61,8 +61,8 @@ pub(crate) async fn serve(
         match message[0] {
             b'X' => return Ok(()),
             b'Q' => {
-                let sql = m::query_text(&message)?;
-                respond(pools, sql, &mut out);
+                let sql = String::from_utf8_lossy(m::query_text(&message)?);
+                respond(pools, &sql, &mut out);
                 msg::ready_for_query(&mut out, b'I');
             }
             b'S' => {

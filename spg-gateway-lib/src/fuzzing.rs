@@ -42,12 +42,12 @@ fn frontend_message(m: &[u8]) {
     match m.first() {
         Some(b'Q') => {
             if let Ok(q) = messages::query_text(m) {
-                let _ = sql::analyze(q);
+                let _ = sql::analyze(q, sql::Dialect::default());
             }
         }
         Some(b'P') => {
             if let Ok(p) = messages::parse_parse(m) {
-                let _ = sql::analyze(p.query);
+                let _ = sql::analyze(p.query, sql::Dialect::default());
                 let _ = messages::build_parse(p.name, p.query, p.types);
             }
         }
@@ -59,13 +59,32 @@ fn frontend_message(m: &[u8]) {
         Some(b'D' | b'C') => {
             let _ = messages::parse_target(m);
         }
+        Some(b'E') => {
+            let _ = messages::parse_execute(m);
+        }
         _ => {}
     }
 }
 
-/// SQL text a client sends (what the pooler reads to learn about session state).
+/// SQL text a client sends (what the pooler reads to learn about session state), in every
+/// kind of client encoding: the first byte picks the encoding and the string syntax.
 pub fn sql_effects(data: &[u8]) {
-    let _ = sql::analyze(&String::from_utf8_lossy(data));
+    let Some((&pick, text)) = data.split_first() else {
+        return;
+    };
+    let encoding = match pick & 3 {
+        0 => sql::ClientEncoding::AsciiSafe,
+        1 => sql::ClientEncoding::Sjis,
+        2 => sql::ClientEncoding::DoubleByte,
+        _ => sql::ClientEncoding::Gb18030,
+    };
+    let dialect = sql::Dialect {
+        encoding,
+        backslash_strings: pick & 4 != 0,
+    };
+    let a = sql::analyze(text, dialect);
+    let _ = a.wants_check();
+    let _ = a.sole_deallocate();
 }
 
 /// Messages of a pooled session: the first byte picks the direction (even: from a client,
@@ -94,6 +113,14 @@ pub fn pooled_messages(data: &[u8]) {
             }
             b'E' | b'N' => {
                 let _ = messages::error_is_fatal(&m);
+            }
+            b'D' => {
+                if let Ok(cols) = messages::data_row(&m) {
+                    let _ = sql::backend_state(&cols);
+                }
+            }
+            b'A' => {
+                let _ = messages::notification_with_pid(&m, 1);
             }
             _ => {}
         }

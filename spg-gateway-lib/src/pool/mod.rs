@@ -95,6 +95,14 @@ pub struct PoolConfig {
     pub lease_linger: Duration,
     /// Time a reset (`DISCARD ALL`) may take before the connection is closed instead (5 s).
     pub reset_timeout: Duration,
+    /// Named protocol-level statements one client may hold (default 5 000); past it, the least
+    /// recently used is forgotten (its name then reaches the backend unknown: `26000`).
+    pub max_statements_per_client: usize,
+    /// Bytes of statement text one client may hold (default 32 MiB), likewise.
+    pub max_statement_bytes_per_client: usize,
+    /// Ask the backend what session state it holds after every transaction, not only after
+    /// those with a statement that may have changed it (default false; see `proto::sql`).
+    pub check_state_always: bool,
 }
 
 impl Default for PoolConfig {
@@ -107,6 +115,9 @@ impl Default for PoolConfig {
             max_prepared_per_server: 500,
             lease_linger: Duration::from_secs(1),
             reset_timeout: Duration::from_secs(5),
+            max_statements_per_client: 5_000,
+            max_statement_bytes_per_client: 32 << 20,
+            check_state_always: false,
         }
     }
 }
@@ -205,6 +216,9 @@ impl ClientInfo {
     }
 }
 
+/// A setting's name and a value a client gave for it.
+type CanonKey = (String, Vec<u8>);
+
 /// Counters of a pool (since the gateway started).
 #[derive(Debug, Default)]
 pub struct PoolStats {
@@ -233,6 +247,11 @@ pub struct PoolStats {
     pub prepare_hits: AtomicU64,
     /// `Parse` + `Sync` answered while every backend was busy (prepared on first use).
     pub prepares_deferred: AtomicU64,
+    /// Client statements forgotten because a client held more than its bound.
+    pub statements_evicted: AtomicU64,
+    /// Session state checks sent to backends (after transactions that may have changed state
+    /// only the backend can tell).
+    pub state_checks: AtomicU64,
     /// Backend connections opened.
     pub servers_opened: AtomicU64,
     /// Backend connections closed (broken, unclean, or failed reset).
@@ -322,7 +341,7 @@ pub struct Pool {
     creds: Mutex<Option<(Key, ScramVerifier)>>,
     baseline: Mutex<Option<Arc<Params>>>,
     /// What PostgreSQL reported after a client's startup value: (name, given) → reported.
-    canon: Mutex<HashMap<(String, String), String>>,
+    canon: Mutex<HashMap<CanonKey, Vec<u8>>>,
     interned: Mutex<VecDeque<Arc<Params>>>,
     clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
     lease: Arc<PoolLease>,
@@ -395,18 +414,19 @@ impl Pool {
             .clone()
     }
 
-    pub(crate) fn canonical(&self, name: &str, given: &str) -> Option<String> {
+    /// The value PostgreSQL reports for `name` after a client gave `given` (learned).
+    pub(crate) fn canonical(&self, name: &str, given: &[u8]) -> Option<Vec<u8>> {
         self.canon
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(name.to_string(), given.to_string()))
+            .get(&(name.to_string(), given.to_vec()))
             .cloned()
     }
 
-    pub(crate) fn learn_canonical(&self, name: &str, given: &str, reported: &str) {
+    pub(crate) fn learn_canonical(&self, name: &str, given: &[u8], reported: &[u8]) {
         let mut c = self.canon.lock().unwrap_or_else(|p| p.into_inner());
         if c.len() < 1024 {
-            c.insert((name.to_string(), given.to_string()), reported.to_string());
+            c.insert((name.to_string(), given.to_vec()), reported.to_vec());
         }
     }
 
@@ -817,7 +837,7 @@ impl Pool {
         server.info.set_state(ServerState::Login, 0);
         let reset = tokio::time::timeout(
             self.deps.config.reset_timeout,
-            server.simple_query("DISCARD ALL"),
+            server.simple_query(b"DISCARD ALL"),
         )
         .await;
         match reset {

@@ -2,7 +2,6 @@
 //! another backend finds its settings there.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use crate::proto::sql::{plain_name, quote_literal};
 
@@ -11,8 +10,8 @@ use crate::proto::sql::{plain_name, quote_literal};
 pub struct Param {
     /// Name as PostgreSQL reports it (`DateStyle`) or as the client wrote it.
     pub display: String,
-    /// The value: plain text, or SQL text when `sql` is set.
-    pub value: String,
+    /// The value: plain text, or SQL text when `sql` is set; bytes in the client's encoding.
+    pub value: Vec<u8>,
     /// `value` is SQL as the client wrote it in a `SET` (re-applied verbatim).
     pub sql: bool,
     /// PostgreSQL reports the parameter with `ParameterStatus` (then `value` is what it
@@ -39,12 +38,12 @@ const FIXED: [&str; 6] = [
 
 impl Params {
     /// Record a `ParameterStatus`.
-    pub fn reported(&mut self, name: &str, value: &str) {
+    pub fn reported(&mut self, name: &str, value: &[u8]) {
         self.map.insert(
             name.to_ascii_lowercase(),
             Param {
                 display: name.to_string(),
-                value: value.to_string(),
+                value: value.to_vec(),
                 sql: false,
                 reported: true,
             },
@@ -56,9 +55,12 @@ impl Params {
         self.map.get(name).is_some_and(|p| p.reported)
     }
 
-    /// SQL that makes a backend whose parameters are `have` match `self`; empty when they do.
-    pub fn sync_sql(&self, have: &Params) -> String {
-        let mut sql = String::new();
+    /// The queries that make a backend whose parameters are `have` match `self`; none when they
+    /// do. A change of `client_encoding` goes alone and first: PostgreSQL reads a query string
+    /// in the encoding in force when it arrives, and the values that follow are in the new one.
+    pub fn sync_sql(&self, have: &Params) -> Vec<Vec<u8>> {
+        let mut encoding = Vec::new();
+        let mut sql = Vec::new();
         for (key, want) in &self.map {
             if FIXED.contains(&key.as_str()) || !plain_name(key) {
                 continue;
@@ -66,27 +68,55 @@ impl Params {
             if have.map.get(key).is_some_and(|h| h.value == want.value) {
                 continue;
             }
-            let value = if want.sql {
-                want.value.clone()
+            let out = if key == "client_encoding" {
+                &mut encoding
             } else {
-                quote_literal(&want.value)
+                &mut sql
             };
-            let _ = write!(sql, "SET {key} TO {value};");
+            out.extend_from_slice(b"SET ");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b" TO ");
+            if want.sql {
+                out.extend_from_slice(&want.value);
+            } else {
+                out.extend_from_slice(&quote_literal(&want.value));
+            }
+            out.push(b';');
         }
         for (key, h) in &have.map {
             if !h.reported && !self.map.contains_key(key) && plain_name(key) {
-                let _ = write!(sql, "RESET {key};");
+                sql.extend_from_slice(b"RESET ");
+                sql.extend_from_slice(key.as_bytes());
+                sql.push(b';');
             }
         }
-        sql
+        [encoding, sql]
+            .into_iter()
+            .filter(|q| !q.is_empty())
+            .collect()
     }
 
     /// The `ParameterStatus` pairs a client is shown at login.
-    pub fn reported_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn reported_pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.map
             .values()
             .filter(|p| p.reported)
-            .map(|p| (p.display.as_str(), p.value.as_str()))
+            .map(|p| (p.display.as_str(), p.value.as_slice()))
+    }
+
+    /// The client's encoding and string syntax, as its settings say.
+    pub fn dialect(&self) -> crate::proto::sql::Dialect {
+        crate::proto::sql::Dialect {
+            encoding: self
+                .map
+                .get("client_encoding")
+                .map(|p| crate::proto::sql::ClientEncoding::from_name(&p.value))
+                .unwrap_or_default(),
+            backslash_strings: self
+                .map
+                .get("standard_conforming_strings")
+                .is_some_and(|p| p.value.eq_ignore_ascii_case(b"off")),
+        }
     }
 }
 
@@ -142,32 +172,46 @@ mod tests {
     #[test]
     fn sync_sql_sets_and_resets_differences() {
         let mut base = Params::default();
-        base.reported("TimeZone", "UTC");
-        base.reported("server_version", "15.8");
+        base.reported("TimeZone", b"UTC");
+        base.reported("server_version", b"15.8");
         let mut want = base.clone();
-        want.reported("TimeZone", "Europe/Paris");
+        want.reported("TimeZone", b"Europe/Paris");
         want.map.insert(
             "search_path".into(),
             Param {
                 display: "search_path".into(),
-                value: "app, public".into(),
+                value: b"app, public".to_vec(),
                 sql: true,
                 reported: false,
             },
         );
         assert_eq!(
             want.sync_sql(&base),
-            "SET search_path TO app, public;SET timezone TO 'Europe/Paris';"
+            vec![b"SET search_path TO app, public;SET timezone TO 'Europe/Paris';".to_vec()]
         );
         assert_eq!(
             base.sync_sql(&want),
-            "SET timezone TO 'UTC';RESET search_path;"
+            vec![b"SET timezone TO 'UTC';RESET search_path;".to_vec()]
         );
-        assert_eq!(want.sync_sql(&want), "");
+        assert!(want.sync_sql(&want).is_empty());
         let pairs: Vec<_> = want.reported_pairs().collect();
         assert_eq!(
             pairs,
-            vec![("server_version", "15.8"), ("TimeZone", "Europe/Paris")]
+            vec![
+                ("server_version", &b"15.8"[..]),
+                ("TimeZone", &b"Europe/Paris"[..])
+            ]
+        );
+        // A new encoding first and alone, then values in it.
+        let mut latin = want.clone();
+        latin.reported("client_encoding", b"LATIN9");
+        latin.reported("application_name", b"caf\xe9");
+        assert_eq!(
+            latin.sync_sql(&want),
+            vec![
+                b"SET client_encoding TO 'LATIN9';".to_vec(),
+                b"SET application_name TO 'caf\xe9';".to_vec()
+            ]
         );
     }
 

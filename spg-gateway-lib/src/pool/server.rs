@@ -206,8 +206,8 @@ impl Server {
     /// `ErrorResponse` message), if any.
     pub(crate) async fn simple_query(
         &mut self,
-        sql: &str,
-    ) -> Result<(Vec<(String, String)>, Option<Bytes>), GatewayError> {
+        sql: &[u8],
+    ) -> Result<(Vec<(String, Vec<u8>)>, Option<Bytes>), GatewayError> {
         self.stream
             .write_all(&messages::build_query(sql))
             .await
@@ -233,7 +233,7 @@ impl Server {
             match msg[0] {
                 b'S' => {
                     let (k, v) = messages::parameter_status(&msg)?;
-                    reported.push((k.to_string(), v.to_string()));
+                    reported.push((k.to_string(), v.to_vec()));
                 }
                 b'E' => {
                     if messages::error_is_fatal(&msg) {

@@ -1,7 +1,7 @@
 //! Client → backend: the client's messages, mapped to the attached backend (taking one when
 //! the client starts work), with protocol-level statements renamed to the gateway's.
 
-use super::replies::{evict, forward, push_fake, sync_settings};
+use super::replies::{evict, forward, forward_tracked, push_fake, sync_settings};
 use super::*;
 
 impl<'a> Session<'a> {
@@ -109,16 +109,10 @@ impl<'a> Session<'a> {
             b'B' => self.on_bind(msg).await,
             b'D' => self.on_describe(msg).await,
             b'C' => self.on_close(msg).await,
-            b'E' => {
-                self.local.queries += 1;
-                let Some(att) = self.attach_for(tag).await? else {
-                    return Ok(());
-                };
-                att.unsynced = true;
-                forward(att, &msg, Kind::Execute);
-                Ok(())
-            }
+            b'E' => self.on_execute(msg).await,
             b'F' => {
+                // A function called by its OID: the gateway cannot tell what it does.
+                self.state.check_wanted = true;
                 let Some(att) = self.attach_for(tag).await? else {
                     return Ok(());
                 };
@@ -134,11 +128,11 @@ impl<'a> Session<'a> {
     pub(super) async fn on_query(&mut self, msg: Bytes) -> Result<(), GatewayError> {
         self.local.queries += 1;
         let sql = m::query_text(&msg)?;
-        let analysis = sql::analyze(sql);
+        let analysis = sql::analyze(sql, self.params.dialect());
         // `DEALLOCATE name` of a protocol-level statement: the gateway owns those.
-        if let [Effect::Deallocate(name)] = analysis.effects.as_slice() {
-            if analysis.statements == 1 && self.statements.contains_key(name) {
-                self.statements.remove(name);
+        if let Some(name) = analysis.sole_deallocate() {
+            if let Some(stmt) = self.statements.remove(name) {
+                self.statement_bytes -= stmt.parse.len();
                 match &mut self.att {
                     Some(att) => push_fake(att, &mut self.cout, Expect::FakeDeallocate),
                     None => {
@@ -149,24 +143,28 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
         }
-        self.apply_effects_at_send(&analysis.effects);
+        self.want_check(&analysis);
+        let track = (!analysis.statements.is_empty()).then(|| Track {
+            analysis: Arc::new(analysis),
+            next: 0,
+        });
         let Some(att) = self.attach_for(b'Q').await? else {
             return Ok(());
         };
-        forward(att, &msg, Kind::Query);
+        forward_tracked(att, &msg, Kind::Query, track);
         Ok(())
     }
 
     pub(super) async fn on_parse(&mut self, msg: Bytes) -> Result<(), GatewayError> {
         let p = m::parse_parse(&msg)?;
-        let effects = sql::analyze(p.query).effects;
+        let analysis = Arc::new(sql::analyze(p.query, self.params.dialect()));
         if p.name.is_empty() {
             let stmt = Arc::new(Stmt {
                 gw: Arc::from(""),
                 parse: msg.clone(),
-                effects,
+                analysis,
+                used: 0.into(),
             });
-            self.apply_effects_at_send(&stmt.effects);
             self.unnamed = Some(stmt);
             let Some(att) = self.attach_for(b'P').await? else {
                 return Ok(());
@@ -178,14 +176,13 @@ impl<'a> Session<'a> {
         }
         let gw = gateway_name(p.query, p.types);
         let stmt = Arc::new(Stmt {
-            parse: m::build_parse(&gw, p.query, p.types),
+            parse: m::build_parse(gw.as_bytes(), p.query, p.types),
             gw: Arc::from(gw.as_str()),
-            effects,
+            analysis,
+            used: 0.into(),
         });
-        let client_name = p.name.to_string();
-        self.apply_effects_at_send(&stmt.effects);
-        self.statements
-            .insert(client_name.clone(), Arc::clone(&stmt));
+        let client_name = p.name.to_vec();
+        self.remember_statement(client_name.clone(), Arc::clone(&stmt));
         // A lone `Parse` + `Sync` (libpq's PQprepare) between transactions while every backend
         // is busy: answer it here and prepare the statement where it is first used (errors in
         // it are reported then). Waiting could deadlock a client program that prepares on one
@@ -209,7 +206,7 @@ impl<'a> Session<'a> {
         att.unsynced = true;
         if att.skipping {
             // PostgreSQL would skip this Parse (an earlier error, no Sync yet): no statement.
-            self.statements.remove(&client_name);
+            self.forget_statement(&client_name);
             return Ok(());
         }
         if att.server.prepared.contains(&stmt.gw) {
@@ -230,14 +227,60 @@ impl<'a> Session<'a> {
                     gw: Arc::clone(&stmt.gw),
                     client_name: Some(client_name),
                 }),
+                track: None,
+                check: false,
             });
         }
         Ok(())
     }
 
+    /// Keep a client's named statement. The map is bounded (count and bytes, per client): past
+    /// the bound the least recently used statement is forgotten, and a later use of its name
+    /// reaches the backend as the client wrote it, where it is an unknown statement (SQLSTATE
+    /// `26000`), never another statement's.
+    fn remember_statement(&mut self, name: Vec<u8>, stmt: Arc<Stmt>) {
+        self.uses += 1;
+        stmt.used.store(self.uses, Ordering::Relaxed);
+        self.statement_bytes += stmt.parse.len() + name.len();
+        if let Some(old) = self.statements.insert(name.clone(), stmt) {
+            self.statement_bytes -= old.parse.len() + name.len();
+        }
+        let cfg = self.pool.config();
+        let (max_count, max_bytes) = (
+            cfg.max_statements_per_client,
+            cfg.max_statement_bytes_per_client,
+        );
+        while self.statements.len() > max_count.max(1)
+            || (self.statement_bytes > max_bytes && self.statements.len() > 1)
+        {
+            let Some(oldest) = self
+                .statements
+                .iter()
+                .filter(|(k, _)| **k != name)
+                .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.forget_statement(&oldest);
+            self.pool
+                .stats
+                .statements_evicted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn forget_statement(&mut self, name: &[u8]) {
+        if let Some(old) = self.statements.remove(name) {
+            self.statement_bytes = self
+                .statement_bytes
+                .saturating_sub(old.parse.len() + name.len());
+        }
+    }
+
     /// Make sure the statement `name` refers to exists on the attached backend; returns the
     /// name to use there (`None`: pass the client's name through, unknown to the gateway).
-    pub(super) fn ensure_prepared(&mut self, name: &str) -> Option<Arc<str>> {
+    pub(super) fn ensure_prepared(&mut self, name: &[u8]) -> Option<Arc<str>> {
         let max_prepared = self.pool.config().max_prepared_per_server;
         let att = self.att.as_mut()?;
         if name.is_empty() {
@@ -248,6 +291,8 @@ impl<'a> Session<'a> {
                         kind: Kind::Parse,
                         internal: true,
                         created: None,
+                        track: None,
+                        check: false,
                     });
                     att.unnamed_here = true;
                 }
@@ -255,6 +300,8 @@ impl<'a> Session<'a> {
             return None;
         }
         let stmt = self.statements.get(name)?;
+        self.uses += 1;
+        stmt.used.store(self.uses, Ordering::Relaxed);
         if !att.skipping && !att.server.prepared.contains(&stmt.gw) {
             evict(att, max_prepared);
             self.pool.stats.prepares.fetch_add(1, Ordering::Relaxed);
@@ -268,6 +315,8 @@ impl<'a> Session<'a> {
                     gw: Arc::clone(&stmt.gw),
                     client_name: None,
                 }),
+                track: None,
+                check: false,
             });
         }
         Some(Arc::clone(&stmt.gw))
@@ -275,10 +324,20 @@ impl<'a> Session<'a> {
 
     pub(super) async fn on_bind(&mut self, msg: Bytes) -> Result<(), GatewayError> {
         let (portal, stmt, rest_at) = m::parse_bind(&msg)?;
-        let (portal, stmt) = (portal.to_string(), stmt.to_string());
+        let (portal, stmt) = (portal.to_vec(), stmt.to_vec());
         if self.attach_for(b'B').await?.is_none() {
             return Ok(());
         }
+        // What the portal will run, for its Execute.
+        let analysis = if stmt.is_empty() {
+            self.unnamed.as_ref().map(|s| Arc::clone(&s.analysis))
+        } else {
+            self.statements.get(&stmt).map(|s| Arc::clone(&s.analysis))
+        };
+        match analysis.filter(|a| !a.statements.is_empty()) {
+            Some(a) => self.portals.insert(portal.clone(), a),
+            None => self.portals.remove(&portal),
+        };
         let mapped = self.ensure_prepared(&stmt);
         let Some(att) = &mut self.att else {
             return Ok(());
@@ -286,7 +345,7 @@ impl<'a> Session<'a> {
         att.unsynced = true;
         match mapped {
             Some(gw) => {
-                let rewritten = m::rewrite_bind(&msg, &portal, &gw, rest_at);
+                let rewritten = m::rewrite_bind(&msg, &portal, gw.as_bytes(), rest_at);
                 forward(att, &rewritten, Kind::Bind);
             }
             None => forward(att, &msg, Kind::Bind),
@@ -294,9 +353,28 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    pub(super) async fn on_execute(&mut self, msg: Bytes) -> Result<(), GatewayError> {
+        self.local.queries += 1;
+        let portal = m::parse_execute(&msg)?;
+        let track = self.portals.get(portal).map(|a| Track {
+            analysis: Arc::clone(a),
+            next: 0,
+        });
+        if let Some(t) = &track {
+            let a = Arc::clone(&t.analysis);
+            self.want_check(&a);
+        }
+        let Some(att) = self.attach_for(b'E').await? else {
+            return Ok(());
+        };
+        att.unsynced = true;
+        forward_tracked(att, &msg, Kind::Execute, track);
+        Ok(())
+    }
+
     pub(super) async fn on_describe(&mut self, msg: Bytes) -> Result<(), GatewayError> {
         let (kind, name) = m::parse_target(&msg)?;
-        let name = name.to_string();
+        let name = name.to_vec();
         if self.attach_for(b'D').await?.is_none() {
             return Ok(());
         }
@@ -310,7 +388,11 @@ impl<'a> Session<'a> {
         };
         att.unsynced = true;
         match mapped {
-            Some(gw) => forward(att, &m::build_target(b'D', b'S', &gw), Kind::Describe),
+            Some(gw) => forward(
+                att,
+                &m::build_target(b'D', b'S', gw.as_bytes()),
+                Kind::Describe,
+            ),
             None => forward(att, &msg, Kind::Describe),
         }
         Ok(())
@@ -321,7 +403,8 @@ impl<'a> Session<'a> {
         let ours = kind == b'S' && !name.is_empty();
         if ours {
             // The statement stays in the backend's cache; the client's name goes.
-            self.statements.remove(name);
+            let name = name.to_vec();
+            self.forget_statement(&name);
         }
         match &mut self.att {
             Some(att) if !ours => {
@@ -365,7 +448,6 @@ impl<'a> Session<'a> {
                 } else {
                     self.skip_until_sync = true;
                 }
-                self.pending.clear();
                 return Ok(None);
             }
         }
@@ -402,10 +484,10 @@ impl<'a> Session<'a> {
 
 /// The gateway's name of a statement: derived from its text and parameter types, so equal
 /// statements of different clients share one preparation per backend.
-pub(super) fn gateway_name(query: &str, types: &[u8]) -> String {
+pub(super) fn gateway_name(query: &[u8], types: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update((query.len() as u64).to_be_bytes());
-    h.update(query.as_bytes());
+    h.update(query);
     h.update(types);
     let d = h.finalize();
     let mut s = String::with_capacity(STMT_PREFIX.len() + 32);
@@ -423,10 +505,10 @@ mod tests {
 
     #[test]
     fn gateway_names_are_stable_and_distinct() {
-        let a = gateway_name("select $1", &[0, 1, 0, 0, 0, 23]);
-        assert_eq!(a, gateway_name("select $1", &[0, 1, 0, 0, 0, 23]));
-        assert_ne!(a, gateway_name("select $1", &[0, 0]));
-        assert_ne!(a, gateway_name("select $2", &[0, 1, 0, 0, 0, 23]));
+        let a = gateway_name(b"select $1", &[0, 1, 0, 0, 0, 23]);
+        assert_eq!(a, gateway_name(b"select $1", &[0, 1, 0, 0, 0, 23]));
+        assert_ne!(a, gateway_name(b"select $1", &[0, 0]));
+        assert_ne!(a, gateway_name(b"select $2", &[0, 1, 0, 0, 0, 23]));
         assert!(a.starts_with(STMT_PREFIX) && a.len() == STMT_PREFIX.len() + 32);
     }
 }

@@ -39,17 +39,17 @@ pub(super) fn desired(
     let mut p = baseline.clone();
     for (key, display, value) in settings {
         if let Some(cur) = p.map.get_mut(key).filter(|c| c.reported) {
-            match pool.canonical(key, value) {
+            match pool.canonical(key, value.as_bytes()) {
                 Some(c) => cur.value = c,
                 None if exact => return None,
-                None => cur.value = value.clone(),
+                None => cur.value = value.as_bytes().to_vec(),
             }
         } else {
             p.map.insert(
                 key.clone(),
                 Param {
                     display: display.clone(),
-                    value: value.clone(),
+                    value: value.as_bytes().to_vec(),
                     sql: false,
                     reported: false,
                 },
@@ -144,9 +144,12 @@ impl<'a> Session<'a> {
             params,
             statements: HashMap::new(),
             unnamed: None,
+            statement_bytes: 0,
+            uses: 0,
+            portals: HashMap::new(),
             pins: BTreeMap::new(),
             counted_pins: BTreeSet::new(),
-            pending: Vec::new(),
+            state: Tracker::default(),
             att,
             skip_until_sync: false,
             dropping_stream: false,
@@ -172,11 +175,11 @@ pub(super) async fn settle(
         .baseline()
         .unwrap_or_else(|| Arc::clone(&server.values));
     let want = desired(pool, &baseline, settings, false).unwrap_or_else(|| (*baseline).clone());
-    let sql = want.sync_sql(&server.values);
-    if sql.is_empty() {
+    let queries = want.sync_sql(&server.values);
+    if queries.is_empty() {
         for (key, _, given) in settings {
             if let Some(p) = want.map.get(key).filter(|p| p.reported) {
-                pool.learn_canonical(key, given, &p.value);
+                pool.learn_canonical(key, given.as_bytes(), &p.value);
             }
         }
         let params = pool.intern(want);
@@ -184,24 +187,42 @@ pub(super) async fn settle(
         return Ok((params, server));
     }
     server.info.set_state(ServerState::Login, 0);
-    let result = server.simple_query(&sql).await;
-    let (reported, error) = match result {
-        Ok(x) => x,
-        Err(e) => {
+    let before = Arc::clone(&server.values);
+    let mut reported = Vec::new();
+    for sql in &queries {
+        let (r, error) = match server.simple_query(sql).await {
+            Ok(x) => x,
+            Err(e) => {
+                pool.close(server);
+                return Err(e);
+            }
+        };
+        reported.extend(r);
+        if let Some(err) = error {
+            // The settings of a query ran in one implicit transaction; an earlier query (a new
+            // client_encoding) may have taken: the connection goes rather than guess.
+            let f = msg::parse_error_fields(m::body(&err));
             pool.close(server);
-            return Err(e);
+            return Err(GatewayError::ServerError {
+                code: f.code,
+                message: f.message,
+            });
         }
-    };
-    if let Some(err) = error {
-        // The server still has its old values: the settings ran in one implicit transaction.
-        let f = msg::parse_error_fields(m::body(&err));
-        pool.release(server);
-        return Err(GatewayError::ServerError {
-            code: f.code,
-            message: f.message,
-        });
     }
     let mut params = want;
+    // A reported setting PostgreSQL did not report again kept its value: the client's
+    // spelling (`utf8`) means what the backend already had (`UTF8`), and that is what the
+    // client is shown, as PostgreSQL would.
+    for (key, _, _) in settings {
+        let unchanged = !reported.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
+        if let (Some(p), Some(had), true) = (
+            params.map.get_mut(key).filter(|p| p.reported),
+            before.map.get(key),
+            unchanged,
+        ) {
+            p.value = had.value.clone();
+        }
+    }
     for (k, v) in &reported {
         params.reported(k, v);
     }
@@ -209,7 +230,7 @@ pub(super) async fn settle(
     // does not report again): later logins with the same settings need no backend.
     for (key, _, given) in settings {
         if let Some(p) = params.map.get(key).filter(|p| p.reported) {
-            pool.learn_canonical(key, given, &p.value);
+            pool.learn_canonical(key, given.as_bytes(), &p.value);
         }
     }
     let params = pool.intern(params);

@@ -10,8 +10,9 @@
 //!   backend the client gets, and answered from that backend's cache when it is already there;
 //! - the unnamed statement, re-prepared if a `Bind` finds another backend than its `Parse`.
 //!
-//! What cannot move pins the client to its backend until it is gone (see [`crate::proto::sql`]).
-//! Responses to messages the gateway adds are swallowed, and responses the gateway answers itself
+//! What cannot move pins the client to its backend while the backend holds it: settings follow
+//! the outcome of the statements that make them, pinned state is what the backend reports (see
+//! [`state`] and [`crate::proto::sql`]). Responses to messages the gateway adds are swallowed, and responses the gateway answers itself
 //! are put in the stream in order, by a queue of what each forwarded message will produce.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -38,6 +39,7 @@ use crate::proto::startup::StartupMessage;
 use crate::server::Shared;
 use crate::stream::ClientStream;
 use crate::GatewayError;
+use state::{Pins, Track, Tracker};
 
 mod client;
 mod login;
@@ -70,7 +72,7 @@ enum Event {
 #[derive(Debug)]
 struct Created {
     gw: Arc<str>,
-    client_name: Option<String>,
+    client_name: Option<Vec<u8>>,
 }
 
 /// A statement a client prepared.
@@ -79,7 +81,10 @@ struct Stmt {
     gw: Arc<str>,
     /// `Parse` message under the gateway's name (or the unnamed statement's own message).
     parse: Bytes,
-    effects: Vec<Effect>,
+    /// What executing it does to the session.
+    analysis: Arc<sql::Analysis>,
+    /// When the client last used it (a counter of the session's), for eviction.
+    used: std::sync::atomic::AtomicU64,
 }
 
 /// A backend connection while a client holds it.
@@ -94,8 +99,6 @@ struct Attached {
     status: u8,
     /// When it was attached ([`coarse_us`]).
     since: u64,
-    /// An error or `ROLLBACK` since the last idle `ReadyForQuery`.
-    failed: bool,
     /// Nothing came back from the backend yet and nothing was answered for it: the client's
     /// messages in `log` can go to another backend if this one turns out to be gone.
     fresh: bool,
@@ -127,13 +130,21 @@ pub(crate) struct Session<'a> {
     params: Arc<Params>,
     /// Its parameters right after login (what `RESET ALL` returns to).
     startup: Arc<Params>,
-    statements: HashMap<String, Arc<Stmt>>,
+    /// The client's named protocol-level statements (bounded: see [`client`]).
+    statements: HashMap<Vec<u8>, Arc<Stmt>>,
+    /// Bytes of the `Parse` messages in `statements`.
+    statement_bytes: usize,
+    /// A counter of statement uses, for eviction.
+    uses: u64,
     unnamed: Option<Arc<Stmt>>,
-    pins: BTreeMap<PinKind, BTreeSet<String>>,
+    /// What the open transaction's portals run (named and unnamed), when it matters.
+    portals: HashMap<Vec<u8>, Arc<sql::Analysis>>,
+    /// State the client holds on its backend (it stays there while any is held).
+    pins: Pins,
     /// Pin kinds counted in the pool's metrics for this client.
     counted_pins: BTreeSet<PinKind>,
-    /// Session effects waiting for the transaction's outcome.
-    pending: Vec<Effect>,
+    /// Settings in flight, pinned state, the state check.
+    state: Tracker,
     att: Option<Attached>,
     /// After a failed checkout: drop extended-protocol messages until `Sync`.
     skip_until_sync: bool,
@@ -232,9 +243,13 @@ impl<'a> Session<'a> {
                 && att.status == b'I'
                 && att.server.inbuf.is_empty()
                 && att.out.is_empty();
-            let needs_reset = self.pool.mode == PoolMode::Session || !self.pins.is_empty();
+            // A client that may have left state behind (pinned, or a check not yet made): the
+            // backend is reset before anyone else gets it, or closed if a reset cannot undo it.
+            let needs_reset = self.pool.mode == PoolMode::Session
+                || !self.pins.is_empty()
+                || self.state.check_wanted;
             let server = att.server;
-            if !clean {
+            if !clean || self.state.needs_close() {
                 self.pool.close(server);
             } else if needs_reset {
                 self.pool.reset_and_release(server).await;
@@ -446,7 +461,6 @@ impl Attached {
             unnamed_here: false,
             status: b'I',
             since: coarse_us(),
-            failed: false,
             fresh: true,
             log: Vec::new(),
             skipping: false,

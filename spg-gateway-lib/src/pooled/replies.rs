@@ -12,6 +12,10 @@ pub(super) enum Expect {
         internal: bool,
         /// A `Parse` that creates a gateway-owned statement (undone if it fails or is skipped).
         created: Option<Created>,
+        /// The statements whose outcomes the session follows (`Query`, `Execute`).
+        track: Option<Track>,
+        /// The gateway's own session state check ([`sql::CHECK_QUERY`]).
+        check: bool,
     },
     /// Bytes the gateway answers itself, sent when their turn comes.
     Fake(Bytes),
@@ -141,7 +145,16 @@ impl<'a> Session<'a> {
         let head = att.queue.front();
         let internal = matches!(head, Some(Expect::Reply { internal: true, .. }));
         match tag {
-            b'A' => self.cout.extend_from_slice(msg),
+            b'A' => {
+                // A notification the client's own backend sent carries the pid the client
+                // knows (from the gateway's BackendKeyData), as it would directly.
+                match m::notification_with_pid(msg, self.cancel.pid) {
+                    Some((from, mine)) if from == att.server.target.pid => {
+                        self.cout.extend_from_slice(&mine)
+                    }
+                    _ => self.cout.extend_from_slice(msg),
+                }
+            }
             b'N' => {
                 if !internal {
                     self.cout.extend_from_slice(msg);
@@ -165,12 +178,12 @@ impl<'a> Session<'a> {
                     att.broken = true;
                 }
                 if !internal {
-                    att.failed = true;
+                    self.state.txn_error = true;
                 }
                 match att.queue.front() {
                     Some(Expect::Reply { kind, .. }) if kind.is_sync_point() => {
                         if internal {
-                            warn!("a settings query the gateway sent failed");
+                            warn!("a query the gateway sent (settings or state check) failed");
                         } else {
                             self.cout.extend_from_slice(msg);
                         }
@@ -180,7 +193,12 @@ impl<'a> Session<'a> {
                         else {
                             return Ok(());
                         };
-                        undo(att, &mut self.statements, created);
+                        undo(
+                            att,
+                            &mut self.statements,
+                            &mut self.statement_bytes,
+                            created,
+                        );
                         // Errors of a statement the gateway re-prepared are the client's own.
                         if !internal || kind == Kind::Parse {
                             self.cout.extend_from_slice(msg);
@@ -194,7 +212,12 @@ impl<'a> Session<'a> {
                                 break;
                             }
                             if let Some(Expect::Reply { created, .. }) = att.queue.pop_front() {
-                                undo(att, &mut self.statements, created);
+                                undo(
+                                    att,
+                                    &mut self.statements,
+                                    &mut self.statement_bytes,
+                                    created,
+                                );
                             }
                         }
                         // No Sync sent yet: what the client sends until then gets no reply.
@@ -205,26 +228,34 @@ impl<'a> Session<'a> {
             }
             b'Z' => {
                 let status = m::ready_status(msg)?;
-                match att.queue.pop_front() {
-                    Some(Expect::Reply { kind, internal, .. }) if kind.is_sync_point() => {
+                let (internal, was_check) = match att.queue.pop_front() {
+                    Some(Expect::Reply {
+                        kind,
+                        internal,
+                        check,
+                        ..
+                    }) if kind.is_sync_point() => {
                         att.status = status;
-                        if !internal {
-                            self.cout.extend_from_slice(msg);
-                            if status == b'I' {
-                                self.local.xacts += 1;
-                            }
-                        }
+                        (internal, check)
                     }
                     _ => {
                         return Err(GatewayError::BackendRejected(
                             "unexpected ReadyForQuery from the compute".into(),
                         ))
                     }
-                }
-                if status == b'I' && !internal {
-                    self.retries = 0;
-                    let failed = std::mem::take(&mut att.failed);
-                    self.commit_pending(failed);
+                };
+                if was_check {
+                    self.check_done();
+                } else if !internal {
+                    let mut held = false;
+                    if status == b'I' {
+                        self.local.xacts += 1;
+                        self.retries = 0;
+                        held = self.transaction_ended(msg);
+                    }
+                    if !held {
+                        self.cout.extend_from_slice(msg);
+                    }
                 }
                 self.flush_fakes();
                 self.maybe_release();
@@ -232,17 +263,32 @@ impl<'a> Session<'a> {
             }
             b'C' => {
                 let ctag = m::command_tag(msg)?;
-                match ctag {
-                    "DISCARD ALL" | "DEALLOCATE ALL" => {
-                        att.server.prepared.clear();
-                        att.server.note_prepared();
-                    }
-                    "ROLLBACK" => att.failed = true,
-                    _ => {}
+                if matches!(ctag, "DISCARD ALL" | "DEALLOCATE ALL") {
+                    att.server.prepared.clear();
+                    att.server.note_prepared();
                 }
+                // The statement it completes succeeded: its effects join the transaction's.
+                let done = match att.queue.front_mut() {
+                    Some(Expect::Reply {
+                        track: Some(t),
+                        internal: false,
+                        ..
+                    }) => {
+                        let i = t.next;
+                        t.next += 1;
+                        Some((Arc::clone(&t.analysis), i))
+                    }
+                    _ => None,
+                };
                 complete(att, tag);
                 if !internal {
                     self.cout.extend_from_slice(msg);
+                }
+                if let Some((analysis, i)) = done {
+                    match analysis.statements.get(i) {
+                        Some(stmt) => self.statement_done(stmt, ctag),
+                        None => self.lost_count(),
+                    }
                 }
             }
             _ => {
@@ -251,6 +297,10 @@ impl<'a> Session<'a> {
                         "unexpected message {:?} from the compute",
                         tag as char
                     )));
+                }
+                if tag == b'D' && matches!(head, Some(Expect::Reply { check: true, .. })) {
+                    self.check_row(msg);
+                    return Ok(());
                 }
                 complete(att, tag);
                 if !internal {
@@ -288,13 +338,14 @@ impl<'a> Session<'a> {
 /// Make the attached backend's settings, now `have`, the client's `want` (one internal query
 /// whose replies are swallowed) and record that it has them.
 pub(super) fn sync_settings(att: &mut Attached, want: &Arc<Params>, have: &Params) {
-    let sql = want.sync_sql(have);
-    if !sql.is_empty() {
+    for sql in want.sync_sql(have) {
         att.out.extend_from_slice(&m::build_query(&sql));
         att.queue.push_back(Expect::Reply {
             kind: Kind::Query,
             internal: true,
             created: None,
+            track: None,
+            check: false,
         });
     }
     att.server.values = Arc::clone(want);
@@ -302,6 +353,11 @@ pub(super) fn sync_settings(att: &mut Attached, want: &Arc<Params>, have: &Param
 
 /// Forward a client message and expect its reply (none while the backend skips to `Sync`).
 pub(super) fn forward(att: &mut Attached, msg: &[u8], kind: Kind) {
+    forward_tracked(att, msg, kind, None);
+}
+
+/// [`forward`], following the outcomes of the statements in `track`.
+pub(super) fn forward_tracked(att: &mut Attached, msg: &[u8], kind: Kind, track: Option<Track>) {
     att.out.extend_from_slice(msg);
     if kind == Kind::Sync {
         att.skipping = false;
@@ -312,6 +368,8 @@ pub(super) fn forward(att: &mut Attached, msg: &[u8], kind: Kind) {
         kind,
         internal: false,
         created: None,
+        track,
+        check: false,
     });
 }
 
@@ -356,7 +414,8 @@ pub(super) fn complete(att: &mut Attached, tag: u8) {
 /// A `Parse` failed or was skipped: the statement does not exist.
 pub(super) fn undo(
     att: &mut Attached,
-    statements: &mut HashMap<String, Arc<Stmt>>,
+    statements: &mut HashMap<Vec<u8>, Arc<Stmt>>,
+    statement_bytes: &mut usize,
     created: Option<Created>,
 ) {
     let Some(c) = created else {
@@ -366,7 +425,9 @@ pub(super) fn undo(
     att.server.note_prepared();
     if let Some(name) = c.client_name {
         if statements.get(&name).is_some_and(|s| s.gw == c.gw) {
-            statements.remove(&name);
+            if let Some(old) = statements.remove(&name) {
+                *statement_bytes = statement_bytes.saturating_sub(old.parse.len() + name.len());
+            }
         }
     }
 }
@@ -378,11 +439,13 @@ pub(super) fn evict(att: &mut Attached, max: usize) {
             return;
         };
         att.out
-            .extend_from_slice(&m::build_target(b'C', b'S', &old));
+            .extend_from_slice(&m::build_target(b'C', b'S', old.as_bytes()));
         att.queue.push_back(Expect::Reply {
             kind: Kind::Close,
             internal: true,
             created: None,
+            track: None,
+            check: false,
         });
     }
 }

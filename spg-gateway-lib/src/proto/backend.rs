@@ -97,10 +97,11 @@ pub fn auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
 }
 
 /// `ParameterStatus`.
-pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &[u8]) {
     message(out, b'S', |b| {
         put_cstr(b, name);
-        put_cstr(b, value);
+        b.put_slice(value);
+        b.put_u8(0);
     });
 }
 

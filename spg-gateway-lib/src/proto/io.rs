@@ -114,6 +114,8 @@ pub struct PacketReader {
 
 /// Least room offered to one `recv`.
 const READ_CHUNK: usize = 512;
+/// Most room reserved ahead of bytes that have arrived.
+const MAX_READ_AHEAD: usize = 8 * 1024;
 
 impl PacketReader {
     /// A first packet (length-prefixed, no type byte), bounded by `MAX_STARTUP_PACKET`; the
@@ -163,7 +165,10 @@ impl PacketReader {
         what: &'static str,
     ) -> Result<(), GatewayError> {
         while self.buf.len() < want {
-            self.buf.reserve((want - self.buf.len()).max(READ_CHUNK));
+            // Room for what has a chance to arrive in one read, not for what the peer announced:
+            // an unauthenticated client claiming a large packet holds only what it sends.
+            self.buf
+                .reserve((want - self.buf.len()).clamp(READ_CHUNK, MAX_READ_AHEAD));
             let n = r
                 .read_buf(&mut self.buf)
                 .await

@@ -14,11 +14,18 @@ fn bad(what: &str) -> GatewayError {
     GatewayError::Protocol(format!("malformed {what} message"))
 }
 
-/// Split a NUL-terminated string off `b`.
-fn cstr<'a>(b: &'a [u8], what: &str) -> Result<(&'a str, &'a [u8]), GatewayError> {
+/// Split a NUL-terminated string off `b`: its bytes, in whatever encoding the peer uses (no
+/// character of any encoding PostgreSQL supports contains a zero byte).
+fn cstr<'a>(b: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), GatewayError> {
     let nul = b.iter().position(|x| *x == 0).ok_or_else(|| bad(what))?;
-    let s = std::str::from_utf8(&b[..nul]).map_err(|_| bad(what))?;
-    Ok((s, &b[nul + 1..]))
+    Ok((&b[..nul], &b[nul + 1..]))
+}
+
+/// [`cstr`] of ASCII text (command tags, parameter names).
+fn cstr_ascii<'a>(b: &'a [u8], what: &str) -> Result<(&'a str, &'a [u8]), GatewayError> {
+    let (s, rest) = cstr(b, what)?;
+    let s = std::str::from_utf8(s).map_err(|_| bad(what))?;
+    Ok((s, rest))
 }
 
 /// The body of a whole message.
@@ -39,8 +46,8 @@ fn finish(out: &mut BytesMut, at: usize) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// The SQL text of a `Query` message.
-pub fn query_text(msg: &[u8]) -> Result<&str, GatewayError> {
+/// The SQL text of a `Query` message (bytes in the client's encoding).
+pub fn query_text(msg: &[u8]) -> Result<&[u8], GatewayError> {
     Ok(cstr(body(msg), "Query")?.0)
 }
 
@@ -48,9 +55,9 @@ pub fn query_text(msg: &[u8]) -> Result<&str, GatewayError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseMsg<'a> {
     /// Statement name (empty: the unnamed statement).
-    pub name: &'a str,
+    pub name: &'a [u8],
     /// SQL text.
-    pub query: &'a str,
+    pub query: &'a [u8],
     /// Parameter type count and OIDs, as sent.
     pub types: &'a [u8],
 }
@@ -70,12 +77,12 @@ pub fn parse_parse(msg: &[u8]) -> Result<ParseMsg<'_>, GatewayError> {
 }
 
 /// Build a `Parse` message.
-pub fn build_parse(name: &str, query: &str, types: &[u8]) -> Bytes {
+pub fn build_parse(name: &[u8], query: &[u8], types: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER + name.len() + query.len() + types.len() + 2);
     let at = begin(&mut out, b'P');
-    out.put_slice(name.as_bytes());
+    out.put_slice(name);
     out.put_u8(0);
-    out.put_slice(query.as_bytes());
+    out.put_slice(query);
     out.put_u8(0);
     out.put_slice(types);
     finish(&mut out, at);
@@ -83,7 +90,7 @@ pub fn build_parse(name: &str, query: &str, types: &[u8]) -> Bytes {
 }
 
 /// The portal and statement names of a `Bind` message, and where the rest starts in the body.
-pub fn parse_bind(msg: &[u8]) -> Result<(&str, &str, usize), GatewayError> {
+pub fn parse_bind(msg: &[u8]) -> Result<(&[u8], &[u8], usize), GatewayError> {
     let b = body(msg);
     let (portal, rest) = cstr(b, "Bind")?;
     let (stmt, rest) = cstr(rest, "Bind")?;
@@ -91,22 +98,31 @@ pub fn parse_bind(msg: &[u8]) -> Result<(&str, &str, usize), GatewayError> {
 }
 
 /// `Bind` with its statement name replaced.
-pub fn rewrite_bind(msg: &[u8], portal: &str, stmt: &str, rest_at: usize) -> Bytes {
-    let rest = &body(msg)[rest_at..];
+pub fn rewrite_bind(msg: &[u8], portal: &[u8], stmt: &[u8], rest_at: usize) -> Bytes {
+    let rest = body(msg).get(rest_at..).unwrap_or(&[]);
     let mut out = BytesMut::with_capacity(HEADER + portal.len() + stmt.len() + rest.len() + 2);
     let at = begin(&mut out, b'B');
-    out.put_slice(portal.as_bytes());
+    out.put_slice(portal);
     out.put_u8(0);
-    out.put_slice(stmt.as_bytes());
+    out.put_slice(stmt);
     out.put_u8(0);
     out.put_slice(rest);
     finish(&mut out, at);
     out.freeze()
 }
 
+/// The portal an `Execute` message runs.
+pub fn parse_execute(msg: &[u8]) -> Result<&[u8], GatewayError> {
+    let (portal, rest) = cstr(body(msg), "Execute")?;
+    if rest.len() != 4 {
+        return Err(bad("Execute"));
+    }
+    Ok(portal)
+}
+
 /// The target of a `Describe` or `Close` message: `b'S'` (statement) or `b'P'` (portal), and
 /// its name.
-pub fn parse_target(msg: &[u8]) -> Result<(u8, &str), GatewayError> {
+pub fn parse_target(msg: &[u8]) -> Result<(u8, &[u8]), GatewayError> {
     let b = body(msg);
     let (&kind, rest) = b.split_first().ok_or_else(|| bad("Describe/Close"))?;
     if kind != b'S' && kind != b'P' {
@@ -120,21 +136,21 @@ pub fn parse_target(msg: &[u8]) -> Result<(u8, &str), GatewayError> {
 }
 
 /// A `Describe` or `Close` message (`tag`) of a statement or portal.
-pub fn build_target(tag: u8, kind: u8, name: &str) -> Bytes {
+pub fn build_target(tag: u8, kind: u8, name: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER + name.len() + 2);
     let at = begin(&mut out, tag);
     out.put_u8(kind);
-    out.put_slice(name.as_bytes());
+    out.put_slice(name);
     out.put_u8(0);
     finish(&mut out, at);
     out.freeze()
 }
 
 /// A `Query` message.
-pub fn build_query(sql: &str) -> Bytes {
+pub fn build_query(sql: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER + sql.len() + 1);
     let at = begin(&mut out, b'Q');
-    out.put_slice(sql.as_bytes());
+    out.put_slice(sql);
     out.put_u8(0);
     finish(&mut out, at);
     out.freeze()
@@ -196,14 +212,45 @@ pub fn ready_status(msg: &[u8]) -> Result<u8, GatewayError> {
 
 /// The tag of a `CommandComplete`.
 pub fn command_tag(msg: &[u8]) -> Result<&str, GatewayError> {
-    Ok(cstr(body(msg), "CommandComplete")?.0)
+    Ok(cstr_ascii(body(msg), "CommandComplete")?.0)
 }
 
-/// Name and value of a `ParameterStatus`.
-pub fn parameter_status(msg: &[u8]) -> Result<(&str, &str), GatewayError> {
-    let (name, rest) = cstr(body(msg), "ParameterStatus")?;
+/// Name and value of a `ParameterStatus` (the value in the client's encoding).
+pub fn parameter_status(msg: &[u8]) -> Result<(&str, &[u8]), GatewayError> {
+    let (name, rest) = cstr_ascii(body(msg), "ParameterStatus")?;
     let (value, _) = cstr(rest, "ParameterStatus")?;
     Ok((name, value))
+}
+
+/// The columns of a `DataRow` (`None`: NULL).
+pub fn data_row(msg: &[u8]) -> Result<Vec<Option<&[u8]>>, GatewayError> {
+    let b = body(msg);
+    let n = b.get(..2).ok_or_else(|| bad("DataRow"))?;
+    let n = i16::from_be_bytes([n[0], n[1]]);
+    let mut rest = &b[2..];
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let len = rest.get(..4).ok_or_else(|| bad("DataRow"))?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let v = rest.get(..len as usize).ok_or_else(|| bad("DataRow"))?;
+        out.push(Some(v));
+        rest = &rest[len as usize..];
+    }
+    Ok(out)
+}
+
+/// The process id of a `NotificationResponse`, and the message with it replaced by `pid`.
+pub fn notification_with_pid(msg: &[u8], pid: i32) -> Option<(i32, Vec<u8>)> {
+    let b = body(msg);
+    let old = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+    let mut out = msg.to_vec();
+    out[HEADER..HEADER + 4].copy_from_slice(&pid.to_be_bytes());
+    Some((old, out))
 }
 
 /// Whether an `ErrorResponse` is `FATAL` or `PANIC` (the compute ends the connection).
@@ -272,11 +319,9 @@ impl Splitter {
     ) -> Result<Option<Piece>, GatewayError> {
         Ok(match self.next_span(buf, max_body, stream_over, stream)? {
             None => {
-                if self.pass == 0 && buf.len() >= HEADER {
-                    // Room for the rest of the message, read in as few reads as it takes.
-                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                    buf.reserve(1 + len - buf.len());
-                }
+                // No room is reserved from the length a header announces: the buffer grows as the
+                // bytes arrive, so a peer that announces a large message and sends nothing
+                // holds nothing.
                 None
             }
             Some(Span::Whole(n)) => Some(Piece::Whole(buf.split_to(n).freeze())),
@@ -342,11 +387,11 @@ mod tests {
 
     #[test]
     fn parse_bind_describe_close_roundtrip() {
-        let p = build_parse("s1", "select $1", &[0, 1, 0, 0, 0, 23]);
+        let p = build_parse(b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
         let m = parse_parse(&p).unwrap();
-        assert_eq!((m.name, m.query), ("s1", "select $1"));
+        assert_eq!((m.name, m.query), (&b"s1"[..], &b"select $1"[..]));
         assert_eq!(m.types, &[0, 1, 0, 0, 0, 23]);
-        assert!(parse_parse(&build_parse("a", "b", &[0, 2, 0, 0, 0, 23])).is_err());
+        assert!(parse_parse(&build_parse(b"a", b"b", &[0, 2, 0, 0, 0, 23])).is_err());
         assert!(parse_parse(b"P\0\0\0\x05a").is_err());
 
         let mut b = BytesMut::new();
@@ -354,14 +399,21 @@ mod tests {
         b.put_slice(b"p\0s1\0\0\0\0\0\0\0");
         finish(&mut b, at);
         let (portal, stmt, rest_at) = parse_bind(&b).unwrap();
-        assert_eq!((portal, stmt), ("p", "s1"));
-        let r = rewrite_bind(&b, portal, "spg_x", rest_at);
+        assert_eq!((portal, stmt), (&b"p"[..], &b"s1"[..]));
+        let r = rewrite_bind(&b, portal, b"spg_x", rest_at);
         let (p2, s2, r2) = parse_bind(&r).unwrap();
-        assert_eq!((p2, s2), ("p", "spg_x"));
+        assert_eq!((p2, s2), (&b"p"[..], &b"spg_x"[..]));
         assert_eq!(&body(&r)[r2..], &body(&b)[rest_at..]);
 
-        let d = build_target(b'D', b'S', "s1");
-        assert_eq!(parse_target(&d).unwrap(), (b'S', "s1"));
+        let d = build_target(b'D', b'S', b"s1");
+        assert_eq!(parse_target(&d).unwrap(), (b'S', &b"s1"[..]));
+        // Names and text in any encoding pass as bytes.
+        let latin9 = build_parse(b"caf\xe9", b"SELECT 'caf\xe9'", &[0, 0]);
+        assert_eq!(parse_parse(&latin9).unwrap().query, b"SELECT 'caf\xe9'");
+        assert_eq!(
+            query_text(&build_query(b"SELECT '\x83\x5c'")).unwrap(),
+            b"SELECT '\x83\x5c'"
+        );
         assert!(parse_target(b"D\0\0\0\x06X\0").is_err());
     }
 
@@ -374,8 +426,19 @@ mod tests {
         assert_eq!(command_tag(&out).unwrap(), "DISCARD ALL");
         assert_eq!(
             parameter_status(b"S\0\0\0\x0ca\0bcdef\0").unwrap(),
-            ("a", "bcdef")
+            ("a", &b"bcdef"[..])
         );
+        let row = b"D\0\0\0\x13\0\x03\0\0\0\x01x\xff\xff\xff\xff\0\0\0\0";
+        assert_eq!(
+            data_row(row).unwrap(),
+            vec![Some(&b"x"[..]), None, Some(&b""[..])]
+        );
+        assert!(data_row(b"D\0\0\0\x0a\0\x01\0\0\0\x05").is_err());
+        let note = b"A\0\0\0\x0e\0\0\0\x07ch\0pl\0";
+        let (old, new) = notification_with_pid(note, 42).unwrap();
+        assert_eq!(old, 7);
+        assert_eq!(&new[5..9], &42i32.to_be_bytes());
+        assert_eq!(&new[9..], &note[9..]);
         let mut e = BytesMut::new();
         crate::proto::backend::error_response(
             &mut e,
@@ -409,9 +472,24 @@ mod tests {
         assert!(s.next(&mut big, 100, 4, |_| false).is_err());
     }
 
+    #[test]
+    fn an_announced_length_reserves_nothing() {
+        let mut buf = BytesMut::from(&b"Q\x35\xa4\xe9\x00"[..]);
+        let before = buf.capacity();
+        let mut s = Splitter::default();
+        assert!(s
+            .next(&mut buf, 1 << 30, 64 * 1024, |_| false)
+            .unwrap()
+            .is_none());
+        assert_eq!(buf.capacity(), before, "no room reserved for a 900 MB body");
+    }
+
     proptest! {
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = data_row(&bytes);
+            let _ = parse_execute(&bytes);
+            let _ = notification_with_pid(&bytes, 1);
             let _ = query_text(&bytes);
             let _ = parse_parse(&bytes);
             let _ = parse_bind(&bytes);

@@ -133,7 +133,18 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
         }
         let (value, after) = cstr(after).ok_or_else(|| bad("parameter without value"))?;
         let name = std::str::from_utf8(name).map_err(|_| bad("parameter name is not UTF-8"))?;
-        let value = std::str::from_utf8(value).map_err(|_| bad("parameter value is not UTF-8"))?;
+        // Values in another encoding than UTF-8 (an application name typed in LATIN9): each
+        // non-ASCII byte becomes `?`, as PostgreSQL cleans such names itself. The user and the
+        // database then name nothing that exists, which the login reports as such.
+        let value = match std::str::from_utf8(value) {
+            Ok(v) => std::borrow::Cow::Borrowed(v),
+            Err(_) => std::borrow::Cow::Owned(
+                value
+                    .iter()
+                    .map(|&b| if b < 0x80 { b as char } else { '?' })
+                    .collect::<String>(),
+            ),
+        };
         if params.iter().any(|(k, _)| k == name) {
             return Err(bad("duplicate parameter"));
         }
