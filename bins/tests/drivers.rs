@@ -105,3 +105,19 @@ async fn python_node_and_java_drivers_through_transaction_pooling() {
     });
     t.shutdown().await;
 }
+
+/// psycopg 3 (LATIN9, EUC_JP, SJIS) and asyncpg (LATIN9, EUC_JP): non-ASCII text in queries,
+/// identifiers, parameters, settings and COPY passes through unchanged, and the
+/// `client_encoding` ParameterStatus is PostgreSQL's own spelling. (pgjdbc speaks UTF-8 only:
+/// it ends the connection if `client_encoding` changes, unless told it may for file COPY.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_client_encodings_pass_through_unchanged() {
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| c.pool.size = 3).await;
+    let dir = drivers_dir();
+    tokio::task::block_in_place(|| {
+        let mut cmd = Command::new(python());
+        cmd.arg(dir.join("encodings_test.py"));
+        assert_eq!(run(&t, cmd), "ok 302", "psycopg and asyncpg");
+    });
+    t.shutdown().await;
+}

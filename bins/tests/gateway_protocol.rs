@@ -341,6 +341,62 @@ async fn oversized_message_in_a_session_ends_only_that_session() {
     t.shutdown().await;
 }
 
+/// Resident and virtual memory of this process (the gateway runs in it), in kB.
+fn memory_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmSize:"))
+}
+
+/// A client announcing a 900 MB message and sending none of it makes the gateway hold nothing
+/// for it: neither resident nor reserved (virtual) memory grows by more than a few MB, for ten
+/// such clients, and others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_900_mb_message_reserves_no_memory() {
+    use tokio::io::AsyncWriteExt;
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| c.allow_plaintext = true).await;
+    // Warm up: a compute, a pooled backend and the clients' allocations are there first.
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let mut c = RawPg::connect(t.gateway_port(), ROLE, PASSWORD, DB).await;
+        c.query("SELECT 1").await;
+        warm.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss0, vm0) = memory_kb();
+    let mut liars = Vec::new();
+    for _ in 0..10 {
+        let mut c = RawPg::connect(t.gateway_port(), ROLE, PASSWORD, DB).await;
+        // 'Q', then a length of 900 MB, then nothing.
+        let mut head = vec![b'Q'];
+        head.extend_from_slice(&(900_000_000u32).to_be_bytes());
+        head.extend_from_slice(b"SELECT ");
+        c.stream.write_all(&head).await.unwrap();
+        liars.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, vm1) = memory_kb();
+    // Others are served while the liars wait.
+    let msgs = warm[0].query("SELECT 2").await;
+    assert_eq!(first_column(&msgs), vec![Some("2".to_string())]);
+    assert!(
+        rss1.saturating_sub(rss0) < 8 * 1024,
+        "resident memory grew from {rss0} kB to {rss1} kB"
+    );
+    assert!(
+        vm1.saturating_sub(vm0) < 16 * 1024,
+        "reserved memory grew from {vm0} kB to {vm1} kB"
+    );
+    drop(liars);
+    t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_database_is_3d000_and_wakes_nothing() {
     let t = TestPlatform::start(Duration::from_secs(300)).await;

@@ -47,7 +47,11 @@ fn pgbench_load(t: &TestPlatform) -> Load {
         c
     };
     let init = base(&["-i", "-s", "1", "-q"]).output().unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     Load(
         base(&["-n", "-S", "-c", "3", "-j", "1", "-T", "600"])
             .stdout(Stdio::null())
@@ -142,7 +146,11 @@ async fn keeps(c: &tokio_postgres::Client, pid: i32, tables: &[&str]) {
                 .await
                 .unwrap_or_else(|e| panic!("{t} is gone: {e}"));
         }
-        assert_eq!(backend_pid(c).await, pid, "a pinned client keeps its backend");
+        assert_eq!(
+            backend_pid(c).await,
+            pid,
+            "a pinned client keeps its backend"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -175,7 +183,10 @@ async fn session_state_follows_outcomes_and_never_reaches_another_client() {
         .unwrap();
         let pid = backend_pid(&c).await;
         let err = c.batch_execute("DROP TABLE p1").await.unwrap_err();
-        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST));
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST)
+        );
         keeps(&c, pid, &["p1", "v1"]).await;
 
         // DROP rolled back, and rolled back to a savepoint.
@@ -183,9 +194,11 @@ async fn session_state_follows_outcomes_and_never_reaches_another_client() {
             .await
             .unwrap();
         keeps(&c, pid, &["p1", "v1"]).await;
-        c.batch_execute("BEGIN; SAVEPOINT s; DROP TABLE p1 CASCADE; ROLLBACK TO SAVEPOINT s; COMMIT")
-            .await
-            .unwrap();
+        c.batch_execute(
+            "BEGIN; SAVEPOINT s; DROP TABLE p1 CASCADE; ROLLBACK TO SAVEPOINT s; COMMIT",
+        )
+        .await
+        .unwrap();
         keeps(&c, pid, &["p1", "v1"]).await;
         // The same through the extended protocol.
         let tx = c.simple_query("BEGIN").await.unwrap();
@@ -264,7 +277,10 @@ async fn settings_rolled_back_to_a_savepoint_do_not_stick() {
     .await
     .unwrap();
     // A failed implicit transaction sets nothing; a committed one after it does.
-    let _ = a.batch_execute("SET app.w = 'failed'; SELECT 1/0").await.unwrap_err();
+    let _ = a
+        .batch_execute("SET app.w = 'failed'; SELECT 1/0")
+        .await
+        .unwrap_err();
     for _ in 0..6 {
         // Move `a` between the two backends.
         let held = b.simple_query("BEGIN").await.unwrap();
@@ -284,7 +300,12 @@ async fn settings_rolled_back_to_a_savepoint_do_not_stick() {
                 row.get::<_, String>(2),
                 row.get::<_, String>(3)
             ),
-            ("kept".into(), String::new(), "released".into(), String::new())
+            (
+                "kept".into(),
+                String::new(),
+                "released".into(),
+                String::new()
+            )
         );
         b.simple_query("COMMIT").await.unwrap();
         // The other client never sees them.

@@ -211,6 +211,11 @@ async fn negotiate(shared: &Shared, tcp: TcpStream) -> Result<Negotiated, Failed
                 shared.metrics.cancel_requests.inc();
                 let forwarded = shared.cancels.cancel(pid, secret).await;
                 debug!(forwarded, "cancel request");
+                // A cancel request sent over TLS (libpq 17 encrypts them) is answered by a clean
+                // close: without close_notify the client reports the cancel as failed.
+                if stream.is_tls() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+                }
                 return Ok(Negotiated::Done);
             }
             InitialPacket::Startup(startup) => {

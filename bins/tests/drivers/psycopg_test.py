@@ -57,6 +57,14 @@ def main():
         sys.exit(1)
     with psycopg.connect(DSN) as conn:
         rows = conn.execute("SELECT count(*) FROM psy_items").fetchone()[0]
+    # A notification the client sent itself carries the pid it was given (BackendKeyData),
+    # as on a direct connection, so it can tell its own notifications apart.
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("LISTEN own_channel")
+        conn.execute("NOTIFY own_channel, 'mine'")
+        note = next(conn.notifies(timeout=10))
+        assert note.payload == "mine", note
+        assert note.pid == conn.info.backend_pid, (note.pid, conn.info.backend_pid)
     print(f"ok {rows}")
 
 

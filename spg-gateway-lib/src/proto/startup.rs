@@ -145,10 +145,12 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
                     .collect::<String>(),
             ),
         };
-        if params.iter().any(|(k, _)| k == name) {
-            return Err(bad("duplicate parameter"));
+        // A parameter given twice takes its last value, as PostgreSQL does (asyncpg sends
+        // `client_encoding` itself and again from its server settings).
+        match params.iter_mut().find(|(k, _)| k == name) {
+            Some(p) => p.1 = value.to_string(),
+            None => params.push((name.to_string(), value.to_string())),
         }
-        params.push((name.to_string(), value.to_string()));
         rest = after;
     }
 }
