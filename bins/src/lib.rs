@@ -74,6 +74,67 @@ pub struct PoolArgs {
     /// How long a client waits for a free backend connection before SQLSTATE 57014.
     #[arg(long, env = "SPG_QUERY_WAIT_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub query_wait_timeout: std::time::Duration,
+    /// Named prepared statements one client may hold (the least recently used is forgotten).
+    #[arg(long, env = "SPG_MAX_CLIENT_STATEMENTS", default_value_t = 5_000)]
+    pub max_client_statements: usize,
+    /// Ask the backend what session state a client left after every transaction, not only
+    /// after those with a statement that may have created some.
+    #[arg(long, env = "SPG_POOL_CHECK_STATE_ALWAYS")]
+    pub check_state_always: bool,
+}
+
+/// Limits of logins at the gateway (`spg up`, `spg-gateway`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoginArgs {
+    /// Time a client has for TLS, startup and authentication together.
+    #[arg(long, env = "SPG_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: std::time::Duration,
+    /// Connections still logging in, in total (when reached, the oldest is closed).
+    #[arg(long, env = "SPG_MAX_PREAUTH", default_value_t = 2_000)]
+    pub max_preauth: usize,
+    /// Connections still logging in from one source address.
+    #[arg(long, env = "SPG_MAX_PREAUTH_PER_ADDRESS", default_value_t = 128)]
+    pub max_preauth_per_address: usize,
+    /// Failed logins from one address before it is locked out (the first 5 are answered at
+    /// once, later ones after doubling delays up to 5 s).
+    #[arg(long, env = "SPG_LOGIN_LOCKOUT_AFTER", default_value_t = 20)]
+    pub login_lockout_after: u32,
+    /// How long a lockout lasts.
+    #[arg(long, env = "SPG_LOGIN_LOCKOUT", default_value = "5m", value_parser = parse_duration)]
+    pub login_lockout: std::time::Duration,
+}
+
+impl LoginArgs {
+    /// The gateway's login limits.
+    pub fn limits(&self) -> spg_gateway_lib::LoginLimits {
+        let d = spg_gateway_lib::LoginLimits::default();
+        let throttle = spg_core::throttle::ThrottlePolicy {
+            lockout_after: self.login_lockout_after.max(1),
+            lockout: self.login_lockout,
+            ..d.address_throttle
+        };
+        spg_gateway_lib::LoginLimits {
+            handshake_timeout: self.handshake_timeout,
+            max_preauth: self.max_preauth.max(1),
+            max_preauth_per_address: self.max_preauth_per_address.max(1),
+            address_throttle: throttle,
+            role_throttle: throttle,
+            ..d
+        }
+    }
+}
+
+/// Raise this process's open-file limit to its hard limit: a gateway holds a descriptor per
+/// client, per pending login and per backend connection.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 impl PoolArgs {
@@ -84,6 +145,8 @@ impl PoolArgs {
             mode: self.pool_mode,
             size: self.pool_size.max(1),
             query_wait_timeout: self.query_wait_timeout,
+            max_statements_per_client: self.max_client_statements.max(1),
+            check_state_always: self.check_state_always,
             ..PoolConfig::default()
         };
         for o in self.pools.iter().filter(|o| !o.trim().is_empty()) {

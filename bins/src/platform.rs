@@ -80,6 +80,8 @@ pub struct PlatformConfig {
     pub pool: PoolConfig,
     /// How the gateway's clients authenticate.
     pub client_auth: spg_gateway_lib::ClientAuth,
+    /// The gateway's login limits (pending logins, handshake deadline, failed-login throttling).
+    pub login_limits: spg_gateway_lib::LoginLimits,
     /// Use this API key (its hash replaces the stored one); else the stored one, or a new one.
     pub api_key: Option<String>,
     /// Lease lifetime between renewals.
@@ -130,6 +132,7 @@ impl PlatformConfig {
             max_message_bytes: 1 << 30,
             pool: PoolConfig::default(),
             client_auth: spg_gateway_lib::ClientAuth::Scram,
+            login_limits: spg_gateway_lib::LoginLimits::default(),
             api_key: None,
             lease_ttl: Duration::from_secs(30),
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
@@ -393,6 +396,7 @@ impl Platform {
                         lease_holder: format!("spg-up-{}", std::process::id()),
                         pool: cfg.pool.clone(),
                         client_auth: cfg.client_auth,
+                        limits: cfg.login_limits.clone(),
                         ..GatewayConfig::default()
                     },
                     GatewayDeps {

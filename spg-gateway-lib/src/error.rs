@@ -42,6 +42,9 @@ pub enum GatewayError {
     /// Too many client connections.
     #[error("too many connections")]
     TooManyConnections,
+    /// The role is locked out after failed logins (from this address among others).
+    #[error("too many failed login attempts")]
+    TooManyFailures,
     /// The database could not be woken or reached before the deadline.
     #[error("database {database:?} could not be woken in time: {detail}")]
     WakeTimeout {
@@ -96,7 +99,7 @@ impl GatewayError {
             GatewayError::TlsRequired => "28000",
             GatewayError::UnknownDatabase(_) => "3D000",
             GatewayError::AuthFailed => "28P01",
-            GatewayError::TooManyConnections => "53300",
+            GatewayError::TooManyConnections | GatewayError::TooManyFailures => "53300",
             GatewayError::WakeTimeout { .. } | GatewayError::WakeFailed { .. } => "57P03",
             GatewayError::BackendRejected(_) => "08004",
             GatewayError::BackendUnavailable(_) => "08006",
@@ -126,6 +129,10 @@ impl GatewayError {
                 None,
             ),
             GatewayError::TooManyConnections => ("sorry, too many clients already".into(), None),
+            GatewayError::TooManyFailures => (
+                format!("too many failed login attempts for user \"{user}\"; try again later"),
+                None,
+            ),
             GatewayError::WakeTimeout { .. } => (
                 format!("database \"{database}\" could not be woken in time"),
                 Some("The database is starting up. Retry the connection in a few seconds."),

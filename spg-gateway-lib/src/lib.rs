@@ -7,6 +7,8 @@
 //! - TLS via rustls (`SSLRequest` and PostgreSQL 17 direct TLS with ALPN `postgresql`);
 //!   plaintext refused unless allowed;
 //! - SCRAM-SHA-256 (and `-PLUS` channel binding) **at the gateway**, before anything wakes;
+//! - limits on what a client holds before it logs in (pending logins per address and in total,
+//!   a handshake deadline) and throttling of failed logins ([`limits`]);
 //! - wake-on-connect: concurrent wakes merged, wake and connect retried with backoff within a
 //!   deadline;
 //! - SCRAM key passthrough to the compute (the ClientKey recovered from the client's proof);
@@ -45,6 +47,7 @@ mod deps;
 mod error;
 pub mod fuzzing;
 pub mod leases;
+pub mod limits;
 pub mod metrics;
 mod password;
 pub mod pool;
@@ -60,6 +63,7 @@ pub mod wake;
 
 pub use deps::{AuthSource, Waker};
 pub use error::GatewayError;
+pub use limits::LoginLimits;
 pub use metrics::GatewayMetrics;
 pub use password::ClientAuth;
 pub use server::{GatewayConfig, GatewayDeps, GatewayServer};

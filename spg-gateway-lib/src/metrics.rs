@@ -23,6 +23,13 @@ pub struct SqlstateLabel {
     pub sqlstate: String,
 }
 
+/// Label: why a connection was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: String,
+}
+
 /// The gateway's metrics.
 #[derive(Clone, Debug)]
 pub struct GatewayMetrics {
@@ -32,6 +39,8 @@ pub struct GatewayMetrics {
     pub active_sessions: Gauge,
     /// Failed logins.
     pub auth_failures: Counter,
+    /// Connections refused or closed before logging in, by reason ([`crate::limits::Refusal`]).
+    pub refused: Family<ReasonLabel, Counter>,
     /// `password` logins answered from the verification cache.
     pub password_cache_hits: Counter,
     /// Wakes the gateway asked for (merged wakes count once).
@@ -183,6 +192,7 @@ impl Default for GatewayMetrics {
             connections: Counter::default(),
             active_sessions: Gauge::default(),
             auth_failures: Counter::default(),
+            refused: Family::default(),
             password_cache_hits: Counter::default(),
             wakes: Counter::default(),
             wake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
@@ -210,6 +220,11 @@ impl GatewayMetrics {
             m.active_sessions.clone(),
         );
         r.register("auth_failures", "Failed logins", m.auth_failures.clone());
+        r.register(
+            "refused",
+            "Connections refused or closed before logging in, by reason",
+            m.refused.clone(),
+        );
         r.register(
             "password_cache_hits",
             "Logins by the password method verified from the cache (no key derivation)",

@@ -92,6 +92,7 @@ impl PasswordCache {
         role: &str,
         verifier: &ScramVerifier,
         password: &[u8],
+        gate: &crate::limits::Gate,
     ) -> Checked {
         let tag = self.tag(role, verifier, password);
         let hit = self.lock().get(&tag).copied();
@@ -110,7 +111,15 @@ impl PasswordCache {
         };
         let salt = verifier.salt.clone();
         let iterations = verifier.iterations;
+        // Key derivations are bounded: failed logins cannot take every blocking thread.
+        let Some(permit) = gate.hash_permit().await else {
+            return Checked {
+                client_key: None,
+                cached: false,
+            };
+        };
         let derived = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let salted = salted_password(&normalized, &salt, iterations);
             hmac_sha256(&salted, &[b"Client Key"])
         })
@@ -150,29 +159,38 @@ impl PasswordCache {
 mod tests {
     use super::*;
 
+    fn gate() -> std::sync::Arc<crate::limits::Gate> {
+        crate::limits::Gate::new(crate::limits::LoginLimits::default())
+    }
+
     #[tokio::test]
     async fn verifies_caches_and_forgets_a_changed_password() {
         let cache = PasswordCache::new([7; 32], 100);
+        let gate = gate();
         let v = ScramVerifier::from_password_with("s3cret", b"saltsaltsalt", 4096);
-        let first = cache.check("app", &v, b"s3cret").await;
+        let first = cache.check("app", &v, b"s3cret", &gate).await;
         assert!(first.client_key.is_some() && !first.cached);
-        let again = cache.check("app", &v, b"s3cret").await;
+        let again = cache.check("app", &v, b"s3cret", &gate).await;
         assert!(again.cached);
         assert_eq!(again.client_key, first.client_key);
         // Same password, another role: not the same entry.
-        assert!(!cache.check("other", &v, b"s3cret").await.cached);
-        let wrong = cache.check("app", &v, b"guess").await;
+        assert!(!cache.check("other", &v, b"s3cret", &gate).await.cached);
+        let wrong = cache.check("app", &v, b"guess", &gate).await;
         assert!(wrong.client_key.is_none());
-        assert!(cache.check("app", &v, b"guess").await.client_key.is_none());
+        assert!(cache
+            .check("app", &v, b"guess", &gate)
+            .await
+            .client_key
+            .is_none());
         // The password changed: the old one no longer gets in, cached or not.
         let changed = ScramVerifier::from_password_with("n3w", b"saltsaltsalt", 4096);
         assert!(cache
-            .check("app", &changed, b"s3cret")
+            .check("app", &changed, b"s3cret", &gate)
             .await
             .client_key
             .is_none());
         assert!(cache
-            .check("app", &changed, b"n3w")
+            .check("app", &changed, b"n3w", &gate)
             .await
             .client_key
             .is_some());
@@ -181,9 +199,14 @@ mod tests {
     #[tokio::test]
     async fn the_cache_is_bounded() {
         let cache = PasswordCache::new([1; 32], 2);
+        let gate = gate();
         let v = ScramVerifier::from_password_with("pw", b"salt", 16);
         for role in ["a", "b", "c", "d"] {
-            assert!(cache.check(role, &v, b"pw").await.client_key.is_some());
+            assert!(cache
+                .check(role, &v, b"pw", &gate)
+                .await
+                .client_key
+                .is_some());
         }
         assert!(cache.lock().len() <= 2);
     }

@@ -36,8 +36,8 @@ pub struct GatewayConfig {
     pub max_client_conn: usize,
     /// Largest client message body relayed (default 1 GiB, PostgreSQL's own limit).
     pub max_message_bytes: usize,
-    /// Time from accept to a completed login (default 30 s).
-    pub auth_timeout: Duration,
+    /// What a client may hold before it logs in, and what failed logins cost.
+    pub limits: crate::limits::LoginLimits,
     /// Time to wake the database and connect to it, retries included (default 30 s).
     pub wake_timeout: Duration,
     /// Time one compute connection attempt may take (default 5 s).
@@ -61,7 +61,7 @@ impl Default for GatewayConfig {
             allow_plaintext: false,
             max_client_conn: 10_000,
             max_message_bytes: 1 << 30,
-            auth_timeout: Duration::from_secs(30),
+            limits: crate::limits::LoginLimits::default(),
             wake_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
@@ -114,6 +114,10 @@ pub(crate) struct Shared {
     pub(crate) cancels: Arc<CancelRegistry>,
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) connections: ConnectionCounter,
+    /// Sessions that logged in (what `max_client_conn` bounds).
+    pub(crate) authenticated: ConnectionCounter,
+    /// Pending logins and failed-login throttling.
+    pub(crate) gate: Arc<crate::limits::Gate>,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) pools: Arc<Pools>,
     /// Ids of client sessions.
@@ -122,6 +126,18 @@ pub(crate) struct Shared {
     pub(crate) mock_secret: [u8; 32],
     /// Passwords verified for the `password` method.
     pub(crate) passwords: PasswordCache,
+}
+
+impl Shared {
+    /// Count a connection refused before it logged in.
+    pub(crate) fn refused(&self, why: crate::limits::Refusal) {
+        self.metrics
+            .refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: why.as_str().to_string(),
+            })
+            .inc();
+    }
 }
 
 /// The gateway. Cheap to clone.
@@ -160,6 +176,8 @@ impl GatewayServer {
                 pools,
                 client_ids: AtomicU64::new(1),
                 connections: ConnectionCounter::default(),
+                authenticated: ConnectionCounter::default(),
+                gate: crate::limits::Gate::new(config.limits.clone()),
                 metrics,
                 mock_secret,
                 passwords: PasswordCache::new(password_secret, PASSWORD_CACHE_ENTRIES),
@@ -171,6 +189,11 @@ impl GatewayServer {
     /// Client connections open now (including ones still logging in).
     pub fn connections(&self) -> usize {
         self.shared.connections.count()
+    }
+
+    /// Client connections still logging in.
+    pub fn pending_logins(&self) -> usize {
+        self.shared.gate.pending()
     }
 
     /// The connection pools (what the admin console and metrics show).

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::limits::Refusal;
 use crate::password::ClientAuth;
 use crate::pooled::Session;
 use crate::proto::backend as msg;
@@ -43,16 +44,25 @@ type Failed = (Option<ClientStream>, GatewayError);
 /// Serve one connection. Errors are reported to the client (when possible) and logged.
 pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let peer = Some(peer);
     let _conn = shared.connections.enter();
-    let setup = tokio::time::timeout(shared.config.auth_timeout, async {
+    // A slot among the pending logins, unless the address may not try now.
+    let slot = match shared.gate.admit(peer.ip()) {
+        Ok(s) => s,
+        Err(r) => {
+            refuse(&shared, tcp, r).await;
+            return;
+        }
+    };
+    let ip = peer.ip();
+    let peer = Some(peer);
+    let handshake = tokio::time::timeout(shared.gate.limits().handshake_timeout, async {
         let (stream, startup, mut reader) = match negotiate(&shared, tcp).await {
             Ok(Negotiated::Session(s, st, r)) => (s, st, r),
             Ok(Negotiated::Done) => return Ok(None),
             Err((stream, e)) => return Err((stream, e, String::new(), String::new())),
         };
         let mut stream = stream;
-        match authenticate(&shared, &mut stream, &mut reader, &startup).await {
+        match authenticate(&shared, &mut stream, &mut reader, &startup, ip).await {
             Ok(auth) => Ok(Some((stream, startup, auth, reader.leftover()))),
             Err(e) => {
                 let user = startup.param("user").unwrap_or_default().to_string();
@@ -60,20 +70,38 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: 
                 Err((Some(stream), e, user, db))
             }
         }
-    })
-    .await;
+    });
+    let setup = tokio::select! {
+        r = handshake => r,
+        _ = slot.evicted.cancelled() => {
+            shared.refused(Refusal::PreauthEvicted);
+            debug!("pending login closed to make room for a newer one");
+            return;
+        }
+    };
     let (mut stream, startup, auth, leftover) = match setup {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return,
         Ok(Err((stream, e, user, db))) => {
+            if matches!(e, GatewayError::AuthFailed) {
+                // Answered only after a delay that grows with the failures of this address
+                // and this role (the pending-login slot is held meanwhile).
+                let delay = shared.gate.failed(ip, &db, &user);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
             report(&shared, stream, &e, &user, &db).await;
             return;
         }
         Err(_) => {
-            debug!("authentication timed out");
+            shared.refused(Refusal::HandshakeTimeout);
+            debug!("handshake timed out");
             return;
         }
     };
+    drop(slot);
+    let _session = shared.authenticated.enter();
     let user = auth.role_text.clone();
     let dbname = auth.db.to_string();
     let span = tracing::Span::current();
@@ -82,6 +110,26 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: 
     if let Err(e) = run_session(&shared, &mut stream, &startup, auth, leftover, peer).await {
         report(&shared, Some(stream), &e, &user, &dbname).await;
     }
+}
+
+/// Refuse a connection before reading anything from it: a plaintext `ErrorResponse` (which
+/// libpq reports even in answer to its `SSLRequest`), then close.
+async fn refuse(shared: &Shared, mut tcp: TcpStream, why: Refusal) {
+    shared.refused(why);
+    let text = match why {
+        Refusal::AddressLocked => {
+            "too many failed login attempts from this address; try again later"
+        }
+        _ => "too many connections from this address are logging in; try again later",
+    };
+    debug!(reason = why.as_str(), "connection refused before login");
+    let mut out = BytesMut::new();
+    msg::error_response(&mut out, msg::Severity::Fatal, "53300", text, None);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(&out).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
 }
 
 /// Write an error to the client (if the stream is usable) and log it.
@@ -247,6 +295,7 @@ async fn authenticate(
     stream: &mut ClientStream,
     reader: &mut PacketReader,
     startup: &StartupMessage,
+    ip: std::net::IpAddr,
 ) -> Result<Authenticated, GatewayError> {
     let user = startup.user()?.to_string();
     let dbname = startup.database()?.to_string();
@@ -257,8 +306,19 @@ async fn authenticate(
             ));
         }
     }
-    if shared.connections.count() > shared.config.max_client_conn {
+    if shared.authenticated.count() >= shared.config.max_client_conn {
+        shared.refused(Refusal::TooManyClients);
         return Err(GatewayError::TooManyConnections);
+    }
+    // The role is locked out after many failed logins: addresses that failed against it
+    // recently wait; everyone else may still try (before any credential lookup or wake).
+    if !shared.gate.address_allows(ip) {
+        shared.refused(Refusal::AddressLocked);
+        return Err(GatewayError::TooManyFailures);
+    }
+    if !shared.gate.role_allows(ip, &dbname, &user) {
+        shared.refused(Refusal::RoleLocked);
+        return Err(GatewayError::TooManyFailures);
     }
     let mut out = BytesMut::new();
     let options = startup.protocol_options();
@@ -299,10 +359,13 @@ async fn authenticate(
     let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(&user, &shared.mock_secret));
     let client_key = match shared.config.client_auth {
         ClientAuth::Password => {
-            password_exchange(shared, stream, reader, &mut out, &user, &verifier, known).await?
+            password_exchange(
+                shared, stream, reader, &mut out, &user, &verifier, known, ip,
+            )
+            .await?
         }
         ClientAuth::Scram => {
-            scram_exchange(shared, stream, reader, &mut out, &verifier, known).await?
+            scram_exchange(shared, stream, reader, &mut out, &verifier, known, ip).await?
         }
     };
     // An unknown role was checked against a mock verifier, which nothing matches.
@@ -324,6 +387,7 @@ async fn authenticate(
 
 /// The `password` method: ask for the password (after what `out` holds), check it (cached).
 /// Returns the ClientKey.
+#[allow(clippy::too_many_arguments)]
 async fn password_exchange(
     shared: &Shared,
     stream: &mut ClientStream,
@@ -332,15 +396,20 @@ async fn password_exchange(
     user: &str,
     verifier: &ScramVerifier,
     known: bool,
+    ip: std::net::IpAddr,
 ) -> Result<Key, GatewayError> {
     msg::auth_cleartext_password(out);
     stream.write_all(out).await?;
     out.clear();
     let body = expect_password_message(stream, reader).await?;
+    locked_out_now(shared, ip)?;
     let password = body
         .strip_suffix(&[0])
         .ok_or_else(|| GatewayError::Protocol("password message without terminator".into()))?;
-    let checked = shared.passwords.check(user, verifier, password).await;
+    let checked = shared
+        .passwords
+        .check(user, verifier, password, &shared.gate)
+        .await;
     if checked.cached {
         shared.metrics.password_cache_hits.inc();
     }
@@ -362,6 +431,7 @@ async fn scram_exchange(
     out: &mut BytesMut,
     verifier: &ScramVerifier,
     known: bool,
+    ip: std::net::IpAddr,
 ) -> Result<Key, GatewayError> {
     let channel_binding = if stream.is_tls() {
         shared
@@ -385,6 +455,7 @@ async fn scram_exchange(
     out.clear();
 
     let body = expect_password_message(stream, reader).await?;
+    locked_out_now(shared, ip)?;
     let (server_final, client_key) = match server.client_final(&body) {
         Ok(x) if known => x,
         Ok(_) | Err(GatewayError::AuthFailed) => {
@@ -398,6 +469,16 @@ async fn scram_exchange(
     };
     msg::auth_sasl_final(out, server_final.as_bytes());
     Ok(client_key)
+}
+
+/// Refuse to check a password once the address was locked out while this login was under way
+/// (concurrent attempts of one guesser all passed the first check).
+fn locked_out_now(shared: &Shared, ip: std::net::IpAddr) -> Result<(), GatewayError> {
+    if shared.gate.address_allows(ip) {
+        return Ok(());
+    }
+    shared.refused(Refusal::AddressLocked);
+    Err(GatewayError::TooManyFailures)
 }
 
 /// Read a `PasswordMessage`, `SASLInitialResponse` or `SASLResponse` (all `p`).

@@ -71,12 +71,15 @@ struct Args {
     client_auth: spg_gateway_lib::ClientAuth,
     #[command(flatten)]
     pool: spg::PoolArgs,
+    #[command(flatten)]
+    login: spg::LoginArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     spg::init_logging();
     let args = Args::parse();
+    spg::raise_fd_limit();
     let ca = std::fs::read(&args.api_ca)
         .with_context(|| format!("reading {}", args.api_ca.display()))?;
     let api = ApiClient::new(&args.api_url, &args.api_key, &ca)?;
@@ -99,6 +102,7 @@ async fn main() -> Result<()> {
             lease_holder: format!("spg-gateway-{}@{}", std::process::id(), args.listen),
             pool,
             client_auth: args.client_auth,
+            limits: args.login.limits(),
             ..GatewayConfig::default()
         },
         GatewayDeps {

@@ -69,6 +69,8 @@ struct UpArgs {
     client_auth: spg_gateway_lib::ClientAuth,
     #[command(flatten)]
     pool: spg::PoolArgs,
+    #[command(flatten)]
+    login: spg::LoginArgs,
 }
 
 #[derive(Args, Clone)]
@@ -177,6 +179,8 @@ async fn up(args: UpArgs) -> Result<()> {
     cfg.wake_timeout = args.wake_timeout;
     cfg.pool = args.pool.config()?;
     cfg.client_auth = args.client_auth;
+    cfg.login_limits = args.login.limits();
+    spg::raise_fd_limit();
     let platform = Platform::start(cfg).await?;
 
     let stored = existing

@@ -260,9 +260,22 @@ mod tests {
         let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
         p.extend_from_slice(&body);
         assert!(parse_initial_packet(&p).is_err());
-        // Duplicate parameter.
-        let p = encode_startup(&[("user", "a"), ("user", "b")]);
-        assert!(parse_initial_packet(&p).is_err());
+        // A parameter given twice: the last value, as PostgreSQL takes it.
+        let p = encode_startup(&[("user", "a"), ("client_encoding", "x"), ("user", "b")]);
+        let InitialPacket::Startup(s) = parse_initial_packet(&p).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(s.user().unwrap(), "b");
+        assert_eq!(s.params.len(), 2);
+        // A value in another encoding than UTF-8: non-ASCII bytes become `?`.
+        let mut body = PROTOCOL_V3_BYTES.to_vec();
+        body.extend_from_slice(b"user\0u\0application_name\0caf\xe9\0\0");
+        let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&body);
+        let InitialPacket::Startup(s) = parse_initial_packet(&p).unwrap() else {
+            panic!("not a startup")
+        };
+        assert_eq!(s.param("application_name"), Some("caf?"));
     }
 
     const PROTOCOL_V3_BYTES: [u8; 4] = (3u32 << 16).to_be_bytes();
