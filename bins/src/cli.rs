@@ -15,6 +15,8 @@ pub struct PlatformArgs {
     /// Where state, images, certificates and the env file live.
     #[arg(long, env = "SPG_DATA_DIR", default_value = "./.spg")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub http: crate::HttpArgs,
     /// Stop a database's compute after this long without sessions (e.g. 3s, 5m).
     #[arg(long, env = "SPG_IDLE_TIMEOUT", default_value = "5m", value_parser = crate::parse_duration)]
     pub idle_timeout: Duration,
@@ -51,6 +53,11 @@ pub struct PlatformArgs {
     #[arg(long, env = "SPG_HANDOFF_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = crate::parse_duration)]
     pub handoff_drain_timeout: Duration,
+    /// How long a handoff's freeze may outlast its drain timeout: gateways whose control plane
+    /// died mid-handoff let new work go by themselves after drain timeout + this.
+    #[arg(long, env = "SPG_HANDOFF_FREEZE_MARGIN", default_value = "30s",
+          value_parser = crate::parse_duration)]
+    pub handoff_freeze_margin: Duration,
     /// How long a handoff waits for sessions pinned to the writer to end before it gives up.
     #[arg(long, env = "SPG_HANDOFF_PINNED_WAIT", default_value = "60s",
           value_parser = crate::parse_duration)]
@@ -92,6 +99,8 @@ impl PlatformArgs {
         cfg.safekeepers = usize::from(self.safekeepers);
         cfg.cgroup_root = (!self.no_cgroups).then(|| self.cgroup_root.clone());
         cfg.handoff_drain_timeout = self.handoff_drain_timeout;
+        cfg.handoff_freeze_margin = self.handoff_freeze_margin;
+        cfg.http_limits = self.http.limits();
         cfg.handoff_pinned_wait = self.handoff_pinned_wait;
         cfg.autoscale.enabled = self.autoscale;
         cfg.autoscale.up_window = self.autoscale_up_window;
@@ -100,6 +109,10 @@ impl PlatformArgs {
         cfg.api_key = existing
             .as_ref()
             .and_then(|e| e.get("SPG_API_KEY"))
+            .map(String::from);
+        cfg.gateway_api_key = existing
+            .as_ref()
+            .and_then(|e| e.get("SPG_GATEWAY_API_KEY"))
             .map(String::from);
         Ok((data_dir, existing, cfg))
     }
@@ -125,6 +138,9 @@ pub fn write_env(
     env.0.insert("SPG_API_URL".into(), platform.api_url());
     if let Some(k) = &platform.api_key {
         env.0.insert("SPG_API_KEY".into(), k.clone());
+    }
+    if let Some(k) = &platform.gateway_api_key {
+        env.0.insert("SPG_GATEWAY_API_KEY".into(), k.clone());
     }
     env.0
         .insert("SPG_API_CA".into(), platform.ca_file.display().to_string());

@@ -94,8 +94,11 @@ pub fn with_open_routes(v1: Router, key: ApiKey, metrics: Arc<Registry>) -> Rout
 }
 
 async fn require_key(State(key): State<ApiKey>, req: Request, next: Next) -> Response {
-    if !key.authorizes(req.headers()) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
+    if let Err(refused) = spg_lifecycle_lib::api::http::key_check(&req, |h| key.authorizes(h))
+        .outcome()
+        .await
+    {
+        return refused;
     }
     next.run(req).await
 }

@@ -83,6 +83,33 @@ pub struct PoolArgs {
     pub check_state_always: bool,
 }
 
+/// Limits of the HTTP servers of a daemon (API, safekeeper, pageserver, gateway control,
+/// metrics).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Time for a TLS handshake, and for a request's head from its first byte.
+    #[arg(long, env = "SPG_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: std::time::Duration,
+    /// Time an HTTP connection may make no progress.
+    #[arg(long, env = "SPG_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: std::time::Duration,
+    /// HTTP connections at once.
+    #[arg(long, env = "SPG_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub http_max_connections: usize,
+}
+
+impl HttpArgs {
+    /// The servers' limits.
+    pub fn limits(&self) -> spg_lifecycle_lib::api::http::HttpLimits {
+        spg_lifecycle_lib::api::http::HttpLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections.max(1),
+            ..Default::default()
+        }
+    }
+}
+
 /// Limits of logins at the gateway (`spg up`, `spg-gateway`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoginArgs {

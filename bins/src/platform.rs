@@ -46,6 +46,8 @@ const OFFLOAD_KEEP_SEGMENTS: u64 = 4;
 
 /// Key under which the API key's hash is stored.
 const API_KEY_META: &str = "api_key_sha256";
+/// Key under which the gateway API key's hash is stored.
+const GATEWAY_KEY_META: &str = "gateway_api_key_sha256";
 /// Key under which the admin console's SCRAM verifier (of the API key) is stored.
 const ADMIN_SCRAM_META: &str = "admin_scram_verifier";
 
@@ -84,6 +86,9 @@ pub struct PlatformConfig {
     pub login_limits: spg_gateway_lib::LoginLimits,
     /// Use this API key (its hash replaces the stored one); else the stored one, or a new one.
     pub api_key: Option<String>,
+    /// Use this gateway API key (the scope of a gateway: verifiers, wakes, leases, registering);
+    /// else the stored one, or a new one.
+    pub gateway_api_key: Option<String>,
     /// Lease lifetime between renewals.
     pub lease_ttl: Duration,
     /// The cgroup hierarchy computes are limited in (default `/sys/fs/cgroup`; `None`, or a
@@ -91,6 +96,10 @@ pub struct PlatformConfig {
     pub cgroup_root: Option<PathBuf>,
     /// How long a handoff waits, frozen, for transactions in flight (default 10 s).
     pub handoff_drain_timeout: Duration,
+    /// How long a handoff's freeze outlasts its drain timeout at most (default 30 s).
+    pub handoff_freeze_margin: Duration,
+    /// Limits of the API's and the metrics listener's HTTP servers.
+    pub http_limits: api::http::HttpLimits,
     /// How long a handoff waits for a window without pinned sessions (default 60 s).
     pub handoff_pinned_wait: Duration,
     /// The writer autoscaler (off by default).
@@ -134,9 +143,12 @@ impl PlatformConfig {
             client_auth: spg_gateway_lib::ClientAuth::Scram,
             login_limits: spg_gateway_lib::LoginLimits::default(),
             api_key: None,
+            gateway_api_key: None,
             lease_ttl: Duration::from_secs(30),
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
             handoff_drain_timeout: Duration::from_secs(10),
+            handoff_freeze_margin: Duration::from_secs(30),
+            http_limits: api::http::HttpLimits::default(),
             handoff_pinned_wait: Duration::from_secs(60),
             autoscale: AutoscalePolicy::default(),
             safekeepers: 3,
@@ -188,6 +200,8 @@ pub struct Platform {
     pub metrics_addr: Option<SocketAddr>,
     /// The API key in plaintext, when this process knows it (given or newly generated).
     pub api_key: Option<String>,
+    /// The gateway API key in plaintext, when this process knows it.
+    pub gateway_api_key: Option<String>,
     /// CA certificate file clients should trust.
     pub ca_file: PathBuf,
     gateway_stop: CancellationToken,
@@ -221,24 +235,14 @@ impl Platform {
         )?;
 
         let store = Arc::new(SqliteStateStore::open(&data_dir.join("state.db"))?);
-        let api_key = match &cfg.api_key {
-            Some(k) => {
-                store
-                    .set_meta(API_KEY_META, &ApiKey::new(k).hash_hex())
-                    .await?;
-                Some(k.clone())
-            }
-            None => match store.meta(API_KEY_META).await? {
-                Some(_) => None,
-                None => {
-                    let k = format!("spg_{}", crate::random_secret(40));
-                    store
-                        .set_meta(API_KEY_META, &ApiKey::new(&k).hash_hex())
-                        .await?;
-                    Some(k)
-                }
-            },
-        };
+        let api_key = stored_key(&*store, API_KEY_META, cfg.api_key.as_deref(), "spg").await?;
+        let gateway_key = stored_key(
+            &*store,
+            GATEWAY_KEY_META,
+            cfg.gateway_api_key.as_deref(),
+            "spggw",
+        )
+        .await?;
         // The admin console logs in with the API key as password: keep its verifier (the key
         // itself is stored only as a hash).
         if let Some(k) = &api_key {
@@ -256,10 +260,18 @@ impl Platform {
             .await?
             .and_then(|h| ApiKey::from_hash_hex(&h))
             .context("stored API key hash is corrupt")?;
+        let gateway_key_hash = store
+            .meta(GATEWAY_KEY_META)
+            .await?
+            .and_then(|h| ApiKey::from_hash_hex(&h))
+            .context("stored gateway API key hash is corrupt")?;
 
         let mut registry = Registry::default();
         let cp_metrics = ControlPlaneMetrics::register(&mut registry);
         let gw_metrics = GatewayMetrics::register(&mut registry);
+        // The API's and the metrics listener's HTTP limits (refusals under spg_api_http_*).
+        let http_limits = cfg.http_limits.clone();
+        http_limits.stats.register(&mut registry, "spg_api");
 
         let bins = PgBinaries::locate(cfg.pg_bin.as_deref())?;
         info!(bindir = %bins.bindir().display(), major = bins.major(), "PostgreSQL binaries");
@@ -366,6 +378,7 @@ impl Platform {
             idle_timeout: cfg.idle_timeout,
             lease_ttl: cfg.lease_ttl,
             drain_timeout: cfg.handoff_drain_timeout,
+            freeze_margin: cfg.handoff_freeze_margin,
             pinned_wait: cfg.handoff_pinned_wait,
             autoscale: cfg.autoscale.clone(),
             ..ControlPlaneConfig::default()
@@ -444,12 +457,17 @@ impl Platform {
             _ => None,
         };
         let mut server_tasks = background;
-        let router = api::router(control_plane.clone(), key_hash, Arc::clone(&registry));
+        let keys = api::ApiKeys {
+            admin: key_hash,
+            gateway: Some(gateway_key_hash),
+        };
+        let router = api::router(control_plane.clone(), keys, Arc::clone(&registry));
         server_tasks.push(tokio::spawn(api::http::serve_https(
             api_listener,
             tls.https()?,
             router,
             servers_stop.clone(),
+            http_limits.clone(),
         )));
         let mut metrics_addr = None;
         if let Some(addr) = cfg.metrics_listen {
@@ -461,6 +479,7 @@ impl Platform {
                 l,
                 metrics_router(registry),
                 servers_stop.clone(),
+                http_limits,
             )));
         }
         info!(gateway_addr = ?gateway_addr, %api_addr, "platform up");
@@ -471,6 +490,7 @@ impl Platform {
             api_addr,
             metrics_addr,
             api_key,
+            gateway_api_key: gateway_key,
             ca_file: tls.ca_file,
             gateway_stop,
             servers_stop,
@@ -613,4 +633,24 @@ fn spawn_rollforward_loop(
             }
         }
     })
+}
+
+/// The key stored (as its hash) under `meta`: `given` replaces it; else the stored one stays
+/// (`None`: its plaintext is not known here); else a new one `<prefix>_...` is made. Returns
+/// the plaintext when known.
+async fn stored_key(
+    store: &dyn StateStore,
+    meta: &str,
+    given: Option<&str>,
+    prefix: &str,
+) -> Result<Option<String>> {
+    let key = match given {
+        Some(k) => k.to_string(),
+        None => match store.meta(meta).await? {
+            Some(_) => return Ok(None),
+            None => format!("{prefix}_{}", crate::random_secret(40)),
+        },
+    };
+    store.set_meta(meta, &ApiKey::new(&key).hash_hex()).await?;
+    Ok(Some(key))
 }

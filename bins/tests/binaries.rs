@@ -4,37 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use spg::envfile::EnvFile;
 
-const SPG: &str = env!("CARGO_BIN_EXE_spg");
-const SPG_GATEWAY: &str = env!("CARGO_BIN_EXE_spg-gateway");
-const SPG_CONTROLPLANE: &str = env!("CARGO_BIN_EXE_spg-controlplane");
-
-fn wait_for_env(path: &Path, key: &str, guard: &mut ChildGuard) -> EnvFile {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(env)) = EnvFile::read(path) {
-            if env.get(key).is_some() {
-                return env;
-            }
-        }
-        if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("process exited early with {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never got {key}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::daemons::*;
 
 /// A plain HTTP/1.0 GET on loopback; returns the whole response.
 fn http_get(port: u16, path: &str) -> String {
@@ -85,24 +61,6 @@ fn stop(mut guard: ChildGuard, sig: Signal) -> String {
         let _ = so.read_to_string(&mut out);
     }
     out
-}
-
-fn spg_cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(SPG)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("SPG_API_URL")
-        .env_remove("SPG_API_KEY")
-        .env_remove("SPG_API_CA")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "spg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -306,68 +264,11 @@ fn spg_up_recovers_after_being_killed() {
     assert_eq!(postgres_processes_under(tmp.path()), Vec::<i32>::new());
 }
 
-/// `spg-controlplane` (with `cp_args`) and a `spg-gateway` daemon (with `gw_args`) using its
-/// API, in `tmp`, with database `shop` and role `clerk` (`pw-clerk`). Returns the control
-/// plane's guard and env file, the gateway's guard, and the gateway's and its metrics' ports.
-fn daemons(
-    tmp: &Path,
-    cp_args: &[&str],
-    gw_args: &[&str],
-) -> (ChildGuard, EnvFile, ChildGuard, u16, u16) {
-    let cp_data = tmp.join("cp");
-    let (api, gw, metrics) = (free_port(), free_port(), free_port());
-    let child = Command::new(SPG_CONTROLPLANE)
-        .arg("--data-dir")
-        .arg(&cp_data)
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(cp_args)
-        .env("SPG_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let mut cp = ChildGuard {
-        child: Some(child),
-        dir: tmp.to_path_buf(),
-    };
-    let env = wait_for_env(&cp_data.join("env"), "SPG_API_KEY", &mut cp);
-    spg_cli(&cp_data, &["db", "create", "shop"]);
-    spg_cli(
-        &cp_data,
-        &[
-            "role",
-            "create",
-            "--db",
-            "shop",
-            "clerk",
-            "--password",
-            "pw-clerk",
-        ],
-    );
-    let child = Command::new(SPG_GATEWAY)
-        .args(["--listen", &format!("127.0.0.1:{gw}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args(gw_args)
-        .arg("--data-dir")
-        .arg(tmp.join("gw"))
-        .env("SPG_API_URL", env.get("SPG_API_URL").unwrap())
-        .env("SPG_API_KEY", env.get("SPG_API_KEY").unwrap())
-        .env("SPG_API_CA", env.get("SPG_API_CA").unwrap())
-        .env("SPG_LOG", "warn")
-        .spawn()
-        .unwrap();
-    // Its guard kills only what is under its own directory (the computes are the control
-    // plane's).
-    let gateway = ChildGuard {
-        child: Some(child),
-        dir: tmp.join("gw"),
-    };
-    (cp, env, gateway, gw, metrics)
-}
-
 #[test]
 fn gateway_and_control_plane_run_as_separate_daemons() {
     let tmp = reachable_tempdir();
     let cp_data = tmp.path().join("cp");
-    let (cp, _env, gateway, gw, metrics) = daemons(
+    let (cp, _env, gateway, gw, metrics, _control) = daemons(
         tmp.path(),
         &["--idle-timeout", "2s", "--lease-ttl", "3s"],
         &[],
@@ -437,7 +338,7 @@ fn spg_up_refuses_to_run_without_a_wal_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_drains_and_switches_a_separate_gateway_daemon() {
     let tmp = reachable_tempdir();
-    let (cp, env, gateway, gw, metrics) = daemons(
+    let (cp, env, gateway, gw, _metrics, control) = daemons(
         tmp.path(),
         &["--handoff-drain-timeout", "60s"],
         &["--allow-plaintext"],
@@ -456,15 +357,16 @@ async fn a_handoff_drains_and_switches_a_separate_gateway_daemon() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    // Its control routes want the token it registered with.
-    let denied =
-        tokio::task::spawn_blocking(move || http_get(metrics, "/v1/gateway/databases/shop"))
-            .await
-            .unwrap();
-    assert!(
-        denied.starts_with("HTTP/1.0 401") || denied.starts_with("HTTP/1.1 401"),
-        "{denied}"
-    );
+    // Its control routes are HTTPS (its own certificate) and want the token it registered.
+    let gw_ca = std::fs::read(tmp.path().join("gw/tls/ca.pem")).unwrap();
+    let denied = https_client(&gw_ca)
+        .get(format!(
+            "https://127.0.0.1:{control}/v1/gateway/databases/shop"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
     client
         .batch_execute("CREATE TABLE t (v int); BEGIN; INSERT INTO t VALUES (1)")
         .await

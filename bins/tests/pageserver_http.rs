@@ -44,6 +44,7 @@ async fn the_conformance_suite_passes_over_https() {
             Some("wal".into()),
         ),
         stop.clone(),
+        spg_lifecycle_lib::api::http::HttpLimits::default(),
     ));
     let ca = std::fs::read(&tls.ca_file).unwrap();
     let client = Arc::new(HttpPageserver::new(&url, KEY, &ca).unwrap());

@@ -245,7 +245,9 @@ async fn frozen_databases_make_new_transactions_wait_not_fail() {
     assert_eq!(gw.sessions(&db).await.unwrap().sessions, 1);
     first.simple_query("BEGIN").await.unwrap();
     assert_eq!(gw.sessions(&db).await.unwrap().in_flight, 1);
-    gw.set_frozen(&db, true).await.unwrap();
+    gw.set_frozen(&db, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
     let dsn = t.dsn.clone();
     let tls = tls_maker(&t);
     let waiting = tokio::spawn(async move {
@@ -266,7 +268,7 @@ async fn frozen_databases_make_new_transactions_wait_not_fail() {
     first.simple_query("SELECT 1").await.unwrap();
     first.simple_query("COMMIT").await.unwrap();
     assert_eq!(gw.sessions(&db).await.unwrap().in_flight, 0, "drained");
-    gw.set_frozen(&db, false).await.unwrap();
+    gw.set_frozen(&db, None).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .unwrap()

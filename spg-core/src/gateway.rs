@@ -48,10 +48,12 @@ pub struct PinnedSession {
 /// Contract:
 /// - A gateway authenticates clients before anything else happens; a failed login never wakes
 ///   a compute.
-/// - `set_frozen(db, true)` makes the gateway stop handing the database's compute to new work:
-///   new sessions (and, with pooling, new transactions) *wait* — they are not failed — until
-///   `set_frozen(db, false)`. Work already running continues. Freezing is how a generation
-///   handoff drains the old writer.
+/// - `set_frozen(db, Some(bound))` makes the gateway stop handing the database's compute to new
+///   work: new sessions (and, with pooling, new transactions) *wait* — they are not failed —
+///   until `set_frozen(db, None)`, or until `bound` has passed, when the gateway lets the work
+///   go by itself (a freeze whose control plane died never holds clients forever). Freezing
+///   again before then starts a new bound. Work already running continues. Freezing is how a
+///   generation handoff drains the old writer.
 /// - `sessions` reports what this gateway currently serves: open sessions, transactions in
 ///   flight, and the sessions pinned to their backend connection with the reason.
 /// - `switch_target(db, endpoint)` makes `endpoint` the database's compute for everything that
@@ -62,8 +64,13 @@ pub trait Gateway: Send + Sync {
     /// Open client sessions for `db` on this gateway, in flight, pinned, and whether frozen.
     async fn sessions(&self, db: &DatabaseName) -> CoreResult<GatewaySessions>;
 
-    /// Freeze or unfreeze new work for `db` (see the trait contract).
-    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) -> CoreResult<()>;
+    /// Freeze new work for `db` for at most the given bound, or unfreeze it (`None`); see the
+    /// trait contract.
+    async fn set_frozen(
+        &self,
+        db: &DatabaseName,
+        freeze: Option<std::time::Duration>,
+    ) -> CoreResult<()>;
 
     /// Send new work for `db` to `endpoint` (see the trait contract).
     async fn switch_target(&self, db: &DatabaseName, endpoint: &ComputeEndpoint) -> CoreResult<()>;

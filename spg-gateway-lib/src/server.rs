@@ -269,9 +269,16 @@ impl spg_core::Gateway for GatewayServer {
         Ok(s)
     }
 
-    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) -> spg_core::CoreResult<()> {
-        info!(%db, frozen, "new work {}", if frozen { "frozen" } else { "unfrozen" });
-        self.shared.sessions.set_frozen(db, frozen);
+    async fn set_frozen(
+        &self,
+        db: &DatabaseName,
+        freeze: Option<Duration>,
+    ) -> spg_core::CoreResult<()> {
+        match freeze {
+            Some(bound) => info!(%db, ?bound, "new work frozen"),
+            None => info!(%db, "new work unfrozen"),
+        }
+        self.shared.sessions.set_frozen(db, freeze);
         Ok(())
     }
 

@@ -9,6 +9,8 @@ use tokio::sync::watch;
 struct DbEntry {
     sessions: usize,
     frozen: watch::Sender<bool>,
+    /// Counts freezes, so that the expiry of an earlier one leaves a later one alone.
+    epoch: u64,
 }
 
 impl Default for DbEntry {
@@ -16,6 +18,7 @@ impl Default for DbEntry {
         DbEntry {
             sessions: 0,
             frozen: watch::channel(false).0,
+            epoch: 0,
         }
     }
 }
@@ -75,13 +78,32 @@ impl SessionRegistry {
         }
     }
 
-    /// Freeze or unfreeze `db`.
-    pub fn set_frozen(&self, db: &DatabaseName, frozen: bool) {
-        let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
-        dbs.entry(db.clone())
-            .or_default()
-            .frozen
-            .send_replace(frozen);
+    /// Freeze `db` for at most `bound` (it unfreezes by itself then), or unfreeze it (`None`).
+    /// Must be called within a Tokio runtime (the expiry is a task).
+    pub fn set_frozen(self: &Arc<Self>, db: &DatabaseName, freeze: Option<std::time::Duration>) {
+        let epoch = {
+            let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
+            let e = dbs.entry(db.clone()).or_default();
+            e.epoch += 1;
+            e.frozen.send_replace(freeze.is_some());
+            e.epoch
+        };
+        let Some(bound) = freeze else { return };
+        let registry = Arc::downgrade(self);
+        let db = db.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let mut dbs = registry.dbs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = dbs.get_mut(&db) {
+                if e.epoch == epoch && *e.frozen.borrow() {
+                    tracing::warn!(%db, ?bound, "freeze expired without an unfreeze; new work goes on");
+                    e.frozen.send_replace(false);
+                }
+            }
+        });
     }
 }
 
@@ -114,7 +136,7 @@ mod tests {
         drop(g);
         assert_eq!(r.sessions(&db).sessions, 0);
 
-        r.set_frozen(&db, true);
+        r.set_frozen(&db, Some(Duration::from_secs(60)));
         let r2 = r.clone();
         let db2 = db.clone();
         let waiter = tokio::spawn(async move { r2.wait_unfrozen(&db2).await });
@@ -123,10 +145,25 @@ mod tests {
             !waiter.is_finished(),
             "a frozen database must hold new work back"
         );
-        r.set_frozen(&db, false);
+        r.set_frozen(&db, None);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_freeze_expires_by_itself_and_a_renewed_one_lasts() {
+        let r = SessionRegistry::new();
+        let db = DatabaseName::new("shop").unwrap();
+        r.set_frozen(&db, Some(Duration::from_millis(100)));
+        // Renewed before it expires: the first bound no longer applies.
+        r.set_frozen(&db, Some(Duration::from_millis(400)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(r.sessions(&db).frozen, "the renewed freeze holds");
+        tokio::time::timeout(Duration::from_secs(2), r.wait_unfrozen(&db))
+            .await
+            .expect("the freeze ends by itself");
+        assert!(!r.sessions(&db).frozen);
     }
 }

@@ -23,6 +23,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "spg-gateway", version, about = "SPG gateway daemon")]
 struct Args {
+    #[command(flatten)]
+    http: spg::HttpArgs,
     /// PostgreSQL entry point.
     #[arg(long, env = "SPG_GATEWAY_LISTEN", default_value = "127.0.0.1:6432")]
     listen: SocketAddr,
@@ -47,13 +49,25 @@ struct Args {
     /// Accept plaintext (non-TLS) client connections.
     #[arg(long, env = "SPG_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
-    /// Plain-HTTP Prometheus metrics, and the control routes handoffs drive this gateway by.
+    /// Plain-HTTP Prometheus metrics.
     #[arg(long, env = "SPG_METRICS_LISTEN", default_value = "127.0.0.1:9187")]
     metrics_listen: SocketAddr,
-    /// The URL the control plane reaches the control routes at (default: http:// and the
-    /// metrics address, 127.0.0.1 for an unspecified one).
+    /// HTTPS control routes handoffs drive this gateway by (with its TLS certificate and a
+    /// token of this run, registered with the control plane).
+    #[arg(
+        long,
+        env = "SPG_GATEWAY_CONTROL_LISTEN",
+        default_value = "127.0.0.1:9188"
+    )]
+    control_listen: SocketAddr,
+    /// The URL the control plane reaches the control routes at (default: https:// and the
+    /// control address, 127.0.0.1 for an unspecified one).
     #[arg(long, env = "SPG_GATEWAY_CONTROL_URL")]
     control_url: Option<String>,
+    /// The CA (PEM) the control plane checks the control routes' certificate against (default:
+    /// the CA of this gateway's TLS material).
+    #[arg(long, env = "SPG_GATEWAY_CONTROL_CA")]
+    control_ca: Option<PathBuf>,
     /// How long a connection may wait for its database to wake.
     #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
     wake_timeout: Duration,
@@ -122,6 +136,9 @@ async fn main() -> Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("metrics cannot listen on {}", args.metrics_listen))?;
+    let control_listener = tokio::net::TcpListener::bind(args.control_listen)
+        .await
+        .with_context(|| format!("control routes cannot listen on {}", args.control_listen))?;
     // The control routes, guarded by a token of this run, registered with the control plane
     // now and every few seconds (it forgets gateways that stop registering).
     let token = {
@@ -132,28 +149,49 @@ async fn main() -> Result<()> {
     let control_url = match args.control_url.clone() {
         Some(u) => u,
         None => {
-            let mut addr = metrics_listener.local_addr()?;
+            let mut addr = control_listener.local_addr()?;
             if addr.ip().is_unspecified() {
                 addr.set_ip([127, 0, 0, 1].into());
             }
-            format!("http://{addr}")
+            format!("https://{addr}")
         }
     };
+    let ca_path = args
+        .control_ca
+        .clone()
+        .unwrap_or_else(|| tls.ca_file.clone());
+    let control_ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading {}", ca_path.display()))?;
     let control = spg_lifecycle_lib::api::gateway_control::router(
         Arc::new(gateway.clone()),
         spg_lifecycle_lib::api::server::ApiKey::new(&token),
     );
     let stop = CancellationToken::new();
+    let http_limits = args.http.limits();
+    http_limits
+        .stats
+        .register(&mut registry, "spg_gateway_control");
     let metrics_task = tokio::spawn(spg_lifecycle_lib::api::http::serve_http(
         metrics_listener,
-        spg::platform::metrics_router(Arc::new(registry)).merge(control),
+        spg::platform::metrics_router(Arc::new(registry)),
         stop.clone(),
+        http_limits.clone(),
+    ));
+    let control_task = tokio::spawn(spg_lifecycle_lib::api::http::serve_https(
+        control_listener,
+        tls.https()?,
+        control,
+        stop.clone(),
+        http_limits,
     ));
     let register_task = tokio::spawn({
         let (api, stop) = (api.clone(), stop.clone());
         async move {
             loop {
-                if let Err(e) = api.register_gateway(&control_url, &token).await {
+                if let Err(e) = api
+                    .register_gateway(&control_url, &token, Some(&control_ca))
+                    .await
+                {
                     tracing::warn!(error = %e, "registering with the control plane failed");
                 }
                 tokio::select! {
@@ -169,6 +207,7 @@ async fn main() -> Result<()> {
     stop.cancel();
     let _ = serve.await;
     let _ = metrics_task.await;
+    let _ = control_task.await;
     let _ = register_task.await;
     Ok(())
 }

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "spg-pageserver", version, about = "SPG pageserver daemon")]
 struct Args {
+    #[command(flatten)]
+    http: spg::HttpArgs,
     /// Where its object cache and generated TLS material live.
     #[arg(long, env = "SPG_PAGESERVER_DIR")]
     dir: PathBuf,
@@ -71,6 +73,8 @@ async fn main() -> Result<()> {
     };
     let ps = Arc::new(Pageserver::open(ObjectRepo::new(archive, "images"), &cfg)?);
     let mut registry = Registry::default();
+    let http_limits = args.http.limits();
+    http_limits.stats.register(&mut registry, "spg_pageserver");
     ps.metrics().register(&mut registry);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -99,6 +103,7 @@ async fn main() -> Result<()> {
         tls.https()?,
         router,
         stop.clone(),
+        http_limits,
     ));
     println!(
         "spg-pageserver listening on https://{addr} (CA {})",

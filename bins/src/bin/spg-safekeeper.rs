@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "spg-safekeeper", version, about = "SPG safekeeper daemon")]
 struct Args {
+    #[command(flatten)]
+    http: spg::HttpArgs,
     /// Name: the application_name it streams under (listed in synchronous_standby_names).
     #[arg(long, env = "SPG_SAFEKEEPER_NAME")]
     name: String,
@@ -58,6 +60,8 @@ async fn main() -> Result<()> {
         segment_size: DEFAULT_SEGMENT_SIZE,
     })?;
     let mut registry = Registry::default();
+    let http_limits = args.http.limits();
+    http_limits.stats.register(&mut registry, "spg_safekeeper");
     node.metrics().register(&mut registry);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -85,6 +89,7 @@ async fn main() -> Result<()> {
         tls.https()?,
         router,
         stop.clone(),
+        http_limits,
     ));
     println!(
         "spg-safekeeper {} listening on https://{addr} (CA {})",

@@ -128,11 +128,18 @@ impl ApiClient {
             .await
     }
 
-    /// Register (or refresh) a gateway daemon's control routes at `url`, guarded by `token`.
-    pub async fn register_gateway(&self, url: &str, token: &str) -> Result<(), LifecycleError> {
+    /// Register (or refresh) a gateway daemon's control routes at `url`, guarded by `token`,
+    /// served with a certificate `ca_pem` signed (for `https://`).
+    pub async fn register_gateway(
+        &self,
+        url: &str,
+        token: &str,
+        ca_pem: Option<&str>,
+    ) -> Result<(), LifecycleError> {
         let body = super::server::RegisterGateway {
             url: url.into(),
             token: token.into(),
+            ca_pem: ca_pem.map(str::to_string),
         };
         self.send(Method::POST, "/v1/gateways", Some(&body))
             .await

@@ -7,12 +7,13 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/v1/gateway/databases/{name}` | its [`GatewaySessions`] |
-//! | PUT | `/v1/gateway/databases/{name}/frozen` `{"frozen": true}` | freeze or unfreeze |
+//! | PUT | `/v1/gateway/databases/{name}/frozen` `{"frozen": true, "bound_ms": 40000}` | freeze (for at most `bound_ms`) or unfreeze |
 //! | POST | `/v1/gateway/databases/{name}/target` `{"addr", "generation"}` | switch target |
 //!
 //! Every route requires the token the daemon registered with (a random one per daemon run, sent
-//! to the control plane over its HTTPS API) as a Bearer token. The routes are plain HTTP: put
-//! them on an interface only the control plane reaches.
+//! to the control plane over its HTTPS API) as a Bearer token; wrong tokens are throttled per
+//! address. The daemon serves them over HTTPS and registers the CA its certificate is checked
+//! against; plain `http://` is accepted only for loopback addresses (embedded uses, tests).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,13 @@ use super::server::ApiKey;
 pub struct FrozenBody {
     /// Freeze (`true`) or unfreeze.
     pub frozen: bool,
+    /// How long a freeze lasts at most, in milliseconds (default: 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_ms: Option<u64>,
 }
+
+/// A freeze's bound when the request gives none.
+const DEFAULT_FREEZE_BOUND: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct ControlState {
@@ -54,8 +61,11 @@ pub fn router(gateway: Arc<dyn Gateway>, key: ApiKey) -> Router {
 }
 
 async fn require_key(State(st): State<ControlState>, req: Request, next: Next) -> Response {
-    if !st.key.authorizes(req.headers()) {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong API key\n").into_response();
+    if let Err(refused) = super::http::key_check(&req, |h| st.key.authorizes(h))
+        .outcome()
+        .await
+    {
+        return refused;
     }
     next.run(req).await
 }
@@ -88,7 +98,11 @@ async fn set_frozen(
         Ok(d) => d,
         Err(r) => return r.into_response(),
     };
-    match st.gateway.set_frozen(&db, body.frozen).await {
+    let freeze = body.frozen.then(|| {
+        body.bound_ms
+            .map_or(DEFAULT_FREEZE_BOUND, Duration::from_millis)
+    });
+    match st.gateway.set_frozen(&db, freeze).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => failed(e),
     }
@@ -109,6 +123,24 @@ async fn switch_target(
     }
 }
 
+/// Whether `url` (`http://host:port...`) names a loopback host.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A gateway daemon, driven over its control routes.
 #[derive(Clone)]
 pub struct RemoteGateway {
@@ -126,12 +158,28 @@ impl std::fmt::Debug for RemoteGateway {
 }
 
 impl RemoteGateway {
-    /// The gateway whose control routes are at `base` (`http://host:port`), with the token it
-    /// registered.
-    pub fn new(base: &str, key: &str) -> CoreResult<RemoteGateway> {
-        let http = reqwest::Client::builder()
+    /// The gateway whose control routes are at `base` (`https://host:port`, checked against
+    /// `ca_pem` only; `http://` for loopback addresses), with the token it registered.
+    pub fn new(base: &str, key: &str, ca_pem: Option<&[u8]>) -> CoreResult<RemoteGateway> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5));
+        if base.starts_with("https://") {
+            let ca = ca_pem.ok_or_else(|| {
+                CoreError::Unavailable("an https gateway needs the CA of its certificate".into())
+            })?;
+            let ca = reqwest::Certificate::from_pem(ca)
+                .map_err(|e| CoreError::Unavailable(format!("gateway CA: {e}")))?;
+            builder = builder
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+        } else if !is_loopback_url(base) {
+            return Err(CoreError::Unavailable(
+                "gateway control routes must be https:// (plain http only on loopback)".into(),
+            ));
+        }
+        let http = builder
             .build()
             .map_err(|e| CoreError::Unavailable(format!("HTTP client: {e}")))?;
         Ok(RemoteGateway {
@@ -179,12 +227,11 @@ impl Gateway for RemoteGateway {
             .map_err(|e| CoreError::Unavailable(format!("gateway {}: {e}", self.base)))
     }
 
-    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) -> CoreResult<()> {
-        self.send(
-            self.http
-                .put(self.url(db, "/frozen"))
-                .json(&FrozenBody { frozen }),
-        )
+    async fn set_frozen(&self, db: &DatabaseName, freeze: Option<Duration>) -> CoreResult<()> {
+        self.send(self.http.put(self.url(db, "/frozen")).json(&FrozenBody {
+            frozen: freeze.is_some(),
+            bound_ms: freeze.map(|b| b.as_millis() as u64),
+        }))
         .await
         .map(|_| ())
     }

@@ -30,4 +30,4 @@ pub mod model;
 pub mod server;
 
 pub use client::ApiClient;
-pub use server::{router, ApiKey};
+pub use server::{router, ApiKey, ApiKeys};

@@ -73,8 +73,33 @@ impl std::fmt::Debug for ApiKey {
 #[derive(Clone)]
 struct AppState {
     cp: ControlPlane,
-    key: ApiKey,
+    keys: ApiKeys,
     metrics: Arc<Registry>,
+}
+
+/// The keys the API accepts: the admin key, good for every route, and a gateway key, good only
+/// for what a gateway needs (role verifiers, wakes, leases, registering its control routes).
+#[derive(Clone)]
+pub struct ApiKeys {
+    /// Every route.
+    pub admin: ApiKey,
+    /// The gateway routes only.
+    pub gateway: Option<ApiKey>,
+}
+
+impl ApiKeys {
+    /// Only an admin key.
+    pub fn admin(key: ApiKey) -> ApiKeys {
+        ApiKeys {
+            admin: key,
+            gateway: None,
+        }
+    }
+
+    fn any(&self, headers: &HeaderMap) -> bool {
+        self.admin.authorizes(headers)
+            || self.gateway.as_ref().is_some_and(|g| g.authorizes(headers))
+    }
 }
 
 /// An API error response.
@@ -164,26 +189,60 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| bad_request("request body", e.body_text()))
 }
 
-async fn require_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if !st.key.authorizes(req.headers()) {
+/// Any key of the platform (the gateway routes), under the server's throttle of wrong keys.
+async fn require_gateway_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Err(refused) = super::http::key_check(&req, |h| st.keys.any(h))
+        .outcome()
+        .await
+    {
+        return refused;
+    }
+    next.run(req).await
+}
+
+/// The admin key (every other route); the gateway key gets `403`.
+async fn require_admin_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Err(refused) = super::http::key_check(&req, |h| st.keys.any(h))
+        .outcome()
+        .await
+    {
+        return refused;
+    }
+    if !st.keys.admin.authorizes(req.headers()) {
         return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key (Authorization: Bearer <key>)".into(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this is a gateway key: it may read role verifiers, wake databases, hold leases \
+             and register a gateway, nothing else"
+                .into(),
         )
         .into_response();
     }
     next.run(req).await
 }
 
-/// The API router for `cp`, guarded by `key`, with `/metrics` rendering `metrics`.
-pub fn router(cp: ControlPlane, key: ApiKey, metrics: Arc<Registry>) -> Router {
-    let st = AppState { cp, key, metrics };
+/// The API router for `cp`, guarded by `keys`, with `/metrics` rendering `metrics`.
+pub fn router(cp: ControlPlane, keys: ApiKeys, metrics: Arc<Registry>) -> Router {
+    let st = AppState { cp, keys, metrics };
+    // What a gateway needs, with either key.
+    let gateway = Router::new()
+        .route("/v1/databases/{name}/wake", post(wake_database))
+        .route(
+            "/v1/databases/{name}/roles/{role}/verifier",
+            get(role_verifier),
+        )
+        .route("/v1/databases/{name}/leases", post(acquire_lease))
+        .route("/v1/leases/{id}/renew", post(renew_lease))
+        .route("/v1/leases/{id}", delete(release_lease))
+        .route("/v1/gateways", post(register_gateway))
+        .route_layer(middleware::from_fn_with_state(
+            st.clone(),
+            require_gateway_key,
+        ));
     let v1 = Router::new()
         .route("/v1/databases", post(create_database).get(list_databases))
         .route("/v1/databases/{name}", get(show_database))
         .route("/v1/databases/{name}/stop", post(stop_database))
-        .route("/v1/databases/{name}/wake", post(wake_database))
         .route("/v1/databases/{name}/handoff", post(handoff_database))
         .route(
             "/v1/databases/{name}/transitions",
@@ -194,18 +253,14 @@ pub fn router(cp: ControlPlane, key: ApiKey, metrics: Arc<Registry>) -> Router {
             "/v1/databases/{name}/roles",
             post(create_role).get(list_roles),
         )
-        .route(
-            "/v1/databases/{name}/roles/{role}/verifier",
-            get(role_verifier),
-        )
-        .route("/v1/databases/{name}/leases", post(acquire_lease))
-        .route("/v1/leases/{id}/renew", post(renew_lease))
-        .route("/v1/leases/{id}", delete(release_lease))
-        .route("/v1/gateways", post(register_gateway))
-        .route_layer(middleware::from_fn_with_state(st.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(
+            st.clone(),
+            require_admin_key,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
+        .merge(gateway)
         .merge(v1)
         .with_state(st)
 }
@@ -295,10 +350,13 @@ async fn handoff_database(
 /// A gateway daemon's control routes, registered (again) by the daemon.
 #[derive(Deserialize, serde::Serialize)]
 pub struct RegisterGateway {
-    /// Where its control routes are (`http://host:port`).
+    /// Where its control routes are (`https://host:port`; `http://` only on loopback).
     pub url: String,
     /// The Bearer token they accept.
     pub token: String,
+    /// The CA (PEM) their certificate is checked against, for `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 async fn register_gateway(
@@ -306,7 +364,11 @@ async fn register_gateway(
     body: Result<Json<RegisterGateway>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let req = json_body(body)?;
-    st.cp.register_gateway(&req.url, &req.token)?;
+    st.cp.register_gateway(
+        &req.url,
+        &req.token,
+        req.ca_pem.as_deref().map(str::as_bytes),
+    )?;
     Ok(StatusCode::NO_CONTENT)
 }
 

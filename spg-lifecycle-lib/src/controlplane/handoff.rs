@@ -67,17 +67,24 @@ impl ControlPlane {
     /// Register (or refresh) a gateway daemon whose control routes are at `url` (see
     /// [`crate::api::gateway_control`]); handoffs drive it until it has not registered for
     /// [`REMOTE_GATEWAY_TTL`].
-    pub fn register_gateway(&self, url: &str, token: &str) -> Result<(), LifecycleError> {
+    /// Its routes are HTTPS, checked against `ca_pem` (plain `http://` only on loopback).
+    pub fn register_gateway(
+        &self,
+        url: &str,
+        token: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<(), LifecycleError> {
         let ok = (url.starts_with("http://") || url.starts_with("https://"))
             && url.len() <= 200
-            && !token.is_empty();
+            && !token.is_empty()
+            && ca_pem.is_none_or(|c| c.len() <= 64 * 1024);
         if !ok {
             return Err(LifecycleError::invalid(
                 "gateway",
-                "url must be http(s)://host:port and the token not empty",
+                "url must be http(s)://host:port, the token not empty and the CA at most 64 KiB",
             ));
         }
-        let gw = RemoteGateway::new(url, token)
+        let gw = RemoteGateway::new(url, token, ca_pem)
             .map_err(|e| LifecycleError::invalid("gateway", e.to_string()))?;
         let mut remote = self
             .shared
@@ -196,7 +203,7 @@ impl ControlPlane {
     ) -> LifecycleError {
         warn!(%db, reason, "handoff aborted");
         if frozen {
-            self.set_frozen(db, false).await;
+            self.unfreeze(db).await;
         }
         if let Some(s) = standby {
             s.discard().await;
@@ -209,11 +216,43 @@ impl ControlPlane {
         }
     }
 
-    async fn set_frozen(&self, db: &DatabaseName, frozen: bool) {
+    /// Freeze new work for `db` on every gateway, for at most `bound`.
+    async fn freeze(&self, db: &DatabaseName, bound: Duration) {
         for g in self.gateways() {
-            if let Err(e) = g.set_frozen(db, frozen).await {
-                warn!(%db, frozen, error = %e, "a gateway did not take the freeze flag");
+            if let Err(e) = g.set_frozen(db, Some(bound)).await {
+                warn!(%db, error = %e, "a gateway did not take the freeze");
             }
+        }
+    }
+
+    /// Unfreeze `db` on every gateway; a gateway that cannot be reached is tried again in the
+    /// background (with backoff) until it takes it, or until any freeze it holds has expired
+    /// by itself.
+    async fn unfreeze(&self, db: &DatabaseName) {
+        let give_up =
+            Instant::now() + self.shared.config.drain_timeout + self.shared.config.freeze_margin;
+        for g in self.gateways() {
+            if g.set_frozen(db, None).await.is_ok() {
+                continue;
+            }
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_millis(100);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    match g.set_frozen(&db, None).await {
+                        Ok(()) => return,
+                        Err(e) if Instant::now() + wait >= give_up => {
+                            warn!(%db, error = %e, "a gateway never took the unfreeze; its freeze expires by itself");
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(%db, error = %e, "a gateway did not take the unfreeze; trying again");
+                            wait = (wait * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -322,7 +361,9 @@ impl ControlPlane {
         }
 
         // frozen, then draining (time-boxed).
-        self.set_frozen(db, true).await;
+        // A freeze this control plane never lifts (it died) ends by itself on every gateway.
+        let margin = self.shared.config.freeze_margin;
+        self.freeze(db, drain_timeout + margin).await;
         let frozen_at = Instant::now();
         self.phase(
             db,
@@ -367,7 +408,9 @@ impl ControlPlane {
                 .await);
         }
 
-        // switching: the actor stops N and promotes N+1 (or starts cold if that fails).
+        // switching: the actor stops N and promotes N+1 (or starts cold if that fails). The
+        // freeze is renewed for the switch's own time.
+        self.freeze(db, margin).await;
         let switched = Instant::now();
         let outcome = self
             .ask(db, |reply| Command::HandoffSwitch {
@@ -380,7 +423,7 @@ impl ControlPlane {
         let (endpoint, _) = match outcome {
             Ok(x) => x,
             Err(e) => {
-                self.set_frozen(db, false).await;
+                self.unfreeze(db).await;
                 self.phase(db, ScaleState::Aborted, format!("switch failed: {e}"))
                     .await;
                 return Err(e);
@@ -391,7 +434,7 @@ impl ControlPlane {
                 warn!(%db, error = %e, "a gateway did not switch");
             }
         }
-        self.set_frozen(db, false).await;
+        self.unfreeze(db).await;
         timings.insert("switch".to_owned(), ms(switched.elapsed()));
         let frozen_for = frozen_at.elapsed();
         timings.insert("frozen".to_owned(), ms(frozen_for));

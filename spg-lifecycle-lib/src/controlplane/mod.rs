@@ -45,6 +45,9 @@ pub struct ControlPlaneConfig {
     /// How long a handoff waits, frozen, for transactions in flight to end before it gives up
     /// (default 10 s).
     pub drain_timeout: Duration,
+    /// How long a freeze lasts beyond the drain timeout at most (default 30 s): a gateway whose
+    /// control plane died mid-handoff lets new work go by itself after this.
+    pub freeze_margin: Duration,
     /// How long a handoff waits for a window without sessions pinned to the writer before it
     /// gives up (default 60 s). Nothing is frozen while it waits.
     pub pinned_wait: Duration,
@@ -64,6 +67,7 @@ impl Default for ControlPlaneConfig {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             drain_timeout: Duration::from_secs(10),
+            freeze_margin: Duration::from_secs(30),
             pinned_wait: Duration::from_secs(60),
             autoscale: AutoscalePolicy::default(),
         }
