@@ -502,7 +502,10 @@ async fn idle_client(
     let startup =
         spg_gateway_lib::proto::startup::encode_startup(&[("user", ROLE), ("database", DB)]);
     s.write_all(&startup).await?;
-    let mut scram = spg_core::scram::client::ScramClient::with_client_key(key, verifier);
+    let mut scram = spg_core::scram::client::ScramClient::with_client_key(
+        spg_core::scram::ClientKey::new(key),
+        verifier,
+    );
     loop {
         let (tag, body) = recv(&mut s).await?;
         match (

@@ -139,7 +139,9 @@ async fn slow_and_idle_clients_are_closed_on_every_http_server_and_others_served
         .parse()
         .unwrap();
     let ok = ("/healthz", 200);
-    let servers: Vec<(&str, u16, Option<PathBuf>, (&str, u16))> = vec![
+    // (name, port, CA for https, a request and the status it gets)
+    type Server<'a> = (&'a str, u16, Option<PathBuf>, (&'a str, u16));
+    let servers: Vec<Server> = vec![
         ("control plane API", api_port, Some(api_ca), ok),
         (
             "gateway control routes",

@@ -33,6 +33,35 @@ pub const MAX_ITERATIONS: u32 = 1 << 20;
 /// A SCRAM key (ClientKey, StoredKey, ServerKey, SaltedPassword).
 pub type Key = [u8; KEY_LEN];
 
+/// A ClientKey: what a client proves it knows, and all the gateway needs to log in to a compute
+/// as the client. A secret: wiped from memory when dropped, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct ClientKey(Key);
+
+impl ClientKey {
+    /// The key.
+    pub fn new(key: Key) -> Self {
+        ClientKey(key)
+    }
+
+    /// The key's bytes (for the SCRAM computations that need them).
+    pub fn expose(&self) -> &Key {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
+}
+
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
 /// HMAC-SHA-256.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Key {
     // HMAC accepts keys of any length, so this cannot fail.
@@ -57,12 +86,12 @@ pub fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> Key {
 }
 
 /// Normalise a password the way PostgreSQL does before hashing: SASLprep when the password is
-/// valid for it, the raw bytes otherwise.
-pub fn normalize_password(password: &str) -> Vec<u8> {
-    match stringprep::saslprep(password) {
+/// valid for it, the raw bytes otherwise. Wiped when dropped.
+pub fn normalize_password(password: &str) -> zeroize::Zeroizing<Vec<u8>> {
+    zeroize::Zeroizing::new(match stringprep::saslprep(password) {
         Ok(p) => p.into_owned().into_bytes(),
         Err(_) => password.as_bytes().to_vec(),
-    }
+    })
 }
 
 /// XOR of two keys.
@@ -144,8 +173,8 @@ impl ScramVerifier {
     }
 
     /// Whether `client_key` is the ClientKey of this verifier (`H(ClientKey) == StoredKey`).
-    pub fn matches_client_key(&self, client_key: &Key) -> bool {
-        ct_eq(&sha256(client_key), &self.stored_key)
+    pub fn matches_client_key(&self, client_key: &ClientKey) -> bool {
+        ct_eq(&sha256(client_key.expose()), &self.stored_key)
     }
 
     /// Parse PostgreSQL's format `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
@@ -219,7 +248,7 @@ c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
             .decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
             .unwrap();
         let client_key = xor(&Key::try_from(proof.as_slice()).unwrap(), &client_sig);
-        assert!(v.matches_client_key(&client_key));
+        assert!(v.matches_client_key(&ClientKey::new(client_key)));
     }
 
     #[test]
@@ -246,13 +275,22 @@ c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
     }
 
     #[test]
+    fn client_keys_are_never_shown_and_are_wiped() {
+        use zeroize::Zeroize;
+        let mut k = ClientKey::new([0xab; KEY_LEN]);
+        assert_eq!(format!("{k:?}"), "ClientKey(<redacted>)");
+        k.zeroize();
+        assert_eq!(k.expose(), &[0u8; KEY_LEN]);
+    }
+
+    #[test]
     fn mock_never_matches() {
         let m = ScramVerifier::mock("ghost", b"k");
         assert_eq!(m.salt, ScramVerifier::mock("ghost", b"k").salt);
         assert_ne!(m.salt, ScramVerifier::mock("other", b"k").salt);
         let v = ScramVerifier::from_password_with("", &m.salt, m.iterations);
         let salted = salted_password(b"", &m.salt, m.iterations);
-        assert!(!m.matches_client_key(&hmac_sha256(&salted, &[b"Client Key"])));
+        assert!(!m.matches_client_key(&ClientKey::new(hmac_sha256(&salted, &[b"Client Key"]))));
         assert_ne!(v.stored_key, m.stored_key);
     }
 

@@ -91,24 +91,57 @@ pub(crate) async fn serve(
     }
 }
 
+/// A command of the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// An empty query.
+    Empty,
+    /// `SHOW POOLS`.
+    ShowPools,
+    /// `SHOW CLIENTS`.
+    ShowClients,
+    /// `SHOW SERVERS`.
+    ShowServers,
+    /// `SHOW STATS`.
+    ShowStats,
+    /// `SHOW HELP`.
+    ShowHelp,
+    /// Anything else.
+    Unknown,
+}
+
+impl AdminCommand {
+    /// Read a query of the admin console (case-insensitive, an optional `;`).
+    pub fn parse(sql: &str) -> AdminCommand {
+        let mut words = sql.trim().trim_end_matches(';').split_whitespace();
+        let (first, second, rest) = (words.next(), words.next(), words.next());
+        let is = |w: Option<&str>, k: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(k));
+        match (first, second, rest) {
+            (None, _, _) => AdminCommand::Empty,
+            (Some(_), Some(_), None) if is(first, "show") => match second {
+                s if is(s, "pools") => AdminCommand::ShowPools,
+                s if is(s, "clients") => AdminCommand::ShowClients,
+                s if is(s, "servers") => AdminCommand::ShowServers,
+                s if is(s, "stats") => AdminCommand::ShowStats,
+                s if is(s, "help") => AdminCommand::ShowHelp,
+                _ => AdminCommand::Unknown,
+            },
+            _ => AdminCommand::Unknown,
+        }
+    }
+}
+
 fn respond(pools: &Arc<Pools>, sql: &str, out: &mut BytesMut) {
-    let words: Vec<String> = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let (columns, rows): (&[&str], Vec<Vec<Option<String>>>) = match words.as_slice() {
-        [] => {
+    let (columns, rows): (&[&str], Vec<Vec<Option<String>>>) = match AdminCommand::parse(sql) {
+        AdminCommand::Empty => {
             out.extend_from_slice(b"I\0\0\0\x04");
             return;
         }
-        ["show", "pools"] => (POOL_COLUMNS, pool_rows(pools)),
-        ["show", "clients"] => (CLIENT_COLUMNS, client_rows(pools)),
-        ["show", "servers"] => (SERVER_COLUMNS, server_rows(pools)),
-        ["show", "stats"] => (STATS_COLUMNS, stats_rows(pools)),
-        ["show", "help"] => (
+        AdminCommand::ShowPools => (POOL_COLUMNS, pool_rows(pools)),
+        AdminCommand::ShowClients => (CLIENT_COLUMNS, client_rows(pools)),
+        AdminCommand::ShowServers => (SERVER_COLUMNS, server_rows(pools)),
+        AdminCommand::ShowStats => (STATS_COLUMNS, stats_rows(pools)),
+        AdminCommand::ShowHelp => (
             &["command"],
             [
                 "SHOW POOLS",
@@ -121,7 +154,7 @@ fn respond(pools: &Arc<Pools>, sql: &str, out: &mut BytesMut) {
             .map(|c| vec![Some(c.to_string())])
             .collect(),
         ),
-        _ => {
+        AdminCommand::Unknown => {
             msg::error_response(
                 out,
                 Severity::Error,
@@ -357,6 +390,23 @@ fn timestamp(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn admin_commands_parse_whatever_their_case_and_semicolon() {
+        assert_eq!(AdminCommand::parse("SHOW POOLS;"), AdminCommand::ShowPools);
+        assert_eq!(
+            AdminCommand::parse("  show   Clients "),
+            AdminCommand::ShowClients
+        );
+        assert_eq!(AdminCommand::parse(""), AdminCommand::Empty);
+        assert_eq!(AdminCommand::parse(";"), AdminCommand::Empty);
+        assert_eq!(AdminCommand::parse("SHOW"), AdminCommand::Unknown);
+        assert_eq!(
+            AdminCommand::parse("SHOW POOLS EXTRA"),
+            AdminCommand::Unknown
+        );
+        assert_eq!(AdminCommand::parse("DROP TABLE x"), AdminCommand::Unknown);
+    }
 
     #[test]
     fn timestamps() {

@@ -1,7 +1,7 @@
 //! Connecting to a compute as the client's role, by SCRAM key passthrough.
 
 use bytes::BytesMut;
-use spg_core::scram::{Key, ScramVerifier};
+use spg_core::scram::{ClientKey, ScramVerifier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -42,7 +42,7 @@ pub async fn connect(
     addr: std::net::SocketAddr,
     role: &str,
     database: &str,
-    client_key: Key,
+    client_key: ClientKey,
     verifier: &ScramVerifier,
     params: &[(String, String)],
 ) -> Result<BackendConn, GatewayError> {

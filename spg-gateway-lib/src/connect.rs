@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use spg_core::scram::{Key, ScramVerifier};
+use spg_core::scram::{ClientKey, ScramVerifier};
 use spg_core::{ComputeEndpoint, CoreError, DatabaseName, RoleName};
 use tracing::debug;
 
@@ -95,7 +95,7 @@ pub(crate) async fn open(
     metrics: &GatewayMetrics,
     db: &DatabaseName,
     role: &RoleName,
-    client_key: Key,
+    client_key: &ClientKey,
     verifier: &ScramVerifier,
     connect_timeout: Duration,
     deadline: Instant,
@@ -124,7 +124,7 @@ pub(crate) async fn open(
                 endpoint.addr,
                 role.as_str(),
                 db.as_str(),
-                client_key,
+                client_key.clone(),
                 verifier,
                 &[],
             );

@@ -180,6 +180,52 @@ pub fn scram_verifier(data: &[u8]) {
     }
 }
 
+/// Run a future over an in-memory reader to completion: every read is ready at once, so one
+/// poll suffices (a future still pending then waits for bytes that will never come).
+fn complete<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Fuzz entry: a client's bytes during login, framed as the gateway frames them (a first packet,
+/// then authentication messages, through the buffered packet reader). Must never panic, and
+/// never hold more than the bytes it was sent plus a bounded read-ahead.
+pub fn login_packets(data: &[u8]) {
+    use crate::proto::io::PacketReader;
+    use crate::proto::MAX_AUTH_MESSAGE;
+    let mut input = data;
+    let mut reader = PacketReader::default();
+    let Some(Ok(packet)) = complete(reader.startup_packet(&mut input)) else {
+        return;
+    };
+    let _ = crate::proto::startup::parse_initial_packet(&packet);
+    for _ in 0..4 {
+        match complete(reader.message(&mut input, MAX_AUTH_MESSAGE)) {
+            Some(Ok((_, body))) => assert!(body.len() <= data.len()),
+            _ => return,
+        }
+    }
+    assert!(reader.leftover().len() <= data.len());
+}
+
+/// Fuzz entry: the `options` startup parameter (`-c name=value --name=value`). Must never
+/// panic; every setting it yields has a name.
+pub fn startup_options(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(settings) = crate::pool::params::parse_options(&text) {
+        assert!(settings.iter().all(|(k, _)| !k.contains('=')));
+    }
+}
+
+/// Fuzz entry: a query sent to the admin console. Must never panic.
+pub fn admin_commands(data: &[u8]) {
+    let _ = crate::admin::AdminCommand::parse(&String::from_utf8_lossy(data));
+}
+
 /// A fuzz entry point.
 pub type FuzzTarget = fn(&[u8]);
 
@@ -194,4 +240,7 @@ pub const TARGETS: &[(&str, FuzzTarget)] = &[
     ("scram_verifier", scram_verifier),
     ("sql_effects", sql_effects),
     ("pooled_messages", pooled_messages),
+    ("login_packets", login_packets),
+    ("startup_options", startup_options),
+    ("admin_commands", admin_commands),
 ];

@@ -39,7 +39,7 @@
 
 #![warn(missing_docs)]
 
-mod admin;
+pub mod admin;
 pub mod backend;
 pub mod cancel;
 mod connect;

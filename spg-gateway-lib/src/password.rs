@@ -18,7 +18,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use spg_core::scram::{hmac_sha256, normalize_password, salted_password, Key, ScramVerifier};
+use spg_core::scram::{
+    hmac_sha256, normalize_password, salted_password, ClientKey, Key, ScramVerifier,
+};
+use zeroize::Zeroizing;
 
 /// The authentication method the gateway asks clients for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,14 +53,14 @@ impl std::str::FromStr for ClientAuth {
 /// Verified passwords, bounded.
 pub(crate) struct PasswordCache {
     secret: [u8; 32],
-    entries: Mutex<HashMap<Key, Key>>,
+    entries: Mutex<HashMap<Key, ClientKey>>,
     capacity: usize,
 }
 
 /// What checking a password found.
 pub(crate) struct Checked {
     /// The ClientKey when the password matches.
-    pub(crate) client_key: Option<Key>,
+    pub(crate) client_key: Option<ClientKey>,
     /// Whether the answer came from the cache.
     pub(crate) cached: bool,
 }
@@ -95,7 +98,7 @@ impl PasswordCache {
         gate: &crate::limits::Gate,
     ) -> Checked {
         let tag = self.tag(role, verifier, password);
-        let hit = self.lock().get(&tag).copied();
+        let hit = self.lock().get(&tag).cloned();
         if let Some(client_key) = hit {
             // The entry was made for this very verifier; the check is cheap, keep it.
             if verifier.matches_client_key(&client_key) {
@@ -107,7 +110,7 @@ impl PasswordCache {
         }
         let normalized = match std::str::from_utf8(password) {
             Ok(s) => normalize_password(s),
-            Err(_) => password.to_vec(),
+            Err(_) => Zeroizing::new(password.to_vec()),
         };
         let salt = verifier.salt.clone();
         let iterations = verifier.iterations;
@@ -120,8 +123,8 @@ impl PasswordCache {
         };
         let derived = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let salted = salted_password(&normalized, &salt, iterations);
-            hmac_sha256(&salted, &[b"Client Key"])
+            let salted = Zeroizing::new(salted_password(&normalized, &salt, iterations));
+            ClientKey::new(hmac_sha256(&*salted, &[b"Client Key"]))
         })
         .await;
         let Ok(client_key) = derived else {
@@ -141,14 +144,14 @@ impl PasswordCache {
             // Rare (a cap per process, not per role); start over rather than track recency.
             entries.clear();
         }
-        entries.insert(tag, client_key);
+        entries.insert(tag, client_key.clone());
         Checked {
             client_key: Some(client_key),
             cached: false,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Key>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, ClientKey>> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spg_core::scram::{Key, ScramVerifier};
+use spg_core::scram::{ClientKey, ScramVerifier};
 use spg_core::{CoreError, DatabaseName, RoleName};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -281,7 +281,7 @@ pub(crate) struct Authenticated {
     db: DatabaseName,
     role: RoleName,
     role_text: String,
-    client_key: Key,
+    client_key: ClientKey,
     verifier: ScramVerifier,
     /// A login to the admin console.
     admin: bool,
@@ -397,11 +397,12 @@ async fn password_exchange(
     verifier: &ScramVerifier,
     known: bool,
     ip: std::net::IpAddr,
-) -> Result<Key, GatewayError> {
+) -> Result<ClientKey, GatewayError> {
     msg::auth_cleartext_password(out);
     stream.write_all(out).await?;
     out.clear();
-    let body = expect_password_message(stream, reader).await?;
+    // The password itself: wiped when dropped.
+    let body = zeroize::Zeroizing::new(expect_password_message(stream, reader).await?);
     locked_out_now(shared, ip)?;
     let password = body
         .strip_suffix(&[0])
@@ -432,7 +433,7 @@ async fn scram_exchange(
     verifier: &ScramVerifier,
     known: bool,
     ip: std::net::IpAddr,
-) -> Result<Key, GatewayError> {
+) -> Result<ClientKey, GatewayError> {
     let channel_binding = if stream.is_tls() {
         shared
             .config

@@ -19,6 +19,7 @@ pub mod autoscale;
 pub mod compute;
 pub mod controlplane;
 mod error;
+pub mod fuzzing;
 pub mod metrics;
 pub mod os_user;
 pub mod pg_bin;

@@ -9,7 +9,7 @@ use base64::Engine;
 use rand::RngExt;
 use thiserror::Error;
 
-use super::{ct_eq, hmac_sha256, normalize_password, salted_password, sha256, xor, Key};
+use super::{ct_eq, hmac_sha256, normalize_password, salted_password, sha256, xor, ClientKey, Key};
 use super::{ScramVerifier, MAX_ITERATIONS};
 
 /// The SCRAM mechanism this client speaks.
@@ -93,14 +93,14 @@ pub fn parse_server_final(s: &str) -> Result<Key, ScramClientError> {
         .ok_or_else(|| malformed("server signature"))
 }
 
-/// What the client proves it knows.
+/// What the client proves it knows (wiped when dropped).
 #[derive(Clone)]
 enum Secret {
     /// The password (normalized).
-    Password(Vec<u8>),
+    Password(zeroize::Zeroizing<Vec<u8>>),
     /// The ClientKey, and the verifier the server must hold identically.
     Key {
-        client_key: Key,
+        client_key: ClientKey,
         verifier: ScramVerifier,
     },
 }
@@ -123,7 +123,7 @@ impl ScramClient {
     /// Log in with `client_key`; `verifier` is the role's verifier, which the server must hold
     /// identically (its salt and iteration count are checked, its ServerKey authenticates the
     /// server).
-    pub fn with_client_key(client_key: Key, verifier: ScramVerifier) -> Self {
+    pub fn with_client_key(client_key: ClientKey, verifier: ScramVerifier) -> Self {
         Self::new(Secret::Key {
             client_key,
             verifier,
@@ -171,19 +171,21 @@ impl ScramClient {
                         "server holds a different verifier for the role".into(),
                     ));
                 }
-                (*client_key, verifier.stored_key, verifier.server_key)
+                (client_key.clone(), verifier.stored_key, verifier.server_key)
             }
             Secret::Password(p) => {
-                let salted = salted_password(p, &first.salt, first.iterations);
-                let client_key = hmac_sha256(&salted, &[b"Client Key"]);
-                let server_key = hmac_sha256(&salted, &[b"Server Key"]);
-                (client_key, sha256(&client_key), server_key)
+                let salted =
+                    zeroize::Zeroizing::new(salted_password(p, &first.salt, first.iterations));
+                let client_key = ClientKey::new(hmac_sha256(&*salted, &[b"Client Key"]));
+                let server_key = hmac_sha256(&*salted, &[b"Server Key"]);
+                let stored_key = sha256(client_key.expose());
+                (client_key, stored_key, server_key)
             }
         };
         let without_proof = format!("c=biws,r={}", first.nonce);
         let auth_message = format!("{},{s},{without_proof}", self.client_first_bare);
         let signature = hmac_sha256(&stored_key, &[auth_message.as_bytes()]);
-        let proof = xor(&client_key, &signature);
+        let proof = xor(client_key.expose(), &signature);
         self.pending = Some((auth_message, server_key));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
     }
@@ -230,7 +232,7 @@ mod tests {
     fn password_and_key_clients_agree() {
         let v = ScramVerifier::from_password("s3cret");
         let salted = salted_password(&normalize_password("s3cret"), &v.salt, v.iterations);
-        let key = hmac_sha256(&salted, &[b"Client Key"]);
+        let key = ClientKey::new(hmac_sha256(&salted, &[b"Client Key"]));
         let mut a = ScramClient::with_password("s3cret");
         let mut b = ScramClient::with_client_key(key, v.clone());
         b.client_first_bare = a.client_first_bare.clone();

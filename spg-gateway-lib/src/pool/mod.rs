@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use spg_core::scram::{Key, ScramVerifier};
+use spg_core::scram::{ClientKey, ScramVerifier};
 use spg_core::{DatabaseName, RoleName};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
@@ -338,7 +338,7 @@ pub struct Pool {
     pub pins: PinCounts,
     deps: Arc<PoolDeps>,
     state: Mutex<PoolState>,
-    creds: Mutex<Option<(Key, ScramVerifier)>>,
+    creds: Mutex<Option<(ClientKey, ScramVerifier)>>,
     baseline: Mutex<Option<Arc<Params>>>,
     /// What PostgreSQL reported after a client's startup value: (name, given) → reported.
     canon: Mutex<HashMap<CanonKey, Vec<u8>>>,
@@ -388,7 +388,7 @@ impl Pool {
     }
 
     /// The credentials new backend connections log in with (the latest client's key).
-    pub(crate) fn set_credentials(&self, key: Key, verifier: ScramVerifier) {
+    pub(crate) fn set_credentials(&self, key: ClientKey, verifier: ScramVerifier) {
         *self.creds.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, verifier));
     }
 
@@ -703,7 +703,7 @@ impl Pool {
             &self.deps.metrics,
             &self.db,
             &self.role,
-            key,
+            &key,
             &verifier,
             self.deps.connect_timeout,
             deadline,

@@ -141,7 +141,7 @@ mod tests {
 
         // Compute side holds the same verifier; the gateway logs in with the key alone.
         let mut compute = ScramServer::new(v.clone(), None);
-        let mut client = ScramClient::with_client_key(client_key, v.clone());
+        let mut client = ScramClient::with_client_key(client_key.clone(), v.clone());
         let (mech, cf) = client.client_first();
         let sf = compute.client_first(mech, &cf).unwrap();
         let cfin = client.server_first(sf.as_bytes()).unwrap();
@@ -155,9 +155,9 @@ mod tests {
         let v = ScramVerifier::from_password("pencil");
         let other = ScramVerifier::from_password("pencil"); // new salt
         let salted = spg_core::scram::salted_password(b"pencil", &v.salt, v.iterations);
-        let key = hmac_sha256(&salted, &[b"Client Key"]);
+        let key = spg_core::scram::ClientKey::new(hmac_sha256(&salted, &[b"Client Key"]));
         let mut compute = ScramServer::new(other, None);
-        let mut client = ScramClient::with_client_key(key, v.clone());
+        let mut client = ScramClient::with_client_key(key.clone(), v.clone());
         let (mech, cf) = client.client_first();
         let sf = compute.client_first(mech, &cf).unwrap();
         assert!(client.server_first(sf.as_bytes()).is_err());

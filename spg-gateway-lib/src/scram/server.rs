@@ -2,7 +2,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use spg_core::scram::{ct_eq, hmac_sha256, xor, Key, ScramVerifier};
+use spg_core::scram::{ct_eq, hmac_sha256, xor, ClientKey, ScramVerifier};
 
 use super::messages::{parse_client_final, parse_client_first, CbindFlag};
 use super::{nonce, ChannelBinding, CB_TLS_SERVER_END_POINT, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
@@ -111,7 +111,7 @@ impl ScramServer {
 
     /// Take the client's final message. On a valid proof returns the `server-final-message`
     /// and the client's ClientKey; on an invalid one [`GatewayError::AuthFailed`].
-    pub fn client_final(&mut self, data: &[u8]) -> Result<(String, Key), GatewayError> {
+    pub fn client_final(&mut self, data: &[u8]) -> Result<(String, ClientKey), GatewayError> {
         let State::SentServerFirst {
             expected_cbind,
             full_nonce,
@@ -134,7 +134,7 @@ impl ScramServer {
         }
         let auth_message = format!("{client_first_bare},{server_first},{}", fin.without_proof);
         let client_signature = hmac_sha256(&self.verifier.stored_key, &[auth_message.as_bytes()]);
-        let client_key = xor(&fin.proof, &client_signature);
+        let client_key = ClientKey::new(xor(&fin.proof, &client_signature));
         if !self.verifier.matches_client_key(&client_key) {
             return Err(GatewayError::AuthFailed);
         }

@@ -19,7 +19,8 @@ use crate::LifecycleError;
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
-    key: String,
+    /// The API key (wiped when dropped).
+    key: zeroize::Zeroizing<String>,
     http: reqwest::Client,
 }
 
@@ -47,7 +48,7 @@ impl ApiClient {
             .map_err(|e| LifecycleError::Tls(e.to_string()))?;
         Ok(ApiClient {
             base: base_url.trim_end_matches('/').to_string(),
-            key: api_key.to_string(),
+            key: zeroize::Zeroizing::new(api_key.to_string()),
             http,
         })
     }
@@ -74,7 +75,7 @@ impl ApiClient {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
+            .bearer_auth(self.key.as_str());
         if let Some(b) = body {
             req = req.json(b);
         }

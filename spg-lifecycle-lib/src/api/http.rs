@@ -201,7 +201,10 @@ impl KeyCheck {
             KeyCheck::Locked(left) => Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, left.as_secs().max(1).to_string())],
-                "too many requests with a wrong API key from this address\n",
+                error_body(
+                    "too_many_requests",
+                    "too many requests with a wrong API key from this address; retry later",
+                ),
             )
                 .into_response()),
             KeyCheck::Wrong(delay) => {
@@ -210,12 +213,20 @@ impl KeyCheck {
                 }
                 Err((
                     StatusCode::UNAUTHORIZED,
-                    "missing or wrong API key (Authorization: Bearer <key>)\n",
+                    error_body(
+                        "unauthorized",
+                        "missing or wrong API key (Authorization: Bearer <key>)",
+                    ),
                 )
                     .into_response())
             }
         }
     }
+}
+
+/// The API's error body: `{"error": {"code", "message"}}`.
+fn error_body(code: &str, message: &str) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "error": { "code": code, "message": message } }))
 }
 
 /// Serve `router` on `listener` over TLS under `limits` until `shutdown` is cancelled, then

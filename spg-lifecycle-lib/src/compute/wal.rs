@@ -573,8 +573,31 @@ pub fn fetch_wal_file(url: &str, file: &str, dest: &Path) -> Result<bool, String
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     write!(s, "GET /{path}/{file} HTTP/1.0\r\nHost: {host}\r\n\r\n")
         .map_err(|e| format!("send: {e}"))?;
+    // A WAL segment is 16 MiB by default and at most 1 GiB: bound what an answer may hold.
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    (&mut s)
+        .take(MAX_RESTORE_RESPONSE)
+        .read_to_end(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
+    match parse_restore_response(&resp)? {
+        Some(body) => {
+            let tmp = dest.with_extension("spg-partial");
+            spg_core::fsmode::write_private(&tmp, body)
+                .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, dest).map_err(|e| format!("rename {}: {e}", dest.display()))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Most bytes an answer of the restore endpoint may have (a 1 GiB segment and its head).
+pub const MAX_RESTORE_RESPONSE: u64 = (1 << 30) + 64 * 1024;
+
+/// Read the restore endpoint's answer (untrusted bytes): the file's bytes for `200`, `None` for
+/// `404`, an error for anything else (another status, no head, a body shorter or longer than
+/// its `Content-Length`).
+pub fn parse_restore_response(resp: &[u8]) -> Result<Option<&[u8]>, String> {
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -600,14 +623,8 @@ pub fn fetch_wal_file(url: &str, file: &str, dest: &Path) -> Result<bool, String
         }
     }
     match status {
-        200 => {
-            let tmp = dest.with_extension("spg-partial");
-            spg_core::fsmode::write_private(&tmp, body)
-                .map_err(|e| format!("write {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, dest).map_err(|e| format!("rename {}: {e}", dest.display()))?;
-            Ok(true)
-        }
-        404 => Ok(false),
+        200 => Ok(Some(body)),
+        404 => Ok(None),
         other => Err(format!("restore endpoint answered {other}")),
     }
 }

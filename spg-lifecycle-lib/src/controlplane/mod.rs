@@ -400,6 +400,8 @@ impl ControlPlane {
         self.actor(db)?;
         let verifier = match secret {
             RoleSecret::Password(pw) => {
+                // Wiped once hashed (the verifier is all that is kept).
+                let pw = zeroize::Zeroizing::new(pw);
                 if pw.is_empty() {
                     return Err(LifecycleError::invalid("password", "must not be empty"));
                 }
