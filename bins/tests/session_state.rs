@@ -318,3 +318,39 @@ async fn settings_rolled_back_to_a_savepoint_do_not_stick() {
     }
     t.shutdown().await;
 }
+
+/// A session that turns `synchronous_commit` off (or `local`) gives up the quorum for its
+/// commits, as PostgreSQL documents: the gateway counts such clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_giving_up_the_quorum_are_counted() {
+    let t = TestPlatform::start_with(Duration::from_secs(300), |c| {
+        c.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let gauge = || async {
+        let url = format!("http://{}/metrics", t.p().metrics_addr.unwrap());
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "spg_gateway_pool_async_commit_clients{{database=\"{DB}\",user=\"{ROLE}\"}} "
+                ))
+                .map(|v| v.trim().parse::<i64>().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    let a = tokio_pg(&t, &t.dsn).await.unwrap();
+    let b = tokio_pg(&t, &t.dsn).await.unwrap();
+    a.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(gauge().await, 0);
+    a.batch_execute("SET synchronous_commit = off").await.unwrap();
+    b.batch_execute("SET synchronous_commit TO 'local'").await.unwrap();
+    assert_eq!(gauge().await, 2);
+    // Rolled back: not set.
+    a.batch_execute("RESET synchronous_commit").await.unwrap();
+    b.batch_execute("BEGIN; SET synchronous_commit = on; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(gauge().await, 1);
+    t.shutdown().await;
+}

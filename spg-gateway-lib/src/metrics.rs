@@ -107,6 +107,11 @@ impl Collector for PoolCollector {
                 vec![],
             ),
             ("pool_servers", "Backend connections by state", vec![]),
+            (
+                "pool_async_commit_clients",
+                "Clients whose session set synchronous_commit to off or local: their commits are acknowledged before the safekeeper quorum has them",
+                vec![],
+            ),
         ];
         let mut counters: Vec<Exported<u64>> = vec![
             ("pool_transactions", "Transactions served", vec![]),
@@ -125,6 +130,16 @@ impl Collector for PoolCollector {
             (
                 "pool_prepare_hits",
                 "Parse messages answered from a backend's statement cache",
+                vec![],
+            ),
+            (
+                "pool_state_checks",
+                "Session state checks sent to backends after transactions that may have changed it",
+                vec![],
+            ),
+            (
+                "pool_statements_evicted",
+                "Client statements forgotten because a client held more than its bound",
                 vec![],
             ),
         ];
@@ -153,6 +168,8 @@ impl Collector for PoolCollector {
                 l.push(("state", state.into()));
                 gauges[2].2.push((l, n as i64));
             }
+            let async_commit = p.clients().iter().filter(|c| c.async_commit()).count();
+            gauges[3].2.push((base(p), async_commit as i64));
             let s = &p.stats;
             let ld =
                 |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -163,6 +180,8 @@ impl Collector for PoolCollector {
                 ld(&s.queue_timeouts),
                 ld(&s.prepares),
                 ld(&s.prepare_hits),
+                ld(&s.state_checks),
+                ld(&s.statements_evicted),
             ]
             .into_iter()
             .enumerate()

@@ -67,6 +67,12 @@ struct UpArgs {
     /// the PBKDF2).
     #[arg(long, env = "SPG_CLIENT_AUTH", default_value = "scram")]
     client_auth: spg_gateway_lib::ClientAuth,
+    /// Client connections at once (logged in; pending logins are limited apart).
+    #[arg(long, env = "SPG_MAX_CLIENT_CONN", default_value_t = 10_000)]
+    max_client_conn: usize,
+    /// Largest client message accepted, in bytes.
+    #[arg(long, env = "SPG_MAX_MESSAGE_BYTES", default_value_t = 1 << 30)]
+    max_message_bytes: usize,
     #[command(flatten)]
     pool: spg::PoolArgs,
     #[command(flatten)]
@@ -180,6 +186,8 @@ async fn up(args: UpArgs) -> Result<()> {
     cfg.pool = args.pool.config()?;
     cfg.client_auth = args.client_auth;
     cfg.login_limits = args.login.limits();
+    cfg.max_client_conn = args.max_client_conn;
+    cfg.max_message_bytes = args.max_message_bytes;
     spg::raise_fd_limit();
     let platform = Platform::start(cfg).await?;
 

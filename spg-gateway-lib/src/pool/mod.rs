@@ -161,6 +161,9 @@ pub struct ClientInfo {
     /// When the state last changed ([`clock::coarse_us`]).
     since_us: AtomicU64,
     pinned: Mutex<Option<String>>,
+    /// Its session's `synchronous_commit` is `off` or `local`: its commits are acknowledged
+    /// before a safekeeper quorum has them.
+    async_commit: std::sync::atomic::AtomicBool,
 }
 
 impl ClientInfo {
@@ -174,7 +177,17 @@ impl ClientInfo {
             server: AtomicU64::new(0),
             since_us: AtomicU64::new(clock::coarse_us()),
             pinned: Mutex::new(None),
+            async_commit: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session's `synchronous_commit` gives up the quorum (`off`, `local`).
+    pub fn async_commit(&self) -> bool {
+        self.async_commit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_async_commit(&self, on: bool) {
+        self.async_commit.store(on, Ordering::Relaxed);
     }
 
     /// Current state.

@@ -125,7 +125,7 @@ impl<'a> Session<'a> {
         msg::ready_for_query(&mut out, b'I');
         client.write_all(&out).await?;
         client.flush().await?;
-        Ok(Session {
+        let session = Session {
             shared,
             max_message: shared.config.max_message_bytes,
             pool,
@@ -160,7 +160,10 @@ impl<'a> Session<'a> {
             retries: 0,
             local: LocalStats::new(),
             scratch: Vec::new(),
-        })
+        };
+        // `-c synchronous_commit=off` in the startup options.
+        session.note_async_commit();
+        Ok(session)
     }
 }
 

@@ -284,10 +284,28 @@ impl<'a> Session<'a> {
             have.map.remove(name);
         }
         self.params = self.pool.intern(p);
+        self.note_async_commit();
         if let Some(att) = &mut self.att {
             // Bring the backend in line at once (the client may keep it: pinned, session mode).
             sync_settings(att, &self.params, &have);
         }
+    }
+
+    /// Record whether the session's `synchronous_commit` gives up the quorum (`off`, `local`,
+    /// or a boolean false): PostgreSQL then acknowledges commits before a safekeeper quorum
+    /// has them (counted in `spg_gateway_pool_async_commit_clients`). Settings made per
+    /// transaction (`SET LOCAL`) or per role (`ALTER ROLE ... SET`) are not seen here.
+    pub(super) fn note_async_commit(&self) {
+        let off = self.params.map.get("synchronous_commit").is_some_and(|p| {
+            let v: Vec<u8> = p
+                .value
+                .iter()
+                .filter(|b| !matches!(b, b'\'' | b'"' | b' '))
+                .map(u8::to_ascii_lowercase)
+                .collect();
+            matches!(v.as_slice(), b"off" | b"local" | b"false" | b"no" | b"0")
+        });
+        self.info.set_async_commit(off);
     }
 
     fn pin_sticky(&mut self, kind: PinKind, name: &str) {
