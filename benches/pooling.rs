@@ -26,8 +26,10 @@
 //! subset of `direct,pgbouncer,gateway,password`), `SPG_BENCH_GATEWAY_THREADS` (tokio workers of
 //! the gateway, default 2; 1 is a current-thread runtime; a list such as `2,1` adds a gateway
 //! per further entry, measured in the same rounds), `SPG_BENCH_MODES` (subset of
-//! `plain,scram,password`: without `-C`, `-C` under each method), `SPG_BENCH_KEEP=1` keeps the
-//! directory.
+//! `plain,scram,password,failed`: without `-C`, `-C` under each method, and the failed logins one
+//! address can sustain), `SPG_BENCH_BASELINE` (this benchmark's binary built at an earlier
+//! commit: its gateway runs as target `before` in the same rounds, and the ratios include
+//! gateway/before), `SPG_BENCH_KEEP=1` keeps the directory.
 //!
 //! Clients use plaintext TCP on loopback, except for the `password` method against PostgreSQL
 //! and PgBouncer: both tell methods apart by the client's address, and a client of 127.0.0.2
@@ -184,13 +186,14 @@ type Target = (&'static str, &'static str, u16, Option<u32>);
 /// Start a gateway child process asking clients for `client_auth`; returns its port and pid.
 fn spawn_gateway(
     procs: &mut Procs,
+    exe: &Path,
     pg_port: u16,
     verifier: &ScramVerifier,
     pool_size: usize,
     client_auth: &str,
     threads: usize,
 ) -> (u16, u32) {
-    let mut gw = Command::new(std::env::current_exe().unwrap());
+    let mut gw = Command::new(exe);
     gw.env("SPG_BENCH_POOL_CHILD", "1")
         .env("SPG_BENCH_PG_ADDR", format!("127.0.0.1:{pg_port}"))
         .env("SPG_BENCH_VERIFIER", verifier.to_postgres_string())
@@ -615,6 +618,72 @@ async fn open_idle(port: u16, n: usize, verifier: &ScramVerifier) -> Vec<tokio::
     out
 }
 
+/// Wrong passwords (`password` method) from 127.0.0.2, 16 at a time, for `seconds`: how many
+/// were answered `28P01` (checked), `53300` (refused unchecked), anything else.
+async fn failed_logins(port: u16, seconds: u64) -> (usize, usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        tasks.push(tokio::spawn(async move {
+            let (mut checked, mut refused, mut other) = (0, 0, 0);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                match wrong_password(port, &format!("wrong-{w}-{i}"))
+                    .await
+                    .as_deref()
+                {
+                    Some("28P01") => checked += 1,
+                    Some("53300") => refused += 1,
+                    _ => other += 1,
+                }
+            }
+            (checked, refused, other)
+        }));
+    }
+    let mut sum = (0, 0, 0);
+    for t in tasks {
+        let (a, b, c) = t.await.unwrap();
+        sum = (sum.0 + a, sum.1 + b, sum.2 + c);
+    }
+    sum
+}
+
+/// One `password`-method login from 127.0.0.2 with `password`; the SQLSTATE it ended with.
+async fn wrong_password(port: u16, password: &str) -> Option<String> {
+    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+    sock.bind(([127, 0, 0, 2], 0).into()).ok()?;
+    let mut s = sock.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+    let startup =
+        spg_gateway_lib::proto::startup::encode_startup(&[("user", ROLE), ("database", DB)]);
+    s.write_all(&startup).await.ok()?;
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.checked_sub(4)?];
+        s.read_exact(&mut body).await.ok()?;
+        match head[0] {
+            b'R' if body.starts_with(&3u32.to_be_bytes()) => {
+                let mut m = vec![b'p'];
+                m.extend_from_slice(&((password.len() + 5) as u32).to_be_bytes());
+                m.extend_from_slice(password.as_bytes());
+                m.push(0);
+                s.write_all(&m).await.ok()?;
+            }
+            b'E' => {
+                let code = body
+                    .split(|b| *b == 0)
+                    .find_map(|f| f.strip_prefix(b"C"))
+                    .map(|c| String::from_utf8_lossy(c).into_owned());
+                return code;
+            }
+            b'Z' => return Some("ok".into()),
+            _ => {}
+        }
+    }
+}
+
 /// Print each gateway's ratios to PgBouncer and to direct PostgreSQL, from runs made back to
 /// back (round by round): their median, and the range.
 fn print_ratios(label: &str, row: &[(&str, Vec<f64>)]) {
@@ -633,7 +702,7 @@ fn print_ratios(label: &str, row: &[(&str, Vec<f64>)]) {
     let parts: Vec<String> = row
         .iter()
         .filter(|(n, _)| n.starts_with("gateway"))
-        .flat_map(|(g, _)| ["pgbouncer", "direct"].map(|b| ratio(g, b)))
+        .flat_map(|(g, _)| ["before", "pgbouncer", "direct"].map(|b| ratio(g, b)))
         .flatten()
         .collect();
     if !parts.is_empty() {
@@ -716,7 +785,7 @@ fn main() {
         .args(["-c", "listen_addresses=127.0.0.1"])
         .arg("-c")
         .arg(format!("unix_socket_directories={}", dir.display()))
-        .args(["-c", "max_connections=600", "-c", "shared_buffers=256MB"])
+        .args(["-c", "max_connections=700", "-c", "shared_buffers=256MB"])
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
         .env("LC_ALL", "C")
         .stdout(Stdio::null())
@@ -763,9 +832,10 @@ fn main() {
         thread_counts.push(2);
     }
     let first_threads = thread_counts[0];
+    let me = std::env::current_exe().unwrap();
     let mut gateways: Vec<Target> = Vec::new();
     for (i, &t) in thread_counts.iter().enumerate() {
-        let (port, pid) = spawn_gateway(&mut procs, pg_port, &verifier, pool_size, "scram", t);
+        let (port, pid) = spawn_gateway(&mut procs, &me, pg_port, &verifier, pool_size, "scram", t);
         let name: &'static str = match i {
             0 => "gateway",
             _ => Box::leak(format!("gateway-{t}t").into_boxed_str()),
@@ -776,12 +846,40 @@ fn main() {
     let gw_pid = gw_pid.expect("a gateway process");
     let (gw_pw_port, gw_pw_pid) = spawn_gateway(
         &mut procs,
+        &me,
         pg_port,
         &verifier,
         pool_size,
         "password",
         first_threads,
     );
+    // `SPG_BENCH_BASELINE`: this benchmark built at an earlier commit; its gateway (the same
+    // child protocol) runs as target `before`, in the same rounds, for the cost of a change.
+    let baseline = std::env::var_os("SPG_BENCH_BASELINE").map(PathBuf::from);
+    let before: Option<(Target, Target)> = baseline.as_ref().map(|exe| {
+        let (port, pid) = spawn_gateway(
+            &mut procs,
+            exe,
+            pg_port,
+            &verifier,
+            pool_size,
+            "scram",
+            first_threads,
+        );
+        let (pw_port, pw_pid) = spawn_gateway(
+            &mut procs,
+            exe,
+            pg_port,
+            &verifier,
+            pool_size,
+            "password",
+            first_threads,
+        );
+        (
+            ("before", "127.0.0.1", port, Some(pid)),
+            ("before", "127.0.0.1", pw_port, Some(pw_pid)),
+        )
+    });
 
     // PgBouncer, transaction pooling, the same pool size.
     let pgb_port = free_port();
@@ -826,7 +924,7 @@ fn main() {
     println!(
         "pooling benchmark: pgbench -S, scale {scale}, {seconds} s per run, median of {rounds} \
          runs, pool size {pool_size} (gateway and PgBouncer), PostgreSQL {} max_connections \
-         600, {} cores",
+         700, {} cores",
         bins.major(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -840,6 +938,7 @@ fn main() {
     ]
     .into_iter()
     .chain(gateways)
+    .chain(before.map(|b| b.0))
     // `gateway-1t` is chosen with `gateway`.
     .filter(|t| chosen(t.0.split('-').next().unwrap_or(t.0)))
     .collect();
@@ -852,6 +951,7 @@ fn main() {
         ("gateway", "127.0.0.1", gw_pw_port, Some(gw_pw_pid)),
     ]
     .into_iter()
+    .chain(before.map(|b| b.1))
     .filter(|t| chosen(t.0) && chosen("password"))
     .collect();
     // Warm up every target (caches, pools).
@@ -991,6 +1091,30 @@ fn main() {
     }
     for (tasks, row) in &churn_summary {
         print_ratios(&format!("churn {tasks:>4} clients"), row);
+    }
+
+    // Failed logins one address can sustain against the `password`-method gateways (from
+    // 127.0.0.2, last: it ends locked out), each attempt a wrong password.
+    if only_modes.is_empty() || only_modes.split(',').any(|m| m == "failed") {
+        println!();
+        let mut attacked = vec![("gateway", gw_pw_port, gw_pw_pid)];
+        if let Some(b) = &before {
+            attacked.push(("before", b.1 .2, b.1 .3.expect("a process")));
+        }
+        for (name, port, pid) in attacked {
+            let cpu0 = cpu_seconds(pid);
+            let t0 = Instant::now();
+            let (checked, refused, other) = rt.block_on(failed_logins(port, seconds));
+            let took = t0.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(pid) - cpu0;
+            let answered = checked + refused;
+            println!(
+                "failed logins from one address, {name:<9}: {:>8.1} answered/s ({checked}                  passwords checked, {refused} refused unchecked, {other} other), gateway CPU                  {:.0} us per attempt, {:.2} passwords checked/s",
+                answered as f64 / took,
+                1e6 * cpu / (answered.max(1) as f64),
+                checked as f64 / took
+            );
+        }
     }
 
     // Idle clients: memory held for them.

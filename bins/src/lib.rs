@@ -120,7 +120,7 @@ pub struct LoginArgs {
     #[arg(long, env = "SPG_MAX_PREAUTH", default_value_t = 2_000)]
     pub max_preauth: usize,
     /// Connections still logging in from one source address.
-    #[arg(long, env = "SPG_MAX_PREAUTH_PER_ADDRESS", default_value_t = 128)]
+    #[arg(long, env = "SPG_MAX_PREAUTH_PER_ADDRESS", default_value_t = 1_000)]
     pub max_preauth_per_address: usize,
     /// Failed logins from one address before it is locked out (the first 5 are answered at
     /// once, later ones after doubling delays up to 5 s).

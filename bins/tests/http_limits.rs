@@ -238,6 +238,17 @@ async fn wrong_api_keys_are_throttled_per_address_and_the_gateway_key_is_scoped(
         assert_eq!(r.status(), 403, "{method} {path} with the gateway key");
     }
 
+    // Bodies are bounded (axum's 2 MiB): a 5 MB body with the right key is refused unread.
+    let big = c
+        .post(format!("{api}/v1/databases"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(format!("{{\"name\": \"{}\"}}", "x".repeat(5 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+
     // 30 wrong keys from 127.0.0.2, at once: the later ones are answered late, then refused.
     let guesser = client_from("127.0.0.2", &ca);
     let started = Instant::now();

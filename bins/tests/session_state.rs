@@ -343,8 +343,12 @@ async fn sessions_giving_up_the_quorum_are_counted() {
     let b = tokio_pg(&t, &t.dsn).await.unwrap();
     a.batch_execute("SELECT 1").await.unwrap();
     assert_eq!(gauge().await, 0);
-    a.batch_execute("SET synchronous_commit = off").await.unwrap();
-    b.batch_execute("SET synchronous_commit TO 'local'").await.unwrap();
+    a.batch_execute("SET synchronous_commit = off")
+        .await
+        .unwrap();
+    b.batch_execute("SET synchronous_commit TO 'local'")
+        .await
+        .unwrap();
     assert_eq!(gauge().await, 2);
     // Rolled back: not set.
     a.batch_execute("RESET synchronous_commit").await.unwrap();

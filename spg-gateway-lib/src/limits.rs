@@ -33,7 +33,8 @@ pub struct LoginLimits {
     pub handshake_timeout: Duration,
     /// Connections not logged in yet, in total (default 2 000).
     pub max_preauth: usize,
-    /// Connections not logged in yet from one source address (default 128).
+    /// Connections not logged in yet from one source address (default 1 000: an application
+    /// server opening hundreds of connections at once is one address).
     pub max_preauth_per_address: usize,
     /// Throttling of failed logins per source address.
     pub address_throttle: ThrottlePolicy,
@@ -48,7 +49,7 @@ impl Default for LoginLimits {
         LoginLimits {
             handshake_timeout: Duration::from_secs(10),
             max_preauth: 2_000,
-            max_preauth_per_address: 128,
+            max_preauth_per_address: 1_000,
             address_throttle: ThrottlePolicy::default(),
             role_throttle: ThrottlePolicy::default(),
             max_password_hashes: std::thread::available_parallelism()

@@ -473,6 +473,28 @@ const HARMLESS_BEFORE_PAREN: &[&str] = &[
     "upper",
     "uuid_generate_v4",
     "version",
+    // sequences (per-sequence state; currval/lastval are listed as pooling differences)
+    "nextval",
+    "currval",
+    "setval",
+    "lastval",
+    "crypt",
+    "digest",
+    "gen_salt",
+    "hmac",
+    "make_date",
+    "make_timestamp",
+    "make_timestamptz",
+    "pg_sleep",
+    "plainto_tsquery",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "similarity",
+    "to_tsquery",
+    "to_tsvector",
+    "ts_rank",
+    "websearch_to_tsquery",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1326,6 +1348,7 @@ mod tests {
             "SELECT pg_catalog.count(*) FROM t",
             "INSERT INTO t (a) SELECT generate_series(1, 3)",
             "INSERT INTO app.t (a, b) VALUES (1, 2)",
+            "INSERT INTO t (id) VALUES (nextval('t_id_seq'))",
         ] {
             assert!(!checks(sql), "{sql}");
         }
