@@ -1109,7 +1109,9 @@ fn main() {
             let cpu = cpu_seconds(pid) - cpu0;
             let answered = checked + refused;
             println!(
-                "failed logins from one address, {name:<9}: {:>8.1} answered/s ({checked}                  passwords checked, {refused} refused unchecked, {other} other), gateway CPU                  {:.0} us per attempt, {:.2} passwords checked/s",
+                "failed logins from one address, {name:<9}: {:>8.1} answered/s ({checked} \
+                 passwords checked, {refused} refused unchecked, {other} other), gateway CPU \
+                 {:.0} us per attempt, {:.2} passwords checked/s",
                 answered as f64 / took,
                 1e6 * cpu / (answered.max(1) as f64),
                 checked as f64 / took

@@ -185,8 +185,17 @@ fn db_name(s: &str) -> Result<DatabaseName, ApiError> {
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(t)| t)
-        .map_err(|e| bad_request("request body", e.body_text()))
+    body.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "request body too large".to_owned(),
+            )
+        } else {
+            bad_request("request body", e.body_text())
+        }
+    })
 }
 
 /// Any key of the platform (the gateway routes), under the server's throttle of wrong keys.
