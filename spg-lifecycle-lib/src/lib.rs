@@ -25,6 +25,8 @@ pub mod os_user;
 pub mod pg_bin;
 pub mod provisioner;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod timing;
 
 pub use controlplane::{ControlPlane, ControlPlaneConfig, DatabaseStatus, RoleSecret};

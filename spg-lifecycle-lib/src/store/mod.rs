@@ -1,7 +1,11 @@
 //! The control plane's source of truth: databases, roles, transitions. [`StateStore`] is the
-//! contract; [`SqliteStateStore`] is the embedded default (PostgreSQL comes later, for several
-//! control planes side by side).
+//! contract; [`SqliteStateStore`] is the embedded default and [`PostgresStateStore`] the store
+//! several control planes share. `conformance` (feature `testing`) is the suite every
+//! implementation passes.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -9,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use spg_core::scram::ScramVerifier;
 use spg_core::{ComputeState, DatabaseName, Generation, RoleName, ScaleState};
 
+pub use postgres::PostgresStateStore;
 pub use sqlite::SqliteStateStore;
 
 use crate::timing::StepTimings;
@@ -59,6 +64,12 @@ pub struct DatabaseRecord {
     /// Step timings of the last completed handoff (ms).
     #[serde(default)]
     pub last_handoff: Option<StepTimings>,
+    /// The fencing token of the ownership the writer of this record holds (0 where control
+    /// planes do not share the store). Stores read it from the database's current ownership;
+    /// [`StateStore::update_database`] refuses a record whose token is not the current one, so
+    /// a control plane that lost its ownership cannot write.
+    #[serde(default)]
+    pub owner_token: u64,
 }
 
 impl DatabaseRecord {
@@ -83,6 +94,7 @@ impl DatabaseRecord {
             scale_reason: None,
             reserved_generation: None,
             last_handoff: None,
+            owner_token: 0,
         }
     }
 }
@@ -117,11 +129,54 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// Which control plane decides a database's wakes, stops and handoffs: the holder of an
+/// expiring lease in the state store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The database.
+    pub database: DatabaseName,
+    /// Id of the control plane that holds (or last held) the lease; `None` if none ever did.
+    pub owner: Option<String>,
+    /// Where that control plane's API answers (for forwarding requests to it).
+    pub owner_url: Option<String>,
+    /// Fencing token: grows with every new term of ownership, never with a renewal.
+    pub token: u64,
+    /// How long the lease still runs by the store's clock (0: expired or released).
+    pub remaining_ms: u64,
+}
+
+impl Ownership {
+    /// Whether `owner` holds an unexpired lease.
+    pub fn held_by(&self, owner: &str) -> bool {
+        self.remaining_ms > 0 && self.owner.as_deref() == Some(owner)
+    }
+
+    /// Whether anyone holds an unexpired lease.
+    pub fn is_held(&self) -> bool {
+        self.remaining_ms > 0 && self.owner.is_some()
+    }
+}
+
+/// A control plane's request to take or renew the ownership of a database.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnershipClaim<'a> {
+    /// The claimant's id (unique per running control plane).
+    pub owner: &'a str,
+    /// Where its API answers.
+    pub owner_url: &'a str,
+    /// Lease length from the store's clock at the claim.
+    pub ttl_ms: u64,
+    /// The token of the term the claimant holds, to renew it; `None` to start a term.
+    pub renew: Option<u64>,
+}
+
 /// Storage of the control plane's state.
 ///
 /// Contract: every method is atomic; `update_database` is a compare-and-set on
-/// [`DatabaseRecord::version`] that also refuses to lower the generation, so two control planes
-/// racing to start the same database cannot both win.
+/// [`DatabaseRecord::version`] that also refuses to lower the generation and to write under a
+/// stale [`DatabaseRecord::owner_token`], so two control planes racing to start the same
+/// database cannot both win, and one that lost its ownership cannot write at all.
+/// The `conformance` suite (feature `testing`) checks all of it.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
     /// Insert a new database with its creation transition. `AlreadyExists` if the name is taken.
@@ -138,9 +193,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// All databases, by name.
     async fn databases(&self) -> Result<Vec<DatabaseRecord>, LifecycleError>;
 
-    /// Store `rec` if the stored version equals `expected_version` and the stored generation is
-    /// not above `rec.generation`, appending `transition` in the same transaction. Returns
-    /// `false` (and changes nothing) when the compare fails.
+    /// Store `rec` if the stored version equals `expected_version`, the stored generation is
+    /// not above `rec.generation` and the database's ownership token equals
+    /// `rec.owner_token`, appending `transition` in the same transaction. Returns `false` (and
+    /// changes nothing) when the compare fails. The stored ownership itself is not changed.
     async fn update_database(
         &self,
         rec: &DatabaseRecord,
@@ -173,4 +229,34 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Set a metadata value.
     async fn set_meta(&self, key: &str, value: &str) -> Result<(), LifecycleError>;
+
+    /// Take or renew the ownership of `db` and return the ownership as it stands afterwards
+    /// (the caller holds it if [`Ownership::held_by`] says so).
+    ///
+    /// - The holder renews an unexpired lease by naming its token: the lease runs `ttl_ms`
+    ///   from now, the token stays.
+    /// - A lease nobody holds (never held, released, or expired) is taken: the token grows by
+    ///   one, and so does the database's [`DatabaseRecord::version`], so that writes prepared
+    ///   under the previous term fail their compare-and-set.
+    /// - An unexpired lease of another claimant, or of the same id under another token (a
+    ///   restarted control plane), is left alone.
+    ///
+    /// `DatabaseNotFound` if there is no such database.
+    async fn claim_ownership(
+        &self,
+        db: &DatabaseName,
+        claim: &OwnershipClaim<'_>,
+    ) -> Result<Ownership, LifecycleError>;
+
+    /// End `owner`'s lease of term `token` now (another control plane may take the database at
+    /// once). Returns whether it held that term.
+    async fn release_ownership(
+        &self,
+        db: &DatabaseName,
+        owner: &str,
+        token: u64,
+    ) -> Result<bool, LifecycleError>;
+
+    /// The ownership of every database, by name.
+    async fn ownerships(&self) -> Result<Vec<Ownership>, LifecycleError>;
 }

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use spg_core::scram::ScramVerifier;
 use spg_core::{ComputeState, DatabaseName, Generation, RoleName};
 
-use super::{DatabaseRecord, RoleRecord, StateStore, Transition};
+use super::{DatabaseRecord, Ownership, OwnershipClaim, RoleRecord, StateStore, Transition};
 use crate::LifecycleError;
 
 const SCHEMA: &str = "
@@ -37,6 +37,22 @@ CREATE TABLE IF NOT EXISTS transitions (
 CREATE INDEX IF NOT EXISTS transitions_by_db ON transitions(database, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// Columns added after the first schema, with their definitions: added where missing.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("databases", "owner", "TEXT"),
+    ("databases", "owner_url", "TEXT"),
+    ("databases", "owner_token", "INTEGER NOT NULL DEFAULT 0"),
+    (
+        "databases",
+        "lease_expires_ms",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+];
+
+/// The columns a database record is read from: the JSON document, then the columns that
+/// override it (the version and the token change without the document: a takeover).
+const RECORD_COLS: &str = "record, version, owner_token";
 
 /// State store in one SQLite file (WAL journal, synchronous=FULL: a generation bump is durable
 /// before a compute of that generation starts).
@@ -105,6 +121,20 @@ impl SqliteStateStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
+        for (table, column, def) in ADDED_COLUMNS {
+            let present: bool = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(store_err)?
+                > 0;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))
+                    .map_err(store_err)?;
+            }
+        }
         Ok(SqliteStateStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -124,8 +154,34 @@ impl SqliteStateStore {
     }
 }
 
-fn record_from_json(json: String) -> rusqlite::Result<DatabaseRecord> {
-    serde_json::from_str(&json).map_err(|e| corrupt("database record", e))
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DatabaseRecord> {
+    let json: String = row.get(0)?;
+    let mut rec: DatabaseRecord =
+        serde_json::from_str(&json).map_err(|e| corrupt("database record", e))?;
+    rec.version = row.get::<_, i64>(1)? as u64;
+    rec.owner_token = row.get::<_, i64>(2)? as u64;
+    Ok(rec)
+}
+
+fn ownership_from_row(row: &rusqlite::Row<'_>, now: i64) -> rusqlite::Result<Ownership> {
+    let name: String = row.get(0)?;
+    let expires: i64 = row.get(4)?;
+    Ok(Ownership {
+        database: DatabaseName::new(name).map_err(|e| corrupt("database name", e))?,
+        owner: row.get(1)?,
+        owner_url: row.get(2)?,
+        token: row.get::<_, i64>(3)? as u64,
+        remaining_ms: expires.saturating_sub(now).max(0) as u64,
+    })
+}
+
+const OWNERSHIP_COLS: &str = "name, owner, owner_url, owner_token, lease_expires_ms";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn insert_transition(tx: &rusqlite::Transaction<'_>, t: &Transition) -> rusqlite::Result<()> {
@@ -221,12 +277,11 @@ impl StateStore for SqliteStateStore {
         let name = name.clone();
         self.with(move |c| {
             c.query_row(
-                "SELECT record FROM databases WHERE name = ?1",
+                &format!("SELECT {RECORD_COLS} FROM databases WHERE name = ?1"),
                 [name.as_str()],
-                |r| r.get::<_, String>(0),
+                record_from_row,
             )
             .optional()
-            .and_then(|o| o.map(record_from_json).transpose())
             .map_err(store_err)
         })
         .await
@@ -235,13 +290,12 @@ impl StateStore for SqliteStateStore {
     async fn databases(&self) -> Result<Vec<DatabaseRecord>, LifecycleError> {
         self.with(|c| {
             let mut st = c
-                .prepare("SELECT record FROM databases ORDER BY name")
+                .prepare(&format!(
+                    "SELECT {RECORD_COLS} FROM databases ORDER BY name"
+                ))
                 .map_err(store_err)?;
-            let rows = st
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(store_err)?;
-            rows.map(|r| r.and_then(record_from_json))
-                .collect::<rusqlite::Result<Vec<_>>>()
+            let rows = st.query_map([], record_from_row).map_err(store_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(store_err)
         })
         .await
@@ -262,13 +316,15 @@ impl StateStore for SqliteStateStore {
             let changed = tx
                 .execute(
                     "UPDATE databases SET version = ?1, generation = ?2, record = ?3
-                     WHERE name = ?4 AND version = ?5 AND generation <= ?2",
+                     WHERE name = ?4 AND version = ?5 AND generation <= ?2
+                       AND owner_token = ?6",
                     params![
                         rec.version as i64,
                         rec.generation.0 as i64,
                         json,
                         rec.name.as_str(),
-                        expected_version as i64
+                        expected_version as i64,
+                        rec.owner_token as i64
                     ],
                 )
                 .map_err(store_err)?;
@@ -408,110 +464,93 @@ impl StateStore for SqliteStateStore {
         })
         .await
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn db(n: &str) -> DatabaseName {
-        DatabaseName::new(n).unwrap()
+    async fn claim_ownership(
+        &self,
+        db: &DatabaseName,
+        claim: &OwnershipClaim<'_>,
+    ) -> Result<Ownership, LifecycleError> {
+        let db = db.clone();
+        let (owner, url) = (claim.owner.to_string(), claim.owner_url.to_string());
+        let (ttl, renew) = (claim.ttl_ms.min(i64::MAX as u64 / 2) as i64, claim.renew);
+        self.with(move |c| {
+            // IMMEDIATE: the read and the write below are one step for every other writer.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(store_err)?;
+            let now = now_ms();
+            let cur = tx
+                .query_row(
+                    &format!("SELECT {OWNERSHIP_COLS} FROM databases WHERE name = ?1"),
+                    [db.as_str()],
+                    |r| ownership_from_row(r, now),
+                )
+                .optional()
+                .map_err(store_err)?
+                .ok_or_else(|| LifecycleError::DatabaseNotFound(db.to_string()))?;
+            if cur.held_by(&owner) && renew == Some(cur.token) {
+                tx.execute(
+                    "UPDATE databases SET lease_expires_ms = ?1, owner_url = ?2 WHERE name = ?3",
+                    params![now + ttl, url, db.as_str()],
+                )
+                .map_err(store_err)?;
+            } else if !cur.is_held() {
+                tx.execute(
+                    "UPDATE databases SET owner = ?1, owner_url = ?2, lease_expires_ms = ?3,
+                         owner_token = owner_token + 1, version = version + 1
+                     WHERE name = ?4",
+                    params![owner, url, now + ttl, db.as_str()],
+                )
+                .map_err(store_err)?;
+            } else {
+                return Ok(cur);
+            }
+            let after = tx
+                .query_row(
+                    &format!("SELECT {OWNERSHIP_COLS} FROM databases WHERE name = ?1"),
+                    [db.as_str()],
+                    |r| ownership_from_row(r, now),
+                )
+                .map_err(store_err)?;
+            tx.commit().map_err(store_err)?;
+            Ok(after)
+        })
+        .await
     }
 
-    fn created(rec: &DatabaseRecord) -> Transition {
-        Transition {
-            database: rec.name.clone(),
-            from: None,
-            to: ComputeState::Stopped,
-            generation: Generation::NONE,
-            at_ms: 1,
-            reason: "created".into(),
-        }
+    async fn release_ownership(
+        &self,
+        db: &DatabaseName,
+        owner: &str,
+        token: u64,
+    ) -> Result<bool, LifecycleError> {
+        let (db, owner) = (db.clone(), owner.to_string());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE databases SET lease_expires_ms = 0
+                 WHERE name = ?1 AND owner = ?2 AND owner_token = ?3 AND lease_expires_ms > ?4",
+                params![db.as_str(), owner, token as i64, now_ms()],
+            )
+            .map(|n| n == 1)
+            .map_err(store_err)
+        })
+        .await
     }
 
-    #[tokio::test]
-    async fn databases_roundtrip_and_cas() {
-        let s = SqliteStateStore::in_memory().unwrap();
-        let rec = DatabaseRecord::new(db("shop"), 1);
-        s.insert_database(&rec, &created(&rec)).await.unwrap();
-        assert!(matches!(
-            s.insert_database(&rec, &created(&rec)).await,
-            Err(LifecycleError::AlreadyExists { .. })
-        ));
-        assert_eq!(s.database(&db("shop")).await.unwrap(), Some(rec.clone()));
-        assert_eq!(s.database(&db("nope")).await.unwrap(), None);
-
-        let mut next = rec.clone();
-        next.version = 2;
-        next.generation = Generation(1);
-        next.state = ComputeState::Booting;
-        let t = Transition {
-            database: rec.name.clone(),
-            from: Some(ComputeState::Stopped),
-            to: ComputeState::Booting,
-            generation: Generation(1),
-            at_ms: 2,
-            reason: "wake".into(),
-        };
-        assert!(s.update_database(&next, 1, Some(&t)).await.unwrap());
-        // A second writer with the old version loses, and its transition is not recorded.
-        let mut rival = rec.clone();
-        rival.version = 2;
-        rival.generation = Generation(1);
-        assert!(!s.update_database(&rival, 1, Some(&t)).await.unwrap());
-        // The generation never goes backwards, even with the right version.
-        let mut back = next.clone();
-        back.version = 3;
-        back.generation = Generation(0);
-        assert!(!s.update_database(&back, 2, None).await.unwrap());
-
-        let ts = s.transitions(Some(&db("shop")), 10).await.unwrap();
-        assert_eq!(ts.len(), 2);
-        assert_eq!(ts[0].to, ComputeState::Booting);
-        assert_eq!(ts[1].from, None);
-        assert_eq!(s.databases().await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn roles_and_meta() {
-        let s = SqliteStateStore::in_memory().unwrap();
-        let rec = DatabaseRecord::new(db("shop"), 1);
-        s.insert_database(&rec, &created(&rec)).await.unwrap();
-        let role = RoleRecord {
-            database: db("shop"),
-            name: RoleName::new("app").unwrap(),
-            verifier: ScramVerifier::from_password_with("pw", b"0123456789abcdef", 4096),
-            created_at_ms: 5,
-        };
-        s.insert_role(&role).await.unwrap();
-        assert!(matches!(
-            s.insert_role(&role).await,
-            Err(LifecycleError::AlreadyExists { .. })
-        ));
-        let got = s.role(&db("shop"), &role.name).await.unwrap().unwrap();
-        assert_eq!(got, role);
-        assert_eq!(s.roles(&db("shop")).await.unwrap().len(), 1);
-        // Roles of unknown databases are refused by the foreign key.
-        let mut orphan = role.clone();
-        orphan.database = db("ghost");
-        assert!(s.insert_role(&orphan).await.is_err());
-
-        assert_eq!(s.meta("k").await.unwrap(), None);
-        s.set_meta("k", "v1").await.unwrap();
-        s.set_meta("k", "v2").await.unwrap();
-        assert_eq!(s.meta("k").await.unwrap().as_deref(), Some("v2"));
-    }
-
-    #[tokio::test]
-    async fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        {
-            let s = SqliteStateStore::open(&path).unwrap();
-            let rec = DatabaseRecord::new(db("shop"), 1);
-            s.insert_database(&rec, &created(&rec)).await.unwrap();
-        }
-        let s = SqliteStateStore::open(&path).unwrap();
-        assert!(s.database(&db("shop")).await.unwrap().is_some());
+    async fn ownerships(&self) -> Result<Vec<Ownership>, LifecycleError> {
+        self.with(|c| {
+            let now = now_ms();
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {OWNERSHIP_COLS} FROM databases ORDER BY name"
+                ))
+                .map_err(store_err)?;
+            let rows = st
+                .query_map([], |r| ownership_from_row(r, now))
+                .map_err(store_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(store_err)
+        })
+        .await
     }
 }
