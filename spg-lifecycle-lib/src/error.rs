@@ -36,6 +36,20 @@ pub enum LifecycleError {
     /// The state store failed.
     #[error("state store: {0}")]
     Store(String),
+    /// The state store cannot be reached now (connection refused or lost, server starting up
+    /// or shutting down): retrying may succeed.
+    #[error("state store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// Another control plane owns the database (its lifecycle is decided there).
+    #[error("database {database:?} is owned by control plane {owner:?}")]
+    NotOwner {
+        /// The database.
+        database: String,
+        /// The owning control plane's id (`None`: nobody holds it usably right now).
+        owner: Option<String>,
+        /// Where the owner's API answers.
+        url: Option<String>,
+    },
     /// A compare-and-set of the state store lost a race.
     #[error("concurrent update of database {0:?}")]
     Conflict(String),
@@ -113,6 +127,8 @@ impl LifecycleError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LifecycleError::Conflict(_)
+            | LifecycleError::StoreUnavailable(_)
+            | LifecycleError::NotOwner { .. }
             | LifecycleError::Timeout(_)
             | LifecycleError::Compute { .. }
             | LifecycleError::Io { .. } => true,

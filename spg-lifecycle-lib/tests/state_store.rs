@@ -63,12 +63,18 @@ async fn postgres_store_rides_out_a_server_restart() {
     let rec = DatabaseRecord::new(name.clone(), 1);
     store.insert_database(&rec, &created(&rec)).await.unwrap();
 
-    // Killed: calls fail with a store error (no panic, no hang past the connect timeout).
+    // Killed: calls fail with a retryable error (no panic, no hang past the connect timeout).
     pg.kill();
     let err = store.database(&name).await.unwrap_err();
-    assert!(matches!(err, LifecycleError::Store(_)), "{err:?}");
+    assert!(
+        matches!(err, LifecycleError::StoreUnavailable(_)) && err.is_retryable(),
+        "{err:?}"
+    );
     let err = store.databases().await.unwrap_err();
-    assert!(matches!(err, LifecycleError::Store(_)), "{err:?}");
+    assert!(
+        matches!(err, LifecycleError::StoreUnavailable(_)),
+        "{err:?}"
+    );
 
     // Back on the same address: the same store object works again, nothing lost.
     let pg = tokio::task::spawn_blocking(move || {
@@ -113,5 +119,11 @@ async fn postgres_store_refuses_bad_urls_and_credentials_clearly() {
     let err = PostgresStateStore::connect(&tls_only, None)
         .await
         .unwrap_err();
-    assert!(matches!(err, LifecycleError::Store(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            LifecycleError::Store(_) | LifecycleError::StoreUnavailable(_)
+        ),
+        "{err:?}"
+    );
 }

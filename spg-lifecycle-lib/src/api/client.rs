@@ -1,6 +1,8 @@
 //! A client of the API, used by the `spg` command and by daemons (a standalone gateway takes
 //! leases, wakes databases and reads verifiers through it).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,9 +18,15 @@ use super::model::*;
 use crate::LifecycleError;
 
 /// API client. Cheap to clone.
+///
+/// It may be given several control planes (sharing one state store): a call goes to the one
+/// that answered last, and on to the next when that one cannot be reached or answers 503
+/// (shutting down, the database's owner unreachable).
 #[derive(Clone)]
 pub struct ApiClient {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index into `bases` of the control plane that answered last.
+    preferred: Arc<AtomicUsize>,
     /// The API key (wiped when dropped).
     key: zeroize::Zeroizing<String>,
     http: reqwest::Client,
@@ -27,15 +35,34 @@ pub struct ApiClient {
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
 }
 
 impl ApiClient {
-    /// A client of the API at `base_url` (e.g. `https://127.0.0.1:9443`), trusting the CA
-    /// certificate `ca_pem` (the platform's self-signed CA) in addition to none other.
+    /// A client of the API at `base_url` (e.g. `https://127.0.0.1:9443`; several control
+    /// planes separated by commas), trusting the CA certificate `ca_pem` (the platform's
+    /// self-signed CA, or the CA of the control planes' certificates) and none other.
     pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> Result<Self, LifecycleError> {
+        let bases: Vec<String> = base_url
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(LifecycleError::invalid("API URL", "no URL given"));
+        }
+        for b in &bases {
+            let parsed = reqwest::Url::parse(b)
+                .map_err(|e| LifecycleError::invalid("API URL", format!("{b:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return Err(LifecycleError::invalid(
+                    "API URL",
+                    format!("{b:?}: expected https://host:port"),
+                ));
+            }
+        }
         let ca = reqwest::Certificate::from_pem(ca_pem)
             .map_err(|e| LifecycleError::Tls(format!("CA certificate: {e}")))?;
         let http = reqwest::Client::builder()
@@ -47,7 +74,8 @@ impl ApiClient {
             .build()
             .map_err(|e| LifecycleError::Tls(e.to_string()))?;
         Ok(ApiClient {
-            base: base_url.trim_end_matches('/').to_string(),
+            bases: Arc::new(bases),
+            preferred: Arc::new(AtomicUsize::new(0)),
             key: zeroize::Zeroizing::new(api_key.to_string()),
             http,
         })
@@ -66,22 +94,57 @@ impl ApiClient {
         })
     }
 
+    /// The control planes this client talks to.
+    pub fn urls(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// Send to the preferred control plane, then to each other one while they cannot be
+    /// reached or answer 503.
     async fn send<B: Serialize>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<reqwest::Response, LifecycleError> {
+        let first = self.preferred.load(Ordering::Relaxed) % self.bases.len();
+        let mut last = None;
+        for i in 0..self.bases.len() {
+            let at = (first + i) % self.bases.len();
+            match self.send_to(at, method.clone(), path, body).await {
+                Err(e) if e.is_retryable() && i + 1 < self.bases.len() => {
+                    tracing::debug!(url = %self.bases[at], error = %e, "trying the next control plane");
+                    last = Some(e);
+                }
+                r => {
+                    if r.is_ok() && at != first {
+                        self.preferred.store(at, Ordering::Relaxed);
+                    }
+                    return r;
+                }
+            }
+        }
+        Err(last.unwrap_or(LifecycleError::ShuttingDown))
+    }
+
+    async fn send_to<B: Serialize>(
+        &self,
+        at: usize,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, LifecycleError> {
+        let base = &self.bases[at];
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{base}{path}"))
             .bearer_auth(self.key.as_str());
         if let Some(b) = body {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| LifecycleError::Api {
             status: None,
-            message: format!("{}: {}", self.base, describe(&e)),
+            message: format!("{base}: {}", describe(&e)),
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -142,9 +205,26 @@ impl ApiClient {
             token: token.into(),
             ca_pem: ca_pem.map(str::to_string),
         };
-        self.send(Method::POST, "/v1/gateways", Some(&body))
-            .await
-            .map(|_| ())
+        // Every control plane: whichever owns a database drives its handoffs.
+        let mut errors = Vec::new();
+        for at in 0..self.bases.len() {
+            if let Err(e) = self
+                .send_to(at, Method::POST, "/v1/gateways", Some(&body))
+                .await
+            {
+                errors.push(e);
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            n if n < self.bases.len() => {
+                for e in errors {
+                    tracing::warn!(error = %e, "registering with a control plane failed");
+                }
+                Ok(())
+            }
+            _ => Err(errors.remove(0)),
+        }
     }
 
     /// Wake a database; returns its compute's endpoint.

@@ -75,7 +75,19 @@ struct AppState {
     cp: ControlPlane,
     keys: ApiKeys,
     metrics: Arc<Registry>,
+    /// How requests for databases another control plane owns reach it.
+    peers: Option<reqwest::Client>,
 }
+
+/// Header marking a request one control plane forwarded to another (never forwarded again).
+pub const FORWARDED_HEADER: &str = "x-spg-forwarded-by";
+
+/// Largest request body forwarded to the owning control plane.
+const MAX_FORWARD_BODY: usize = 2 << 20;
+
+/// Set on a response whose database another control plane owns: where it answers.
+#[derive(Clone)]
+struct OwnerUrl(String);
 
 /// The keys the API accepts: the admin key, good for every route, and a gateway key, good only
 /// for what a gateway needs (role verifiers, wakes, leases, registering its control routes).
@@ -103,7 +115,8 @@ impl ApiKeys {
 }
 
 /// An API error response.
-struct ApiError(StatusCode, &'static str, String);
+/// (With where the owning control plane answers, for a `NotOwner`.)
+struct ApiError(StatusCode, &'static str, String, Option<String>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -113,7 +126,15 @@ impl IntoResponse for ApiError {
                 message: self.2,
             },
         };
-        (self.0, Json(body)).into_response()
+        let mut resp = (self.0, Json(body)).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if let Some(url) = self.3 {
+            resp.extensions_mut().insert(OwnerUrl(url));
+        }
+        resp
     }
 }
 
@@ -121,22 +142,30 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         use LifecycleError as L;
         match &e {
+            L::NotOwner { url, .. } => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_owner",
+                e.to_string(),
+                url.clone(),
+            ),
             L::DatabaseNotFound(_) | L::RoleNotFound { .. } => {
-                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string(), None)
             }
             L::AlreadyExists { .. } => {
-                ApiError(StatusCode::CONFLICT, "already_exists", e.to_string())
+                ApiError(StatusCode::CONFLICT, "already_exists", e.to_string(), None)
             }
-            L::Invalid { .. } => ApiError(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
+            L::Invalid { .. } => ApiError(StatusCode::BAD_REQUEST, "invalid", e.to_string(), None),
             L::ShuttingDown => ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 e.to_string(),
+                None,
             ),
             _ if e.is_retryable() => ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),
+                None,
             ),
             _ => {
                 tracing::error!(error = %e, "API request failed");
@@ -144,6 +173,7 @@ impl From<LifecycleError> for ApiError {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
                     "internal error; see the control plane log".into(),
+                    None,
                 )
             }
         }
@@ -154,7 +184,7 @@ impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::NotFound { .. } | CoreError::DatabaseNotFound(_) => {
-                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string(), None)
             }
             other => LifecycleError::from_core(other).into(),
         }
@@ -177,6 +207,7 @@ fn bad_request(what: &'static str, reason: impl ToString) -> ApiError {
         StatusCode::BAD_REQUEST,
         "invalid",
         format!("invalid {what}: {}", reason.to_string()),
+        None,
     )
 }
 
@@ -191,6 +222,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 "request body too large".to_owned(),
+                None,
             )
         } else {
             bad_request("request body", e.body_text())
@@ -224,15 +256,115 @@ async fn require_admin_key(State(st): State<AppState>, req: Request, next: Next)
             "this is a gateway key: it may read role verifiers, wake databases, hold leases \
              and register a gateway, nothing else"
                 .into(),
+            None,
         )
         .into_response();
     }
     next.run(req).await
 }
 
+/// A request for a database another control plane owns goes on to the owner (once: the owner
+/// answers it itself), with the caller's key; the owner's answer is returned as is. An owner
+/// that does not answer is a 503 the caller retries (its lease expires, another takes over).
+async fn forward_to_owner(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(client) = st.peers.clone() else {
+        return next.run(req).await;
+    };
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_FORWARD_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "request body too large".into(),
+                None,
+            )
+            .into_response()
+        }
+    };
+    let resp = next
+        .run(Request::from_parts(
+            parts.clone(),
+            axum::body::Body::from(bytes.clone()),
+        ))
+        .await;
+    let Some(OwnerUrl(url)) = resp.extensions().get::<OwnerUrl>().cloned() else {
+        return resp;
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut fwd = client
+        .request(
+            parts.method.clone(),
+            format!("{}{path}", url.trim_end_matches('/')),
+        )
+        .header(
+            FORWARDED_HEADER,
+            st.cp.owner_id().unwrap_or("control-plane"),
+        )
+        .body(bytes);
+    for h in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(v) = parts.headers.get(&h) {
+            fwd = fwd.header(h, v.clone());
+        }
+    }
+    let unavailable = |why: String| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the control plane that owns the database ({url}) {why}; retry"),
+            None,
+        )
+        .into_response()
+    };
+    let answer = match fwd.send().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%url, error = %e, "forwarding to the owner failed");
+            return unavailable("does not answer".into());
+        }
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    match answer.bytes().await {
+        Ok(body) => {
+            let mut out = Response::new(axum::body::Body::from(body));
+            *out.status_mut() = status;
+            if let Some(ct) = content_type {
+                out.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            out
+        }
+        Err(e) => unavailable(format!("broke off its answer ({e})")),
+    }
+}
+
 /// The API router for `cp`, guarded by `keys`, with `/metrics` rendering `metrics`.
 pub fn router(cp: ControlPlane, keys: ApiKeys, metrics: Arc<Registry>) -> Router {
-    let st = AppState { cp, keys, metrics };
+    router_with_peers(cp, keys, metrics, None)
+}
+
+/// [`router`] for a control plane sharing its store with others: requests for databases
+/// another one owns are forwarded to it through `peers` (an HTTPS client trusting their CA).
+pub fn router_with_peers(
+    cp: ControlPlane,
+    keys: ApiKeys,
+    metrics: Arc<Registry>,
+    peers: Option<reqwest::Client>,
+) -> Router {
+    let st = AppState {
+        cp,
+        keys,
+        metrics,
+        peers,
+    };
     // What a gateway needs, with either key.
     let gateway = Router::new()
         .route("/v1/databases/{name}/wake", post(wake_database))
@@ -244,6 +376,7 @@ pub fn router(cp: ControlPlane, keys: ApiKeys, metrics: Arc<Registry>) -> Router
         .route("/v1/leases/{id}/renew", post(renew_lease))
         .route("/v1/leases/{id}", delete(release_lease))
         .route("/v1/gateways", post(register_gateway))
+        .route_layer(middleware::from_fn_with_state(st.clone(), forward_to_owner))
         .route_layer(middleware::from_fn_with_state(
             st.clone(),
             require_gateway_key,
@@ -262,6 +395,7 @@ pub fn router(cp: ControlPlane, keys: ApiKeys, metrics: Arc<Registry>) -> Router
             "/v1/databases/{name}/roles",
             post(create_role).get(list_roles),
         )
+        .route_layer(middleware::from_fn_with_state(st.clone(), forward_to_owner))
         .route_layer(middleware::from_fn_with_state(
             st.clone(),
             require_admin_key,
@@ -452,6 +586,7 @@ async fn role_verifier(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("role {role:?} does not exist"),
+            None,
         )
     })?;
     match st.cp.role_verifier(&db, &role_name).await? {

@@ -73,6 +73,15 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// The ownership continues under a new term (the store bumped the record's version).
+    NewTerm {
+        token: u64,
+        reply: Reply<()>,
+    },
+    /// The ownership is lost: kill the compute without touching the store, and end.
+    Abdicate {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What a handoff works with, from its start.
@@ -156,6 +165,11 @@ impl DbActor {
                 biased;
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break };
+                    if let Command::Abdicate { reply } = cmd {
+                        self.abdicate().await;
+                        let _ = reply.send(());
+                        return;
+                    }
                     if let Some(done) = self.handle(cmd).await {
                         // Shutdown: stop the compute, then confirm.
                         self.stop("shutdown").await.ok();
@@ -265,9 +279,48 @@ impl DbActor {
                 let r = self.handoff_switch(from, profile, standby).await;
                 let _ = reply.send(r);
             }
+            Command::NewTerm { token, reply } => {
+                let r = self.new_term(token).await;
+                let _ = reply.send(r);
+            }
             Command::Shutdown { reply } => return Some(reply),
+            Command::Abdicate { reply } => {
+                // Handled by the loop; here only for completeness of the match.
+                let _ = reply.send(());
+            }
         }
         None
+    }
+
+    async fn new_term(&mut self, token: u64) -> Result<(), LifecycleError> {
+        let current = self
+            .shared
+            .store
+            .database(&self.name)
+            .await?
+            .ok_or_else(|| LifecycleError::DatabaseNotFound(self.name.to_string()))?;
+        if current.owner_token != token || current.generation != self.rec.generation {
+            return Err(LifecycleError::NotOwner {
+                database: self.name.to_string(),
+                owner: None,
+                url: None,
+            });
+        }
+        self.rec = current;
+        self.publish();
+        Ok(())
+    }
+
+    /// Ownership lost: the compute goes (dropping it kills its processes), nothing is written
+    /// (the new owner has fenced or will fence its generation).
+    async fn abdicate(&mut self) {
+        self.exit = None;
+        self.leases.clear();
+        if let Some(compute) = self.compute.take() {
+            warn!(generation = %self.rec.generation, "ownership lost: killing the compute");
+            drop(compute);
+        }
+        self.live.send_replace(LiveStatus::default());
     }
 
     fn publish(&mut self) {
@@ -313,6 +366,8 @@ impl DbActor {
     }
 
     async fn wake(&mut self, requested: Instant) -> Result<ComputeEndpoint, LifecycleError> {
+        // A wake that waited out a lapse of the ownership gets no endpoint from here.
+        self.shared.may_act(&self.name, self.rec.owner_token)?;
         if let Some(c) = &self.compute {
             return Ok(c.endpoint());
         }
@@ -752,6 +807,7 @@ impl DbActor {
         next: &DatabaseRecord,
         t: &Transition,
     ) -> Result<(), LifecycleError> {
+        self.shared.may_act(&self.name, self.rec.owner_token)?;
         if self
             .shared
             .store

@@ -4,6 +4,7 @@
 mod actor;
 mod autoscaler;
 mod handoff;
+mod ownership;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,10 +25,12 @@ use crate::autoscale::AutoscalePolicy;
 use crate::compute::config::{builtin_profiles, default_profile};
 use crate::metrics::ControlPlaneMetrics;
 use crate::provisioner::Provisioner;
-use crate::store::{DatabaseRecord, RoleRecord, StateStore, Transition};
+use crate::store::{DatabaseRecord, OwnershipClaim, RoleRecord, StateStore, Transition};
 use crate::LifecycleError;
 use actor::{Command, DbActor, LiveStatus};
 pub use handoff::{HandoffHandle, REMOTE_GATEWAY_TTL};
+pub use ownership::OwnershipConfig;
+use ownership::Ownerships;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -53,6 +56,9 @@ pub struct ControlPlaneConfig {
     pub pinned_wait: Duration,
     /// The writer autoscaler (off by default: profiles change only when asked).
     pub autoscale: AutoscalePolicy,
+    /// Sharing the state store with other control planes (`None`: this is the only one, and
+    /// owns every database).
+    pub ownership: Option<OwnershipConfig>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -70,6 +76,7 @@ impl Default for ControlPlaneConfig {
             freeze_margin: Duration::from_secs(30),
             pinned_wait: Duration::from_secs(60),
             autoscale: AutoscalePolicy::default(),
+            ownership: None,
         }
     }
 }
@@ -119,6 +126,8 @@ pub(crate) struct Shared {
     remote_gateways: Mutex<HashMap<String, RegisteredGateway>>,
     /// Cancelled at shutdown (ends the autoscaler).
     stop: CancellationToken,
+    /// The databases this control plane owns, when it shares its store.
+    ownership: Option<Ownerships>,
 }
 
 /// A gateway daemon and when it last registered.
@@ -131,6 +140,15 @@ struct ActorHandle {
 }
 
 impl Shared {
+    /// `Ok` if this control plane may act on `db` under ownership token `token` now (always,
+    /// for a control plane that does not share its store).
+    pub(crate) fn may_act(&self, db: &DatabaseName, token: u64) -> Result<(), LifecycleError> {
+        match &self.ownership {
+            None => Ok(()),
+            Some(o) => o.check(db, token),
+        }
+    }
+
     pub(crate) fn refresh_lease_gauge(&self) {
         let total: usize = self
             .actors
@@ -173,6 +191,13 @@ impl ControlPlane {
         provisioner: Arc<dyn Provisioner>,
         metrics: ControlPlaneMetrics,
     ) -> Result<ControlPlane, LifecycleError> {
+        let ownership = match config.ownership.clone() {
+            Some(o) => {
+                o.validate()?;
+                Some(Ownerships::new(o))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config,
             store,
@@ -183,6 +208,7 @@ impl ControlPlane {
             gateways: Mutex::new(Vec::new()),
             remote_gateways: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+            ownership,
         });
         if shared.config.autoscale.enabled {
             shared
@@ -206,54 +232,30 @@ impl ControlPlane {
                 Err(e) => warn!(db = %rec.name, error = %e, "cleanup of an earlier run failed"),
             }
         }
-        for mut rec in shared.store.databases().await? {
-            if rec.scale_state.in_progress() {
-                // A handoff this process was running: its standby was stopped above, the
-                // gateways it froze went with the process.
-                rec.scale_state = spg_core::ScaleState::Aborted;
-                rec.scale_reason = Some("the control plane restarted during the handoff".into());
-                if rec.state == ComputeState::Stopped {
-                    let expected = rec.version;
-                    rec.version += 1;
-                    if !shared.store.update_database(&rec, expected, None).await? {
-                        return Err(LifecycleError::Conflict(rec.name.to_string()));
-                    }
-                }
+        if shared.ownership.is_none() {
+            for rec in shared.store.databases().await? {
+                let rec = recover(
+                    &shared,
+                    rec,
+                    "recovered at control plane start",
+                    "the control plane restarted during the handoff",
+                )
+                .await?;
+                shared.metrics.state_changed(None, rec.state);
+                let (tx, live) = DbActor::spawn(Arc::clone(&shared), rec.clone());
+                shared
+                    .actors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(rec.name, ActorHandle { tx, live });
             }
-            if rec.state != ComputeState::Stopped {
-                let from = rec.state;
-                let expected = rec.version;
-                let now = now_ms();
-                rec.state = ComputeState::Stopped;
-                rec.target_scale = 0;
-                rec.version += 1;
-                rec.state_since_ms = now;
-                rec.last_stopped_ms = Some(now);
-                let t = Transition {
-                    database: rec.name.clone(),
-                    from: Some(from),
-                    to: ComputeState::Stopped,
-                    generation: rec.generation,
-                    at_ms: now,
-                    reason: "recovered at control plane start".into(),
-                };
-                if !shared
-                    .store
-                    .update_database(&rec, expected, Some(&t))
-                    .await?
-                {
-                    return Err(LifecycleError::Conflict(rec.name.to_string()));
-                }
-            }
-            shared.metrics.state_changed(None, rec.state);
-            let (tx, live) = DbActor::spawn(Arc::clone(&shared), rec.clone());
-            shared
-                .actors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(rec.name, ActorHandle { tx, live });
         }
         let cp = ControlPlane { shared };
+        if let Some(o) = &cp.shared.ownership {
+            info!(id = %o.id, url = %o.cfg.url, "sharing the state store: databases are owned by lease");
+            let stop = cp.shared.stop.clone();
+            cp.shared.tasks.spawn(cp.clone().keep_ownership(stop));
+        }
         if cp.shared.config.autoscale.enabled {
             let stop = cp.shared.stop.clone();
             cp.shared.tasks.spawn(cp.clone().autoscale(stop));
@@ -276,12 +278,35 @@ impl ControlPlane {
             .ok_or_else(|| LifecycleError::DatabaseNotFound(db.to_string()))
     }
 
+    /// The actor of `db`, taking the database's ownership first where control planes share
+    /// the store (`NotOwner` when another holds it).
+    async fn owned_actor(&self, db: &DatabaseName) -> Result<ActorHandle, LifecycleError> {
+        match &self.shared.ownership {
+            None => self.actor(db),
+            Some(o) => match self.actor(db) {
+                Ok(a) if o.is_valid(db) => Ok(a),
+                _ => self.claim(db).await,
+            },
+        }
+    }
+
+    /// Whether the database exists (in the store: it may be owned elsewhere).
+    async fn known(&self, db: &DatabaseName) -> Result<(), LifecycleError> {
+        if self.actor(db).is_ok() {
+            return Ok(());
+        }
+        match self.shared.store.database(db).await? {
+            Some(_) => Ok(()),
+            None => Err(LifecycleError::DatabaseNotFound(db.to_string())),
+        }
+    }
+
     async fn ask<T>(
         &self,
         db: &DatabaseName,
         make: impl FnOnce(oneshot::Sender<Result<T, LifecycleError>>) -> Command,
     ) -> Result<T, LifecycleError> {
-        let actor = self.actor(db)?;
+        let actor = self.owned_actor(db).await?;
         let (tx, rx) = oneshot::channel();
         actor
             .tx
@@ -308,12 +333,15 @@ impl ControlPlane {
         };
         self.shared.store.insert_database(&rec, &created).await?;
         self.shared.metrics.state_changed(None, rec.state);
-        let (tx, live) = DbActor::spawn(Arc::clone(&self.shared), rec.clone());
-        self.shared
-            .actors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), ActorHandle { tx, live });
+        if self.shared.ownership.is_none() {
+            // Shared stores: whoever first acts on it takes it.
+            let (tx, live) = DbActor::spawn(Arc::clone(&self.shared), rec.clone());
+            self.shared
+                .actors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), ActorHandle { tx, live });
+        }
         info!(db = %name, "database created");
         Ok(DatabaseStatus {
             profile: self.shared.config.profile_of(&rec).name,
@@ -325,8 +353,11 @@ impl ControlPlane {
 
     /// One database.
     pub async fn database(&self, name: &DatabaseName) -> Result<DatabaseStatus, LifecycleError> {
-        let actor = self.actor(name)?;
-        let live = actor.live.borrow().clone();
+        let live = match self.actor(name) {
+            Ok(actor) => actor.live.borrow().clone(),
+            Err(_) if self.shared.ownership.is_some() => LiveStatus::default(),
+            Err(e) => return Err(e),
+        };
         let record = match live.record {
             Some(r) => r,
             None => self
@@ -362,6 +393,23 @@ impl ControlPlane {
 
     /// All databases, by name.
     pub async fn databases(&self) -> Result<Vec<DatabaseStatus>, LifecycleError> {
+        if self.shared.ownership.is_some() {
+            let mut out = Vec::new();
+            for rec in self.shared.store.databases().await? {
+                let live = self
+                    .actor(&rec.name)
+                    .map(|a| a.live.borrow().clone())
+                    .unwrap_or_default();
+                let record = live.record.unwrap_or(rec);
+                out.push(DatabaseStatus {
+                    profile: self.shared.config.profile_of(&record).name,
+                    record,
+                    endpoint: live.endpoint,
+                    leases: live.leases,
+                });
+            }
+            return Ok(out);
+        }
         let mut names = self.names();
         names.sort();
         let mut out = Vec::with_capacity(names.len());
@@ -397,7 +445,8 @@ impl ControlPlane {
         name: RoleName,
         secret: RoleSecret,
     ) -> Result<RoleRecord, LifecycleError> {
-        self.actor(db)?;
+        // The owner creates it (and installs it in a running compute).
+        self.owned_actor(db).await?;
         let verifier = match secret {
             RoleSecret::Password(pw) => {
                 // Wiped once hashed (the verifier is all that is kept).
@@ -425,7 +474,7 @@ impl ControlPlane {
 
     /// Roles of a database.
     pub async fn roles(&self, db: &DatabaseName) -> Result<Vec<RoleRecord>, LifecycleError> {
-        self.actor(db)?;
+        self.known(db).await?;
         self.shared.store.roles(db).await
     }
 
@@ -435,7 +484,7 @@ impl ControlPlane {
         db: &DatabaseName,
         role: &RoleName,
     ) -> Result<Option<ScramVerifier>, LifecycleError> {
-        self.actor(db)?;
+        self.known(db).await?;
         Ok(self.shared.store.role(db, role).await?.map(|r| r.verifier))
     }
 
@@ -446,7 +495,7 @@ impl ControlPlane {
         limit: usize,
     ) -> Result<Vec<Transition>, LifecycleError> {
         if let Some(db) = db {
-            self.actor(db)?;
+            self.known(db).await?;
         }
         self.shared.store.transitions(db, limit).await
     }
@@ -472,8 +521,283 @@ impl ControlPlane {
         for w in waits {
             let _ = w.await;
         }
+        // Computes stopped: whoever is asked next may take the databases at once.
+        if let Some(o) = &self.shared.ownership {
+            for (db, term) in o.held() {
+                o.forget(&db);
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .release_ownership(&db, &o.id, term.token)
+                    .await
+                {
+                    warn!(%db, error = %e, "releasing the ownership failed (it expires)");
+                }
+            }
+        }
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+    }
+}
+
+/// Bring a record left in a running state (its control plane died, or another one owned it)
+/// back to `stopped`, and a handoff left in progress to `aborted`. Computes of this host left
+/// behind are stopped; those elsewhere are fenced by the next generation.
+async fn recover(
+    shared: &Shared,
+    mut rec: DatabaseRecord,
+    reason: &str,
+    handoff_reason: &str,
+) -> Result<DatabaseRecord, LifecycleError> {
+    if rec.scale_state.in_progress() {
+        // A handoff the previous owner was running: its standby is gone with it (or was
+        // stopped as a leftover), the gateways it froze thaw by themselves.
+        rec.scale_state = spg_core::ScaleState::Aborted;
+        rec.scale_reason = Some(handoff_reason.into());
+        if rec.state == ComputeState::Stopped {
+            let expected = rec.version;
+            rec.version += 1;
+            if !shared.store.update_database(&rec, expected, None).await? {
+                return Err(LifecycleError::Conflict(rec.name.to_string()));
+            }
+        }
+    }
+    if rec.state != ComputeState::Stopped {
+        let from = rec.state;
+        let expected = rec.version;
+        let now = now_ms();
+        rec.state = ComputeState::Stopped;
+        rec.target_scale = 0;
+        rec.version += 1;
+        rec.state_since_ms = now;
+        rec.last_stopped_ms = Some(now);
+        let t = Transition {
+            database: rec.name.clone(),
+            from: Some(from),
+            to: ComputeState::Stopped,
+            generation: rec.generation,
+            at_ms: now,
+            reason: reason.into(),
+        };
+        if !shared
+            .store
+            .update_database(&rec, expected, Some(&t))
+            .await?
+        {
+            return Err(LifecycleError::Conflict(rec.name.to_string()));
+        }
+    }
+    Ok(rec)
+}
+
+impl ControlPlane {
+    /// This control plane's id in a shared store (`None`: it does not share its store).
+    pub fn owner_id(&self) -> Option<&str> {
+        self.shared.ownership.as_ref().map(|o| o.id.as_str())
+    }
+
+    /// Whether this control plane may act on `db` now (always true without a shared store).
+    pub fn owns(&self, db: &DatabaseName) -> bool {
+        match &self.shared.ownership {
+            None => self.actor(db).is_ok(),
+            Some(o) => o.is_valid(db) && self.actor(db).is_ok(),
+        }
+    }
+
+    /// Take or renew the ownership of `db`, and return its actor; `NotOwner` (with where the
+    /// owner answers) when another control plane holds it.
+    async fn claim(&self, db: &DatabaseName) -> Result<ActorHandle, LifecycleError> {
+        let Some(own) = &self.shared.ownership else {
+            return self.actor(db);
+        };
+        let _one_at_a_time = own.claiming.lock().await;
+        if let Ok(a) = self.actor(db) {
+            if own.is_valid(db) && !own.cfg.renew_interval.is_zero() {
+                // Claimed (or renewed) while this call waited for the lock.
+                let fresh = own
+                    .term(db)
+                    .is_some_and(|t| t.valid_until > Instant::now() + own.cfg.renew_interval);
+                if fresh {
+                    return Ok(a);
+                }
+            }
+        }
+        let held = own.term(db);
+        let sent = Instant::now();
+        let ownership = self
+            .shared
+            .store
+            .claim_ownership(
+                db,
+                &OwnershipClaim {
+                    owner: &own.id,
+                    owner_url: &own.cfg.url,
+                    ttl_ms: own.cfg.ttl.as_millis() as u64,
+                    renew: held.map(|t| t.token),
+                },
+            )
+            .await?;
+        if !ownership.held_by(&own.id) {
+            if held.is_some() {
+                warn!(%db, owner = ?ownership.owner, "ownership lost");
+                own.forget(db);
+                self.abdicate(db).await;
+            }
+            return Err(LifecycleError::NotOwner {
+                database: db.to_string(),
+                owner: ownership.owner,
+                url: ownership.owner_url,
+            });
+        }
+        let actor = self.actor(db).ok();
+        match (held, actor) {
+            (Some(t), Some(a)) if t.token == ownership.token => {
+                own.hold(db, t.token, sent);
+                Ok(a)
+            }
+            (Some(t), Some(a)) if t.token + 1 == ownership.token => {
+                // The lease lapsed (the store was out of reach) and nobody took it in
+                // between: the same compute carries on under the new term.
+                info!(%db, token = ownership.token, "ownership renewed under a new term");
+                own.hold(db, ownership.token, sent);
+                let (tx, rx) = oneshot::channel();
+                a.tx.send(Command::NewTerm {
+                    token: ownership.token,
+                    reply: tx,
+                })
+                .await
+                .map_err(|_| LifecycleError::ShuttingDown)?;
+                rx.await.map_err(|_| LifecycleError::ShuttingDown)??;
+                Ok(a)
+            }
+            (_, actor) => {
+                if actor.is_some() {
+                    // Another term came between: what this process ran is no longer its own.
+                    self.abdicate(db).await;
+                }
+                own.hold(db, ownership.token, sent);
+                match self.adopt(db, ownership.token).await {
+                    Ok(a) => Ok(a),
+                    Err(e) => {
+                        own.forget(db);
+                        if let Err(r) = self
+                            .shared
+                            .store
+                            .release_ownership(db, &own.id, ownership.token)
+                            .await
+                        {
+                            warn!(%db, error = %r, "releasing a failed takeover");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start looking after `db` under the term `token` just won.
+    async fn adopt(&self, db: &DatabaseName, token: u64) -> Result<ActorHandle, LifecycleError> {
+        let rec = self
+            .shared
+            .store
+            .database(db)
+            .await?
+            .ok_or_else(|| LifecycleError::DatabaseNotFound(db.to_string()))?;
+        if rec.owner_token != token {
+            return Err(LifecycleError::NotOwner {
+                database: db.to_string(),
+                owner: None,
+                url: None,
+            });
+        }
+        match self.shared.provisioner.cleanup_stale(db).await {
+            Ok(true) => warn!(%db, "stopped a compute this host had left of the database"),
+            Ok(false) => {}
+            Err(e) => warn!(%db, error = %e, "cleanup of a leftover compute failed"),
+        }
+        let id = self.owner_id().unwrap_or_default().to_string();
+        let reason = format!("taken over by control plane {id}");
+        let rec = recover(
+            &self.shared,
+            rec,
+            &reason,
+            &format!("the owning control plane went away during the handoff ({reason})"),
+        )
+        .await?;
+        info!(%db, token, state = %rec.state, generation = %rec.generation, "database adopted");
+        self.shared.metrics.state_changed(None, rec.state);
+        let (tx, live) = DbActor::spawn(Arc::clone(&self.shared), rec);
+        let handle = ActorHandle { tx, live };
+        self.shared
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(db.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Stop looking after `db`: its compute here is killed without a word to the store (the
+    /// new owner decides), its actor ends.
+    async fn abdicate(&self, db: &DatabaseName) {
+        let actor = self
+            .shared
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(db);
+        if let Some(a) = actor {
+            let (tx, rx) = oneshot::channel();
+            if a.tx.send(Command::Abdicate { reply: tx }).await.is_ok() {
+                let _ = rx.await;
+            }
+            self.shared.refresh_lease_gauge();
+        }
+    }
+
+    /// Renew what this control plane owns; take databases whose owner stopped renewing while
+    /// a compute should run (or a handoff was under way).
+    async fn keep_ownership(self, stop: CancellationToken) {
+        let Some(own) = &self.shared.ownership else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(own.cfg.renew_interval) => {}
+            }
+            for (db, _) in own.held() {
+                match self.claim(&db).await {
+                    Ok(_) => {}
+                    Err(LifecycleError::NotOwner { owner, .. }) => {
+                        info!(%db, ?owner, "no longer the owner")
+                    }
+                    Err(e) => warn!(%db, error = %e, "renewing the ownership failed"),
+                }
+            }
+            let Ok(all) = self.shared.store.ownerships().await else {
+                continue;
+            };
+            for o in all.into_iter().filter(|o| !o.is_held()) {
+                if own.term(&o.database).is_some() {
+                    continue;
+                }
+                let needs_owner = match self.shared.store.database(&o.database).await {
+                    Ok(Some(rec)) => {
+                        rec.state != ComputeState::Stopped || rec.scale_state.in_progress()
+                    }
+                    _ => false,
+                };
+                if needs_owner {
+                    match self.claim(&o.database).await {
+                        Ok(_) => {
+                            info!(db = %o.database, previous = ?o.owner, "took over an ownerless database")
+                        }
+                        Err(LifecycleError::NotOwner { .. }) => {}
+                        Err(e) => warn!(db = %o.database, error = %e, "taking over failed"),
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -92,8 +92,18 @@ impl std::fmt::Debug for PostgresStateStore {
 
 fn pg_err(e: tokio_postgres::Error) -> LifecycleError {
     match e.as_db_error() {
+        // Class 57 (operator intervention: shutting down, starting up), 08 (connection) and
+        // 53 (insufficient resources, e.g. too many connections) pass: retry.
+        Some(d)
+            if ["57", "08", "53"]
+                .iter()
+                .any(|c| d.code().code().starts_with(c)) =>
+        {
+            LifecycleError::StoreUnavailable(format!("{} ({})", d.message(), d.code().code()))
+        }
         Some(d) => LifecycleError::Store(format!("{} ({})", d.message(), d.code().code())),
-        None => LifecycleError::Store(e.to_string()),
+        // No answer from the server: the connection failed or broke.
+        None => LifecycleError::StoreUnavailable(describe(&e)),
     }
 }
 
@@ -181,8 +191,11 @@ impl PostgresStateStore {
                 info!("reconnecting to the state store");
             }
             *guard = None;
-            *guard = Some(self.open().await.map_err(|e| {
-                LifecycleError::Store(format!("cannot reach the state store: {}", describe(&e)))
+            *guard = Some(self.open().await.map_err(|e| match pg_err(e) {
+                LifecycleError::StoreUnavailable(m) => {
+                    LifecycleError::StoreUnavailable(format!("cannot reach the state store: {m}"))
+                }
+                other => other,
             })?);
         }
         MutexGuard::try_map(guard, |c| c.as_mut())
