@@ -97,6 +97,14 @@ pub enum StorageError {
         /// What happened.
         reason: String,
     },
+    /// A setting (e.g. an object storage URL) is not usable.
+    #[error("invalid {what}: {reason}")]
+    InvalidConfig {
+        /// Which setting.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The data directory holds something an image cannot represent.
     #[error("unsupported in a data directory: {0}")]
     Unsupported(String),

@@ -29,6 +29,7 @@ pub mod lazyfs;
 pub mod local_dir;
 pub mod object_pages;
 mod objects;
+pub use objects::open_url as open_object_store;
 pub mod pageserver;
 pub use spg_core::pg_control;
 pub mod safekeeper;
