@@ -217,24 +217,25 @@ impl TestPostgres {
         }
     }
 
+    /// Send `signal` to the postmaster and wait up to `patience` for it to exit.
+    fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal, patience: Duration) {
+        let Some(c) = self.child.as_mut() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal);
+        let t0 = Instant::now();
+        while t0.elapsed() < patience {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stop the server: fast shutdown, then `kill -9` if it does not exit.
     pub fn stop(&mut self) {
-        if let Some(c) = self.child.as_ref() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Some(c) = self.child.as_mut() {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        self.child = None;
-                        return;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        self.signal_and_wait(nix::sys::signal::Signal::SIGINT, Duration::from_secs(10));
         self.kill();
     }
 
@@ -247,22 +248,7 @@ impl TestPostgres {
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         // Immediate shutdown takes the backends down with the postmaster.
-        if let Some(c) = self.child.as_ref() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGQUIT,
-            );
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(5) {
-                if let Some(c) = self.child.as_mut() {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        self.child = None;
-                        break;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.signal_and_wait(nix::sys::signal::Signal::SIGQUIT, Duration::from_secs(5));
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

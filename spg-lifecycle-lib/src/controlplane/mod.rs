@@ -607,20 +607,27 @@ impl ControlPlane {
     /// Take or renew the ownership of `db`, and return its actor; `NotOwner` (with where the
     /// owner answers) when another control plane holds it.
     async fn claim(&self, db: &DatabaseName) -> Result<ActorHandle, LifecycleError> {
+        self.claim_with(db, false).await
+    }
+
+    /// [`claim`](Self::claim); `renew` asks the store even while the term held is fresh (the
+    /// renewal loop: it must not let a term run down to its margin).
+    async fn claim_with(
+        &self,
+        db: &DatabaseName,
+        renew: bool,
+    ) -> Result<ActorHandle, LifecycleError> {
         let Some(own) = &self.shared.ownership else {
             return self.actor(db);
         };
         let _one_at_a_time = own.claiming.lock().await;
-        if let Ok(a) = self.actor(db) {
-            if own.is_valid(db) && !own.cfg.renew_interval.is_zero() {
-                // Claimed (or renewed) while this call waited for the lock.
-                let fresh = own
-                    .term(db)
-                    .is_some_and(|t| t.valid_until > Instant::now() + own.cfg.renew_interval);
-                if fresh {
-                    return Ok(a);
-                }
-            }
+        // Claimed (or renewed) while this call waited for the lock: nothing to do.
+        let fresh = !renew
+            && own
+                .term(db)
+                .is_some_and(|t| t.valid_until > Instant::now() + own.cfg.renew_interval);
+        if let (true, Ok(a)) = (fresh, self.actor(db)) {
+            return Ok(a);
         }
         let held = own.term(db);
         let sent = Instant::now();
@@ -766,7 +773,7 @@ impl ControlPlane {
                 _ = tokio::time::sleep(own.cfg.renew_interval) => {}
             }
             for (db, _) in own.held() {
-                match self.claim(&db).await {
+                match self.claim_with(&db, true).await {
                     Ok(_) => {}
                     Err(LifecycleError::NotOwner { owner, .. }) => {
                         info!(%db, ?owner, "no longer the owner")

@@ -8,7 +8,7 @@
 //! `synchronous_commit` of `off` or `local` inherited from the server or role is raised to
 //! `on`): a generation bump is durable before a compute of that generation starts.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use spg_core::scram::ScramVerifier;
@@ -115,11 +115,9 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> LifecycleError {
     LifecycleError::Store(format!("corrupt {what} in the state store: {e}"))
 }
 
+/// The control plane's clock, as the store's integer columns take it.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::controlplane::now_ms() as i64
 }
 
 impl PostgresStateStore {
@@ -156,20 +154,12 @@ impl PostgresStateStore {
         let client = match &self.tls {
             Some(tls) => {
                 let (client, conn) = self.config.connect(tls.clone()).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        warn!(error = %e, "state store connection ended");
-                    }
-                });
+                tokio::spawn(drive(conn));
                 client
             }
             None => {
                 let (client, conn) = self.config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        warn!(error = %e, "state store connection ended");
-                    }
-                });
+                tokio::spawn(drive(conn));
                 client
             }
         };
@@ -200,6 +190,16 @@ impl PostgresStateStore {
         }
         MutexGuard::try_map(guard, |c| c.as_mut())
             .map_err(|_| LifecycleError::Store("no state store connection".into()))
+    }
+}
+
+/// Run a connection until it ends (the client sees it closed and reconnects).
+async fn drive<F>(conn: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = conn.await {
+        warn!(error = %e, "state store connection ended");
     }
 }
 

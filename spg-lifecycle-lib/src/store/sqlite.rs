@@ -177,11 +177,9 @@ fn ownership_from_row(row: &rusqlite::Row<'_>, now: i64) -> rusqlite::Result<Own
 
 const OWNERSHIP_COLS: &str = "name, owner, owner_url, owner_token, lease_expires_ms";
 
+/// The control plane's clock, as the store's integer columns take it.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::controlplane::now_ms() as i64
 }
 
 fn insert_transition(tx: &rusqlite::Transaction<'_>, t: &Transition) -> rusqlite::Result<()> {
