@@ -7,11 +7,15 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::envfile::EnvFile;
-use crate::platform::{Platform, PlatformConfig};
+use crate::platform::{
+    default_name, Platform, PlatformConfig, RemotePageserver, RemoteSafekeeper, Sharing,
+};
 
 /// Flags of a process that runs the control plane.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PlatformArgs {
+    #[command(flatten)]
+    pub config: crate::config::ConfigArg,
     /// Where state, images, certificates and the env file live.
     #[arg(long, env = "SPG_DATA_DIR", default_value = "./.spg")]
     pub data_dir: PathBuf,
@@ -77,6 +81,142 @@ pub struct PlatformArgs {
     #[arg(long, env = "SPG_AUTOSCALE_DWELL", default_value = "5m",
           value_parser = crate::parse_duration)]
     pub autoscale_dwell: Duration,
+    /// The state store: `sqlite:///path` or `postgres://user@host/db` (default: SQLite in the
+    /// data directory). Control planes on the same PostgreSQL store share the databases: each
+    /// is owned by one of them at a time.
+    #[arg(long, env = "SPG_STATE_STORE", value_parser = parse_state_store)]
+    pub state_store: Option<String>,
+    /// CA certificates (PEM) the state PostgreSQL is checked against (TLS); without, the
+    /// connection is plaintext.
+    #[arg(long, env = "SPG_STATE_STORE_CA")]
+    pub state_store_ca: Option<PathBuf>,
+    /// This control plane's name among those sharing a state store (default: the host name).
+    #[arg(long, env = "SPG_NAME")]
+    pub name: Option<String>,
+    /// Where the other control planes reach this one's API (default: https:// and the API
+    /// address).
+    #[arg(long, env = "SPG_ADVERTISE_URL", value_parser = parse_https_url)]
+    pub advertise_url: Option<String>,
+    /// How long a database's ownership lasts without renewal: a crashed control plane's
+    /// databases are taken over after this.
+    #[arg(long, env = "SPG_OWNERSHIP_TTL", default_value = "3s", value_parser = crate::parse_duration)]
+    pub ownership_ttl: Duration,
+    /// CA certificates (PEM) the other control planes' API certificates are checked against
+    /// (default: this one's own CA).
+    #[arg(long, env = "SPG_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+    /// Object storage for images and archived WAL: `file:///dir` or `s3://bucket/prefix`
+    /// (endpoint, region and credentials from the AWS_* environment variables; default: the
+    /// data directory's `objects`).
+    #[arg(long, env = "SPG_OBJECT_STORE", value_parser = parse_object_store)]
+    pub object_store: Option<String>,
+    /// A safekeeper daemon to use, `name=https://host:port` (repeat for each; replaces the
+    /// in-process safekeepers).
+    #[arg(long = "safekeeper", env = "SPG_SAFEKEEPER_URLS", value_delimiter = ',',
+          value_parser = parse_named_url, requires_all = ["safekeeper_api_key", "safekeeper_ca"])]
+    pub remote_safekeepers: Vec<String>,
+    /// API key of the safekeeper daemons.
+    #[arg(long, env = "SPG_SAFEKEEPER_API_KEY", hide_env_values = true)]
+    pub safekeeper_api_key: Option<String>,
+    /// CA certificates (PEM) the safekeepers' certificates are checked against.
+    #[arg(long, env = "SPG_SAFEKEEPER_CA")]
+    pub safekeeper_ca: Option<PathBuf>,
+    /// A pageserver daemon to reach images through, `https://host:port` (replaces the
+    /// in-process pageserver).
+    #[arg(long, env = "SPG_PAGESERVER_URL", value_parser = parse_https_url,
+          requires_all = ["pageserver_api_key", "pageserver_ca"])]
+    pub pageserver: Option<String>,
+    /// API key of the pageserver daemon.
+    #[arg(long, env = "SPG_PAGESERVER_API_KEY", hide_env_values = true)]
+    pub pageserver_api_key: Option<String>,
+    /// CA certificates (PEM) the pageserver's certificate is checked against.
+    #[arg(long, env = "SPG_PAGESERVER_CA")]
+    pub pageserver_ca: Option<PathBuf>,
+    /// The API key (its hash replaces the stored one; default: the env file's, else a new
+    /// one). Control planes sharing a store must all be given the same.
+    #[arg(long, env = "SPG_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The gateways' API key (same rules as --api-key).
+    #[arg(long, env = "SPG_GATEWAY_API_KEY", hide_env_values = true)]
+    pub gateway_api_key: Option<String>,
+}
+
+/// A state store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateStoreUrl {
+    /// `sqlite:///path/to/state.db`.
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`, as given.
+    Postgres(String),
+}
+
+impl StateStoreUrl {
+    /// Parse `sqlite:///path` or `postgres(ql)://...`.
+    pub fn parse(s: &str) -> Result<StateStoreUrl, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+        match u.scheme() {
+            "sqlite" => {
+                if u.host_str().is_some_and(|h| !h.is_empty()) || u.path().len() <= 1 {
+                    return Err("expected sqlite:///absolute/path/state.db".into());
+                }
+                let path = u
+                    .to_file_path()
+                    .map_err(|_| "expected sqlite:///absolute/path/state.db".to_string())?;
+                Ok(StateStoreUrl::Sqlite(path))
+            }
+            "postgres" | "postgresql" => {
+                s.parse::<tokio_postgres::Config>()
+                    .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+                Ok(StateStoreUrl::Postgres(s.to_string()))
+            }
+            other => Err(format!(
+                "unsupported scheme {other:?}: expected sqlite:///path or postgres://..."
+            )),
+        }
+    }
+}
+
+fn parse_state_store(s: &str) -> Result<String, String> {
+    StateStoreUrl::parse(s).map(|_| s.to_string())
+}
+
+/// An object storage URL (`file:///dir`, `s3://bucket/prefix`).
+pub fn parse_object_store(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    match u.scheme() {
+        "file" | "s3" => Ok(s.to_string()),
+        other => Err(format!(
+            "unsupported scheme {other:?}: expected file:///dir or s3://bucket/prefix"
+        )),
+    }
+}
+
+/// An `https://host:port` URL (`http://` only for loopback hosts).
+pub fn parse_https_url(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    if u.host_str().is_none() {
+        return Err("expected https://host:port".into());
+    }
+    match u.scheme() {
+        "https" => Ok(s.trim_end_matches('/').to_string()),
+        other => Err(format!("expected https://host:port, not {other}://")),
+    }
+}
+
+fn parse_named_url(s: &str) -> Result<String, String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| "expected name=https://host:port".to_string())?;
+    if name.trim().is_empty() {
+        return Err("expected name=https://host:port (the name is empty)".into());
+    }
+    parse_https_url(url)?;
+    Ok(s.to_string())
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+    use anyhow::Context;
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
 impl PlatformArgs {
@@ -106,14 +246,79 @@ impl PlatformArgs {
         cfg.autoscale.up_window = self.autoscale_up_window;
         cfg.autoscale.down_window = self.autoscale_down_window;
         cfg.autoscale.min_dwell = self.autoscale_dwell;
-        cfg.api_key = existing
-            .as_ref()
-            .and_then(|e| e.get("SPG_API_KEY"))
-            .map(String::from);
-        cfg.gateway_api_key = existing
-            .as_ref()
-            .and_then(|e| e.get("SPG_GATEWAY_API_KEY"))
-            .map(String::from);
+        cfg.api_key = self.api_key.clone().or_else(|| {
+            existing
+                .as_ref()
+                .and_then(|e| e.get("SPG_API_KEY"))
+                .map(String::from)
+        });
+        cfg.gateway_api_key = self.gateway_api_key.clone().or_else(|| {
+            existing
+                .as_ref()
+                .and_then(|e| e.get("SPG_GATEWAY_API_KEY"))
+                .map(String::from)
+        });
+        cfg.state_store = self.state_store.clone();
+        cfg.state_store_ca = self
+            .state_store_ca
+            .as_deref()
+            .map(|p| read_pem(p, "state_store_ca"))
+            .transpose()?;
+        cfg.object_store = self.object_store.clone();
+        let shared = matches!(
+            self.state_store.as_deref().map(StateStoreUrl::parse),
+            Some(Ok(StateStoreUrl::Postgres(_)))
+        );
+        if shared {
+            cfg.sharing = Some(Sharing {
+                name: self.name.clone().unwrap_or_else(default_name),
+                advertise_url: self.advertise_url.clone(),
+                ttl: self.ownership_ttl,
+                peer_ca: self
+                    .peer_ca
+                    .as_deref()
+                    .map(|p| read_pem(p, "peer_ca"))
+                    .transpose()?,
+            });
+        }
+        if !self.remote_safekeepers.is_empty() {
+            let key = self
+                .safekeeper_api_key
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("missing setting `safekeeper_api_key`"))?;
+            let ca = read_pem(
+                self.safekeeper_ca
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("missing setting `safekeeper_ca`"))?,
+                "safekeeper_ca",
+            )?;
+            for s in &self.remote_safekeepers {
+                let (name, url) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("safekeeper {s:?}: expected name=url"))?;
+                cfg.remote_safekeepers.push(RemoteSafekeeper {
+                    name: name.trim().to_string(),
+                    url: url.trim().to_string(),
+                    api_key: key.clone(),
+                    ca_pem: ca.clone(),
+                });
+            }
+        }
+        if let Some(url) = &self.pageserver {
+            let api_key = self
+                .pageserver_api_key
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("missing setting `pageserver_api_key`"))?;
+            let ca = self
+                .pageserver_ca
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("missing setting `pageserver_ca`"))?;
+            cfg.remote_pageserver = Some(RemotePageserver {
+                url: url.clone(),
+                api_key,
+                ca_pem: read_pem(ca, "pageserver_ca")?,
+            });
+        }
         Ok((data_dir, existing, cfg))
     }
 }
@@ -146,4 +351,22 @@ pub fn write_env(
         .insert("SPG_API_CA".into(), platform.ca_file.display().to_string());
     env.write(&env_path(data_dir))?;
     Ok(env)
+}
+
+/// The object storage `url` names, or the local directory `dir`, or none.
+pub fn object_store(
+    url: Option<&str>,
+    dir: Option<&Path>,
+) -> Result<Option<std::sync::Arc<dyn object_store::ObjectStore>>> {
+    use anyhow::Context;
+    match (url, dir) {
+        (Some(url), _) => Ok(Some(spg_storage_lib::open_object_store(url).with_context(
+            || format!("opening object storage {}", crate::config::mask_url(url)),
+        )?)),
+        (None, Some(dir)) => Ok(Some(std::sync::Arc::new(
+            spg_storage_lib::DurableLocalStore::open(dir)
+                .with_context(|| format!("opening {}", dir.display()))?,
+        ))),
+        (None, None) => Ok(None),
+    }
 }

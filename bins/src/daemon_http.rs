@@ -105,11 +105,8 @@ async fn require_key(State(key): State<ApiKey>, req: Request, next: Next) -> Res
 
 /// An HTTPS client of a daemon whose certificate `ca_pem` signed (no other roots).
 pub fn client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
-    let ca = reqwest::Certificate::from_pem(ca_pem)?;
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
+    Ok(spg_lifecycle_lib::api::http::client_trusting(ca_pem)
+        .map_err(|e| anyhow::anyhow!("CA certificate: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)

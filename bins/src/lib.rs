@@ -12,7 +12,9 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod config;
 pub mod daemon_http;
+pub mod daemons;
 pub mod envfile;
 pub mod pageserver_http;
 pub mod platform;

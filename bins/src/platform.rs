@@ -15,10 +15,11 @@ use spg_lifecycle_lib::api::{self, ApiKey};
 use spg_lifecycle_lib::autoscale::AutoscalePolicy;
 use spg_lifecycle_lib::compute::wal::WalSetup;
 use spg_lifecycle_lib::compute::AgentConfig;
+use spg_lifecycle_lib::controlplane::OwnershipConfig;
 use spg_lifecycle_lib::metrics::ControlPlaneMetrics;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_lifecycle_lib::provisioner::LocalProvisioner;
-use spg_lifecycle_lib::store::{SqliteStateStore, StateStore};
+use spg_lifecycle_lib::store::{PostgresStateStore, SqliteStateStore, StateStore};
 use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
 use spg_storage_lib::image::{ImageRepo, ImageStore, ObjectRepo};
 use spg_storage_lib::pageserver::gc::GcPolicy;
@@ -121,6 +122,32 @@ pub struct PlatformConfig {
     /// How often stopped databases' images are rolled forward from the WAL quorum when WAL
     /// piled up after them (a crashed compute writes no image); zero: never.
     pub rollforward_every: Duration,
+    /// The state store as a URL: `sqlite:///path` or `postgres://...` (default: SQLite at
+    /// `<data_dir>/state.db`). A PostgreSQL store may be shared by several control planes.
+    pub state_store: Option<String>,
+    /// CA certificates (PEM) the state PostgreSQL's certificate is checked against; without,
+    /// the connection is plaintext.
+    pub state_store_ca: Option<Vec<u8>>,
+    /// Object storage as a URL: `file:///dir` or `s3://bucket/prefix` (default:
+    /// `file://<data_dir>/objects`).
+    pub object_store: Option<String>,
+    /// How this control plane shares its state store with others (required, and only
+    /// allowed, with a PostgreSQL store).
+    pub sharing: Option<Sharing>,
+}
+
+/// How a control plane shares a PostgreSQL state store with other control planes.
+#[derive(Debug, Clone)]
+pub struct Sharing {
+    /// Its name among them.
+    pub name: String,
+    /// Where the others reach its API (default: `https://` and the API address).
+    pub advertise_url: Option<String>,
+    /// Lease length of a database's ownership.
+    pub ttl: Duration,
+    /// CA certificates (PEM) the others' API certificates are checked against, for forwarded
+    /// requests (default: this control plane's own CA).
+    pub peer_ca: Option<Vec<u8>>,
 }
 
 impl PlatformConfig {
@@ -158,6 +185,10 @@ impl PlatformConfig {
             pageserver_cache_bytes: 1 << 30,
             gc_every: Duration::from_secs(600),
             rollforward_every: Duration::from_secs(60),
+            state_store: None,
+            state_store_ca: None,
+            object_store: None,
+            sharing: None,
         }
     }
 }
@@ -227,14 +258,74 @@ impl Platform {
         let passage_group = spg_lifecycle_lib::os_user::RunAs::detect()?.passage_group();
         spg_core::fsmode::passage_dir(&data_dir, passage_group)
             .with_context(|| format!("opening {}", data_dir.display()))?;
-        let tls = TlsMaterial::load_or_generate(
+        let api_listener = TcpListener::bind(cfg.api_listen)
+            .await
+            .with_context(|| format!("API cannot listen on {}", cfg.api_listen))?;
+        let api_addr = api_listener.local_addr()?;
+        let advertise_url = cfg
+            .sharing
+            .as_ref()
+            .and_then(|s| s.advertise_url.clone())
+            .unwrap_or_else(|| format!("https://{}", client_host(api_addr)));
+        let mut names = vec![
+            api_addr.ip(),
+            cfg.gateway_listen.map_or(api_addr.ip(), |a| a.ip()),
+        ]
+        .into_iter()
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>();
+        if let Some(h) = url::Url::parse(&advertise_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+        {
+            names.push(h);
+        }
+        let tls = TlsMaterial::load_or_generate_for(
             &data_dir.join("tls"),
             cfg.tls_cert.as_deref(),
             cfg.tls_key.as_deref(),
             None,
+            &names,
         )?;
 
-        let store = Arc::new(SqliteStateStore::open(&data_dir.join("state.db"))?);
+        let (store, shared) = open_state_store(
+            cfg.state_store.as_deref(),
+            &data_dir,
+            cfg.state_store_ca.as_deref(),
+        )
+        .await?;
+        let ownership = match (shared, &cfg.sharing) {
+            (false, None) => None,
+            (false, Some(_)) => anyhow::bail!(
+                "control planes share only a PostgreSQL state store (state_store = \"postgres://...\")"
+            ),
+            (true, sharing) => {
+                let sharing = sharing.clone().unwrap_or_else(|| Sharing {
+                    name: default_name(),
+                    advertise_url: None,
+                    ttl: Duration::from_secs(3),
+                    peer_ca: None,
+                });
+                if cfg.api_key.is_none() || cfg.gateway_api_key.is_none() {
+                    anyhow::bail!(
+                        "a control plane on a shared (PostgreSQL) state store needs api_key and \
+                         gateway_api_key, the same on every control plane"
+                    );
+                }
+                if cfg.remote_safekeepers.is_empty() || cfg.remote_pageserver.is_none() {
+                    anyhow::bail!(
+                        "a control plane on a shared (PostgreSQL) state store needs remote \
+                         safekeepers (safekeeper) and a remote pageserver (pageserver): \
+                         in-process ones would not be shared with the other control planes"
+                    );
+                }
+                let mut o = OwnershipConfig::new(sharing.name.clone(), advertise_url.clone());
+                o.ttl = sharing.ttl;
+                o.renew_interval = (sharing.ttl / 3).max(Duration::from_millis(100));
+                Some((o, sharing))
+            }
+        };
         let api_key = stored_key(&*store, API_KEY_META, cfg.api_key.as_deref(), "spg").await?;
         let gateway_key = stored_key(
             &*store,
@@ -276,13 +367,20 @@ impl Platform {
         let bins = PgBinaries::locate(cfg.pg_bin.as_deref())?;
         info!(bindir = %bins.bindir().display(), major = bins.major(), "PostgreSQL binaries");
         // Object storage for base images and offloaded WAL: a local directory by default.
-        let objects = data_dir.join("objects");
         // Durable: a put returns once file and directories are fsynced (safekeepers delete
         // their own copy of what they offloaded here).
-        let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
-            spg_storage_lib::DurableLocalStore::open(&objects)
-                .with_context(|| format!("opening {}", objects.display()))?,
-        );
+        let archive: Arc<dyn object_store::ObjectStore> = match &cfg.object_store {
+            Some(url) => spg_storage_lib::open_object_store(url).with_context(|| {
+                format!("opening object storage {}", crate::config::mask_url(url))
+            })?,
+            None => {
+                let objects = data_dir.join("objects");
+                Arc::new(
+                    spg_storage_lib::DurableLocalStore::open(&objects)
+                        .with_context(|| format!("opening {}", objects.display()))?,
+                )
+            }
+        };
         let mut agent = AgentConfig::new(data_dir.join("run"), bins)?;
         agent.cgroup_root = cfg.cgroup_root.clone();
         let in_process = if cfg.remote_safekeepers.is_empty() {
@@ -381,6 +479,7 @@ impl Platform {
             freeze_margin: cfg.handoff_freeze_margin,
             pinned_wait: cfg.handoff_pinned_wait,
             autoscale: cfg.autoscale.clone(),
+            ownership: ownership.as_ref().map(|(o, _)| o.clone()),
             ..ControlPlaneConfig::default()
         };
         let control_plane =
@@ -438,14 +537,10 @@ impl Platform {
             ),
             None => None,
         };
-        let api_listener = TcpListener::bind(cfg.api_listen)
-            .await
-            .with_context(|| format!("API cannot listen on {}", cfg.api_listen))?;
         let gateway_addr = gateway_listener
             .as_ref()
             .map(|l| l.local_addr())
             .transpose()?;
-        let api_addr = api_listener.local_addr()?;
 
         let gateway_stop = CancellationToken::new();
         let gateway_task = match (&gateway, gateway_listener) {
@@ -461,7 +556,24 @@ impl Platform {
             admin: key_hash,
             gateway: Some(gateway_key_hash),
         };
-        let router = api::router(control_plane.clone(), keys, Arc::clone(&registry));
+        let peers = match &ownership {
+            Some((_, sharing)) => {
+                let ca = match &sharing.peer_ca {
+                    Some(pem) => pem.clone(),
+                    None => tls.ca_pem()?,
+                };
+                Some(
+                    spg_lifecycle_lib::api::http::client_trusting(&ca)
+                        .map_err(|e| anyhow::anyhow!("peer CA: {e}"))?
+                        .connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(180))
+                        .build()?,
+                )
+            }
+            None => None,
+        };
+        let router =
+            api::router_with_peers(control_plane.clone(), keys, Arc::clone(&registry), peers);
         server_tasks.push(tokio::spawn(api::http::serve_https(
             api_listener,
             tls.https()?,
@@ -618,7 +730,11 @@ fn spawn_rollforward_loop(
                 continue;
             };
             for st in dbs {
-                if st.record.state != spg_core::ComputeState::Stopped {
+                // With several control planes, the owner rolls forward (one replay, not one
+                // per control plane).
+                if st.record.state != spg_core::ComputeState::Stopped
+                    || !control_plane.owns(&st.record.name)
+                {
                     continue;
                 }
                 // A shutdown does not wait for a replay: dropping it kills its postgres.
@@ -633,6 +749,61 @@ fn spawn_rollforward_loop(
             }
         }
     })
+}
+
+/// Open the state store `url` names (default: SQLite in `data_dir`); `true` when it is a
+/// PostgreSQL store other control planes may share.
+async fn open_state_store(
+    url: Option<&str>,
+    data_dir: &std::path::Path,
+    ca_pem: Option<&[u8]>,
+) -> Result<(Arc<dyn StateStore>, bool)> {
+    let Some(url) = url else {
+        return Ok((
+            Arc::new(SqliteStateStore::open(&data_dir.join("state.db"))?),
+            false,
+        ));
+    };
+    match crate::cli::StateStoreUrl::parse(url).map_err(anyhow::Error::msg)? {
+        crate::cli::StateStoreUrl::Sqlite(path) => {
+            Ok((Arc::new(SqliteStateStore::open(&path)?), false))
+        }
+        crate::cli::StateStoreUrl::Postgres(url) => {
+            let tls = ca_pem.map(postgres_tls).transpose()?;
+            let store = PostgresStateStore::connect(&url, tls)
+                .await
+                .with_context(|| {
+                    format!("opening the state store {}", crate::config::mask_url(&url))
+                })?;
+            Ok((Arc::new(store), true))
+        }
+    }
+}
+
+/// A rustls client configuration trusting only the certificates of `ca_pem`.
+fn postgres_tls(ca_pem: &[u8]) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.context("state store CA")?)?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("the state store CA file holds no certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// This host's name (for a control plane not given one).
+pub fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spg-controlplane".into())
 }
 
 /// The key stored (as its hash) under `meta`: `given` replaces it; else the stored one stays

@@ -28,6 +28,20 @@ impl TlsMaterial {
         key: Option<&Path>,
         ca: Option<&Path>,
     ) -> Result<TlsMaterial> {
+        Self::load_or_generate_for(dir, cert, key, ca, &[])
+    }
+
+    /// [`TlsMaterial::load_or_generate`], where a generated certificate also names `names`
+    /// (host names or IP addresses this daemon is reached at besides the loopback ones). A
+    /// generated certificate lacking one of them is issued again by the same CA, so clients
+    /// that trust the CA keep trusting it.
+    pub fn load_or_generate_for(
+        dir: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        ca: Option<&Path>,
+        names: &[String],
+    ) -> Result<TlsMaterial> {
         match (cert, key) {
             (Some(cert), Some(key)) => load(cert, key, ca.unwrap_or(cert)),
             (None, None) => {
@@ -36,8 +50,20 @@ impl TlsMaterial {
                     dir.join("server.key"),
                     dir.join("ca.pem"),
                 );
+                let mut wanted = default_names();
+                for n in names {
+                    if !n.is_empty() && !wanted.contains(n) {
+                        wanted.push(n.clone());
+                    }
+                }
                 if !cert.exists() || !key.exists() || !ca.exists() {
-                    generate(dir)?;
+                    generate(dir, &wanted)?;
+                } else {
+                    let issued = std::fs::read_to_string(dir.join("names")).unwrap_or_default();
+                    let issued: Vec<&str> = issued.lines().collect();
+                    if !wanted.iter().all(|n| issued.contains(&n.as_str())) {
+                        reissue(dir, &wanted)?;
+                    }
                 }
                 load(&cert, &key, &ca)
             }
@@ -92,23 +118,8 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Create a CA and a server certificate for localhost, 127.0.0.1, ::1 and this host's name.
-fn generate(dir: &Path) -> Result<()> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    spg_core::fsmode::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "SPG local CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
+/// localhost, 127.0.0.1, ::1 and this host's name.
+fn default_names() -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         let h = h.trim();
@@ -116,7 +127,57 @@ fn generate(dir: &Path) -> Result<()> {
             names.push(h.to_string());
         }
     }
-    let mut params = CertificateParams::new(names)?;
+    names
+}
+
+/// The generated CA's parameters (the same every time: a re-issued leaf names the issuer the
+/// CA certificate has as its subject).
+fn ca_params() -> Result<rcgen::CertificateParams> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "SPG local CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca_params)
+}
+
+/// Create a CA (its key kept as `ca.key`) and a server certificate for `names`.
+fn generate(dir: &Path, names: &[String]) -> Result<()> {
+    use rcgen::KeyPair;
+    spg_core::fsmode::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
+    write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write_private(&dir.join("ca.pem"), &ca_cert.pem())?;
+    issue(dir, ca_key, &ca_cert.pem(), names)?;
+    tracing::info!(dir = %dir.display(), "generated a self-signed CA and server certificate");
+    Ok(())
+}
+
+/// Issue the server certificate again for `names` with the kept CA key (a set generated
+/// before the key was kept is generated anew).
+fn reissue(dir: &Path, names: &[String]) -> Result<()> {
+    let ca_key = match std::fs::read_to_string(dir.join("ca.key")) {
+        Ok(pem) => rcgen::KeyPair::from_pem(&pem)
+            .with_context(|| format!("parsing {}", dir.join("ca.key").display()))?,
+        Err(_) => return generate(dir, names),
+    };
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem"))
+        .with_context(|| format!("reading {}", dir.join("ca.pem").display()))?;
+    issue(dir, ca_key, &ca_pem, names)?;
+    tracing::info!(dir = %dir.display(), ?names, "issued the server certificate for more names");
+    Ok(())
+}
+
+/// Write `server.key`, `server.pem` (leaf and CA) and `names` for a leaf signed by `ca_key`.
+fn issue(dir: &Path, ca_key: rcgen::KeyPair, ca_pem: &str, names: &[String]) -> Result<()> {
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut params = CertificateParams::new(names.to_vec())?;
     params
         .distinguished_name
         .push(DnType::CommonName, "SPG gateway");
@@ -127,11 +188,7 @@ fn generate(dir: &Path) -> Result<()> {
     let cert = params.signed_by(&key, &issuer)?;
 
     write_private(&dir.join("server.key"), &key.serialize_pem())?;
-    write_private(
-        &dir.join("server.pem"),
-        &format!("{}{}", cert.pem(), ca_cert.pem()),
-    )?;
-    write_private(&dir.join("ca.pem"), &ca_cert.pem())?;
-    tracing::info!(dir = %dir.display(), "generated a self-signed CA and server certificate");
+    write_private(&dir.join("server.pem"), &format!("{}{ca_pem}", cert.pem()))?;
+    write_private(&dir.join("names"), &names.join("\n"))?;
     Ok(())
 }

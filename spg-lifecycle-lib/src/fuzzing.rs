@@ -23,7 +23,7 @@ pub fn api_bodies(data: &[u8]) {
     if let Ok(b) = serde_json::from_slice::<RegisterGateway>(data) {
         let _ = crate::api::gateway_control::is_loopback_url(&b.url);
         if let Some(ca) = &b.ca_pem {
-            let _ = reqwest::Certificate::from_pem(ca.as_bytes());
+            let _ = crate::api::http::client_trusting(ca.as_bytes());
         }
     }
     if let Ok(b) = serde_json::from_slice::<FrozenBody>(data) {

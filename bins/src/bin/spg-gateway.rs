@@ -1,13 +1,10 @@
 //! `spg-gateway`: the PostgreSQL entry point as its own daemon, talking to a control plane
 //! (`spg-controlplane` or `spg up`) over its HTTPS API for credentials, wakes and leases.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use prometheus_client::registry::Registry;
 use spg::adapters::{OverApi, WithAdmin};
 use spg::tls::TlsMaterial;
@@ -20,88 +17,25 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
-#[command(name = "spg-gateway", version, about = "SPG gateway daemon")]
-struct Args {
-    #[command(flatten)]
-    http: spg::HttpArgs,
-    /// PostgreSQL entry point.
-    #[arg(long, env = "SPG_GATEWAY_LISTEN", default_value = "127.0.0.1:6432")]
-    listen: SocketAddr,
-    /// Control plane API URL.
-    #[arg(long, env = "SPG_API_URL")]
-    api_url: String,
-    /// Control plane API key.
-    #[arg(long, env = "SPG_API_KEY", hide_env_values = true)]
-    api_key: String,
-    /// CA certificate the API's certificate is checked against.
-    #[arg(long, env = "SPG_API_CA")]
-    api_ca: PathBuf,
-    /// Directory for a generated TLS certificate (when none is configured).
-    #[arg(long, env = "SPG_GATEWAY_DATA_DIR", default_value = "./.spg-gateway")]
-    data_dir: PathBuf,
-    /// TLS certificate (PEM); default: self-signed, generated.
-    #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert.
-    #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Accept plaintext (non-TLS) client connections.
-    #[arg(long, env = "SPG_ALLOW_PLAINTEXT")]
-    allow_plaintext: bool,
-    /// Plain-HTTP Prometheus metrics.
-    #[arg(long, env = "SPG_METRICS_LISTEN", default_value = "127.0.0.1:9187")]
-    metrics_listen: SocketAddr,
-    /// HTTPS control routes handoffs drive this gateway by (with its TLS certificate and a
-    /// token of this run, registered with the control plane).
-    #[arg(
-        long,
-        env = "SPG_GATEWAY_CONTROL_LISTEN",
-        default_value = "127.0.0.1:9188"
-    )]
-    control_listen: SocketAddr,
-    /// The URL the control plane reaches the control routes at (default: https:// and the
-    /// control address, 127.0.0.1 for an unspecified one).
-    #[arg(long, env = "SPG_GATEWAY_CONTROL_URL")]
-    control_url: Option<String>,
-    /// The CA (PEM) the control plane checks the control routes' certificate against (default:
-    /// the CA of this gateway's TLS material).
-    #[arg(long, env = "SPG_GATEWAY_CONTROL_CA")]
-    control_ca: Option<PathBuf>,
-    /// How long a connection may wait for its database to wake.
-    #[arg(long, env = "SPG_WAKE_TIMEOUT", default_value = "30s", value_parser = spg::parse_duration)]
-    wake_timeout: Duration,
-    /// Client connections at once.
-    #[arg(long, env = "SPG_MAX_CLIENT_CONN", default_value_t = 10_000)]
-    max_client_conn: usize,
-    /// Largest client message accepted, in bytes.
-    #[arg(long, env = "SPG_MAX_MESSAGE_BYTES", default_value_t = 1 << 30)]
-    max_message_bytes: usize,
-    /// How clients authenticate: `scram` (SCRAM-SHA-256, the password never leaves the client)
-    /// or `password` (the client sends it, over TLS unless plaintext is allowed; verified
-    /// against the same stored verifier and cached, so connection-per-request clients skip
-    /// the PBKDF2).
-    #[arg(long, env = "SPG_CLIENT_AUTH", default_value = "scram")]
-    client_auth: spg_gateway_lib::ClientAuth,
-    #[command(flatten)]
-    pool: spg::PoolArgs,
-    #[command(flatten)]
-    login: spg::LoginArgs,
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     spg::init_logging();
-    let args = Args::parse();
+    let args: spg::daemons::GatewayArgs = spg::config::parse();
     spg::raise_fd_limit();
     let ca = std::fs::read(&args.api_ca)
         .with_context(|| format!("reading {}", args.api_ca.display()))?;
     let api = ApiClient::new(&args.api_url, &args.api_key, &ca)?;
-    let tls = TlsMaterial::load_or_generate(
+    let names: Vec<String> = [args.listen.ip(), args.control_listen.ip()]
+        .iter()
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_string())
+        .collect();
+    let tls = TlsMaterial::load_or_generate_for(
         &args.data_dir.join("tls"),
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         None,
+        &names,
     )?;
     let pool = args.pool.config()?;
     let mut registry = Registry::default();

@@ -2,13 +2,9 @@
 //! HTTPS API (soft basebackups, chunks on demand, write-back); it keeps a bounded cache of
 //! objects in front of object storage and collects garbage periodically.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use prometheus_client::registry::Registry;
 use spg::tls::TlsMaterial;
 use spg_lifecycle_lib::api::ApiKey;
@@ -17,56 +13,25 @@ use spg_storage_lib::pageserver::gc::GcPolicy;
 use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
-#[command(name = "spg-pageserver", version, about = "SPG pageserver daemon")]
-struct Args {
-    #[command(flatten)]
-    http: spg::HttpArgs,
-    /// Where its object cache and generated TLS material live.
-    #[arg(long, env = "SPG_PAGESERVER_DIR")]
-    dir: PathBuf,
-    /// Object storage directory holding the images (`images/`) and archived WAL (`wal/`) — the
-    /// same one the platform and the safekeepers use.
-    #[arg(long, env = "SPG_ARCHIVE_DIR")]
-    archive_dir: PathBuf,
-    /// HTTPS API address (port 0: any free port; the chosen address is printed).
-    #[arg(long, env = "SPG_PAGESERVER_LISTEN", default_value = "127.0.0.1:7677")]
-    listen: SocketAddr,
-    /// API key callers must present (Authorization: Bearer).
-    #[arg(long, env = "SPG_PAGESERVER_API_KEY", hide_env_values = true)]
-    api_key: String,
-    /// Budget of the object cache, in MiB.
-    #[arg(long, env = "SPG_PAGESERVER_CACHE_MB", default_value_t = 1024)]
-    cache_mb: u64,
-    /// How often garbage is collected (0: never).
-    #[arg(long, env = "SPG_PAGESERVER_GC_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
-    gc_every: Duration,
-    /// Images younger than this are kept.
-    #[arg(long, env = "SPG_PAGESERVER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
-    retention: Duration,
-    /// TLS certificate (PEM); default: self-signed, generated under --dir.
-    #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert.
-    #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     spg::init_logging();
-    let args = Args::parse();
+    let args: spg::daemons::PageserverArgs = spg::config::parse();
     spg::secure_dir(&args.dir)?;
-    let tls = TlsMaterial::load_or_generate(
+    let names: Vec<String> = (!args.listen.ip().is_unspecified())
+        .then(|| args.listen.ip().to_string())
+        .into_iter()
+        .collect();
+    let tls = TlsMaterial::load_or_generate_for(
         &args.dir.join("tls"),
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         None,
+        &names,
     )?;
-    let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
-        spg_storage_lib::DurableLocalStore::open(&args.archive_dir)
-            .with_context(|| format!("opening {}", args.archive_dir.display()))?,
-    );
+    let archive =
+        spg::cli::object_store(args.object_store.as_deref(), args.archive_dir.as_deref())?
+            .context("no object storage")?;
     let cfg = PageserverConfig {
         cache_bytes: args.cache_mb << 20,
         ..PageserverConfig::new(args.dir.join("cache"))

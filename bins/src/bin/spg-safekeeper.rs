@@ -1,12 +1,9 @@
 //! `spg-safekeeper`: one safekeeper as its own daemon. Computes' agents reach it over its HTTPS
 //! API (elections, follow, WAL for recovery); it streams WAL from computes as a physical standby.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use prometheus_client::registry::Registry;
 use spg::tls::TlsMaterial;
 use spg_lifecycle_lib::api::ApiKey;
@@ -14,45 +11,21 @@ use spg_storage_lib::safekeeper::file::DEFAULT_SEGMENT_SIZE;
 use spg_storage_lib::safekeeper::node::{NodeConfig, SafekeeperNode};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser)]
-#[command(name = "spg-safekeeper", version, about = "SPG safekeeper daemon")]
-struct Args {
-    #[command(flatten)]
-    http: spg::HttpArgs,
-    /// Name: the application_name it streams under (listed in synchronous_standby_names).
-    #[arg(long, env = "SPG_SAFEKEEPER_NAME")]
-    name: String,
-    /// Where its WAL, control files and generated TLS material live.
-    #[arg(long, env = "SPG_SAFEKEEPER_DIR")]
-    dir: PathBuf,
-    /// HTTPS API address (port 0: any free port; the chosen address is printed).
-    #[arg(long, env = "SPG_SAFEKEEPER_LISTEN", default_value = "127.0.0.1:7676")]
-    listen: SocketAddr,
-    /// API key callers must present (Authorization: Bearer).
-    #[arg(long, env = "SPG_SAFEKEEPER_API_KEY", hide_env_values = true)]
-    api_key: String,
-    /// Object storage directory completed WAL segments are copied to (local file system; the
-    /// same for every safekeeper of a set). Without it, WAL stays only on local disk.
-    #[arg(long, env = "SPG_ARCHIVE_DIR")]
-    archive_dir: Option<PathBuf>,
-    /// TLS certificate (PEM); default: self-signed, generated under --dir.
-    #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert.
-    #[arg(long, env = "SPG_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     spg::init_logging();
-    let args = Args::parse();
+    let args: spg::daemons::SafekeeperArgs = spg::config::parse();
     spg::secure_dir(&args.dir)?;
-    let tls = TlsMaterial::load_or_generate(
+    let names: Vec<String> = (!args.listen.ip().is_unspecified())
+        .then(|| args.listen.ip().to_string())
+        .into_iter()
+        .collect();
+    let tls = TlsMaterial::load_or_generate_for(
         &args.dir.join("tls"),
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         None,
+        &names,
     )?;
     let node = SafekeeperNode::new(NodeConfig {
         name: args.name.clone(),
@@ -73,16 +46,11 @@ async fn main() -> Result<()> {
         Arc::new(registry),
     );
     let (offload_stop, offload_rx) = tokio::sync::watch::channel(false);
-    let offloader = match &args.archive_dir {
-        Some(dir) => {
-            let archive: Arc<dyn object_store::ObjectStore> = Arc::new(
-                spg_storage_lib::DurableLocalStore::open(dir)
-                    .with_context(|| format!("opening {}", dir.display()))?,
-            );
-            Some(node.spawn_offloader(archive, std::time::Duration::from_secs(10), 4, offload_rx))
-        }
-        None => None,
-    };
+    let archive =
+        spg::cli::object_store(args.object_store.as_deref(), args.archive_dir.as_deref())?;
+    let offloader = archive.map(|archive| {
+        node.spawn_offloader(archive, std::time::Duration::from_secs(10), 4, offload_rx)
+    });
     let stop = CancellationToken::new();
     let server = tokio::spawn(spg_lifecycle_lib::api::http::serve_https(
         listener,

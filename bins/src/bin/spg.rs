@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use spg::cli::{env_path, write_env, PlatformArgs};
 use spg::envfile::EnvFile;
 use spg::platform::Platform;
@@ -35,6 +35,9 @@ enum Command {
     /// Manage roles.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Check config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Fetch one WAL file for a compute's recovery (PostgreSQL's `restore_command`; not for
     /// interactive use). Exits 0 when fetched, 1 when the file does not exist, 2 on errors.
     #[command(hide = true)]
@@ -93,6 +96,19 @@ struct ApiArgs {
     /// Data directory of a local `spg up`, whose env file supplies the defaults.
     #[arg(long, env = "SPG_DATA_DIR", default_value = "./.spg")]
     data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a daemon's config file and print the settings it resolves to (with the
+    /// environment and defaults; secrets masked).
+    Check {
+        /// The file.
+        file: PathBuf,
+        /// Whose file it is.
+        #[arg(long, default_value = "up")]
+        daemon: spg::daemons::Daemon,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,7 +171,13 @@ enum RoleCommand {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `spg up` takes --config FILE; the file's settings go in after `up`.
+    let cli: Cli = if argv.get(1).is_some_and(|a| a == "up") {
+        spg::config::parse_from(argv, 2)
+    } else {
+        Cli::parse()
+    };
     if let Command::WalRestore { url, file, dest } = &cli.command {
         // No runtime, no logging setup: PostgreSQL runs this once per file during recovery.
         spg::wal_restore_exit(url, file, dest);
@@ -169,9 +191,34 @@ fn main() -> Result<()> {
             Command::Up(args) => up(*args).await,
             Command::Db(cmd) => db(cmd).await,
             Command::Role(cmd) => role(cmd).await,
+            Command::Config(ConfigCommand::Check { file, daemon }) => config_check(&file, daemon),
             Command::WalRestore { .. } => Ok(()),
         }
     })
+}
+
+/// `spg config check`: resolve `file` as `daemon` would and print every setting.
+fn config_check(file: &std::path::Path, daemon: spg::daemons::Daemon) -> Result<()> {
+    let cmd = match daemon {
+        spg::daemons::Daemon::Up => Cli::command()
+            .find_subcommand("up")
+            .cloned()
+            .context("no up subcommand")?,
+        other => other.command(),
+    };
+    let settings = spg::daemons::check(cmd, file)?;
+    println!(
+        "# {} settings resolved from {}",
+        daemon.name(),
+        file.display()
+    );
+    for r in settings {
+        match r.value {
+            Some(v) => println!("{:<28} = {:<40} # {}", r.key, format!("{v:?}"), r.source),
+            None => println!("# {:<26}   (unset)", r.key),
+        }
+    }
+    Ok(())
 }
 
 const DEFAULT_DB: &str = "appdb";

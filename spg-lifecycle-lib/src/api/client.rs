@@ -63,12 +63,8 @@ impl ApiClient {
                 ));
             }
         }
-        let ca = reqwest::Certificate::from_pem(ca_pem)
-            .map_err(|e| LifecycleError::Tls(format!("CA certificate: {e}")))?;
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
+        let http = crate::api::http::client_trusting(ca_pem)
+            .map_err(|e| LifecycleError::Tls(format!("CA certificate: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(180))
             .build()

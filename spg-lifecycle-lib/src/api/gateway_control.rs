@@ -168,12 +168,10 @@ impl RemoteGateway {
             let ca = ca_pem.ok_or_else(|| {
                 CoreError::Unavailable("an https gateway needs the CA of its certificate".into())
             })?;
-            let ca = reqwest::Certificate::from_pem(ca)
-                .map_err(|e| CoreError::Unavailable(format!("gateway CA: {e}")))?;
-            builder = builder
-                .use_rustls_tls()
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(ca);
+            builder = crate::api::http::client_trusting(ca)
+                .map_err(|e| CoreError::Unavailable(format!("gateway CA: {e}")))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5));
         } else if !is_loopback_url(base) {
             return Err(CoreError::Unavailable(
                 "gateway control routes must be https:// (plain http only on loopback)".into(),

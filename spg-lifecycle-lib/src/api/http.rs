@@ -502,3 +502,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// An HTTPS client builder that trusts exactly the certificates of `ca_pem` (a PEM bundle: one
+/// CA, or several when the peers were issued by different CAs) and no built-in roots.
+pub fn client_trusting(ca_pem: &[u8]) -> Result<reqwest::ClientBuilder, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(ca_pem).map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("the CA file holds no PEM certificate".into());
+    }
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false);
+    for c in certs {
+        builder = builder.add_root_certificate(c);
+    }
+    Ok(builder)
+}

@@ -30,4 +30,4 @@ pub mod model;
 pub mod server;
 
 pub use client::ApiClient;
-pub use server::{router, ApiKey, ApiKeys};
+pub use server::{router, router_with_peers, ApiKey, ApiKeys};

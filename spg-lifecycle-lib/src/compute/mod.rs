@@ -256,8 +256,8 @@ impl RunningCompute {
         LifecycleError,
     > {
         let fail = |step: &'static str, reason: String| compute_error(spec, step, reason);
-        cfg.run_as.check_reachable(data_dir)?;
-        cfg.run_as.chown_tree(data_dir)?;
+        on_mount(|| cfg.run_as.check_reachable(data_dir))?;
+        on_mount(|| cfg.run_as.chown_tree(data_dir))?;
         if fresh {
             initdb(cfg, data_dir).await.map_err(|r| fail("initdb", r))?;
             let base = page_store
@@ -276,11 +276,13 @@ impl RunningCompute {
             create_private_dir(&socket_dir)?;
             cfg.run_as.chown(&socket_dir)?;
         }
-        write_owned(
-            cfg,
-            &data_dir.join("pg_hba.conf"),
-            &config::pg_hba_conf(wal.is_some()),
-        )?;
+        on_mount(|| {
+            write_owned(
+                cfg,
+                &data_dir.join("pg_hba.conf"),
+                &config::pg_hba_conf(wal.is_some()),
+            )
+        })?;
         let restore = match &wal {
             Some((w, election)) => {
                 cfg.run_as
@@ -292,9 +294,9 @@ impl RunningCompute {
                     data_dir.join("pg_wal"),
                 )
                 .await?;
-                write_owned(cfg, &data_dir.join("recovery.signal"), "")?;
+                on_mount(|| write_owned(cfg, &data_dir.join("recovery.signal"), ""))?;
                 let control = svc.control();
-                let local_fsync = !mark_unsynced(data_dir)?;
+                let local_fsync = !on_mount(|| mark_unsynced(data_dir))?;
                 let conf = config::WalConf {
                     local_fsync,
                     standby_names: w.quorum.synchronous_standby_names(),
@@ -341,11 +343,13 @@ impl RunningCompute {
         timer: &mut StepTimer,
     ) -> Result<(PostgresProcess, u16, Option<tokio::task::JoinHandle<()>>), LifecycleError> {
         let fail = |step: &'static str, reason: String| compute_error(spec, step, reason);
-        write_owned(
-            cfg,
-            &data_dir.join("pg_ident.conf"),
-            &config::pg_ident_conf(&cfg.platform_os_user),
-        )?;
+        on_mount(|| {
+            write_owned(
+                cfg,
+                &data_dir.join("pg_ident.conf"),
+                &config::pg_ident_conf(&cfg.platform_os_user),
+            )
+        })?;
 
         let mut last_failure = String::new();
         let mut wal_conf = wal_conf.cloned();
@@ -353,11 +357,13 @@ impl RunningCompute {
         while attempt < PORT_ATTEMPTS {
             attempt += 1;
             let port = free_loopback_port()?;
-            write_owned(
-                cfg,
-                &data_dir.join("postgresql.conf"),
-                &config::postgresql_conf(port, socket_dir, &spec.profile, wal_conf.as_ref()),
-            )?;
+            on_mount(|| {
+                write_owned(
+                    cfg,
+                    &data_dir.join("postgresql.conf"),
+                    &config::postgresql_conf(port, socket_dir, &spec.profile, wal_conf.as_ref()),
+                )
+            })?;
             if attempt == 1 {
                 timer.step("configure");
             }
@@ -680,6 +686,21 @@ fn place_limits(cfg: &AgentConfig, spec: &ComputeSpec) -> cgroup::CgroupPlacemen
           cpu_millicores = ?limits.cpu_millicores, memory_mb = ?limits.memory_mb,
           enforced = placement.enforced(), reason = ?placement.not_enforced, "resource limits");
     placement
+}
+
+/// Run `f`, which touches a (possibly lazily mounted) data directory synchronously, where
+/// blocking is allowed. A file operation there may wait for the FUSE server, which fetches the
+/// chunk through this process's runtime: on a runtime worker, the fetch's connection task can
+/// sit in that very worker's queue (its LIFO slot cannot be stolen) and the two wait on each
+/// other until the fetch times out. `block_in_place` hands the worker's queue to another
+/// thread first.
+fn on_mount<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 /// Move a postmaster (and what it forked so far) into the compute's groups.
