@@ -20,6 +20,8 @@ pub mod pageserver_http;
 pub mod platform;
 pub mod rollforward;
 pub mod safekeeper_http;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 
 /// Start `tracing` output on stderr, filtered by `SPG_LOG` (or `RUST_LOG`), default `info`.

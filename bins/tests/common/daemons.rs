@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use spg::envfile::EnvFile;
 
@@ -12,26 +11,7 @@ use super::*;
 pub const SPG_GATEWAY: &str = env!("CARGO_BIN_EXE_spg-gateway");
 pub const SPG_CONTROLPLANE: &str = env!("CARGO_BIN_EXE_spg-controlplane");
 
-/// Wait until the env file at `path` has `key` (panics if the process exits first).
-pub fn wait_for_env(path: &Path, key: &str, guard: &mut ChildGuard) -> EnvFile {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(env)) = EnvFile::read(path) {
-            if env.get(key).is_some() {
-                return env;
-            }
-        }
-        if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("process exited early with {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never got {key}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use spg::testing::topology::wait_for_env;
 
 /// Run an `spg` client command against the platform whose data directory is `data`.
 pub fn spg_cli(data: &Path, args: &[&str]) -> String {

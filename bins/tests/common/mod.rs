@@ -5,6 +5,12 @@
 
 pub mod daemons;
 
+#[allow(unused_imports)]
+pub use spg::testing::procs::{
+    children_of, detach_mounts_under, kill_9_computes, postgres_processes_under, spawn_daemon,
+    ChildGuard,
+};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -139,20 +145,6 @@ impl TestPlatform {
     }
 }
 
-/// Detach every FUSE mount under `dir` (a test that failed before its platform shut down leaves
-/// the computes' lazily mounted images behind otherwise).
-pub fn detach_mounts_under(dir: &Path) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
-        return;
-    };
-    let prefix = dir.to_string_lossy().into_owned();
-    for at in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
-        if at.starts_with(&prefix) {
-            let _ = spg_storage_lib::lazyfs::detach(Path::new(at));
-        }
-    }
-}
-
 impl Drop for TestPlatform {
     fn drop(&mut self) {
         // A failed test: its processes die with the platform's guards; its mounts need this.
@@ -251,66 +243,6 @@ pub fn tls_maker(t: &TestPlatform) -> tokio_postgres_rustls::MakeRustlsConnect {
     tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(&t.ca_file(), None))
 }
 
-/// Pids of postgres processes whose command line mentions a path under `dir`.
-pub fn postgres_processes_under(dir: &Path) -> Vec<i32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let is_pg = cmdline
-            .split(|b| *b == 0)
-            .next()
-            .is_some_and(|a| a.ends_with(b"postgres"));
-        if is_pg && cmdline.windows(needle.len()).any(|w| w == needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// `kill -9` of the computes whose postmasters are `postmasters`, each as a whole, as when its
-/// host dies: the postmaster's process group and every backend (PostgreSQL's children lead
-/// process groups of their own; a backend that outlives its postmaster for a moment still
-/// answers queries, then ends its session). Returns whether there was anything to kill.
-pub fn kill_9_computes(postmasters: &[i32]) -> bool {
-    let mut victims: Vec<i32> = postmasters.iter().map(|p| -p).collect();
-    victims.extend(postmasters.iter().flat_map(|p| children_of(*p)));
-    victims.extend(postmasters.iter().copied());
-    for pid in victims {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    !postmasters.is_empty()
-}
-
-/// The processes whose parent is `pid`.
-pub fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-                    let rest = s.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// Postmasters under `dir` of compute generation `generation` (their command line names the
 /// generation's data directory, `…/g<generation>/…`).
 pub fn postmasters_of_generation(dir: &Path, generation: u64) -> Vec<i32> {
@@ -322,34 +254,6 @@ pub fn postmasters_of_generation(dir: &Path, generation: u64) -> Vec<i32> {
                 .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
         })
         .collect()
-}
-
-/// Kills a child process (and postgres processes under a directory) when dropped, so a failing
-/// test leaves nothing behind.
-pub struct ChildGuard {
-    pub child: Option<std::process::Child>,
-    pub dir: PathBuf,
-}
-
-impl ChildGuard {
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for pid in postgres_processes_under(&self.dir) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 /// `spg up` on `data`, its gateway and API on the given loopback ports, with `extra` flags;
@@ -374,31 +278,6 @@ pub fn spg_up(data: &Path, gw: u16, api: u16, extra: &[&str], capture: bool) -> 
         child: Some(child),
         dir: data.to_path_buf(),
     }
-}
-
-/// Start a daemon whose first line on stdout says where it listens ("... listening on ...");
-/// killed on drop, with any postgres under `dir`.
-pub fn spawn_daemon(mut cmd: Command, dir: PathBuf) -> ChildGuard {
-    use std::io::BufRead;
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    // Keep draining, so that a later line never meets a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let guard = ChildGuard {
-        child: Some(child),
-        dir,
-    };
-    assert!(
-        line.contains("listening on"),
-        "daemon did not start: {line:?}"
-    );
-    guard
 }
 
 /// A free loopback port chosen by the OS.

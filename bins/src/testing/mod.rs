@@ -1,0 +1,5 @@
+//! Test and benchmark tooling (feature `testing`): process guards and a whole multi-host
+//! topology of daemons on loopback addresses.
+
+pub mod procs;
+pub mod topology;
