@@ -118,23 +118,13 @@ async fn main() -> Result<()> {
         stop.clone(),
         http_limits,
     ));
-    let register_task = tokio::spawn({
-        let (api, stop) = (api.clone(), stop.clone());
-        async move {
-            loop {
-                if let Err(e) = api
-                    .register_gateway(&control_url, &token, Some(&control_ca))
-                    .await
-                {
-                    tracing::warn!(error = %e, "registering with the control plane failed");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-        }
-    });
+    let register_task = api.keep_registered(
+        control_url,
+        token,
+        Some(control_ca),
+        Duration::from_secs(5),
+        stop.clone(),
+    );
     let gw_stop = stop.clone();
     let serve = tokio::spawn(async move { gateway.serve(listener, gw_stop).await });
     spg::shutdown_signal().await;

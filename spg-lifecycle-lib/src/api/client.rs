@@ -188,6 +188,31 @@ impl ApiClient {
             .await
     }
 
+    /// Register a gateway's control routes (`url`, `token`, `ca_pem`) with every control
+    /// plane now and every `every` until `stop` (control planes forget gateways that stop
+    /// registering); failures are logged and retried.
+    pub fn keep_registered(
+        &self,
+        url: String,
+        token: String,
+        ca_pem: Option<String>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let api = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = api.register_gateway(&url, &token, ca_pem.as_deref()).await {
+                    tracing::warn!(error = %e, "registering with the control plane failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    }
+
     /// Register (or refresh) a gateway daemon's control routes at `url`, guarded by `token`,
     /// served with a certificate `ca_pem` signed (for `https://`).
     pub async fn register_gateway(

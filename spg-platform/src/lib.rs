@@ -9,9 +9,15 @@
 //! - [`envfile`]: `<data-dir>/env`, the shell-sourceable file with the DSN, API URL and key.
 //! - [`safekeeper_http`], [`pageserver_http`]: the daemons' HTTPS APIs and their clients.
 //! - [`rollforward`]: rolling a crashed database's newest image forward from the WAL quorum.
+//! - [`cli`], [`daemons`], [`config`]: the daemons' settings (flags, environment variables and
+//!   TOML config files) and [`commands`]: the `spg` command's subcommands; the binaries in
+//!   `bins/` only parse and compose these.
+//! - `testing` (feature `testing`): process guards and the multi-host topology of the tests and
+//!   benchmarks.
 
 pub mod adapters;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon_http;
 pub mod daemons;
