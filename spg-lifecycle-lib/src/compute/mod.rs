@@ -7,15 +7,16 @@
 //! shutdown, kill after a deadline, write the directory back as a new image, release it. Every
 //! step is timed.
 
+mod admin;
 pub mod cgroup;
 pub mod config;
+mod files;
 pub mod load;
 pub mod process;
 mod sql;
 pub mod standby;
 pub mod wal;
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,16 +27,18 @@ use spg_core::{
     ComputeEndpoint, DatabaseName, Election, Generation, ImageInfo, PageStore, ReplicationSource,
     RoleName, ScaleProfile,
 };
-use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
 use crate::os_user::RunAs;
 use crate::pg_bin::PgBinaries;
 use crate::timing::{StepTimer, StepTimings};
 use crate::LifecycleError;
-use config::ADMIN_ROLE;
-use process::{free_loopback_port, is_postgres_on, ExitInfo, ExitWatch, PostgresProcess};
+use process::{free_loopback_port, ExitInfo, ExitWatch, PostgresProcess};
 use wal::{RestoreService, WalSetup, REPLICATOR_ROLE};
+
+use admin::*;
+pub use files::cleanup_stale;
+use files::*;
 
 /// How often a running compute re-asserts to the safekeepers that they follow it (a restarted
 /// safekeeper learns it again this way).
@@ -688,21 +691,6 @@ fn place_limits(cfg: &AgentConfig, spec: &ComputeSpec) -> cgroup::CgroupPlacemen
     placement
 }
 
-/// Run `f`, which touches a (possibly lazily mounted) data directory synchronously, where
-/// blocking is allowed. A file operation there may wait for the FUSE server, which fetches the
-/// chunk through this process's runtime: on a runtime worker, the fetch's connection task can
-/// sit in that very worker's queue (its LIFO slot cannot be stolen) and the two wait on each
-/// other until the fetch times out. `block_in_place` hands the worker's queue to another
-/// thread first.
-fn on_mount<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 /// Move a postmaster (and what it forked so far) into the compute's groups.
 fn place(limits: &cgroup::CgroupPlacement, process: &PostgresProcess) {
     if limits.enforced() {
@@ -719,365 +707,5 @@ fn compute_error(spec: &ComputeSpec, step: &'static str, reason: String) -> Life
         generation: spec.generation.0,
         step,
         reason,
-    }
-}
-
-/// Stop a postmaster left behind by an earlier run of the platform for `db` (found through the
-/// pid record in its run directory): fast shutdown, then kill after `timeout`.
-pub async fn cleanup_stale(
-    run_root: &Path,
-    db: &DatabaseName,
-    timeout: Duration,
-) -> Result<bool, LifecycleError> {
-    // The writer's record, and those of generations prepared as standbys (`g<N>/`).
-    let db_dir = run_root.join(db.as_str());
-    let mut records = vec![db_dir.join(PID_RECORD)];
-    if let Ok(entries) = std::fs::read_dir(&db_dir) {
-        records.extend(
-            entries
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.path().join(PID_RECORD)),
-        );
-    }
-    let mut stopped = false;
-    for record in records {
-        stopped |= stop_recorded(&record, db, timeout).await;
-    }
-    Ok(stopped)
-}
-
-/// Stop the postmaster a pid record names, if it still runs on the recorded data directory;
-/// remove the record.
-async fn stop_recorded(record: &Path, db: &DatabaseName, timeout: Duration) -> bool {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let Ok(text) = std::fs::read_to_string(record) else {
-        return false;
-    };
-    let mut lines = text.lines();
-    let pid = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
-    let data_dir = lines.next().map(PathBuf::from);
-    let mut stopped = false;
-    if let (Some(pid), Some(data_dir)) = (pid, data_dir) {
-        if is_postgres_on(pid, &data_dir) {
-            warn!(%db, pid, "stopping a compute left behind by an earlier run");
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-            let deadline = tokio::time::Instant::now() + timeout;
-            while is_postgres_on(pid, &data_dir) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if is_postgres_on(pid, &data_dir) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                while is_postgres_on(pid, &data_dir) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            stopped = true;
-        }
-    }
-    let _ = std::fs::remove_file(record);
-    stopped
-}
-
-async fn initdb(cfg: &AgentConfig, data_dir: &Path) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(cfg.bins.exe("initdb"));
-    cmd.arg("-D")
-        .arg(data_dir)
-        .args(["-U", ADMIN_ROLE, "-E", "UTF8", "--no-locale"])
-        .args(["--auth-local=peer", "--auth-host=reject"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .kill_on_drop(true);
-    if cfg.run_as.switch_user {
-        cmd.uid(cfg.run_as.uid).gid(cfg.run_as.gid);
-    }
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| format!("running initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "initdb exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-async fn admin_client(socket_dir: &Path, port: u16) -> Result<tokio_postgres::Client, String> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(socket_dir)
-        .port(port)
-        .user(ADMIN_ROLE)
-        .dbname("postgres")
-        .application_name("spg-agent")
-        .connect_timeout(Duration::from_secs(10));
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| format!("admin connection: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "admin connection ended");
-        }
-    });
-    Ok(client)
-}
-
-/// Wait until recovery has ended and the compute is promoted (read-write). With `hot_standby`,
-/// PostgreSQL reports ready as soon as recovery is consistent, and the admin session connects
-/// then: a first session after recovery builds its caches over the lazy mount, which overlaps
-/// with the end of recovery (timeline switch, end-of-recovery checkpoint).
-async fn wait_promoted(client: &tokio_postgres::Client, timeout: Duration) -> Result<(), String> {
-    match wait_promoted_or_paused(client, timeout).await {
-        Ok(()) => Ok(()),
-        Err(None) => Err("recovery paused: the log was written with larger settings".into()),
-        Err(Some(reason)) => Err(reason),
-    }
-}
-
-/// [`wait_promoted`], telling a paused recovery apart (`Err(None)`): with `hot_standby`,
-/// PostgreSQL pauses when the log it replays was written by a compute with larger settings
-/// (`max_connections`, ...) than this one's, as after a larger profile's writer.
-async fn wait_promoted_or_paused(
-    client: &tokio_postgres::Client,
-    timeout: Duration,
-) -> Result<(), Option<String>> {
-    let started = tokio::time::Instant::now();
-    let deadline = started + timeout;
-    let mut next_pause_check = started + Duration::from_millis(300);
-    loop {
-        // A setting, not a function: a function call looks its name up in the catalogs, which
-        // over a lazy mount fetches chunks nothing else in the start needs.
-        let rows = client
-            .simple_query("SHOW in_hot_standby")
-            .await
-            .map_err(|e| Some(format!("waiting for promotion: {e}")))?;
-        let in_recovery = rows.iter().any(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
-            _ => false,
-        });
-        if !in_recovery {
-            return Ok(());
-        }
-        let now = tokio::time::Instant::now();
-        if now >= next_pause_check {
-            // Only when recovery takes a while: this one looks the function up.
-            next_pause_check = now + Duration::from_millis(250);
-            let rows = client
-                .simple_query("SELECT pg_get_wal_replay_pause_state()")
-                .await
-                .map_err(|e| Some(format!("waiting for promotion: {e}")))?;
-            let paused = rows.iter().any(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("paused"),
-                _ => false,
-            });
-            if paused {
-                return Err(None);
-            }
-        }
-        if now >= deadline {
-            return Err(Some("recovery did not end in time".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Mint this generation's replication password (stored as a SCRAM verifier) and install the
-/// tenant roles, in one local-only commit (no safekeeper streams yet), then have the safekeepers
-/// follow, and keep re-asserting it while the compute runs.
-async fn start_replication(
-    w: &WalSetup,
-    spec: &ComputeSpec,
-    client: &tokio_postgres::Client,
-    port: u16,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let password = wal::replication_password();
-    let verifier = ScramVerifier::from_password(&password);
-    client
-        .batch_execute(&format!(
-            "SET synchronous_commit = local;\n{}",
-            sql::do_block(&[
-                sql::replicator_body(&verifier),
-                sql::role_sync_body(&spec.roles),
-            ])
-        ))
-        .await
-        .map_err(|e| format!("replication role and roles: {e}"))?;
-    let source = ReplicationSource {
-        host: "127.0.0.1".into(),
-        port,
-        user: REPLICATOR_ROLE.into(),
-        password,
-    };
-    w.quorum
-        .follow(&spec.database, spec.generation, &source)
-        .await
-        .map_err(|e| format!("safekeepers: {e}"))?;
-    let (quorum, db, g) = (
-        Arc::clone(&w.quorum),
-        spec.database.clone(),
-        spec.generation,
-    );
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(FOLLOW_REFRESH).await;
-            if let Err(e) = quorum.follow(&db, g, &source).await {
-                if matches!(e, spg_core::CoreError::StaleGeneration { .. }) {
-                    warn!(%db, generation = %g, error = %e, "fenced by a newer generation");
-                    return;
-                }
-                tracing::debug!(%db, generation = %g, error = %e, "re-asserting follow");
-            }
-        }
-    }))
-}
-
-/// Install the tenant roles (and the tenant database on the first start), on the admin session.
-/// With a WAL quorum the roles are already in (committed with the replication role), and a
-/// commit through the quorum waits until the safekeepers stream from the compute: a start
-/// returns only once they hold its new timeline and everything before, so even an immediate
-/// clean stop leaves it on the quorum.
-async fn sync_roles(
-    client: &tokio_postgres::Client,
-    spec: &ComputeSpec,
-    quorum: bool,
-) -> Result<(), String> {
-    let sql = if quorum {
-        // A write (to a catalog the start already read: no function lookups, no new chunks
-        // over the lazy mount) whose commit waits for the quorum.
-        format!(
-            "RESET synchronous_commit;\nALTER ROLE {} NOLOGIN;",
-            sql::quote_ident(config::TENANT_GROUP)
-        )
-    } else {
-        sql::role_sync_sql(&spec.roles)
-    };
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| format!("installing roles: {e}"))?;
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            &[&spec.database.as_str()],
-        )
-        .await
-        .map_err(|e| format!("looking up database: {e}"))?;
-    if exists.is_none() {
-        client
-            .batch_execute(&sql::create_database_sql(&spec.database))
-            .await
-            .map_err(|e| format!("creating database: {e}"))?;
-    }
-    Ok(())
-}
-
-/// `recovery_target_timeline` for recovering a data directory (its `control` file) from
-/// `election`'s log: the newest timeline of the log, spelled `current` when the directory's
-/// checkpoint is already on it (PostgreSQL then skips a `restore_command` run that checks the
-/// history file exists).
-fn recovery_target(
-    election: &Election,
-    control: Option<&spg_core::pg_control::ControlFile>,
-) -> String {
-    let checkpoint_timeline = control.map(|c| c.timeline);
-    match election.recovery_timeline() {
-        Some(t) if Some(t) != checkpoint_timeline => t.to_string(),
-        _ => "current".to_owned(),
-    }
-}
-
-/// Create `dir` with mode 0700; missing parents get the default mode so that the compute user
-/// can reach it.
-fn create_private_dir(dir: &Path) -> Result<(), LifecycleError> {
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| LifecycleError::io("create dir", parent, e))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(LifecycleError::io("create dir", dir, e)),
-    }
-}
-
-/// Write a file the compute user owns.
-/// Before PostgreSQL runs without `fsync`: record this boot in the data directory (durably), so
-/// that after an operating-system crash the directory is rebuilt rather than trusted
-/// ([`spg_core::UNSYNCED_MARKER`]). `false` (keep `fsync` on) where the boot cannot be told.
-fn mark_unsynced(data_dir: &Path) -> Result<bool, LifecycleError> {
-    let Some(boot) = spg_core::boot_id() else {
-        return Ok(false);
-    };
-    let path = data_dir.join(spg_core::UNSYNCED_MARKER);
-    let write = || -> std::io::Result<()> {
-        let mut f = spg_core::fsmode::create_private(&path)?;
-        std::io::Write::write_all(&mut f, format!("{boot}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::File::open(data_dir)?.sync_all()
-    };
-    write().map_err(|e| LifecycleError::io("write", &path, e))?;
-    Ok(true)
-}
-
-/// After a clean shutdown of a compute that ran without `fsync`: flush everything it wrote to
-/// disk, then drop the marker. A directory without the marker is a no-op.
-fn sync_and_unmark(data_dir: &Path) -> Result<(), LifecycleError> {
-    let path = data_dir.join(spg_core::UNSYNCED_MARKER);
-    if !path.exists() {
-        return Ok(());
-    }
-    let dir = std::fs::File::open(data_dir).map_err(|e| LifecycleError::io("open", data_dir, e))?;
-    nix::unistd::syncfs(&dir)
-        .map_err(|e| LifecycleError::io("syncfs", data_dir, std::io::Error::from(e)))?;
-    std::fs::remove_file(&path).map_err(|e| LifecycleError::io("remove", &path, e))?;
-    dir.sync_all()
-        .map_err(|e| LifecycleError::io("fsync", data_dir, e))
-}
-
-fn write_owned(cfg: &AgentConfig, path: &Path, contents: &str) -> Result<(), LifecycleError> {
-    spg_core::fsmode::write_private(path, contents)
-        .map_err(|e| LifecycleError::io("write", path, e))?;
-    cfg.run_as.chown(path)
-}
-
-/// Unix socket paths are limited to 107 bytes; use the run directory when the socket fits there,
-/// else a short directory under the system temporary directory.
-fn socket_dir_for(run_dir: &Path, db: &DatabaseName) -> Result<PathBuf, LifecycleError> {
-    const SOCKET_NAME_LEN: usize = ".s.PGSQL.65535".len() + 1;
-    let abs =
-        std::path::absolute(run_dir).map_err(|e| LifecycleError::io("resolve", run_dir, e))?;
-    if abs.as_os_str().len() + SOCKET_NAME_LEN <= 100 {
-        return Ok(abs);
-    }
-    let tag = spg_core::scram::sha256(abs.as_os_str().as_encoded_bytes());
-    Ok(std::env::temp_dir().join(format!(
-        "spg-{}-{:02x}{:02x}{:02x}{:02x}",
-        db.as_str().chars().take(20).collect::<String>(),
-        tag[0],
-        tag[1],
-        tag[2],
-        tag[3]
-    )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_run_dirs_get_short_socket_dirs() {
-        let db = DatabaseName::new("shop").unwrap();
-        let short = socket_dir_for(Path::new("/tmp/x/shop"), &db).unwrap();
-        assert_eq!(short, Path::new("/tmp/x/shop"));
-        let long = format!("/tmp/{}/shop", "d".repeat(120));
-        let s = socket_dir_for(Path::new(&long), &db).unwrap();
-        assert!(s.as_os_str().len() < 60, "{}", s.display());
-        assert_eq!(s, socket_dir_for(Path::new(&long), &db).unwrap());
     }
 }
