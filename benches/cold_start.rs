@@ -25,19 +25,7 @@ const ROLE: &str = "bench";
 const PASSWORD: &str = "bench-password";
 
 fn tls(ca: &std::path::Path) -> tokio_postgres_rustls::MakeRustlsConnect {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+    spg::testing::topology::tls_trusting(&std::fs::read(ca).unwrap())
 }
 
 struct Stats {

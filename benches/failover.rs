@@ -12,10 +12,9 @@
 //! (kills: `SPG_BENCH_KILLS`, default 10; cold starts: `SPG_BENCH_COLD`, default 10).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spg::testing::topology::{progress, Programs, Topology, Writers};
+use spg::testing::topology::{missing_ids, progress, tls_trusting, Programs, Topology, Writers};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -90,22 +89,6 @@ fn spg_up(
     )
     .unwrap();
     (guard, env.get("SPG_DSN").unwrap().to_string(), api, ca)
-}
-
-fn tls_for(ca: &std::path::Path) -> tokio_postgres_rustls::MakeRustlsConnect {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
 }
 
 /// Stop `db` and wait until it stays stopped (a connection attempt under way may wake it).
@@ -194,23 +177,11 @@ fn main() {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let acked = writers.finish().await;
-        let (c, conn) = tokio_postgres::connect(&topo.dsn, tls.clone())
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let present: std::collections::HashSet<i32> = c
-            .query("SELECT id FROM t", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let lost = acked.iter().filter(|id| !present.contains(id)).count();
-        drop(c);
+        let lost = missing_ids(&topo.dsn, &tls, &acked).await.len();
 
         // Cold starts: the topology against `spg up`, alternating.
         let (up, up_dsn, up_api, up_ca) = spg_up(&spg_exe, &tmp);
-        let up_tls = tls_for(&up_ca);
+        let up_tls = tls_trusting(&std::fs::read(&up_ca).unwrap());
         first_query(&up_dsn, &up_tls).await;
         let (mut topo_cold, mut up_cold) = (Vec::new(), Vec::new());
         for _ in 0..colds {

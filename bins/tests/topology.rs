@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use spg::testing::procs::postgres_processes_under;
-use spg::testing::topology::{check_single_writer, progress, Acks, Programs, Topology, Writers};
+use spg::testing::topology::{
+    check_single_writer, missing_ids, progress, Acks, Programs, Topology, Writers,
+};
 
 /// Whether phase `n` runs (`SPG_TOPOLOGY_SKIP=1,4` skips phases 1 and 4, for debugging).
 fn phase(n: u32) -> bool {
@@ -202,20 +204,7 @@ async fn every_component_killed_in_turn_under_writes() {
 
     let acked = writers.finish().await;
     // Every acknowledged id is there, read through the same DSN.
-    let (c, conn) = tokio_postgres::connect(&dsn, tls.clone()).await.unwrap();
-    tokio::spawn(conn);
-    let present: std::collections::HashSet<i32> = c
-        .query("SELECT id FROM t", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let missing: Vec<i32> = acked
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect();
+    let missing = missing_ids(&dsn, &tls, &acked).await;
     assert!(
         missing.is_empty(),
         "acknowledged ids lost: {missing:?} of {}",
@@ -231,7 +220,6 @@ async fn every_component_killed_in_turn_under_writes() {
         "topology: {} acknowledged inserts, all present; generation {generation}; failovers {failovers:?}",
         acked.len()
     );
-    drop(c);
     drop(topo);
 }
 

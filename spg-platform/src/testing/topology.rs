@@ -729,19 +729,7 @@ impl Topology {
 
     /// A TLS connector trusting the topology's CA.
     pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&self.ca_pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+        tls_trusting(&self.ca_pem)
     }
 
     /// The control plane owning `shop` (index into `cps`).
@@ -826,4 +814,43 @@ impl Writers {
         let ids = self.acks.lock().unwrap().ids.clone();
         ids
     }
+}
+
+/// A tokio-postgres TLS connector trusting only the certificates of `ca_pem`.
+pub fn tls_trusting(ca_pem: &[u8]) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+}
+
+/// The ids of `acked` that table `t` does not hold, read through `dsn`.
+pub async fn missing_ids(
+    dsn: &str,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    acked: &[i32],
+) -> Vec<i32> {
+    let (c, conn) = tokio_postgres::connect(dsn, tls.clone()).await.unwrap();
+    tokio::spawn(conn);
+    let present: std::collections::HashSet<i32> = c
+        .query("SELECT id FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    acked
+        .iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect()
 }
