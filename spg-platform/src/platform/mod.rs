@@ -9,17 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use prometheus_client::registry::Registry;
 use spg_core::{PageStore, WalQuorum};
-use spg_gateway_lib::pool::PoolConfig;
 use spg_gateway_lib::{GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer};
 use spg_lifecycle_lib::api::{self, ApiKey};
-use spg_lifecycle_lib::autoscale::AutoscalePolicy;
 use spg_lifecycle_lib::compute::wal::WalSetup;
 use spg_lifecycle_lib::compute::AgentConfig;
 use spg_lifecycle_lib::controlplane::OwnershipConfig;
 use spg_lifecycle_lib::metrics::ControlPlaneMetrics;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
 use spg_lifecycle_lib::provisioner::LocalProvisioner;
-use spg_lifecycle_lib::store::{PostgresStateStore, SqliteStateStore, StateStore};
 use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
 use spg_storage_lib::image::{ImageRepo, ImageStore, ObjectRepo};
 use spg_storage_lib::pageserver::gc::GcPolicy;
@@ -38,7 +35,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::adapters::{InProcess, WithAdmin};
+
+mod config;
+mod stores;
+
 use crate::tls::TlsMaterial;
+pub use config::{PlatformConfig, RemotePageserver, RemoteSafekeeper, Sharing};
+pub use stores::default_name;
+use stores::{open_state_store, stored_key};
 
 /// How often in-process safekeepers copy complete WAL segments to object storage.
 const OFFLOAD_EVERY: Duration = Duration::from_secs(10);
@@ -51,171 +55,6 @@ const API_KEY_META: &str = "api_key_sha256";
 const GATEWAY_KEY_META: &str = "gateway_api_key_sha256";
 /// Key under which the admin console's SCRAM verifier (of the API key) is stored.
 const ADMIN_SCRAM_META: &str = "admin_scram_verifier";
-
-/// Settings of an in-process platform.
-#[derive(Debug, Clone)]
-pub struct PlatformConfig {
-    /// Where everything is kept (state, images, run directories, TLS material, env file).
-    pub data_dir: PathBuf,
-    /// Stop computes after this long without a lease.
-    pub idle_timeout: Duration,
-    /// Gateway address (port 0: any free port); `None` runs no gateway (`spg-controlplane`).
-    pub gateway_listen: Option<SocketAddr>,
-    /// API address (port 0: any free port).
-    pub api_listen: SocketAddr,
-    /// Optional plain-HTTP `/metrics` address.
-    pub metrics_listen: Option<SocketAddr>,
-    /// PostgreSQL `bin` directory (else located automatically).
-    pub pg_bin: Option<PathBuf>,
-    /// Configured TLS certificate (PEM); else a self-signed one is generated.
-    pub tls_cert: Option<PathBuf>,
-    /// Key of `tls_cert`.
-    pub tls_key: Option<PathBuf>,
-    /// Accept plaintext client sessions.
-    pub allow_plaintext: bool,
-    /// Gateway's wake deadline.
-    pub wake_timeout: Duration,
-    /// Gateway's client connection limit.
-    pub max_client_conn: usize,
-    /// Gateway's bound on a client message body.
-    pub max_message_bytes: usize,
-    /// Gateway's connection pooling.
-    pub pool: PoolConfig,
-    /// How the gateway's clients authenticate.
-    pub client_auth: spg_gateway_lib::ClientAuth,
-    /// The gateway's login limits (pending logins, handshake deadline, failed-login throttling).
-    pub login_limits: spg_gateway_lib::LoginLimits,
-    /// Use this API key (its hash replaces the stored one); else the stored one, or a new one.
-    pub api_key: Option<String>,
-    /// Use this gateway API key (the scope of a gateway: verifiers, wakes, leases, registering);
-    /// else the stored one, or a new one.
-    pub gateway_api_key: Option<String>,
-    /// Lease lifetime between renewals.
-    pub lease_ttl: Duration,
-    /// The cgroup hierarchy computes are limited in (default `/sys/fs/cgroup`; `None`, or a
-    /// machine that does not allow it, records the profiles' limits without enforcing them).
-    pub cgroup_root: Option<PathBuf>,
-    /// How long a handoff waits, frozen, for transactions in flight (default 10 s).
-    pub handoff_drain_timeout: Duration,
-    /// How long a handoff's freeze outlasts its drain timeout at most (default 30 s).
-    pub handoff_freeze_margin: Duration,
-    /// Limits of the API's and the metrics listener's HTTP servers.
-    pub http_limits: api::http::HttpLimits,
-    /// How long a handoff waits for a window without pinned sessions (default 60 s).
-    pub handoff_pinned_wait: Duration,
-    /// The writer autoscaler (off by default).
-    pub autoscale: AutoscalePolicy,
-    /// Safekeepers run in this process (quorum: a majority); at least one unless
-    /// `remote_safekeepers` are given: a compute's local state is disposable in every path.
-    pub safekeepers: usize,
-    /// Safekeeper daemons to use instead of in-process ones (`spg-safekeeper`).
-    pub remote_safekeepers: Vec<RemoteSafekeeper>,
-    /// The program computes run as `restore_command` (`spg wal-restore`); default: the `spg`
-    /// binary next to the running one.
-    pub restore_program: Option<PathBuf>,
-    /// A `spg-pageserver` daemon to reach images through, instead of the in-process pageserver.
-    pub remote_pageserver: Option<RemotePageserver>,
-    /// Budget of the in-process pageserver's object cache, in bytes.
-    pub pageserver_cache_bytes: u64,
-    /// How often the in-process pageserver collects garbage (zero: never).
-    pub gc_every: Duration,
-    /// How often stopped databases' images are rolled forward from the WAL quorum when WAL
-    /// piled up after them (a crashed compute writes no image); zero: never.
-    pub rollforward_every: Duration,
-    /// The state store as a URL: `sqlite:///path` or `postgres://...` (default: SQLite at
-    /// `<data_dir>/state.db`). A PostgreSQL store may be shared by several control planes.
-    pub state_store: Option<String>,
-    /// CA certificates (PEM) the state PostgreSQL's certificate is checked against; without,
-    /// the connection is plaintext.
-    pub state_store_ca: Option<Vec<u8>>,
-    /// Object storage as a URL: `file:///dir` or `s3://bucket/prefix` (default:
-    /// `file://<data_dir>/objects`).
-    pub object_store: Option<String>,
-    /// How this control plane shares its state store with others (required, and only
-    /// allowed, with a PostgreSQL store).
-    pub sharing: Option<Sharing>,
-}
-
-/// How a control plane shares a PostgreSQL state store with other control planes.
-#[derive(Debug, Clone)]
-pub struct Sharing {
-    /// Its name among them.
-    pub name: String,
-    /// Where the others reach its API (default: `https://` and the API address).
-    pub advertise_url: Option<String>,
-    /// Lease length of a database's ownership.
-    pub ttl: Duration,
-    /// CA certificates (PEM) the others' API certificates are checked against, for forwarded
-    /// requests (default: this control plane's own CA).
-    pub peer_ca: Option<Vec<u8>>,
-}
-
-impl PlatformConfig {
-    /// Defaults of `spg up` for `data_dir`.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        PlatformConfig {
-            data_dir: data_dir.into(),
-            idle_timeout: Duration::from_secs(300),
-            gateway_listen: Some(([127, 0, 0, 1], 6432).into()),
-            api_listen: ([127, 0, 0, 1], 9443).into(),
-            metrics_listen: None,
-            pg_bin: None,
-            tls_cert: None,
-            tls_key: None,
-            allow_plaintext: false,
-            wake_timeout: Duration::from_secs(30),
-            max_client_conn: 10_000,
-            max_message_bytes: 1 << 30,
-            pool: PoolConfig::default(),
-            client_auth: spg_gateway_lib::ClientAuth::Scram,
-            login_limits: spg_gateway_lib::LoginLimits::default(),
-            api_key: None,
-            gateway_api_key: None,
-            lease_ttl: Duration::from_secs(30),
-            cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
-            handoff_drain_timeout: Duration::from_secs(10),
-            handoff_freeze_margin: Duration::from_secs(30),
-            http_limits: api::http::HttpLimits::default(),
-            handoff_pinned_wait: Duration::from_secs(60),
-            autoscale: AutoscalePolicy::default(),
-            safekeepers: 3,
-            remote_safekeepers: Vec::new(),
-            restore_program: None,
-            remote_pageserver: None,
-            pageserver_cache_bytes: 1 << 30,
-            gc_every: Duration::from_secs(600),
-            rollforward_every: Duration::from_secs(60),
-            state_store: None,
-            state_store_ca: None,
-            object_store: None,
-            sharing: None,
-        }
-    }
-}
-
-/// A `spg-pageserver` daemon the platform uses.
-#[derive(Debug, Clone)]
-pub struct RemotePageserver {
-    /// `https://host:port` of its API.
-    pub url: String,
-    /// Its API key.
-    pub api_key: String,
-    /// The CA certificate (PEM) its TLS certificate is checked against.
-    pub ca_pem: Vec<u8>,
-}
-
-/// A `spg-safekeeper` daemon the platform uses.
-#[derive(Debug, Clone)]
-pub struct RemoteSafekeeper {
-    /// Its name (its `application_name`).
-    pub name: String,
-    /// `https://host:port` of its API.
-    pub url: String,
-    /// Its API key.
-    pub api_key: String,
-    /// The CA certificate (PEM) its TLS certificate is checked against.
-    pub ca_pem: Vec<u8>,
-}
 
 /// A running platform.
 pub struct Platform {
@@ -668,7 +507,6 @@ pub fn client_host(addr: SocketAddr) -> String {
     SocketAddr::new(ip, addr.port()).to_string()
 }
 
-/// A router serving only `/metrics`.
 /// Start `n` safekeepers under `<data_dir>/safekeepers/sk<i>` and register their metrics.
 fn start_safekeepers(
     data_dir: &std::path::Path,
@@ -702,6 +540,7 @@ fn default_restore_program() -> Result<PathBuf> {
     Ok(exe)
 }
 
+/// A router serving only `/metrics`.
 pub fn metrics_router(registry: Arc<Registry>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
@@ -749,79 +588,4 @@ fn spawn_rollforward_loop(
             }
         }
     })
-}
-
-/// Open the state store `url` names (default: SQLite in `data_dir`); `true` when it is a
-/// PostgreSQL store other control planes may share.
-async fn open_state_store(
-    url: Option<&str>,
-    data_dir: &std::path::Path,
-    ca_pem: Option<&[u8]>,
-) -> Result<(Arc<dyn StateStore>, bool)> {
-    let Some(url) = url else {
-        return Ok((
-            Arc::new(SqliteStateStore::open(&data_dir.join("state.db"))?),
-            false,
-        ));
-    };
-    match crate::cli::StateStoreUrl::parse(url).map_err(anyhow::Error::msg)? {
-        crate::cli::StateStoreUrl::Sqlite(path) => {
-            Ok((Arc::new(SqliteStateStore::open(&path)?), false))
-        }
-        crate::cli::StateStoreUrl::Postgres(url) => {
-            let tls = ca_pem.map(postgres_tls).transpose()?;
-            let store = PostgresStateStore::connect(&url, tls)
-                .await
-                .with_context(|| {
-                    format!("opening the state store {}", crate::config::mask_url(&url))
-                })?;
-            Ok((Arc::new(store), true))
-        }
-    }
-}
-
-/// A rustls client configuration trusting only the certificates of `ca_pem`.
-fn postgres_tls(ca_pem: &[u8]) -> Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c.context("state store CA")?)?;
-    }
-    if roots.is_empty() {
-        anyhow::bail!("the state store CA file holds no certificate");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// This host's name (for a control plane not given one).
-pub fn default_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "spg-controlplane".into())
-}
-
-/// The key stored (as its hash) under `meta`: `given` replaces it; else the stored one stays
-/// (`None`: its plaintext is not known here); else a new one `<prefix>_...` is made. Returns
-/// the plaintext when known.
-async fn stored_key(
-    store: &dyn StateStore,
-    meta: &str,
-    given: Option<&str>,
-    prefix: &str,
-) -> Result<Option<String>> {
-    let key = match given {
-        Some(k) => k.to_string(),
-        None => match store.meta(meta).await? {
-            Some(_) => return Ok(None),
-            None => format!("{prefix}_{}", crate::random_secret(40)),
-        },
-    };
-    store.set_meta(meta, &ApiKey::new(&key).hash_hex()).await?;
-    Ok(Some(key))
 }
