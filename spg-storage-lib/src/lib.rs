@@ -33,6 +33,8 @@ pub use objects::open_url as open_object_store;
 pub mod pageserver;
 pub use spg_core::pg_control;
 pub mod safekeeper;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use durable_local::DurableLocalStore;
 pub use error::StorageError;

@@ -40,45 +40,13 @@ async fn pageserver_in_front_of_local_filesystem() {
     conformance::run_all(&store, &raw, tmp.path()).await;
 }
 
-/// An S3-protocol server on 127.0.0.1, serving a bucket from a directory; stops when dropped.
-struct S3Server {
-    endpoint: String,
-    task: tokio::task::JoinHandle<()>,
-}
+const ACCESS_KEY: &str = spg_storage_lib::testing::S3_ACCESS_KEY;
+const SECRET_KEY: &str = spg_storage_lib::testing::S3_SECRET_KEY;
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-const ACCESS_KEY: &str = "spg-test-access";
-const SECRET_KEY: &str = "spg-test-secret";
-
-async fn s3_server(root: &std::path::Path, bucket: &str) -> S3Server {
-    std::fs::create_dir_all(root.join(bucket)).unwrap();
-    let fs = s3s_fs::FileSystem::new(root).unwrap();
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                .await;
-            });
-        }
-    });
-    S3Server { endpoint, task }
+async fn s3_server(root: &std::path::Path, bucket: &str) -> spg_storage_lib::testing::S3Server {
+    spg_storage_lib::testing::S3Server::start(root, bucket, [127, 0, 0, 1].into())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

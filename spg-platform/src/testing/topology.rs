@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use spg_lifecycle_lib::api::ApiClient;
 use spg_lifecycle_lib::testing::TestPostgres;
+use spg_storage_lib::testing::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 
 use super::procs::{
     detach_mounts_under, kill_9_computes, postgres_processes_under, spawn_daemon, ChildGuard,
@@ -24,8 +25,6 @@ pub const SK_KEY: &str = "sk-topology-key-0123456789";
 pub const PS_KEY: &str = "ps-topology-key-0123456789";
 pub const API_KEY: &str = "spg_topology_admin_0123456789";
 pub const GW_KEY: &str = "spggw_topology_gateway_0123456789";
-pub const S3_ACCESS: &str = "spg-topology-access";
-pub const S3_SECRET: &str = "spg-topology-secret";
 pub const BUCKET: &str = "spg-topology";
 
 pub fn ip(last: u8) -> IpAddr {
@@ -77,44 +76,6 @@ pub fn pki(dir: &Path, hosts: &[IpAddr]) -> Pki {
     spg_core::fsmode::write_private(&out.key, key.serialize_pem()).unwrap();
     std::fs::write(&out.ca, ca_cert.pem()).unwrap();
     out
-}
-
-/// An S3-protocol server (s3s over a directory) on `host`; stops when dropped.
-pub struct S3Server {
-    endpoint: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub async fn s3_server(root: &Path, host: IpAddr) -> S3Server {
-    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-    let fs = s3s_fs::FileSystem::new(root).unwrap();
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS, S3_SECRET));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                .await;
-            });
-        }
-    });
-    S3Server { endpoint, task }
 }
 
 /// A TOML config file, 0600 (it holds keys).
@@ -449,6 +410,39 @@ pub fn wait_for_env(path: &Path, key: &str, guard: &mut ChildGuard) -> crate::en
     }
 }
 
+/// Write the config file of host `name` (`entries` plus the topology's TLS material) and
+/// start it, in `root/name`.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    root: &Path,
+    pki: &Pki,
+    name: &'static str,
+    program: &Path,
+    addr: IpAddr,
+    ready: Ready,
+    env: &[(String, String)],
+    mut entries: Vec<(&str, toml::Value)>,
+) -> Host {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = root.join(format!("{name}.toml"));
+    entries.push(("tls_cert", s(pki.cert.display())));
+    entries.push(("tls_key", s(pki.key.display())));
+    write_config(&config, &entries);
+    let mut h = Host {
+        name,
+        program: program.to_path_buf(),
+        addr,
+        dir,
+        config,
+        ready,
+        env: env.to_vec(),
+        guard: None,
+    };
+    h.start();
+    h
+}
+
 /// The daemons' executables.
 #[derive(Debug, Clone)]
 pub struct Programs {
@@ -528,18 +522,19 @@ impl Topology {
         state.psql("postgres", "CREATE DATABASE spg").unwrap();
         let state_url = state.url("spg");
         // Object storage: an S3-protocol server on its own address.
-        let s3 = s3_server(&root.join("s3"), s3_ip).await;
+        let s3 = S3Server::start(&root.join("s3"), BUCKET, s3_ip)
+            .await
+            .unwrap();
         let aws_env = vec![
-            ("AWS_ACCESS_KEY_ID".to_string(), S3_ACCESS.to_string()),
-            ("AWS_SECRET_ACCESS_KEY".to_string(), S3_SECRET.to_string()),
+            ("AWS_ACCESS_KEY_ID".to_string(), S3_ACCESS_KEY.to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                S3_SECRET_KEY.to_string(),
+            ),
             ("AWS_ENDPOINT_URL".to_string(), s3.endpoint.clone()),
             ("AWS_REGION".to_string(), "us-east-1".to_string()),
         ];
         let object_store = format!("s3://{BUCKET}/objects");
-        let tls_entries = |e: &mut Vec<(&str, toml::Value)>| {
-            e.push(("tls_cert", s(pki.cert.display())));
-            e.push(("tls_key", s(pki.key.display())));
-        };
 
         // Three safekeepers.
         let mut sks = Vec::new();
@@ -547,58 +542,47 @@ impl Topology {
         for (i, addr) in sk_ips.iter().enumerate() {
             let name = ["sk1", "sk2", "sk3"][i];
             let dir = root.join(name);
-            std::fs::create_dir_all(&dir).unwrap();
             let port = port_on(*addr);
-            let config = root.join(format!("{name}.toml"));
-            let mut e = vec![
+            let e = vec![
                 ("name", s(name)),
                 ("dir", s(dir.display())),
                 ("listen", s(format!("{addr}:{port}"))),
                 ("api_key", s(SK_KEY)),
                 ("object_store", s(&object_store)),
             ];
-            tls_entries(&mut e);
-            write_config(&config, &e);
-            let mut h = Host {
+            let h = launch(
+                &root,
+                &pki,
                 name,
-                program: programs.safekeeper.clone(),
-                addr: *addr,
-                dir,
-                config,
-                ready: Ready::Prints,
-                env: aws_env.clone(),
-                guard: None,
-            };
-            h.start();
+                &programs.safekeeper,
+                *addr,
+                Ready::Prints,
+                &aws_env,
+                e,
+            );
             sks.push(h);
             sk_list.push((name.to_string(), port, *addr));
         }
         // The pageserver.
         let ps_port = port_on(ps_ip);
         let ps = {
-            let dir = root.join("ps");
-            std::fs::create_dir_all(&dir).unwrap();
-            let config = root.join("ps.toml");
-            let mut e = vec![
+            let dir = root.join("pageserver");
+            let e = vec![
                 ("dir", s(dir.display())),
                 ("listen", s(format!("{ps_ip}:{ps_port}"))),
                 ("api_key", s(PS_KEY)),
                 ("object_store", s(&object_store)),
             ];
-            tls_entries(&mut e);
-            write_config(&config, &e);
-            let mut h = Host {
-                name: "pageserver",
-                program: programs.pageserver.clone(),
-                addr: ps_ip,
-                dir,
-                config,
-                ready: Ready::Prints,
-                env: aws_env.clone(),
-                guard: None,
-            };
-            h.start();
-            h
+            launch(
+                &root,
+                &pki,
+                "pageserver",
+                &programs.pageserver,
+                ps_ip,
+                Ready::Prints,
+                &aws_env,
+                e,
+            )
         };
         // Two control planes on the shared state store.
         let cp_ports: Vec<u16> = cp_ips.iter().map(|a| port_on(*a)).collect();
@@ -611,8 +595,7 @@ impl Topology {
         for (i, addr) in cp_ips.iter().enumerate() {
             let name = ["cp1", "cp2"][i];
             let dir = root.join(name);
-            let config = root.join(format!("{name}.toml"));
-            let mut e = vec![
+            let e = vec![
                 ("data_dir", s(dir.display())),
                 ("api_listen", s(format!("{addr}:{}", cp_ports[i]))),
                 ("name", s(name)),
@@ -639,24 +622,21 @@ impl Topology {
                 ("ownership_ttl", s("3s")),
                 ("no_cgroups", toml::Value::Boolean(true)),
             ];
-            tls_entries(&mut e);
-            write_config(&config, &e);
-            let mut h = Host {
+            let h = launch(
+                &root,
+                &pki,
                 name,
-                program: programs.controlplane.clone(),
-                addr: *addr,
-                dir,
-                config,
-                ready: Ready::EnvFile,
-                env: aws_env.clone(),
-                guard: None,
-            };
-            h.start();
+                &programs.controlplane,
+                *addr,
+                Ready::EnvFile,
+                &aws_env,
+                e,
+            );
             cps.push(h);
         }
         let api = ApiClient::new(&cp_urls.join(","), API_KEY, &ca_pem).unwrap();
         api.create_database("shop").await.unwrap();
-        api.create_role("shop", "clerk", "pw-clerk-0123")
+        api.create_role("shop", "clerk", CLERK_PASSWORD)
             .await
             .unwrap();
 
@@ -666,14 +646,12 @@ impl Topology {
         for (i, addr) in gw_ips.iter().enumerate() {
             let name = ["gw1", "gw2"][i];
             let dir = root.join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            let config = root.join(format!("{name}.toml"));
             let urls = if i == 0 {
                 cp_urls.join(",")
             } else {
                 format!("{},{}", cp_urls[1], cp_urls[0])
             };
-            let mut e = vec![
+            let e = vec![
                 ("data_dir", s(dir.display())),
                 ("listen", s(format!("{addr}:{}", gw_ports[i]))),
                 ("metrics_listen", s(format!("{addr}:{}", port_on(*addr)))),
@@ -683,31 +661,27 @@ impl Topology {
                 ("api_ca", s(pki.ca.display())),
                 ("wake_timeout", s("30s")),
             ];
-            tls_entries(&mut e);
-            write_config(&config, &e);
-            let mut h = Host {
+            let h = launch(
+                &root,
+                &pki,
                 name,
-                program: programs.gateway.clone(),
-                addr: *addr,
-                dir,
-                config,
-                ready: Ready::Accepts(gw_ports[i]),
-                env: vec![],
-                guard: None,
-            };
-            h.start();
+                &programs.gateway,
+                *addr,
+                Ready::Accepts(gw_ports[i]),
+                &[],
+                e,
+            );
             gws.push(h);
         }
 
         // One DSN naming both gateways; the second writer lists them the other way round.
-        let dsn = format!(
-            "postgresql://clerk:pw-clerk-0123@{}:{},{}:{}/shop?sslmode=require&connect_timeout=3",
-            gw_ips[0], gw_ports[0], gw_ips[1], gw_ports[1]
-        );
-        let dsn_reversed = format!(
-            "postgresql://clerk:pw-clerk-0123@{}:{},{}:{}/shop?sslmode=require&connect_timeout=3",
-            gw_ips[1], gw_ports[1], gw_ips[0], gw_ports[0]
-        );
+        let dsn_via = |first: usize, second: usize| {
+            format!(
+                "postgresql://clerk:{CLERK_PASSWORD}@{}:{},{}:{}/shop?sslmode=require&connect_timeout=3",
+                gw_ips[first], gw_ports[first], gw_ips[second], gw_ports[second]
+            )
+        };
+        let (dsn, dsn_reversed) = (dsn_via(0, 1), dsn_via(1, 0));
 
         Topology {
             root,
