@@ -209,11 +209,27 @@ impl TestPostgres {
             .is_ok_and(|s| s.success())
     }
 
-    /// `kill -9` the postmaster (its backends exit on their own when they notice).
+    /// `kill -9` the server, as when its host dies: the postmaster and every process it forked
+    /// (a backend that outlives its postmaster for a moment would still answer a query), and
+    /// wait until they are gone.
     pub fn kill(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
         if let Some(mut c) = self.child.take() {
+            let children = children_of(c.id() as i32);
             let _ = c.kill();
+            for pid in &children {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
             let _ = c.wait();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5)
+                && children
+                    .iter()
+                    .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -252,4 +268,25 @@ impl Drop for TestPostgres {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                    let rest = s.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }

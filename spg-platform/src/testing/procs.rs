@@ -57,26 +57,7 @@ pub fn kill_9_computes(postmasters: &[i32]) -> bool {
     !postmasters.is_empty()
 }
 
-/// The processes whose parent is `pid`.
-pub fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-                    let rest = s.rsplit_once(')')?.1;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
+pub use spg_lifecycle_lib::testing::children_of;
 
 /// Kills a child process (and postgres processes under a directory) when dropped, so a failing
 /// test leaves nothing behind.
