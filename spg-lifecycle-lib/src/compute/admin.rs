@@ -65,7 +65,7 @@ pub(crate) async fn wait_promoted_or_paused(
         let rows = client
             .simple_query("SHOW in_hot_standby")
             .await
-            .map_err(|e| Some(format!("waiting for promotion: {e}")))?;
+            .map_err(|e| Some(format!("waiting for promotion: {}", pg_error(&e))))?;
         let in_recovery = rows.iter().any(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
             _ => false,
@@ -80,7 +80,7 @@ pub(crate) async fn wait_promoted_or_paused(
             let rows = client
                 .simple_query("SELECT pg_get_wal_replay_pause_state()")
                 .await
-                .map_err(|e| Some(format!("waiting for promotion: {e}")))?;
+                .map_err(|e| Some(format!("waiting for promotion: {}", pg_error(&e))))?;
             let paused = rows.iter().any(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("paused"),
                 _ => false,
@@ -198,5 +198,14 @@ pub(crate) fn recovery_target(
     match election.recovery_timeline() {
         Some(t) if Some(t) != checkpoint_timeline => t.to_string(),
         _ => "current".to_owned(),
+    }
+}
+
+/// A client error with the server's message and SQLSTATE when there is one (tokio-postgres
+/// shows only "db error" for those).
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
