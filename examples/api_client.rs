@@ -4,7 +4,7 @@
 //! `cargo run -p spg-examples --example api_client`
 
 use anyhow::Result;
-use spg::platform::{Platform, PlatformConfig};
+use spg::platform::{ComputeRunner, Platform, PlatformConfig};
 use spg_lifecycle_lib::api::ApiClient;
 
 /// Start a platform, manage it over the API, run one query; returns what the query said.
@@ -13,6 +13,9 @@ async fn run() -> Result<String> {
     let mut cfg = PlatformConfig::new(dir.join("data"));
     cfg.gateway_listen = Some(([127, 0, 0, 1], 0).into());
     cfg.api_listen = ([127, 0, 0, 1], 0).into();
+    // `spg up` runs each compute as its own `spg-compute` process; an embedder that ships no
+    // such binary runs the compute agent inside its own process.
+    cfg.computes = ComputeRunner::InProcess;
     let platform = Platform::start(cfg).await?;
     let key = platform
         .api_key

@@ -208,6 +208,7 @@ async fn api_requires_its_key_and_manages_databases_and_roles() {
     assert_eq!(
         steps,
         [
+            "launch",
             "elect",
             "checkout",
             "initdb",

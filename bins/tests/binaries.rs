@@ -181,20 +181,24 @@ fn files_under_a_fresh_data_dir_are_private_and_loosened_ones_are_tightened_at_s
     spg_cli(&data, &["db", "stop", "appdb"]);
     assert_eq!(psql_ok(&dsn, "SELECT count(*) FROM t"), "20000");
     spg_cli(&data, &["role", "create", "--db", "appdb", "reporter"]);
-    // The way to the computes' directories: the data directory, `run`, and the generations'
-    // directories of the page cache.
+    // The way to the computes' directories: the data directory, and in each generation's
+    // directory of its compute process the run directory and the page cache's way down.
     let passages = || {
         let shown: serde_json::Value =
             serde_json::from_str(&spg_cli(&data, &["db", "show", "appdb"])).unwrap();
         let g = shown["generation"].as_u64().unwrap();
         let mut p = vec![
             data.clone(),
-            data.join("run"),
-            data.join("pages"),
-            data.join("pages/appdb"),
             data.join("rollforward"),
+            data.join("computes"),
         ];
-        p.extend((1..=g).map(|g| data.join(format!("pages/appdb/g{g}"))));
+        // Each compute process's directory (a spare's too).
+        for agent in std::fs::read_dir(data.join("computes")).unwrap().flatten() {
+            let dir = agent.path();
+            p.extend([dir.join("run"), dir.join("pages"), dir.join("pages/appdb")]);
+            p.extend((1..=g).map(|g| dir.join(format!("pages/appdb/g{g}"))));
+            p.push(dir);
+        }
         p
     };
     for must_exist in [

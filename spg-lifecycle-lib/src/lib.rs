@@ -6,7 +6,10 @@
 //!   `stopping` → `stopped`), generations bumped by compare-and-set, leases, idle auto-stop,
 //!   transition history — over a [`store::StateStore`] (embedded SQLite by default).
 //! - [`provisioner::Provisioner`]: brings computes up and down; [`provisioner::LocalProvisioner`]
-//!   runs them as local processes through the [`compute`] agent.
+//!   runs them in this process through the [`compute`] agent;
+//!   [`provisioner::process::ProcessProvisioner`] runs each generation as its own `spg-compute`
+//!   process, and [`provisioner::kubernetes::KubernetesProvisioner`] as a Kubernetes pod, both
+//!   driven over the [`agent`] API.
 //! - [`compute`]: the compute agent — data directory from a [`spg_core::PageStore`], config,
 //!   stock `postgres` as an unprivileged user, readiness, roles, fast shutdown, write-back, with
 //!   every step timed.
@@ -14,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
 pub mod autoscale;
 pub mod compute;

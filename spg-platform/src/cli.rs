@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::envfile::EnvFile;
+use spg_lifecycle_lib::provisioner::kubernetes::pod::KubeSettings;
+
 use crate::platform::{
-    default_name, Platform, PlatformConfig, RemotePageserver, RemoteSafekeeper, Sharing,
+    default_name, ComputeRunner, KubeApi, KubeRunner, Platform, PlatformConfig, RemotePageserver,
+    RemoteSafekeeper, Sharing,
 };
 
 /// Flags of a process that runs the control plane.
@@ -139,6 +142,70 @@ pub struct PlatformArgs {
     /// The gateways' API key (same rules as --api-key).
     #[arg(long, env = "SPG_GATEWAY_API_KEY", hide_env_values = true)]
     pub gateway_api_key: Option<String>,
+    /// The compute agent run as one process per compute generation (default: `spg-compute`
+    /// next to this program).
+    #[arg(
+        long,
+        env = "SPG_COMPUTE_PROGRAM",
+        conflicts_with = "in_process_computes"
+    )]
+    pub compute_program: Option<PathBuf>,
+    /// Run computes inside this process instead of one `spg-compute` process each (a
+    /// compute's crash then is this process's).
+    #[arg(long, env = "SPG_IN_PROCESS_COMPUTES")]
+    pub in_process_computes: bool,
+    /// Where compute generations run: `local` (a `spg-compute` process each) or `kubernetes`
+    /// (a pod each; needs remote safekeepers, a remote pageserver and object storage).
+    #[arg(long, env = "SPG_PROVISIONER", default_value = "local",
+          value_parser = ["local", "kubernetes"])]
+    pub provisioner: String,
+    /// kubernetes: the image of compute pods (`spg-compute` and PostgreSQL 15).
+    #[arg(long, env = "SPG_COMPUTE_IMAGE")]
+    pub compute_image: Option<String>,
+    /// kubernetes: the namespace of compute pods (default: the control plane's own in a
+    /// cluster, else `default`).
+    #[arg(long, env = "SPG_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+    /// kubernetes: the platform's name in compute pods' `spg.dev/platform` label (control
+    /// planes sharing a state store share it).
+    #[arg(long, env = "SPG_KUBE_PLATFORM", default_value = "spg")]
+    pub kube_platform: String,
+    /// kubernetes: a Secret whose keys become compute pods' environment (object storage
+    /// credentials).
+    #[arg(long, env = "SPG_KUBE_ENV_FROM")]
+    pub kube_env_from: Option<String>,
+    /// kubernetes: the service account of compute pods.
+    #[arg(long, env = "SPG_KUBE_SERVICE_ACCOUNT")]
+    pub kube_service_account: Option<String>,
+    /// kubernetes: the `imagePullPolicy` of compute pods.
+    #[arg(long, env = "SPG_KUBE_IMAGE_PULL_POLICY",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub kube_image_pull_policy: Option<String>,
+    /// kubernetes: the agent API's port in compute pods.
+    #[arg(long, env = "SPG_KUBE_AGENT_PORT", default_value_t = 7443)]
+    pub kube_agent_port: u16,
+    /// kubernetes: PostgreSQL's port in compute pods (0: any free one).
+    #[arg(long, env = "SPG_KUBE_POSTGRES_PORT", default_value_t = 5432)]
+    pub kube_postgres_port: u16,
+    /// kubernetes: how long a compute pod may take to run its agent.
+    #[arg(long, env = "SPG_KUBE_START_TIMEOUT", default_value = "120s",
+          value_parser = crate::parse_duration)]
+    pub kube_start_timeout: Duration,
+    /// kubernetes: after an image pull failure, starts fail at once for this long.
+    #[arg(long, env = "SPG_KUBE_PULL_BACKOFF", default_value = "30s",
+          value_parser = crate::parse_duration)]
+    pub kube_pull_backoff: Duration,
+    /// kubernetes: the API server (default: the in-cluster service account, else the
+    /// kubeconfig); with --kube-token-file and --kube-ca.
+    #[arg(long, env = "SPG_KUBE_API_URL", value_parser = parse_https_url,
+          requires_all = ["kube_token_file", "kube_ca"])]
+    pub kube_api_url: Option<String>,
+    /// kubernetes: a file holding the Bearer token for --kube-api-url.
+    #[arg(long, env = "SPG_KUBE_TOKEN_FILE")]
+    pub kube_token_file: Option<PathBuf>,
+    /// kubernetes: CA certificates (PEM) of --kube-api-url.
+    #[arg(long, env = "SPG_KUBE_CA")]
+    pub kube_ca: Option<PathBuf>,
 }
 
 /// A state store URL.
@@ -203,7 +270,8 @@ pub fn parse_https_url(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_named_url(s: &str) -> Result<String, String> {
+/// A `name=https://host:port` pair.
+pub fn parse_named_url(s: &str) -> Result<String, String> {
     let (name, url) = s
         .split_once('=')
         .ok_or_else(|| "expected name=https://host:port".to_string())?;
@@ -219,7 +287,64 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
+/// The namespace a pod runs in (from its service account), if this runs in one.
+const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
 impl PlatformArgs {
+    /// The Kubernetes provisioner's settings from these flags.
+    fn kube_runner(&self) -> Result<KubeRunner> {
+        let image = self.compute_image.clone().ok_or_else(|| {
+            anyhow::anyhow!("missing setting `compute_image` (provisioner = \"kubernetes\")")
+        })?;
+        let namespace = match &self.kube_namespace {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string(IN_CLUSTER_NAMESPACE)
+                .map(|n| n.trim().to_string())
+                .unwrap_or_else(|_| "default".into()),
+        };
+        // One Secret per control plane: its own agent key and CA.
+        let cp = self.name.clone().unwrap_or_else(default_name);
+        let cp: String = cp
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let mut settings = KubeSettings::new(
+            &namespace,
+            &image,
+            &self.kube_platform,
+            &format!("spg-compute-{}", cp.trim_matches('-')),
+        );
+        settings.image_pull_policy = self.kube_image_pull_policy.clone();
+        settings.env_secret = self.kube_env_from.clone();
+        settings.service_account = self.kube_service_account.clone();
+        settings.agent_port = self.kube_agent_port;
+        settings.postgres_port = self.kube_postgres_port;
+        settings.start_timeout = self.kube_start_timeout;
+        settings.pull_backoff = self.kube_pull_backoff;
+        let api = match &self.kube_api_url {
+            Some(url) => Some(KubeApi {
+                url: url.clone(),
+                token: std::fs::read_to_string(
+                    self.kube_token_file
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("missing setting `kube_token_file`"))?,
+                )
+                .map_err(|e| anyhow::anyhow!("reading kube_token_file: {e}"))?
+                .trim()
+                .to_string(),
+                ca_pem: read_pem(
+                    self.kube_ca
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("missing setting `kube_ca`"))?,
+                    "kube_ca",
+                )?,
+            }),
+            None => None,
+        };
+        Ok(KubeRunner { settings, api })
+    }
+
     /// The data directory (created, absolute), its env file as found, and a platform
     /// configuration from these flags (no gateway; the caller adds one). The API key of an
     /// existing env file is reused.
@@ -265,6 +390,13 @@ impl PlatformArgs {
             .map(|p| read_pem(p, "state_store_ca"))
             .transpose()?;
         cfg.object_store = self.object_store.clone();
+        cfg.computes = if self.provisioner == "kubernetes" {
+            ComputeRunner::Kubernetes(Box::new(self.kube_runner()?))
+        } else if self.in_process_computes {
+            ComputeRunner::InProcess
+        } else {
+            ComputeRunner::Processes(self.compute_program.clone())
+        };
         let shared = matches!(
             self.state_store.as_deref().map(StateStoreUrl::parse),
             Some(Ok(StateStoreUrl::Postgres(_)))

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -80,7 +78,7 @@ pub fn db_name(name: &str) -> Result<DatabaseName, ApiErr> {
 /// `v1` (every route needing `Authorization: Bearer <key>`), plus unauthenticated `/healthz`
 /// and `/metrics` (rendering `metrics`).
 pub fn with_open_routes(v1: Router, key: ApiKey, metrics: Arc<Registry>) -> Router {
-    let v1 = v1.route_layer(axum::middleware::from_fn_with_state(key, require_key));
+    let v1 = spg_lifecycle_lib::api::http::guarded(v1, key);
     Router::new()
         .merge(v1)
         .route("/healthz", get(|| async { "ok" }))
@@ -93,16 +91,6 @@ pub fn with_open_routes(v1: Router, key: ApiKey, metrics: Arc<Registry>) -> Rout
         )
 }
 
-async fn require_key(State(key): State<ApiKey>, req: Request, next: Next) -> Response {
-    if let Err(refused) = spg_lifecycle_lib::api::http::key_check(&req, |h| key.authorizes(h))
-        .outcome()
-        .await
-    {
-        return refused;
-    }
-    next.run(req).await
-}
-
 /// An HTTPS client of a daemon whose certificate `ca_pem` signed (no other roots).
 pub fn client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
     Ok(spg_lifecycle_lib::api::http::client_trusting(ca_pem)
@@ -111,4 +99,14 @@ pub fn client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
         .build()?)
+}
+
+/// Open (or keep open) a pooled connection of `http` to the daemon at `base`: a request to its
+/// open `/healthz`, whose answer does not matter.
+pub async fn warm(http: &reqwest::Client, base: &str) {
+    let _ = http
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
 }

@@ -22,6 +22,8 @@ pub enum Daemon {
     Safekeeper,
     /// `spg-pageserver`.
     Pageserver,
+    /// `spg-compute`.
+    Compute,
 }
 
 impl Daemon {
@@ -33,6 +35,7 @@ impl Daemon {
             Daemon::Gateway => "spg-gateway",
             Daemon::Safekeeper => "spg-safekeeper",
             Daemon::Pageserver => "spg-pageserver",
+            Daemon::Compute => "spg-compute",
         }
     }
 
@@ -43,6 +46,7 @@ impl Daemon {
             Daemon::Gateway => GatewayArgs::command(),
             Daemon::Safekeeper => SafekeeperArgs::command(),
             Daemon::Pageserver => PageserverArgs::command(),
+            Daemon::Compute => crate::compute_agent::ComputeArgs::command(),
         }
     }
 }

@@ -18,6 +18,7 @@
 pub mod adapters;
 pub mod cli;
 pub mod commands;
+pub mod compute_agent;
 pub mod config;
 pub mod daemon_http;
 pub mod daemons;

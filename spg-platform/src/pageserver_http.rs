@@ -135,6 +135,9 @@ fn parse_history(s: &str) -> Result<Vec<(TimelineId, Lsn)>, ApiErr> {
 struct HistoryQuery {
     #[serde(default)]
     history: String,
+    /// `plain=1`: not compressed (the client is on this host).
+    #[serde(default)]
+    plain: u8,
 }
 
 async fn basebackup(
@@ -144,9 +147,20 @@ async fn basebackup(
 ) -> Result<Response, ApiErr> {
     let db = db_name(&db)?;
     let history = parse_history(&q.history)?;
+    let t = std::time::Instant::now();
     match st.ps.basebackup(&db, &history).await? {
         None => Ok(StatusCode::NOT_FOUND.into_response()),
-        Some(bb) => Ok(wire::encode_basebackup(&bb)?.into_response()),
+        Some(bb) => {
+            let built = t.elapsed();
+            let body = if q.plain == 1 {
+                wire::encode_basebackup_plain(&bb)
+            } else {
+                wire::encode_basebackup(&bb)?
+            };
+            tracing::debug!(%db, built_ms = built.as_secs_f64() * 1e3,
+                            encoded_ms = t.elapsed().as_secs_f64() * 1e3, "basebackup served");
+            Ok(body.into_response())
+        }
     }
 }
 
@@ -294,6 +308,8 @@ pub struct HttpPageserver {
     base: String,
     key: String,
     http: reqwest::Client,
+    /// On this host: basebackups are asked for uncompressed.
+    local: bool,
 }
 
 impl std::fmt::Debug for HttpPageserver {
@@ -307,15 +323,30 @@ impl std::fmt::Debug for HttpPageserver {
 impl HttpPageserver {
     /// The pageserver at `base_url`, trusting `ca_pem` only.
     pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
+        // On the same host, compressing a basebackup costs more than moving it.
+        let local = url::Url::parse(base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .is_some_and(|h| {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
         Ok(HttpPageserver {
             base: base_url.trim_end_matches('/').into(),
             key: api_key.into(),
             http: crate::daemon_http::client(ca_pem)?,
+            local,
         })
     }
 
     fn url(&self, db: &DatabaseName, rest: &str) -> String {
         format!("{}/v1/pageserver/{}/{rest}", self.base, db.as_str())
+    }
+
+    /// Open (or keep open) a connection to the pageserver ahead of need.
+    pub async fn warm(&self) {
+        crate::daemon_http::warm(&self.http, &self.base).await
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> StorageError {
@@ -501,9 +532,17 @@ impl ImageRepo for HttpPageserver {
         let req = self
             .http
             .get(self.url(db, "basebackup"))
-            .query(&[("history", format_history(history))]);
+            .query(&[("history", format_history(history))])
+            .query(&[("plain", if self.local { "1" } else { "0" })]);
+        let t = std::time::Instant::now();
         match self.call(req, None, None).await {
-            Ok(resp) => Ok(Some(wire::decode_basebackup(&self.bytes(resp).await?)?)),
+            Ok(resp) => {
+                let body = self.bytes(resp).await?;
+                let bb = wire::decode_basebackup(&body)?;
+                tracing::debug!(%db, bytes = body.len(), ms = t.elapsed().as_secs_f64() * 1e3,
+                                "basebackup fetched");
+                Ok(Some(bb))
+            }
             Err(StorageError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }

@@ -160,7 +160,7 @@ impl RollForward {
         ));
         use spg_core::fsmode::write_private;
         write_private(&data.join("postgresql.conf"), conf)?;
-        write_private(&data.join("pg_hba.conf"), pg_hba_conf(false))?;
+        write_private(&data.join("pg_hba.conf"), pg_hba_conf(false, false))?;
         write_private(
             &data.join("pg_ident.conf"),
             pg_ident_conf(&self.agent.platform_os_user),

@@ -142,6 +142,11 @@ impl HttpSafekeeper {
         format!("{}/v1/safekeeper/{}{rest}", self.base, db.as_str())
     }
 
+    /// Open (or keep open) a connection to the safekeeper ahead of need.
+    pub async fn warm(&self) {
+        crate::daemon_http::warm(&self.http, &self.base).await
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, StorageError> {
         let resp = req
             .bearer_auth(&self.key)

@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spg::platform::{Platform, PlatformConfig};
+use spg::platform::{ComputeRunner, Platform, PlatformConfig};
 use spg_core::{ComputeState, DatabaseName, RoleName};
 use spg_lifecycle_lib::{DatabaseStatus, RoleSecret};
 
@@ -51,6 +51,13 @@ impl TestPlatform {
         idle: Duration,
         tweak: impl FnOnce(&mut PlatformConfig),
     ) -> TestPlatform {
+        // Compute processes log to the test's stderr: only their warnings, unless asked.
+        if std::env::var_os("SPG_LOG").is_none() {
+            std::env::set_var(
+                "SPG_LOG",
+                std::env::var("SPG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        }
         if std::env::var_os("SPG_TEST_LOG").is_some() {
             std::env::set_var("SPG_LOG", std::env::var("SPG_TEST_LOG").unwrap_or_default());
             spg::init_logging();
@@ -63,6 +70,8 @@ impl TestPlatform {
         cfg.api_key = Some(API_KEY.into());
         cfg.lease_ttl = Duration::from_secs(5);
         cfg.restore_program = Some(PathBuf::from(env!("CARGO_BIN_EXE_spg")));
+        cfg.computes =
+            ComputeRunner::Processes(Some(PathBuf::from(env!("CARGO_BIN_EXE_spg-compute"))));
         tweak(&mut cfg);
         let platform = Platform::start(cfg).await.unwrap();
         let db = DatabaseName::new(DB).unwrap();
@@ -141,6 +150,11 @@ impl TestPlatform {
             postgres_processes_under(self.dir.path()),
             Vec::<i32>::new(),
             "postgres processes left behind"
+        );
+        assert_eq!(
+            spg::testing::procs::agent_processes_under(self.dir.path()),
+            Vec::<i32>::new(),
+            "compute processes left behind"
         );
     }
 }

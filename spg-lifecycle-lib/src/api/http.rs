@@ -224,6 +224,26 @@ impl KeyCheck {
     }
 }
 
+/// `router` with every route guarded by `key` (`Authorization: Bearer <key>`), under the
+/// server's throttle of wrong keys ([`key_check`]).
+pub fn guarded<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    key: super::ApiKey,
+) -> Router<S> {
+    router.route_layer(axum::middleware::from_fn_with_state(key, require_key))
+}
+
+async fn require_key(
+    axum::extract::State(key): axum::extract::State<super::ApiKey>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(refused) = key_check(&req, |h| key.authorizes(h)).outcome().await {
+        return refused;
+    }
+    next.run(req).await
+}
+
 /// The API's error body: `{"error": {"code", "message"}}`.
 fn error_body(code: &str, message: &str) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "error": { "code": code, "message": message } }))

@@ -103,6 +103,7 @@ pub(crate) async fn start_replication(
     w: &WalSetup,
     spec: &ComputeSpec,
     client: &tokio_postgres::Client,
+    host: std::net::IpAddr,
     port: u16,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let password = wal::replication_password();
@@ -118,7 +119,7 @@ pub(crate) async fn start_replication(
         .await
         .map_err(|e| format!("replication role and roles: {e}"))?;
     let source = ReplicationSource {
-        host: "127.0.0.1".into(),
+        host: host.to_string(),
         port,
         user: REPLICATOR_ROLE.into(),
         password,

@@ -101,9 +101,10 @@ pub fn hot_standby_possible(
     })
 }
 
-/// `postgresql.conf` for a compute listening on `127.0.0.1:port`; with `wal`, one that recovers
+/// `postgresql.conf` for a compute listening on `listen:port`; with `wal`, one that recovers
 /// from the safekeepers, promotes, and commits only once a quorum of them has the WAL.
 pub fn postgresql_conf(
+    listen: std::net::IpAddr,
     port: u16,
     socket_dir: &Path,
     profile: &ScaleProfile,
@@ -114,7 +115,7 @@ pub fn postgresql_conf(
         c,
         "# Written by the SPG compute agent at every start. Do not edit."
     );
-    let _ = writeln!(c, "listen_addresses = '127.0.0.1'");
+    let _ = writeln!(c, "listen_addresses = '{listen}'");
     let _ = writeln!(c, "port = {port}");
     let _ = writeln!(
         c,
@@ -178,9 +179,10 @@ pub fn postgresql_conf(
 }
 
 /// `pg_hba.conf`: the admin role only over the Unix socket with `peer`, tenants over loopback TCP
-/// with SCRAM-SHA-256, and (with `replication`) the safekeepers' role for physical replication
-/// with SCRAM-SHA-256. Nothing else, and never `trust`.
-pub fn pg_hba_conf(replication: bool) -> String {
+/// (with `remote`, from any host: a compute in a pod, reached by gateways elsewhere) with
+/// SCRAM-SHA-256, and (with `replication`) the safekeepers' role for physical replication with
+/// SCRAM-SHA-256 likewise. Nothing else, and never `trust`.
+pub fn pg_hba_conf(replication: bool, remote: bool) -> String {
     let mut s = format!(
         "# Written by the SPG compute agent at every start. Do not edit.\n\
          local all {ADMIN_ROLE} peer map=spg\n\
@@ -188,11 +190,16 @@ pub fn pg_hba_conf(replication: bool) -> String {
     );
     if replication {
         let r = super::wal::REPLICATOR_ROLE;
+        let from = if remote { "all" } else { "127.0.0.1/32" };
         s.push_str(&format!(
-            "host replication {r} 127.0.0.1/32 scram-sha-256\nhost all {r} all reject\n"
+            "host replication {r} {from} scram-sha-256\nhost all {r} all reject\n"
         ));
     }
-    s.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n");
+    if remote {
+        s.push_str("host all all all scram-sha-256\n");
+    } else {
+        s.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n");
+    }
     s
 }
 
@@ -210,7 +217,13 @@ mod tests {
 
     #[test]
     fn renders_config() {
-        let c = postgresql_conf(5555, Path::new("/run/it's"), &default_profile(), None);
+        let c = postgresql_conf(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            5555,
+            Path::new("/run/it's"),
+            &default_profile(),
+            None,
+        );
         assert!(c.contains("port = 5555\n"));
         assert!(c.contains("unix_socket_directories = '/run/it''s'\n"));
         assert!(c.contains("shared_buffers = '128MB'"));
@@ -222,12 +235,24 @@ mod tests {
             local_fsync: false,
             hot_standby: true,
         };
-        let c = postgresql_conf(5555, Path::new("/run"), &default_profile(), Some(&w));
+        let c = postgresql_conf(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            5555,
+            Path::new("/run"),
+            &default_profile(),
+            Some(&w),
+        );
         assert!(
             c.contains("fsync = off\n"),
             "the quorum makes commits durable"
         );
-        let local = postgresql_conf(5555, Path::new("/run"), &default_profile(), None);
+        let local = postgresql_conf(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            5555,
+            Path::new("/run"),
+            &default_profile(),
+            None,
+        );
         assert!(local.contains("fsync = on\n"));
         assert!(c.contains("synchronous_standby_names = 'ANY 2 (\"sk1\", \"sk2\", \"sk3\")'\n"));
         assert!(c.contains("hot_standby = on\n"));
@@ -241,7 +266,13 @@ mod tests {
         let l1 = default_profile();
         for p in builtin_profiles() {
             p.validate().unwrap();
-            let conf = postgresql_conf(5555, Path::new("/run"), &p, None);
+            let conf = postgresql_conf(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                5555,
+                Path::new("/run"),
+                &p,
+                None,
+            );
             assert!(conf.contains(&format!("shared_buffers = '{}MB'", p.shared_buffers_mb)));
             assert!(conf.contains(&format!("work_mem = '{}'", p.settings["work_mem"])));
         }
@@ -268,10 +299,15 @@ mod tests {
             !hot_standby_possible(&l1, Some(bigger)),
             "scaled down from a bigger profile"
         );
-        assert!(pg_hba_conf(true)
+        assert!(pg_hba_conf(true, false)
             .contains("host replication spg_replicator 127.0.0.1/32 scram-sha-256"));
-        let hba = pg_hba_conf(false);
+        let hba = pg_hba_conf(false, false);
         assert!(!hba.contains("trust"));
+        // In a pod: tenants and the safekeepers from other hosts, still only with SCRAM.
+        let remote = pg_hba_conf(true, true);
+        assert!(remote.contains("host replication spg_replicator all scram-sha-256"));
+        assert!(remote.contains("host all all all scram-sha-256"));
+        assert!(!remote.contains("trust") && !remote.contains("127.0.0.1"));
         assert!(hba.contains("local all spg_admin peer map=spg"));
         assert_eq!(
             pg_ident_conf("root").lines().last(),

@@ -167,9 +167,12 @@ pub(crate) fn write_owned(
     path: &Path,
     contents: &str,
 ) -> Result<(), LifecycleError> {
-    spg_core::fsmode::write_private(path, contents)
-        .map_err(|e| LifecycleError::io("write", path, e))?;
-    cfg.run_as.chown(path)
+    // Files in the data directory, which may be a lazy mount (see `on_mount`).
+    on_mount(|| {
+        spg_core::fsmode::write_private(path, contents)
+            .map_err(|e| LifecycleError::io("write", path, e))?;
+        cfg.run_as.chown(path)
+    })
 }
 
 /// Unix socket paths are limited to 107 bytes; use the run directory when the socket fits there,

@@ -33,7 +33,7 @@ use crate::os_user::RunAs;
 use crate::pg_bin::PgBinaries;
 use crate::timing::{StepTimer, StepTimings};
 use crate::LifecycleError;
-use process::{free_loopback_port, ExitInfo, ExitWatch, PostgresProcess};
+use process::{ExitInfo, ExitWatch, PostgresProcess};
 use wal::{RestoreService, WalSetup, REPLICATOR_ROLE};
 
 use admin::*;
@@ -67,9 +67,23 @@ pub struct AgentConfig {
     /// The cgroup hierarchy computes' resource limits are placed in (e.g. `/sys/fs/cgroup`);
     /// `None` records the limits without enforcing them.
     pub cgroup_root: Option<PathBuf>,
+    /// The address PostgreSQL accepts TCP connections on (default `127.0.0.1`; in a pod, the
+    /// pod's IP). On another address than a loopback one, tenants and the safekeepers may log
+    /// in (with SCRAM) from any host.
+    pub listen: std::net::IpAddr,
+    /// The port PostgreSQL listens on (`0`, the default: a free one).
+    pub port: u16,
 }
 
 impl AgentConfig {
+    /// The configured port, or a free one on the listen address.
+    pub(crate) fn pick_port(&self) -> Result<u16, LifecycleError> {
+        if self.port != 0 {
+            return Ok(self.port);
+        }
+        process::free_port(self.listen)
+    }
+
     /// Defaults: binaries located as documented on [`PgBinaries::locate`], the compute user from
     /// [`RunAs::detect`], 60 s to become ready, 30 s to shut down.
     pub fn new(run_root: impl Into<PathBuf>, bins: PgBinaries) -> Result<Self, LifecycleError> {
@@ -81,6 +95,8 @@ impl AgentConfig {
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
             cgroup_root: None,
+            listen: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 0,
         })
     }
 }
@@ -209,10 +225,8 @@ impl RunningCompute {
                 info!(db = %spec.database, generation = %spec.generation, port,
                       ms = boot.get("total").map(|d| d.as_millis() as u64), "compute ready");
                 Ok(RunningCompute {
-                    cfg,
-                    page_store,
                     endpoint: ComputeEndpoint {
-                        addr: ([127, 0, 0, 1], port).into(),
+                        addr: (cfg.listen, port).into(),
                         generation: spec.generation,
                     },
                     profile: spec.profile,
@@ -227,6 +241,8 @@ impl RunningCompute {
                     wal,
                     follow_task,
                     limits,
+                    cfg,
+                    page_store,
                 })
             }
             Err(e) => {
@@ -283,7 +299,7 @@ impl RunningCompute {
             write_owned(
                 cfg,
                 &data_dir.join("pg_hba.conf"),
-                &config::pg_hba_conf(wal.is_some()),
+                &config::pg_hba_conf(wal.is_some(), !cfg.listen.is_loopback()),
             )
         })?;
         let restore = match &wal {
@@ -359,12 +375,18 @@ impl RunningCompute {
         let mut attempt = 0;
         while attempt < PORT_ATTEMPTS {
             attempt += 1;
-            let port = free_loopback_port()?;
+            let port = cfg.pick_port()?;
             on_mount(|| {
                 write_owned(
                     cfg,
                     &data_dir.join("postgresql.conf"),
-                    &config::postgresql_conf(port, socket_dir, &spec.profile, wal_conf.as_ref()),
+                    &config::postgresql_conf(
+                        cfg.listen,
+                        port,
+                        socket_dir,
+                        &spec.profile,
+                        wal_conf.as_ref(),
+                    ),
                 )
             })?;
             if attempt == 1 {
@@ -418,7 +440,7 @@ impl RunningCompute {
                     timer.step("start");
                     let mut follow_task = None;
                     if let Some((w, _)) = &wal {
-                        match start_replication(w, spec, &admin, port).await {
+                        match start_replication(w, spec, &admin, cfg.listen, port).await {
                             Ok(task) => follow_task = Some(task),
                             Err(reason) => {
                                 process.kill().await;
@@ -627,6 +649,7 @@ impl RunningCompute {
                 ExitInfo {
                     code: None,
                     signal: None,
+                    reason: None,
                 },
                 true,
             ),

@@ -16,13 +16,18 @@ use crate::os_user::RunAs;
 use crate::pg_bin::PgBinaries;
 use crate::LifecycleError;
 
-/// How a postmaster ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a compute ended: its postmaster's exit, or what its host reported (a compute process or a
+/// pod that ended, with the reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExitInfo {
     /// Exit code, if it exited.
     pub code: Option<i32>,
     /// Signal, if one killed it.
     pub signal: Option<i32>,
+    /// What the host reported, when more is known than code and signal (e.g. `pod evicted:
+    /// the node ran low on memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ExitInfo {
@@ -34,6 +39,9 @@ impl ExitInfo {
 
 impl std::fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.reason {
+            return f.write_str(r);
+        }
         match (self.code, self.signal) {
             (Some(c), _) => write!(f, "exit code {c}"),
             (None, Some(s)) => write!(f, "killed by signal {s}"),
@@ -121,11 +129,13 @@ impl PostgresProcess {
                     ExitInfo {
                         code: status.code(),
                         signal: status.signal(),
+                        reason: None,
                     }
                 }
                 Err(_) => ExitInfo {
                     code: None,
                     signal: None,
+                    reason: None,
                 },
             };
             let _ = tx.send(Some(info));
@@ -176,7 +186,8 @@ impl PostgresProcess {
                 let log = self.log_tail();
                 return Err(StartFailure::Exited { exit, log });
             }
-            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            // The data directory may be a lazy mount: read it where blocking is allowed.
+            if let Ok(text) = super::files::on_mount(|| std::fs::read_to_string(&pid_file)) {
                 if pid_file_status(&text, self.pid).is_some_and(|st| statuses.contains(&st)) {
                     return Ok(());
                 }
@@ -221,6 +232,7 @@ impl PostgresProcess {
             .unwrap_or(ExitInfo {
                 code: None,
                 signal: Some(Signal::SIGKILL as i32),
+                reason: None,
             });
         (exit, true)
     }
@@ -233,6 +245,7 @@ impl PostgresProcess {
             .unwrap_or(ExitInfo {
                 code: None,
                 signal: Some(Signal::SIGKILL as i32),
+                reason: None,
             })
     }
 
@@ -353,11 +366,16 @@ pub fn log_tail(path: &Path, max: u64) -> String {
 
 /// A free TCP port on 127.0.0.1, chosen by the OS.
 pub fn free_loopback_port() -> Result<u16, LifecycleError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| LifecycleError::io("bind", "127.0.0.1:0", e))?;
+    free_port(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// A port free right now on `ip`.
+pub fn free_port(ip: std::net::IpAddr) -> Result<u16, LifecycleError> {
+    let at = format!("{ip}:0");
+    let l = std::net::TcpListener::bind((ip, 0)).map_err(|e| LifecycleError::io("bind", &at, e))?;
     l.local_addr()
         .map(|a| a.port())
-        .map_err(|e| LifecycleError::io("local_addr", "127.0.0.1:0", e))
+        .map_err(|e| LifecycleError::io("local_addr", &at, e))
 }
 
 /// Whether a process with this pid is a `postgres` whose command line names `data_dir`.

@@ -21,12 +21,12 @@ use spg_core::pg_control::HotStandbyMinimums;
 use spg_core::{ComputeEndpoint, Election, Generation, Lsn, PageStore, ScaleProfile, TimelineId};
 use tracing::{info, warn};
 
-use super::process::{free_loopback_port, PostgresProcess};
+use super::process::PostgresProcess;
 use super::wal::{RestoreService, WalSetup};
 use super::{
-    admin_client, compute_error, config, create_private_dir, mark_unsynced, socket_dir_for,
-    start_replication, sync_roles, wait_promoted, write_owned, AgentConfig, ComputeSpec,
-    RunningCompute, PID_RECORD, PORT_ATTEMPTS,
+    admin_client, compute_error, config, create_private_dir, mark_unsynced, on_mount,
+    socket_dir_for, start_replication, sync_roles, wait_promoted, write_owned, AgentConfig,
+    ComputeSpec, RunningCompute, PID_RECORD, PORT_ATTEMPTS,
 };
 use crate::timing::{StepTimer, StepTimings};
 use crate::LifecycleError;
@@ -155,8 +155,8 @@ impl StandbyCompute {
         let cfg = Arc::clone(&self.cfg);
         let spec = self.spec.clone();
         let fail = |step: &'static str, reason: String| compute_error(&spec, step, reason);
-        cfg.run_as.check_reachable(&self.data_dir)?;
-        cfg.run_as.chown_tree(&self.data_dir)?;
+        on_mount(|| cfg.run_as.check_reachable(&self.data_dir))?;
+        on_mount(|| cfg.run_as.chown_tree(&self.data_dir))?;
         let run_dir = cfg
             .run_root
             .join(spec.database.as_str())
@@ -177,7 +177,7 @@ impl StandbyCompute {
         write_owned(
             &cfg,
             &data_dir.join("pg_hba.conf"),
-            &config::pg_hba_conf(true),
+            &config::pg_hba_conf(true, !cfg.listen.is_loopback()),
         )?;
         write_owned(
             &cfg,
@@ -222,21 +222,22 @@ impl StandbyCompute {
             && (image_minimums.is_none()
                 || config::hot_standby_possible(&spec.profile, image_minimums));
         let conf = config::WalConf {
-            local_fsync: !mark_unsynced(&data_dir)?,
+            local_fsync: !on_mount(|| mark_unsynced(&data_dir))?,
             standby_names: self.wal.quorum.synchronous_standby_names(),
             restore_command: svc.restore_command(&self.wal.restore_program),
             recovery_target_timeline: super::recovery_target(&target, svc.control()),
             hot_standby: self.hot,
         };
         self.restore = Some(svc);
-        let _ = std::fs::remove_file(data_dir.join("recovery.signal"));
+        let _ = on_mount(|| std::fs::remove_file(data_dir.join("recovery.signal")));
         write_owned(&cfg, &data_dir.join("standby.signal"), "")?;
         self.timer.step("configure");
 
         let mut last_failure = String::new();
         for attempt in 1..=PORT_ATTEMPTS {
-            let port = free_loopback_port()?;
-            let mut text = config::postgresql_conf(port, &socket_dir, &spec.profile, Some(&conf));
+            let port = cfg.pick_port()?;
+            let mut text =
+                config::postgresql_conf(cfg.listen, port, &socket_dir, &spec.profile, Some(&conf));
             text.push_str(&format!(
                 "# Standby of the running writer until the handoff promotes it\n\
                  wal_retrieve_retry_interval = '{RETRY_INTERVAL}'\n"
@@ -320,6 +321,11 @@ impl StandbyCompute {
         self.process.as_ref().is_some_and(|p| !p.has_exited())
     }
 
+    /// Receiver that turns `Some` when its postmaster exits.
+    pub fn exit_watch(&self) -> Option<super::process::ExitWatch> {
+        self.process.as_ref().map(|p| p.exit_watch())
+    }
+
     /// Whether it accepts read-only sessions while it replays.
     pub fn is_hot(&self) -> bool {
         self.hot
@@ -359,7 +365,7 @@ impl StandbyCompute {
                     cfg: Arc::clone(&self.cfg),
                     page_store: Arc::clone(&self.page_store),
                     endpoint: ComputeEndpoint {
-                        addr: ([127, 0, 0, 1], self.port).into(),
+                        addr: (self.cfg.listen, self.port).into(),
                         generation: self.spec.generation,
                     },
                     database: self.spec.database.clone(),
@@ -441,7 +447,7 @@ impl StandbyCompute {
             .map_err(|r| fail("promote", r))?;
         self.timer.step("promote");
         check_branch_point(&self.data_dir, &election).map_err(|r| fail("promote", r))?;
-        let task = start_replication(&self.wal, &spec, &admin, self.port)
+        let task = start_replication(&self.wal, &spec, &admin, self.cfg.listen, self.port)
             .await
             .map_err(|r| fail("follow", r))?;
         self.timer.step("follow");
@@ -501,23 +507,28 @@ impl StandbyCompute {
                 return Err(format!("the standby did not shut down cleanly ({exit})"));
             }
         }
-        let control = spg_core::pg_control::ControlFile::read(&self.data_dir).ok();
+        let control = on_mount(|| spg_core::pg_control::ControlFile::read(&self.data_dir).ok());
         let Some(svc) = &self.restore else {
             return Err("restore service gone".into());
         };
         let conf = config::WalConf {
-            local_fsync: !mark_unsynced(&self.data_dir).map_err(|e| e.to_string())?,
+            local_fsync: !on_mount(|| mark_unsynced(&self.data_dir)).map_err(|e| e.to_string())?,
             standby_names: self.wal.quorum.synchronous_standby_names(),
             restore_command: svc.restore_command(&self.wal.restore_program),
             recovery_target_timeline: super::recovery_target(election, control.as_ref()),
             hot_standby: false,
         };
-        let text =
-            config::postgresql_conf(self.port, &self.socket_dir, &self.spec.profile, Some(&conf));
+        let text = config::postgresql_conf(
+            self.cfg.listen,
+            self.port,
+            &self.socket_dir,
+            &self.spec.profile,
+            Some(&conf),
+        );
         let data_dir = self.data_dir.clone();
         write_owned(&self.cfg, &data_dir.join("postgresql.conf"), &text)
             .map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(data_dir.join("standby.signal"));
+        let _ = on_mount(|| std::fs::remove_file(data_dir.join("standby.signal")));
         write_owned(&self.cfg, &data_dir.join("recovery.signal"), "").map_err(|e| e.to_string())?;
         let process = PostgresProcess::spawn(
             &self.cfg.bins,

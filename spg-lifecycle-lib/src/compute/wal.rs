@@ -152,9 +152,9 @@ impl RestoreService {
             .local_addr()
             .map_err(|e| LifecycleError::io("local_addr", "restore endpoint", e))?;
         // The redo point of the directory being recovered (its pg_wal's parent).
-        let control = local_wal
-            .parent()
-            .and_then(|d| spg_core::pg_control::ControlFile::read(d).ok());
+        let control = local_wal.parent().and_then(|d| {
+            super::files::on_mount(|| spg_core::pg_control::ControlFile::read(d).ok())
+        });
         let redo = control.as_ref().map(|c| c.redo);
         let checkpoint = control.as_ref().map(|c| (c.checkpoint, c.timeline));
         let state = RestoreState {

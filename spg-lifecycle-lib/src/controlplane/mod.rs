@@ -537,6 +537,7 @@ impl ControlPlane {
         }
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.shared.provisioner.shutdown().await;
     }
 }
 

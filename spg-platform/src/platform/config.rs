@@ -90,6 +90,49 @@ pub struct PlatformConfig {
     /// How this control plane shares its state store with others (required, and only
     /// allowed, with a PostgreSQL store).
     pub sharing: Option<Sharing>,
+    /// How compute generations run (default: one `spg-compute` process each).
+    pub computes: ComputeRunner,
+}
+
+/// How compute generations run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComputeRunner {
+    /// One `spg-compute` process per generation, driven over its HTTPS API: this program, else
+    /// `spg-compute` next to the running executable (or one directory up, for test binaries).
+    Processes(Option<PathBuf>),
+    /// The compute agent inside this process (a compute's crash is this process's problem;
+    /// the baseline of the cold-start benchmark).
+    InProcess,
+    /// One Kubernetes pod per generation (remote safekeepers and pageserver required).
+    Kubernetes(Box<KubeRunner>),
+}
+
+/// Computes as Kubernetes pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeRunner {
+    /// How the pods are made (namespace, image, labels, ports, timeouts).
+    pub settings: spg_lifecycle_lib::provisioner::kubernetes::pod::KubeSettings,
+    /// The API server; `None`: the in-cluster service account, else the kubeconfig.
+    pub api: Option<KubeApi>,
+}
+
+/// An API server given explicitly.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KubeApi {
+    /// `https://host:port`.
+    pub url: String,
+    /// The Bearer token.
+    pub token: String,
+    /// Its CA (PEM).
+    pub ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for KubeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeApi")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a control plane shares a PostgreSQL state store with other control planes.
@@ -145,6 +188,7 @@ impl PlatformConfig {
             state_store_ca: None,
             object_store: None,
             sharing: None,
+            computes: ComputeRunner::Processes(None),
         }
     }
 }

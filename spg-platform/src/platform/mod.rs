@@ -16,7 +16,7 @@ use spg_lifecycle_lib::compute::AgentConfig;
 use spg_lifecycle_lib::controlplane::OwnershipConfig;
 use spg_lifecycle_lib::metrics::ControlPlaneMetrics;
 use spg_lifecycle_lib::pg_bin::PgBinaries;
-use spg_lifecycle_lib::provisioner::LocalProvisioner;
+use spg_lifecycle_lib::provisioner::{LocalProvisioner, Provisioner};
 use spg_lifecycle_lib::{ControlPlane, ControlPlaneConfig};
 use spg_storage_lib::image::{ImageRepo, ImageStore, ObjectRepo};
 use spg_storage_lib::pageserver::gc::GcPolicy;
@@ -36,11 +36,15 @@ use tracing::info;
 
 use crate::adapters::{InProcess, WithAdmin};
 
+mod agents;
 mod config;
 mod stores;
 
 use crate::tls::TlsMaterial;
-pub use config::{PlatformConfig, RemotePageserver, RemoteSafekeeper, Sharing};
+pub use agents::locate_compute_program;
+pub use config::{
+    ComputeRunner, KubeApi, KubeRunner, PlatformConfig, RemotePageserver, RemoteSafekeeper, Sharing,
+};
 pub use stores::default_name;
 use stores::{open_state_store, stored_key};
 
@@ -310,7 +314,39 @@ impl Platform {
                 data_dir.join("rollforward"),
             )
         });
-        let provisioner = LocalProvisioner::new(agent, pages)?.with_wal(wal);
+        let mut agent_storage_task = None;
+        let provisioner: Arc<dyn Provisioner> = match &cfg.computes {
+            ComputeRunner::Kubernetes(runner) => {
+                Arc::new(agents::kube_provisioner(&cfg, &data_dir, runner).await?)
+            }
+            ComputeRunner::InProcess => {
+                Arc::new(LocalProvisioner::new(agent, pages)?.with_wal(wal))
+            }
+            ComputeRunner::Processes(program) => {
+                let object_store = match &cfg.object_store {
+                    Some(url) => url.clone(),
+                    None => url::Url::from_directory_path(data_dir.join("objects"))
+                        .map_err(|_| anyhow::anyhow!("the data directory is not absolute"))?
+                        .to_string(),
+                };
+                let (p, task) = agents::process_provisioner(
+                    &cfg,
+                    &data_dir,
+                    program.as_deref(),
+                    agents::InProcessStorage {
+                        safekeepers: &safekeepers,
+                        pageserver: in_process_pageserver.as_ref(),
+                    },
+                    &object_store,
+                    &wal.restore_program,
+                    passage_group,
+                    servers_stop.clone(),
+                )
+                .await?;
+                agent_storage_task = task;
+                Arc::new(p)
+            }
+        };
         let cp_config = ControlPlaneConfig {
             idle_timeout: cfg.idle_timeout,
             lease_ttl: cfg.lease_ttl,
@@ -321,9 +357,9 @@ impl Platform {
             ownership: ownership.as_ref().map(|(o, _)| o.clone()),
             ..ControlPlaneConfig::default()
         };
-        let control_plane =
-            ControlPlane::start(cp_config, store, Arc::new(provisioner), cp_metrics).await?;
-        let mut background: Vec<JoinHandle<()>> = gc_task.into_iter().collect();
+        let control_plane = ControlPlane::start(cp_config, store, provisioner, cp_metrics).await?;
+        let mut background: Vec<JoinHandle<()>> =
+            gc_task.into_iter().chain(agent_storage_task).collect();
         if let Some(rf) = rollforward {
             background.push(spawn_rollforward_loop(
                 rf,

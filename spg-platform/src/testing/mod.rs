@@ -1,5 +1,6 @@
 //! Test and benchmark tooling (feature `testing`): process guards and a whole multi-host
 //! topology of daemons on loopback addresses.
 
+pub mod kubesim;
 pub mod procs;
 pub mod topology;

@@ -20,6 +20,17 @@ pub fn detach_mounts_under(dir: &Path) {
 
 /// Pids of postgres processes whose command line mentions a path under `dir`.
 pub fn postgres_processes_under(dir: &Path) -> Vec<i32> {
+    processes_under(dir, b"postgres")
+}
+
+/// Pids of `spg-compute` processes whose command line mentions a path under `dir`.
+pub fn agent_processes_under(dir: &Path) -> Vec<i32> {
+    processes_under(dir, b"spg-compute")
+}
+
+/// Pids of processes running a program whose name ends with `program` and whose command line
+/// mentions a path under `dir`.
+fn processes_under(dir: &Path, program: &[u8]) -> Vec<i32> {
     let needle = dir.as_os_str().as_encoded_bytes();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -32,7 +43,7 @@ pub fn postgres_processes_under(dir: &Path) -> Vec<i32> {
         let is_pg = cmdline
             .split(|b| *b == 0)
             .next()
-            .is_some_and(|a| a.ends_with(b"postgres"));
+            .is_some_and(|a| a.ends_with(program));
         if is_pg && cmdline.windows(needle.len()).any(|w| w == needle) {
             pids.push(pid);
         }

@@ -1,5 +1,10 @@
-//! Provisioners bring compute generations up and down. [`LocalProvisioner`] runs them as local
-//! processes through the compute agent; a Kubernetes provisioner will implement the same traits.
+//! Provisioners bring compute generations up and down. [`LocalProvisioner`] runs the compute
+//! agent in this process; [`process::ProcessProvisioner`] runs one `spg-compute` process per
+//! generation and [`kubernetes::KubernetesProvisioner`] one pod per generation, both driving
+//! it over the [`agent`](crate::agent) API.
+
+pub mod kubernetes;
+pub mod process;
 
 use std::sync::Arc;
 
@@ -26,6 +31,10 @@ pub trait Provisioner: Send + Sync + 'static {
     /// Stop whatever an earlier run of the platform left running for `db` (after the platform
     /// itself was killed). Returns whether something was found.
     async fn cleanup_stale(&self, db: &DatabaseName) -> Result<bool, LifecycleError>;
+
+    /// The platform shuts down (its computes are stopped): end whatever the provisioner keeps
+    /// running on its own (spare agents). The default has nothing to end.
+    async fn shutdown(&self) {}
 
     /// Prepare `spec` as a standby of the database's running writer, whose profile is
     /// `primary`, for an autoscale handoff. Returns once it replays the writer's WAL; on error
