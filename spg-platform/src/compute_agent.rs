@@ -124,6 +124,18 @@ fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
 /// written back before it lets the agent go).
 pub async fn run(args: ComputeArgs) -> Result<()> {
     let parent = std::os::unix::process::parent_id();
+    if args.exit_with_parent {
+        // A backstop outside the runtime: should the runtime be stuck, the process still ends
+        // when its parent did (after the graceful path below had its chance).
+        std::thread::spawn(move || {
+            while std::os::unix::process::parent_id() == parent {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            std::thread::sleep(Duration::from_secs(15));
+            eprintln!("spg-compute: the parent is gone and the agent did not stop; exiting");
+            std::process::exit(70);
+        });
+    }
     let root = std::path::absolute(&args.root)?;
     let bins = PgBinaries::locate(args.pg_bin.as_deref())?;
     let mut agent = AgentConfig::new(root.join("run"), bins)?;
