@@ -186,8 +186,9 @@ impl PostgresProcess {
                 let log = self.log_tail();
                 return Err(StartFailure::Exited { exit, log });
             }
-            // The data directory may be a lazy mount: read it where blocking is allowed.
-            if let Ok(text) = super::files::on_mount(|| std::fs::read_to_string(&pid_file)) {
+            // The data directory may be a lazy mount: read it off the runtime's workers (on the
+            // blocking pool, cheaper than `block_in_place` for a read made every few ms).
+            if let Ok(text) = tokio::fs::read_to_string(&pid_file).await {
                 if pid_file_status(&text, self.pid).is_some_and(|st| statuses.contains(&st)) {
                     return Ok(());
                 }

@@ -416,11 +416,13 @@ impl StandbyCompute {
         if self.process.as_ref().is_none_or(|p| p.has_exited()) {
             return Err(fail("promote", "the standby is not running".into()));
         }
+        let mut cut_short = None;
         if self.hot {
             // PostgreSQL checks for a promotion only after a read found no more WAL, which may
             // have happened just before the elected log was served: wait until it replayed to
             // the log's end first, so that the next read failing is the end.
-            self.wait_replayed(election.flush_lsn)
+            cut_short = self
+                .wait_replayed(election.flush_lsn)
                 .await
                 .map_err(|r| fail("promote", r))?;
             write_owned(&self.cfg, &self.data_dir.join("promote"), "")?;
@@ -446,7 +448,7 @@ impl StandbyCompute {
             .await
             .map_err(|r| fail("promote", r))?;
         self.timer.step("promote");
-        check_branch_point(&self.data_dir, &election).map_err(|r| fail("promote", r))?;
+        check_branch_point(&self.data_dir, &election, cut_short).map_err(|r| fail("promote", r))?;
         let task = start_replication(&self.wal, &spec, &admin, self.cfg.listen, self.port)
             .await
             .map_err(|r| fail("follow", r))?;
@@ -458,15 +460,16 @@ impl StandbyCompute {
         Ok(task)
     }
 
-    /// Wait until a hot standby has replayed up to `end`.
-    async fn wait_replayed(&self, end: Lsn) -> Result<(), String> {
+    /// Wait until a hot standby has replayed up to `end`. Returns where replay stopped when the
+    /// log ends in a record cut short (it never replays to `end` then), else `None`.
+    async fn wait_replayed(&self, end: Lsn) -> Result<Option<Lsn>, String> {
         let client = admin_client(&self.socket_dir, self.port).await?;
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
         let mut last: Option<(Option<Lsn>, tokio::time::Instant)> = None;
         loop {
             let at = replay_position(&client).await?;
             if at.is_some_and(|at| at >= end) {
-                return Ok(());
+                return Ok(None);
             }
             // A log that ends in a record cut short is never replayed to its end: done once
             // replay stands still and recovery asked for the last segment again (it read all
@@ -486,7 +489,7 @@ impl StandbyCompute {
             if read_all && still >= Duration::from_millis(100) {
                 info!(db = %self.spec.database, replayed = ?at, %end,
                       "the elected log ends in an incomplete record; replay is complete");
-                return Ok(());
+                return Ok(at);
             }
             if now >= deadline {
                 return Err(format!(
@@ -582,7 +585,14 @@ async fn replay_position(client: &tokio_postgres::Client) -> Result<Option<Lsn>,
 /// The promoted timeline must branch off exactly where the elected log ends: PostgreSQL writes
 /// the branch point into the new timeline's history file. Anything else (the standby replayed
 /// WAL the election dropped, or promoted before it had all of it) must never join the quorum.
-fn check_branch_point(data_dir: &Path, election: &Election) -> Result<(), String> {
+/// The one exception is a log that ends in a record cut short (`cut_short`: where replay stood
+/// still after reading all of it): the branch is then at the end of its last whole record, as in
+/// a cold start's recovery, and the partial record is dropped.
+fn check_branch_point(
+    data_dir: &Path,
+    election: &Election,
+    cut_short: Option<Lsn>,
+) -> Result<(), String> {
     let file = data_dir
         .join("pg_wal")
         .join(format!("{:08X}.history", election.new_timeline.0));
@@ -604,7 +614,8 @@ fn check_branch_point(data_dir: &Path, election: &Election) -> Result<(), String
         return Err(format!("unreadable timeline history line {last:?}"));
     };
     let expected_parent = election.recovery_timeline().unwrap_or(TimelineId(1));
-    if at != election.flush_lsn {
+    let at_cut = cut_short.is_some_and(|c| c == at && at < election.flush_lsn);
+    if at != election.flush_lsn && !at_cut {
         return Err(format!(
             "timeline {} branches off at {at}, but the elected log ends at {}",
             election.new_timeline, election.flush_lsn
@@ -640,7 +651,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("pg_wal")).unwrap();
         let e = election(0x300_1A28);
         assert!(
-            check_branch_point(dir.path(), &e).is_err(),
+            check_branch_point(dir.path(), &e, None).is_err(),
             "no history file"
         );
         std::fs::write(
@@ -649,8 +660,18 @@ mod tests {
              2\t0/3001A28\tno recovery target specified\n",
         )
         .unwrap();
-        check_branch_point(dir.path(), &e).unwrap();
-        let err = check_branch_point(dir.path(), &election(0x300_1B00)).unwrap_err();
+        check_branch_point(dir.path(), &e, None).unwrap();
+        let err = check_branch_point(dir.path(), &election(0x300_1B00), None).unwrap_err();
+        // A log ending in a record cut short: the branch at the end of the last whole record,
+        // exactly where replay stood still, and nowhere else.
+        check_branch_point(dir.path(), &election(0x300_1B00), Some(Lsn(0x300_1A28))).unwrap();
+        assert!(
+            check_branch_point(dir.path(), &election(0x300_1B00), Some(Lsn(0x300_1A00))).is_err()
+        );
+        assert!(
+            check_branch_point(dir.path(), &election(0x300_1A00), Some(Lsn(0x300_1A28))).is_err(),
+            "past the elected log"
+        );
         assert!(err.contains("branches off at 0/3001A28"), "{err}");
     }
 
