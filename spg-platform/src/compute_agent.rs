@@ -126,13 +126,16 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
     let parent = std::os::unix::process::parent_id();
     if args.exit_with_parent {
         // A backstop outside the runtime: should the runtime be stuck, the process still ends
-        // when its parent did (after the graceful path below had its chance).
+        // when its parent did (after the graceful path below had its chance), and its
+        // PostgreSQL with it.
+        let root = std::path::absolute(&args.root)?;
         std::thread::spawn(move || {
             while std::os::unix::process::parent_id() == parent {
                 std::thread::sleep(Duration::from_millis(200));
             }
             std::thread::sleep(Duration::from_secs(15));
             eprintln!("spg-compute: the parent is gone and the agent did not stop; exiting");
+            kill_own_postgres(&root);
             std::process::exit(70);
         });
     }
@@ -257,6 +260,35 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
     stop.cancel();
     let _ = server.await;
     Ok(())
+}
+
+/// `kill -9` of the postmasters running on this agent's data directories
+/// (`<root>/pages/<db>/g<N>/pgdata`); their backends end with them.
+fn kill_own_postgres(root: &std::path::Path) {
+    let subdirs = |d: PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|e| e.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let data_dirs: Vec<PathBuf> = subdirs(root.join("pages"))
+        .into_iter()
+        .flat_map(subdirs)
+        .map(|g| g.join("pgdata"))
+        .collect();
+    for pid in subdirs(PathBuf::from("/proc"))
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str()?.parse::<i32>().ok())
+    {
+        if data_dirs
+            .iter()
+            .any(|d| spg_lifecycle_lib::compute::process::is_postgres_on(pid, d))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Resolves once this process's parent is no longer `parent` (it ended; the process was

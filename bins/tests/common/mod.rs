@@ -161,8 +161,10 @@ impl TestPlatform {
 
 impl Drop for TestPlatform {
     fn drop(&mut self) {
-        // A failed test: its processes die with the platform's guards; its mounts need this.
+        // A failed test: its compute processes and their postgres outlive the platform's
+        // handles; stop them and detach their mounts.
         if self.platform.is_some() {
+            spg::testing::procs::kill_computes_under(self.dir.path());
             detach_mounts_under(self.dir.path());
         }
     }

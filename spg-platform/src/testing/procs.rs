@@ -89,12 +89,22 @@ impl Drop for ChildGuard {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in postgres_processes_under(&self.dir) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        kill_computes_under(&self.dir);
+    }
+}
+
+/// `kill -9` of every compute process (`spg-compute`) and every postgres whose command line
+/// names a path under `dir`: what a failed test left running (a compute process's postgres is
+/// not its child's process group, and would outlive it).
+pub fn kill_computes_under(dir: &Path) {
+    for pid in agent_processes_under(dir)
+        .into_iter()
+        .chain(postgres_processes_under(dir))
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

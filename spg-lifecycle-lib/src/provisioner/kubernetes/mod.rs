@@ -58,7 +58,7 @@ struct Inner {
     agent_key: Zeroizing<String>,
     agent_ca: Vec<u8>,
     /// Images whose pods failed at their start (could not be pulled, exited): when, and how.
-    pull_failures: Mutex<HashMap<String, (Instant, String)>>,
+    start_failures: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 impl std::fmt::Debug for KubernetesProvisioner {
@@ -100,7 +100,7 @@ impl KubernetesProvisioner {
                 settings,
                 agent_key: Zeroizing::new(agent_key.to_string()),
                 agent_ca: agent_ca_pem,
-                pull_failures: Mutex::default(),
+                start_failures: Mutex::default(),
             }),
         }
     }
@@ -294,7 +294,7 @@ impl KubernetesProvisioner {
     /// Remember that pods of the image failed at their start (`msg`: how).
     fn note_failure(&self, msg: &str) {
         self.inner
-            .pull_failures
+            .start_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
@@ -307,7 +307,7 @@ impl KubernetesProvisioner {
     fn recent_failure(&self) -> Option<String> {
         let mut failures = self
             .inner
-            .pull_failures
+            .start_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let image = &self.inner.settings.image;
