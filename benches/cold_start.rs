@@ -34,10 +34,7 @@ struct Stats {
 
 impl Stats {
     fn pct(&self, p: f64) -> Duration {
-        let mut s = self.samples.clone();
-        s.sort();
-        let idx = ((p / 100.0) * (s.len() as f64 - 1.0)).round() as usize;
-        s[idx.min(s.len() - 1)]
+        spg::testing::stats::percentile(&self.samples, p)
     }
 
     fn line(&self, name: &str) -> String {
@@ -316,21 +313,11 @@ fn main() {
                 v[v.len() / 2] as f64 / 1e6,
                 v[v.len() - 1] as f64 / 1e6
             );
-            let mut names: Vec<String> = b.steps[0].iter().map(|(n, _)| n.clone()).collect();
-            names.dedup();
-            let medians: Vec<String> = names
-                .iter()
-                .map(|n| {
-                    let mut v: Vec<f64> = b
-                        .steps
-                        .iter()
-                        .filter_map(|s| s.iter().find(|(k, _)| k == n).map(|(_, ms)| *ms))
-                        .collect();
-                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    format!("{n}={:.1}", v[v.len() / 2])
-                })
-                .collect();
-            println!("compute boot steps {}, median ms: {}", b.name, medians.join(" "));
+            println!(
+                "compute boot steps {}, median ms: {}",
+                b.name,
+                spg::testing::stats::step_medians(&b.steps)
+            );
         }
         platform.shutdown().await;
         if std::env::var("SPG_BENCH_KEEP").is_ok() {

@@ -22,12 +22,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn pct(samples: &[Duration], p: f64) -> Duration {
-    let mut s = samples.to_vec();
-    s.sort();
-    let idx = ((p / 100.0) * (s.len() as f64 - 1.0)).round() as usize;
-    s[idx.min(s.len() - 1)]
-}
+use spg::testing::stats::{percentile as pct, step_medians};
 
 /// One platform under test.
 struct Side {
@@ -194,20 +189,11 @@ fn main() {
                 ms(pct(&s.runs, 0.0)),
                 ms(pct(&s.runs, 100.0)),
             );
-            let names: Vec<String> = s.steps[0].iter().map(|(n, _)| n.clone()).collect();
-            let medians: Vec<String> = names
-                .iter()
-                .map(|n| {
-                    let mut v: Vec<f64> = s
-                        .steps
-                        .iter()
-                        .filter_map(|st| st.iter().find(|(k, _)| k == n).map(|(_, ms)| *ms))
-                        .collect();
-                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    format!("{n}={:.1}", v[v.len() / 2])
-                })
-                .collect();
-            println!("{:<12} boot steps, median ms: {}", "", medians.join(" "));
+            println!(
+                "{:<12} boot steps, median ms: {}",
+                "",
+                step_medians(&s.steps)
+            );
         }
         let (a, b) = (&sides[0], &sides[1]);
         println!(

@@ -3,4 +3,5 @@
 
 pub mod kubesim;
 pub mod procs;
+pub mod stats;
 pub mod topology;
