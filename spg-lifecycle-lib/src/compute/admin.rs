@@ -77,10 +77,22 @@ pub(crate) async fn wait_promoted_or_paused(
         if now >= next_pause_check {
             // Only when recovery takes a while: this one looks the function up.
             next_pause_check = now + Duration::from_millis(250);
-            let rows = client
+            let rows = match client
                 .simple_query("SELECT pg_get_wal_replay_pause_state()")
                 .await
-                .map_err(|e| Some(format!("waiting for promotion: {}", pg_error(&e))))?;
+            {
+                Ok(rows) => rows,
+                // Recovery ended since the `SHOW` above: the next round sees it.
+                Err(e)
+                    if e.code()
+                        == Some(
+                            &tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(Some(format!("waiting for promotion: {}", pg_error(&e)))),
+            };
             let paused = rows.iter().any(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("paused"),
                 _ => false,
