@@ -4,7 +4,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /v1/pageserver/{db}/basebackup?history=TLI:LSN,…` | soft basebackup (zstd frames) |
+//! | `GET /v1/pageserver/{db}/basebackup?history=TLI:LSN,…[&plain=1]` | soft basebackup (zstd frames; `plain=1`: plain frames, streamed) |
 //! | `GET /v1/pageserver/{db}/{chunks\|lists}/{hash}` | one object |
 //! | `POST /v1/pageserver/{db}/{chunks\|lists}` `["hash", …]` | several objects (frames) |
 //! | `PUT /v1/pageserver/{db}/{chunks\|lists}/{hash}` | write back an object |
@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
@@ -147,21 +148,32 @@ async fn basebackup(
 ) -> Result<Response, ApiErr> {
     let db = db_name(&db)?;
     let history = parse_history(&q.history)?;
-    let t = std::time::Instant::now();
-    match st.ps.basebackup(&db, &history).await? {
-        None => Ok(StatusCode::NOT_FOUND.into_response()),
-        Some(bb) => {
-            let built = t.elapsed();
-            let body = if q.plain == 1 {
-                wire::encode_basebackup_plain(&bb)
-            } else {
-                wire::encode_basebackup(&bb)?
+    let Some((manifest, objects)) = st.ps.stream_basebackup(&db, &history).await? else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    if q.plain == 1 {
+        // Sent while it is read: the client decodes frames as they arrive. An object that
+        // cannot be read ends the body short of its end, which the client sees.
+        let head = Bytes::from(wire::encode_frames([(
+            wire::Frame::Manifest,
+            &manifest[..],
+        )]));
+        let frames = objects.flat_map(|item| {
+            let parts = match item {
+                Ok((kind, b)) => {
+                    let head = wire::frame_head(wire::Frame::Object(kind), b.len());
+                    vec![Ok(Bytes::copy_from_slice(&head)), Ok(b)]
+                }
+                Err(e) => vec![Err(e)],
             };
-            tracing::debug!(%db, built_ms = built.as_secs_f64() * 1e3,
-                            encoded_ms = t.elapsed().as_secs_f64() * 1e3, "basebackup served");
-            Ok(body.into_response())
-        }
+            futures::stream::iter(parts)
+        });
+        let body = futures::stream::once(async move { Ok::<_, StorageError>(head) }).chain(frames);
+        return Ok(axum::body::Body::from_stream(body).into_response());
     }
+    let objects: Vec<_> = objects.try_collect().await?;
+    let bb = RawBasebackup { manifest, objects };
+    Ok(wire::encode_basebackup(&bb)?.into_response())
 }
 
 async fn get_object(
@@ -534,14 +546,14 @@ impl ImageRepo for HttpPageserver {
             .get(self.url(db, "basebackup"))
             .query(&[("history", format_history(history))])
             .query(&[("plain", if self.local { "1" } else { "0" })]);
-        let t = std::time::Instant::now();
         match self.call(req, None, None).await {
-            Ok(resp) => {
-                let body = self.bytes(resp).await?;
-                let bb = wire::decode_basebackup(&body)?;
-                tracing::debug!(%db, bytes = body.len(), ms = t.elapsed().as_secs_f64() * 1e3,
-                                "basebackup fetched");
-                Ok(Some(bb))
+            Ok(mut resp) => {
+                // Decoded as it arrives (a plain one is streamed while the pageserver reads).
+                let mut reader = wire::BasebackupReader::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| self.unavailable(e))? {
+                    reader.push(chunk)?;
+                }
+                Ok(Some(reader.finish()?))
             }
             Err(StorageError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),

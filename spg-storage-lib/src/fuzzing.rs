@@ -60,7 +60,8 @@ pub fn image_manifest(data: &[u8]) {
     }
 }
 
-/// Fuzz entry: bytes a pageserver answers with (object batches, compressed soft basebackups).
+/// Fuzz entry: bytes a pageserver answers with (object batches, soft basebackups whole or
+/// streamed).
 /// Must never panic; what decodes re-encodes to the same value.
 pub fn pageserver_wire(data: &[u8]) {
     use crate::image::ObjectKind;
@@ -72,7 +73,16 @@ pub fn pageserver_wire(data: &[u8]) {
             assert_eq!(wire::decode_batch(kind, &again).ok(), Some(objs));
         }
     }
-    if let Ok(bb) = wire::decode_basebackup(data) {
+    let whole = wire::decode_basebackup(data);
+    // Streamed in pieces (of a size the input picks), it reads the same, or fails the same.
+    let step = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    let mut r = wire::BasebackupReader::new();
+    let pieces = data
+        .chunks(step)
+        .try_for_each(|p| r.push(bytes::Bytes::copy_from_slice(p)));
+    let streamed = pieces.and_then(|()| r.finish());
+    assert_eq!(whole.as_ref().ok(), streamed.as_ref().ok());
+    if let Ok(bb) = whole {
         let again = wire::encode_basebackup(&bb).expect("encodes");
         assert_eq!(wire::decode_basebackup(&again).ok(), Some(bb));
     }

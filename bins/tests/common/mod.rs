@@ -165,7 +165,6 @@ impl Drop for TestPlatform {
         // handles; stop them and detach their mounts.
         if self.platform.is_some() {
             spg::testing::procs::kill_computes_under(self.dir.path());
-            detach_mounts_under(self.dir.path());
         }
     }
 }

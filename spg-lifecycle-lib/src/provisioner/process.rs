@@ -75,6 +75,9 @@ struct Launched {
     addr: SocketAddr,
 }
 
+/// How long after a start that used the spare the next one is started.
+const REFILL_AFTER_START: Duration = Duration::from_millis(300);
+
 #[derive(Default)]
 struct Spares {
     ready: Option<Launched>,
@@ -137,7 +140,7 @@ impl ProcessProvisioner {
                 seq: Default::default(),
             }),
         };
-        p.refill();
+        p.refill(Duration::ZERO);
         Ok(p)
     }
 
@@ -216,8 +219,9 @@ impl ProcessProvisioner {
         Ok(Launched { host, addr })
     }
 
-    /// Start a spare agent in the background, if one is wanted and none is on its way.
-    fn refill(&self) {
+    /// Start a spare agent in the background after `after`, if one is wanted and none is on
+    /// its way.
+    fn refill(&self, after: Duration) {
         if self.inner.launch.spares == 0 {
             return;
         }
@@ -226,6 +230,7 @@ impl ProcessProvisioner {
         };
         let me = self.clone();
         rt.spawn(async move {
+            tokio::time::sleep(after).await;
             let mut st = me.inner.spares.lock().await;
             if st.closed || st.refilling.is_some() || st.ready.is_some() {
                 return;
@@ -306,8 +311,9 @@ impl Provisioner for ProcessProvisioner {
             Ok(handle) => start_compute(handle, &spec).await,
             Err(e) => Err(e),
         };
-        // The next spare starts once this start is done: not competing with it for the CPU.
-        self.refill();
+        // The next spare starts a moment after this start: not competing for the CPU with it,
+        // nor with the first queries its wake was for.
+        self.refill(REFILL_AFTER_START);
         started
     }
 
@@ -331,7 +337,7 @@ impl Provisioner for ProcessProvisioner {
             Ok(handle) => start_standby(handle, &spec, primary).await,
             Err(e) => Err(e),
         };
-        self.refill();
+        self.refill(REFILL_AFTER_START);
         started
     }
 

@@ -94,8 +94,9 @@ impl Drop for ChildGuard {
 }
 
 /// `kill -9` of every compute process (`spg-compute`) and every postgres whose command line
-/// names a path under `dir`: what a failed test left running (a compute process's postgres is
-/// not its child's process group, and would outlive it).
+/// names a path under `dir`, then detach the mounts under `dir` (a killed agent leaves its
+/// lazyfs mount behind): what a failed test, or a daemon killed at a test's end, left running
+/// (a compute process's postgres is not its child's process group, and would outlive it).
 pub fn kill_computes_under(dir: &Path) {
     for pid in agent_processes_under(dir)
         .into_iter()
@@ -106,6 +107,7 @@ pub fn kill_computes_under(dir: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    detach_mounts_under(dir);
 }
 
 /// Start a daemon whose first line on stdout says where it listens ("... listening on ...");

@@ -9,7 +9,7 @@
 //!   caller's timeline path, plus the objects a compute needs first: the image's warm set (what
 //!   the previous compute fetched right after it started), the checkpoint's WAL segment, and
 //!   without a warm set the small non-relation files; bounded by a byte budget, compressed on the
-//!   wire ([`wire`]).
+//!   wire or streamed while it is read ([`wire`], [`Pageserver::stream_basebackup`]).
 //! - **Objects on demand**, singly or in batches (lazyfs reads ahead in batches), from the
 //!   [`cache::ObjectCache`]; misses go to object storage and are checked before being cached.
 //! - **Write-back**: chunks, lists and manifests are written through to object storage (and
@@ -22,7 +22,7 @@ pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -225,6 +225,41 @@ impl Pageserver {
         Ok(m)
     }
 
+    /// The soft basebackup of the newest image of `db` on `history` as it is read: the
+    /// image's encoded manifest, and the objects sent along as a stream, each as soon as it is
+    /// read (so that a server sends while it reads); `None` when `db` has no image there.
+    pub async fn stream_basebackup(
+        self: &Arc<Self>,
+        db: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<(Bytes, BasebackupObjects)>, StorageError> {
+        let Some((manifest, want)) = self.basebackup_plan(db, history).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            manifest,
+            Box::pin(sent_along(Arc::clone(self), db.clone(), want)),
+        )))
+    }
+
+    /// Which image a soft basebackup of `db` on `history` is of (its encoded manifest), and
+    /// which objects go along.
+    async fn basebackup_plan(
+        &self,
+        db: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<(Bytes, Vec<(ObjectKind, ChunkHash)>)>, StorageError> {
+        let Some(id) = latest_on_path(self.images(db).await?, history) else {
+            return Ok(None);
+        };
+        let manifest = self.manifest(db, &id).await?;
+        let m = Manifest::decode(&manifest)?;
+        let want = self.basebackup_objects(&m).await?;
+        self.metrics.basebackups.inc();
+        debug!(%db, image = %id, objects = want.len(), "soft basebackup");
+        Ok(Some((manifest, want)))
+    }
+
     /// What a soft basebackup of `m` sends along, in order: the part of its WAL segment that
     /// recovery reads (the segment's first page, which carries its header, and the span from
     /// the redo point to the checkpoint record); its warm set; without a warm set, the small
@@ -288,6 +323,43 @@ impl Pageserver {
         want.retain(|o| seen.insert(*o));
         Ok(want)
     }
+}
+
+/// The objects of a soft basebackup, in order, as they are read.
+pub type BasebackupObjects = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<(ObjectKind, Bytes), StorageError>> + Send>,
+>;
+
+/// The objects `want` of `db` read from `ps` (several at a time, in order), until the next
+/// one would exceed the basebackup byte budget.
+fn sent_along<'a, P>(
+    ps: P,
+    db: DatabaseName,
+    want: Vec<(ObjectKind, ChunkHash)>,
+) -> impl futures::Stream<Item = Result<(ObjectKind, Bytes), StorageError>> + Send + 'a
+where
+    P: std::ops::Deref<Target = Pageserver> + Clone + Send + Sync + 'a,
+{
+    let budget = ps.basebackup_bytes;
+    let reader = ps.clone();
+    futures::stream::iter(want)
+        .map(move |(kind, h)| {
+            let (ps, db) = (reader.clone(), db.clone());
+            async move { Ok::<_, StorageError>((kind, ps.get(&db, kind, &h).await?)) }
+        })
+        .buffered(PARALLEL)
+        .scan(budget, move |left, item| {
+            let next = match item {
+                Ok((_, b)) if b.len() as u64 > *left => None,
+                Ok((kind, b)) => {
+                    *left -= b.len() as u64;
+                    ps.metrics.basebackup_object_bytes.inc_by(b.len() as u64);
+                    Some(Ok((kind, b)))
+                }
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(next)
+        })
 }
 
 #[async_trait]
@@ -383,33 +455,10 @@ impl ImageRepo for Pageserver {
         db: &DatabaseName,
         history: &[(TimelineId, Lsn)],
     ) -> Result<Option<RawBasebackup>, StorageError> {
-        let Some(id) = latest_on_path(self.images(db).await?, history) else {
+        let Some((manifest, want)) = self.basebackup_plan(db, history).await? else {
             return Ok(None);
         };
-        let manifest = self.manifest(db, &id).await?;
-        let m = Manifest::decode(&manifest)?;
-        let want = self.basebackup_objects(&m).await?;
-        let mut objects = Vec::new();
-        let mut budget = self.basebackup_bytes;
-        let fetched =
-            futures::stream::iter(want)
-                .map(|(kind, h)| async move {
-                    Ok::<_, StorageError>((kind, self.get(db, kind, &h).await?))
-                })
-                .buffered(PARALLEL);
-        futures::pin_mut!(fetched);
-        while let Some((kind, b)) = fetched.try_next().await? {
-            let len = b.len() as u64;
-            if len > budget {
-                break;
-            }
-            budget -= len;
-            objects.push((kind, b));
-        }
-        let sent = self.basebackup_bytes - budget;
-        self.metrics.basebackups.inc();
-        self.metrics.basebackup_object_bytes.inc_by(sent);
-        debug!(%db, image = %id, objects = objects.len(), bytes = sent, "soft basebackup");
+        let objects = sent_along(self, db.clone(), want).try_collect().await?;
         Ok(Some(RawBasebackup { manifest, objects }))
     }
 }
