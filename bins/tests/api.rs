@@ -434,3 +434,92 @@ async fn metrics_count_wakes_sessions_and_auth_failures() {
     drop(client);
     t.shutdown().await;
 }
+
+/// `/v1/openapi.json` is open, validates as OpenAPI 3.1 (`openapi-spec-validator`), and
+/// describes the router: every documented operation is routed (the router answers it, not
+/// with its own 404/405), and answers with a status the document lists for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_validates_and_matches_the_routes() {
+    let t = TestPlatform::start(Duration::from_secs(300)).await;
+    let c = http(&t);
+    let base = t.p().api_url();
+    let resp = c
+        .get(format!("{base}/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+
+    let file = t.dir.path().join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    let validator = std::path::Path::new("/opt/spg-test-py/bin/openapi-spec-validator");
+    assert!(
+        validator.exists(),
+        "openapi-spec-validator is missing: `/opt/spg-test-py/bin/pip install openapi-spec-validator` (.ci/run does)"
+    );
+    let out = std::process::Command::new(validator)
+        .args(["--schema", "3.1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every operation, with the admin key, on a database and a role that exist; bodies are
+    // left empty (`{}`), which a route with a body refuses as documented.
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let url = format!(
+                "{base}{}",
+                path.replace("{name}", DB)
+                    .replace("{role}", ROLE)
+                    .replace("{id}", "no-such-lease")
+            );
+            let req = match method.as_str() {
+                "get" => c.get(&url),
+                "post" => c.post(&url).json(&json!({})),
+                "delete" => c.delete(&url),
+                other => panic!("unexpected method {other} for {path}"),
+            };
+            let resp = req.bearer_auth(API_KEY).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert!(
+                status != 405 && !(status == 404 && body.is_empty()),
+                "{method} {path} is documented but not routed ({status})"
+            );
+            let documented = op["responses"]
+                .as_object()
+                .unwrap()
+                .contains_key(&status.to_string());
+            assert!(
+                documented,
+                "{method} {path} answered {status}, which its document does not list: {body}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= 18, "{operations} operations");
+    // And a route that does not exist is the router's own 404 (what the probe above tells apart).
+    let resp = c
+        .get(format!("{base}/v1/nothing-here"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    t.shutdown().await;
+}

@@ -110,7 +110,9 @@ pub const RESERVED_SETTINGS: &[&str] = &[
 ];
 
 /// Where a database's autoscale handoff stands (the API's `scale_state`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleState {
     /// No handoff in progress.

@@ -6,20 +6,21 @@ use serde::{Deserialize, Serialize};
 use crate::{CoreResult, DatabaseName};
 
 /// Opaque id of a lease.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct LeaseId(pub String);
 
 /// A granted lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaseGrant {
     /// Id to renew or release the lease with.
     pub id: LeaseId,
     /// The database the lease keeps awake.
     pub database: DatabaseName,
     /// The lease expires this long after it was granted or last renewed. Holders renew well
-    /// before that (a third of it is customary).
+    /// before that (a third of it is customary). In JSON: milliseconds.
     #[serde(with = "duration_ms")]
+    #[schema(value_type = u64)]
     pub ttl: Duration,
 }
 

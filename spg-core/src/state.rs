@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 ///
 /// `stopped` is a normal state: nothing runs and nothing is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeState {
     /// No compute runs. The next connection wakes it.

@@ -10,7 +10,18 @@ use thiserror::Error;
 /// generation (bumped by compare-and-set in the control plane's store); storage uses it as a fence,
 /// refusing writes from any generation older than one it has already seen.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct Generation(pub u64);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 /// One timed step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepTiming {
     /// Step name (`checkout`, `initdb`, `configure`, `start`, `roles`, `shutdown`, ...).
     pub step: String,
@@ -14,7 +14,7 @@ pub struct StepTiming {
 }
 
 /// The timed steps of one lifecycle operation, in order, ending with `total`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepTimings {
     /// Steps in execution order.
     pub steps: Vec<StepTiming>,

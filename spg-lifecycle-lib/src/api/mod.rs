@@ -1,7 +1,9 @@
 //! The control plane's HTTPS JSON API.
 //!
 //! Every `/v1/...` route requires `Authorization: Bearer <api key>`; the API key is a platform
-//! secret, separate from every database credential. `/healthz` and `/metrics` are open.
+//! secret, separate from every database credential. `/healthz`, `/metrics` and the OpenAPI 3.1
+//! document `/v1/openapi.json` are open. The document is generated from the routes themselves
+//! (each is registered together with its description, [`utoipa_axum`]), so the two cannot drift.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -19,6 +21,8 @@
 //! | POST | `/v1/leases/{id}/renew` | renew it |
 //! | DELETE | `/v1/leases/{id}` | release it |
 //! | POST | `/v1/gateways` `{"url", "token"}` | register (or refresh) a gateway daemon's control routes ([`gateway_control`]) |
+//! | POST | `/v1/databases/{name}/handoff` `{"profile"}` | hand the writer off to another profile |
+//! | GET | `/v1/openapi.json` | this API as an OpenAPI 3.1 document |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a matching HTTP status; `503`
 //! means retrying may succeed.

@@ -14,7 +14,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// A database.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatabaseView {
     /// Name.
     pub name: DatabaseName,
@@ -56,7 +56,7 @@ pub struct DatabaseView {
 }
 
 /// Body of `POST /v1/databases/{name}/handoff`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HandoffRequest {
     /// The profile of the new writer generation.
     pub profile: String,
@@ -89,7 +89,7 @@ impl From<DatabaseStatus> for DatabaseView {
 }
 
 /// A state transition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransitionView {
     /// Database.
     pub database: DatabaseName,
@@ -119,7 +119,7 @@ impl From<Transition> for TransitionView {
 }
 
 /// A role (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoleView {
     /// Database.
     pub database: DatabaseName,
@@ -140,14 +140,14 @@ impl From<RoleRecord> for RoleView {
 }
 
 /// Body of `POST /v1/databases`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateDatabase {
     /// Name.
     pub name: String,
 }
 
 /// Body of `POST /v1/databases/{name}/roles`: exactly one of `password` and `scram_verifier`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateRole {
     /// Role name.
     pub name: String,
@@ -168,14 +168,14 @@ impl std::fmt::Debug for CreateRole {
 }
 
 /// Body of `GET .../roles/{role}/verifier`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifierView {
     /// Verifier in PostgreSQL's format.
     pub scram_verifier: String,
 }
 
 /// Body of `POST /v1/databases/{name}/wake`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WakeView {
     /// Compute address.
     pub addr: String,
@@ -184,24 +184,25 @@ pub struct WakeView {
 }
 
 /// Body of `POST /v1/databases/{name}/leases`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcquireLease {
     /// Who holds it (free text, for logs).
     pub holder: String,
 }
 
 /// Error body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// Error detail.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// Machine-readable code (`not_found`, `already_exists`, `invalid`, `unauthorized`,
-    /// `unavailable`, `internal`).
+    /// Machine-readable code (`invalid`, `unauthorized`, `forbidden`, `not_found`,
+    /// `already_exists`, `too_large`, `too_many_requests`, `unavailable`, `shutting_down`,
+    /// `not_owner`, `internal`).
     pub code: String,
     /// Human-readable message.
     pub message: String,

@@ -7,12 +7,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use spg_core::scram::{ct_eq, sha256, ScramVerifier};
 use spg_core::{CoreError, DatabaseName, Lease, LeaseId, RoleName};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::model::*;
 use crate::{ControlPlane, LifecycleError, RoleSecret};
@@ -77,6 +79,8 @@ struct AppState {
     metrics: Arc<Registry>,
     /// How requests for databases another control plane owns reach it.
     peers: Option<reqwest::Client>,
+    /// The OpenAPI document of this router, rendered once it is built.
+    openapi: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Header marking a request one control plane forwarded to another (never forwarded again).
@@ -364,50 +368,171 @@ pub fn router_with_peers(
         keys,
         metrics,
         peers,
+        openapi: Arc::default(),
     };
-    // What a gateway needs, with either key.
-    let gateway = Router::new()
-        .route("/v1/databases/{name}/wake", post(wake_database))
-        .route(
-            "/v1/databases/{name}/roles/{role}/verifier",
-            get(role_verifier),
-        )
-        .route("/v1/databases/{name}/leases", post(acquire_lease))
-        .route("/v1/leases/{id}/renew", post(renew_lease))
-        .route("/v1/leases/{id}", delete(release_lease))
-        .route("/v1/gateways", post(register_gateway))
+    let (router, mut doc) = documented_router(st.clone()).split_for_parts();
+    // After the routes joined the document (a derive's modifiers run before).
+    utoipa::Modify::modify(&Conventions, &mut doc);
+    let json = doc
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"rendering the document: {e}\"}}"));
+    let _ = st.openapi.set(json);
+    router.with_state(st)
+}
+
+/// Every route, each registered together with its OpenAPI description (so that the two cannot
+/// drift apart): what a gateway needs (either key), the admin routes, and the open ones.
+fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
+    let gateway = OpenApiRouter::new()
+        .routes(routes!(wake_database))
+        .routes(routes!(role_verifier))
+        .routes(routes!(acquire_lease))
+        .routes(routes!(renew_lease))
+        .routes(routes!(release_lease))
+        .routes(routes!(register_gateway))
         .route_layer(middleware::from_fn_with_state(st.clone(), forward_to_owner))
         .route_layer(middleware::from_fn_with_state(
             st.clone(),
             require_gateway_key,
         ));
-    let v1 = Router::new()
-        .route("/v1/databases", post(create_database).get(list_databases))
-        .route("/v1/databases/{name}", get(show_database))
-        .route("/v1/databases/{name}/stop", post(stop_database))
-        .route("/v1/databases/{name}/handoff", post(handoff_database))
-        .route(
-            "/v1/databases/{name}/transitions",
-            get(database_transitions),
-        )
-        .route("/v1/transitions", get(all_transitions))
-        .route(
-            "/v1/databases/{name}/roles",
-            post(create_role).get(list_roles),
-        )
+    let admin = OpenApiRouter::new()
+        .routes(routes!(create_database, list_databases))
+        .routes(routes!(show_database))
+        .routes(routes!(stop_database))
+        .routes(routes!(handoff_database))
+        .routes(routes!(database_transitions))
+        .routes(routes!(all_transitions))
+        .routes(routes!(create_role, list_roles))
         .route_layer(middleware::from_fn_with_state(st.clone(), forward_to_owner))
-        .route_layer(middleware::from_fn_with_state(
-            st.clone(),
-            require_admin_key,
-        ));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(st, require_admin_key));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
         .merge(gateway)
-        .merge(v1)
-        .with_state(st)
+        .merge(admin)
 }
 
+/// The document's frame: what the routes do not say themselves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "SPG control plane API",
+        description = "Databases, roles, wakes, leases and handoffs of a serverless PostgreSQL \
+                       platform. Every `/v1` route but this document wants \
+                       `Authorization: Bearer <API key>`; errors are `{\"error\": {\"code\", \
+                       \"message\"}}`, and `503` means retrying may succeed."
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    tags(
+        (name = "databases", description = "Databases and their computes"),
+        (name = "roles", description = "Tenant roles"),
+        (name = "gateway", description = "What a gateway needs; the gateway key is enough"),
+        (name = "operations", description = "Health, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// What every `/v1` route shares, added to each operation: the Bearer key, and the errors the
+/// guards and the error mapping answer with.
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, SecurityRequirement};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin key, or for the `gateway` routes the gateway key",
+                    ))
+                    .build(),
+            ),
+        );
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.security = Some(vec![SecurityRequirement::new(
+                    "api_key",
+                    Vec::<String>::new(),
+                )]);
+                let gateway = op
+                    .tags
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| t == "gateway"));
+                let mut common = vec![
+                    ("400", "The request is not valid (`invalid`)"),
+                    ("401", "No key, or a wrong one (`unauthorized`)"),
+                    (
+                        "429",
+                        "Too many wrong keys from this address (`too_many_requests`)",
+                    ),
+                    (
+                        "503",
+                        "Not now; retry (`unavailable`, `shutting_down`, `not_owner`)",
+                    ),
+                ];
+                if !gateway {
+                    common.push(("403", "A gateway key on an admin route (`forbidden`)"));
+                }
+                if path.contains('{') {
+                    common.push(("404", "No such database, role or lease (`not_found`)"));
+                }
+                for (status, what) in common {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(what).into());
+                }
+            }
+        }
+    }
+}
+
+/// The service answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// This document (OpenAPI 3.1), generated from the routes themselves.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+async fn openapi_json(State(st): State<AppState>) -> Response {
+    let body = st.openapi.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The control plane's Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", body = String,
+               content_type = "application/openmetrics-text")))]
 async fn metrics_text(State(st): State<AppState>) -> Response {
     render_metrics(&st.metrics)
 }
@@ -430,6 +555,10 @@ pub fn render_metrics(registry: &Registry) -> Response {
     }
 }
 
+/// Create a database (stopped; the first connection wakes it).
+#[utoipa::path(post, path = "/v1/databases", tag = "databases", request_body = CreateDatabase,
+    responses((status = 201, description = "Created", body = DatabaseView),
+              (status = 409, description = "It exists (`already_exists`)", body = ErrorBody)))]
 async fn create_database(
     State(st): State<AppState>,
     body: Result<Json<CreateDatabase>, JsonRejection>,
@@ -440,11 +569,17 @@ async fn create_database(
     Ok((StatusCode::CREATED, Json(status.into())))
 }
 
+/// Every database.
+#[utoipa::path(get, path = "/v1/databases", tag = "databases",
+    responses((status = 200, description = "The databases", body = Vec<DatabaseView>)))]
 async fn list_databases(State(st): State<AppState>) -> Result<Json<Vec<DatabaseView>>, ApiError> {
     let all = st.cp.databases().await?;
     Ok(Json(all.into_iter().map(Into::into).collect()))
 }
 
+/// One database: state, generation, profile, handoff, last boot and stop.
+#[utoipa::path(get, path = "/v1/databases/{name}", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    responses((status = 200, description = "The database", body = DatabaseView)))]
 async fn show_database(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -452,6 +587,9 @@ async fn show_database(
     Ok(Json(st.cp.database(&db_name(&name)?).await?.into()))
 }
 
+/// Stop its compute now (it wakes again on the next connection).
+#[utoipa::path(post, path = "/v1/databases/{name}/stop", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    responses((status = 200, description = "Stopped", body = DatabaseView)))]
 async fn stop_database(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -459,6 +597,9 @@ async fn stop_database(
     Ok(Json(st.cp.stop_database(&db_name(&name)?).await?.into()))
 }
 
+/// Start its compute (if it is not running); returns where it listens.
+#[utoipa::path(post, path = "/v1/databases/{name}/wake", tag = "gateway", params(("name" = DatabaseName, Path, description = "The database")),
+    responses((status = 200, description = "It runs", body = WakeView)))]
 async fn wake_database(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -472,6 +613,9 @@ async fn wake_database(
 
 /// Start a handoff of the writer to another profile; 202 with the database (its `scale_state`
 /// shows the progress).
+#[utoipa::path(post, path = "/v1/databases/{name}/handoff", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    request_body = HandoffRequest,
+    responses((status = 202, description = "Started; `scale_state` shows its progress", body = DatabaseView)))]
 async fn handoff_database(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -491,7 +635,7 @@ async fn handoff_database(
 }
 
 /// A gateway daemon's control routes, registered (again) by the daemon.
-#[derive(Deserialize, serde::Serialize)]
+#[derive(Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct RegisterGateway {
     /// Where its control routes are (`https://host:port`; `http://` only on loopback).
     pub url: String,
@@ -502,6 +646,9 @@ pub struct RegisterGateway {
     pub ca_pem: Option<String>,
 }
 
+/// Register (or refresh) a gateway daemon's control routes.
+#[utoipa::path(post, path = "/v1/gateways", tag = "gateway", request_body = RegisterGateway,
+    responses((status = 204, description = "Registered")))]
 async fn register_gateway(
     State(st): State<AppState>,
     body: Result<Json<RegisterGateway>, JsonRejection>,
@@ -515,11 +662,17 @@ async fn register_gateway(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// How many (default 50, at most 1000).
     limit: Option<usize>,
 }
 
+/// Its recent state transitions, newest first.
+#[utoipa::path(get, path = "/v1/databases/{name}/transitions", tag = "databases",
+    params(("name" = DatabaseName, Path, description = "The database"), LimitQuery),
+    responses((status = 200, description = "Transitions", body = Vec<TransitionView>)))]
 async fn database_transitions(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -533,6 +686,9 @@ async fn database_transitions(
     Ok(Json(ts.into_iter().map(Into::into).collect()))
 }
 
+/// Recent state transitions of all databases, newest first.
+#[utoipa::path(get, path = "/v1/transitions", tag = "databases", params(LimitQuery),
+    responses((status = 200, description = "Transitions", body = Vec<TransitionView>)))]
 async fn all_transitions(
     State(st): State<AppState>,
     Query(q): Query<LimitQuery>,
@@ -544,6 +700,11 @@ async fn all_transitions(
     Ok(Json(ts.into_iter().map(Into::into).collect()))
 }
 
+/// Create a role: with a password (hashed at once) or a SCRAM verifier.
+#[utoipa::path(post, path = "/v1/databases/{name}/roles", tag = "roles", params(("name" = DatabaseName, Path, description = "The database")),
+    request_body = CreateRole,
+    responses((status = 201, description = "Created", body = RoleView),
+              (status = 409, description = "It exists (`already_exists`)", body = ErrorBody)))]
 async fn create_role(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -568,6 +729,9 @@ async fn create_role(
     Ok((StatusCode::CREATED, Json(rec.into())))
 }
 
+/// Its roles (names only).
+#[utoipa::path(get, path = "/v1/databases/{name}/roles", tag = "roles", params(("name" = DatabaseName, Path, description = "The database")),
+    responses((status = 200, description = "Roles", body = Vec<RoleView>)))]
 async fn list_roles(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -576,6 +740,10 @@ async fn list_roles(
     Ok(Json(roles.into_iter().map(Into::into).collect()))
 }
 
+/// A role's SCRAM verifier, for a gateway to authenticate clients.
+#[utoipa::path(get, path = "/v1/databases/{name}/roles/{role}/verifier", tag = "gateway",
+    params(("name" = DatabaseName, Path, description = "The database"), ("role" = RoleName, Path, description = "The role")),
+    responses((status = 200, description = "The verifier", body = VerifierView)))]
 async fn role_verifier(
     State(st): State<AppState>,
     Path((name, role)): Path<(String, String)>,
@@ -601,6 +769,10 @@ async fn role_verifier(
     }
 }
 
+/// Take a lease that keeps the database awake.
+#[utoipa::path(post, path = "/v1/databases/{name}/leases", tag = "gateway", params(("name" = DatabaseName, Path, description = "The database")),
+    request_body = AcquireLease,
+    responses((status = 201, description = "Granted", body = spg_core::LeaseGrant)))]
 async fn acquire_lease(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -612,6 +784,10 @@ async fn acquire_lease(
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
+/// Renew a lease.
+#[utoipa::path(post, path = "/v1/leases/{id}/renew", tag = "gateway",
+    params(("id" = String, Path, description = "The lease")),
+    responses((status = 200, description = "Renewed", body = spg_core::LeaseGrant)))]
 async fn renew_lease(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -619,6 +795,10 @@ async fn renew_lease(
     Ok(Json(st.cp.renew(&LeaseId(id)).await?))
 }
 
+/// Release a lease.
+#[utoipa::path(delete, path = "/v1/leases/{id}", tag = "gateway",
+    params(("id" = String, Path, description = "The lease")),
+    responses((status = 204, description = "Released")))]
 async fn release_lease(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -630,6 +810,19 @@ async fn release_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route goes through `routes!` (registered with its description): none is added
+    /// to the router undocumented.
+    #[test]
+    fn every_route_is_registered_with_its_description() {
+        let source = include_str!("server.rs");
+        for untracked in [concat!(".route", "("), concat!(".route_service", "(")] {
+            assert!(
+                !source.contains(untracked),
+                "a route added with `{untracked}` is missing from /v1/openapi.json"
+            );
+        }
+    }
 
     #[test]
     fn api_key_hash_roundtrip() {
