@@ -46,6 +46,7 @@ impl PageStore for FixedDir {
                 generation: g,
                 lsn: Lsn::INVALID,
                 created_at_ms: 0,
+                bytes_written: 0,
             }),
         })
     }
@@ -55,6 +56,7 @@ impl PageStore for FixedDir {
             generation: g,
             lsn: Lsn::INVALID,
             created_at_ms: 0,
+            bytes_written: 0,
         })
     }
     async fn release(&self, _: &DatabaseName, _: Generation) -> CoreResult<()> {

@@ -523,3 +523,210 @@ async fn the_openapi_document_validates_and_matches_the_routes() {
     assert_eq!(resp.status(), 404);
     t.shutdown().await;
 }
+
+/// Usage metering: two wakes (one with a handoff L1 → L2 in it) and stops; the usage over the
+/// API, the transitions summed here (ready spans, by the profile each ran with), and the
+/// Prometheus counters agree within 1 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_matches_the_transitions() {
+    let t = TestPlatform::start(Duration::from_secs(300)).await;
+    let c = http(&t);
+    let base = t.p().api_url();
+    let cp = t.p().control_plane.clone();
+    let db = spg_core::DatabaseName::new(DB).unwrap();
+    let get = |path: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(path).bearer_auth(API_KEY).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let started = std::time::SystemTime::now();
+    // A wake through the gateway, a while ready, a stop.
+    let (client, conn) = tokio_postgres::connect(&t.dsn, tls_maker(&t))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(client);
+    cp.stop_database(&db).await.unwrap();
+    // A second wake, a handoff to L2 in the middle, a stop.
+    cp.wake(&db).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cp.start_handoff(&db, "L2")
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cp.stop_database(&db).await.unwrap();
+
+    let usage = get(format!("{base}/v1/databases/{DB}/usage")).await;
+    eprintln!("usage: {usage}");
+    let total = usage["compute_seconds"].as_f64().unwrap();
+    let by = usage["compute_seconds_by_profile"].as_object().unwrap();
+    assert_eq!(usage["wakes"], 2, "{usage}");
+    assert_eq!(usage["handoffs"], 1, "{usage}");
+    assert!(
+        total >= 3.0,
+        "ready for at least the test's pauses: {usage}"
+    );
+
+    // The same figures, summed here from the transitions (oldest first).
+    let mut ts = get(format!("{base}/v1/databases/{DB}/transitions?limit=1000")).await;
+    let ts = ts.as_array_mut().unwrap();
+    ts.reverse();
+    let at = |t: &Value| {
+        humantime::parse_rfc3339(t["at"].as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let mut expected: std::collections::BTreeMap<String, f64> = Default::default();
+    for pair in ts.windows(2) {
+        if pair[0]["to"] == "ready" {
+            let profile = pair[0]["profile"].as_str().unwrap().to_string();
+            *expected.entry(profile).or_default() += at(&pair[1]) - at(&pair[0]);
+        }
+    }
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        by.keys().collect::<Vec<_>>(),
+        "{usage}"
+    );
+    let close = |a: f64, b: f64| (a - b).abs() <= 0.01 * b.max(1e-9);
+    for (profile, secs) in &expected {
+        let got = by[profile].as_f64().unwrap();
+        assert!(
+            close(got, *secs),
+            "{profile}: {got} s metered, {secs} s in the transitions"
+        );
+    }
+    assert!(close(total, expected.values().sum()), "{usage}");
+    // Bytes written back: what the two stops' write-backs uploaded (the first one all of the
+    // new database's chunks; a handoff writes no image).
+    let written: u64 = ts.iter().filter_map(|t| t["bytes_written"].as_u64()).sum();
+    assert_eq!(
+        usage["bytes_written_back"].as_u64(),
+        Some(written),
+        "{usage}"
+    );
+    assert!(written > 100_000, "{usage}");
+    assert_eq!(
+        ts.iter().filter(|t| t["bytes_written"].is_u64()).count(),
+        2,
+        "the two stops wrote back"
+    );
+
+    // What storage keeps: the bytes of the files under the object store's directory (images
+    // and archived WAL of the database), counted here.
+    fn bytes_under(p: &std::path::Path) -> u64 {
+        match std::fs::read_dir(p) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => bytes_under(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum(),
+            Err(_) => 0,
+        }
+    }
+    let objects = t.dir.path().join("data/objects");
+    let stored = &usage["stored"];
+    assert_eq!(
+        stored["image_bytes"].as_u64(),
+        Some(bytes_under(&objects.join("images").join(DB))),
+        "{usage}"
+    );
+    assert_eq!(
+        stored["wal_archive_bytes"].as_u64(),
+        Some(bytes_under(&objects.join("wal").join(DB))),
+        "{usage}"
+    );
+    assert!(stored["images"].as_u64().unwrap() >= 1, "{usage}");
+    assert!(
+        stored["image_bytes"].as_u64().unwrap() >= written,
+        "{usage}"
+    );
+
+    // Prometheus: the same seconds, counted as each ready span ended.
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (profile, secs) in &expected {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("spg_controlplane_compute_seconds_total{")
+                    && l.contains(&format!("database=\"{DB}\""))
+                    && l.contains(&format!("profile=\"{profile}\""))
+            })
+            .unwrap_or_else(|| panic!("no compute_seconds for {profile}:\n{text}"));
+        let got: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(close(got, *secs), "{line} vs {secs}");
+    }
+    assert!(text.contains(&format!(
+        "spg_controlplane_database_wakes_total{{database=\"{DB}\"}} 2"
+    )));
+    assert!(text.contains(&format!(
+        "spg_controlplane_written_back_bytes_total{{database=\"{DB}\"}} {written}"
+    )));
+
+    // The CLI shows the same (a span given in RFC 3339, with an offset).
+    let from = humantime::format_rfc3339_millis(started - Duration::from_secs(1)).to_string();
+    let from = from.replace('Z', "+00:00");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spg"))
+        .args(["db", "usage", DB, "--from", &from])
+        .env("SPG_API_URL", &base)
+        .env("SPG_API_KEY", API_KEY)
+        .env("SPG_API_CA", t.ca_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["wakes"], 2, "{shown}");
+    assert_eq!(
+        shown["compute_seconds"], usage["compute_seconds"],
+        "{shown}"
+    );
+
+    // A span: before anything ran, nothing; a bad span is refused.
+    let before = humantime::format_rfc3339_millis(started - Duration::from_secs(60));
+    let early = humantime::format_rfc3339_millis(started);
+    let none = get(format!(
+        "{base}/v1/databases/{DB}/usage?from={before}&to={early}"
+    ))
+    .await;
+    assert_eq!(none["compute_seconds"].as_f64(), Some(0.0), "{none}");
+    let r = c
+        .get(format!(
+            "{base}/v1/databases/{DB}/usage?from={early}&to={before}"
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!("{base}/v1/databases/{DB}/usage?from=yesterday"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    t.shutdown().await;
+}

@@ -43,7 +43,7 @@ pub use gateway::{Gateway, GatewaySessions, PinnedSession};
 pub use lease::{Lease, LeaseGrant, LeaseId};
 pub use names::{DatabaseName, NameError, RoleName};
 pub use page_store::{
-    boot_id, lost_unsynced_writes, Checkout, ImageInfo, PageStore, UNSYNCED_MARKER,
+    boot_id, lost_unsynced_writes, Checkout, ImageInfo, PageStore, StoredBytes, UNSYNCED_MARKER,
 };
 pub use state::{ComputeState, TargetScale};
 pub use types::{Generation, Lsn, ParseLsnError, TimelineId};

@@ -16,6 +16,21 @@ pub struct ImageInfo {
     pub lsn: Lsn,
     /// When the image was written, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Bytes the write-back that returned this uploaded (the chunks and lists object storage
+    /// did not have yet); 0 where it is not that write-back's answer, or wrote nothing new.
+    #[serde(default)]
+    pub bytes_written: u64,
+}
+
+/// What durable storage keeps for one database, in bytes as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBytes {
+    /// Images kept.
+    pub images: u64,
+    /// Bytes of the images' manifests, chunks and chunk lists (shared chunks counted once).
+    pub image_bytes: u64,
+    /// Bytes of WAL archived to object storage.
+    pub wal_archive_bytes: u64,
 }
 
 /// A data directory handed to one compute generation.
@@ -69,6 +84,12 @@ pub trait PageStore: Send + Sync {
 
     /// The latest image of `db`, if it has one.
     async fn latest_image(&self, db: &DatabaseName) -> CoreResult<Option<ImageInfo>>;
+
+    /// What durable storage keeps for `db` (for usage metering); `None` where the store does
+    /// not meter it.
+    async fn stored_bytes(&self, _db: &DatabaseName) -> CoreResult<Option<StoredBytes>> {
+        Ok(None)
+    }
 
     /// Prepare a directory for generation `generation` of `db` beside the writer's, fencing
     /// nothing (see the trait contract). Stores with one directory per database cannot: the

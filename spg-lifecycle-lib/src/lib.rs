@@ -32,6 +32,7 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod timing;
+pub mod usage;
 
 pub use controlplane::{ControlPlane, ControlPlaneConfig, DatabaseStatus, RoleSecret};
 pub use error::LifecycleError;

@@ -47,6 +47,25 @@ pub struct DirectionLabel {
     pub direction: String,
 }
 
+/// Label: a database and the writer profile it ran with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageLabel {
+    /// The database.
+    pub database: String,
+    /// The writer profile.
+    pub profile: String,
+}
+
+/// Label: a database.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatabaseLabel {
+    /// The database.
+    pub database: String,
+}
+
+/// A counter of a fractional figure.
+pub type FloatCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
 /// A gauge of a fractional figure.
 pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -75,6 +94,25 @@ pub struct ControlPlaneMetrics {
     pub autoscale_load: Family<LoadLabel, FloatGauge>,
     /// Autoscaler decisions, by direction.
     pub autoscale_decisions: Family<DirectionLabel, Counter>,
+    /// Usage: seconds each database's compute was ready, by writer profile (counted when a
+    /// ready span ends or changes profile).
+    pub compute_seconds: Family<UsageLabel, FloatCounter>,
+    /// Usage: starts of each database that became ready.
+    pub database_wakes: Family<DatabaseLabel, Counter>,
+    /// Usage: bytes each database's write-backs uploaded to object storage.
+    pub written_back_bytes: Family<DatabaseLabel, Counter>,
+    /// Usage: bytes durable storage keeps for each database (`kind`: `image`, `wal_archive`),
+    /// as of its last stop or usage query.
+    pub stored_bytes: Family<StoredLabel, Gauge>,
+}
+
+/// Label: a database and a kind of stored bytes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoredLabel {
+    /// The database.
+    pub database: String,
+    /// `image` or `wal_archive`.
+    pub kind: String,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -93,6 +131,10 @@ impl Default for ControlPlaneMetrics {
             handoff_blocking_sessions: Gauge::default(),
             autoscale_load: Family::default(),
             autoscale_decisions: Family::default(),
+            compute_seconds: Family::default(),
+            database_wakes: Family::default(),
+            written_back_bytes: Family::default(),
+            stored_bytes: Family::default(),
         }
     }
 }
@@ -146,7 +188,64 @@ impl ControlPlaneMetrics {
             "Profile changes the autoscaler decided, by direction",
             m.autoscale_decisions.clone(),
         );
+        r.register(
+            "compute_seconds",
+            "Seconds each database's compute was ready, by writer profile",
+            m.compute_seconds.clone(),
+        );
+        r.register(
+            "database_wakes",
+            "Starts of each database that became ready",
+            m.database_wakes.clone(),
+        );
+        r.register(
+            "written_back_bytes",
+            "Bytes each database's write-backs uploaded to object storage",
+            m.written_back_bytes.clone(),
+        );
+        r.register(
+            "stored_bytes",
+            "Bytes durable storage keeps for each database (images, archived WAL), as of its \
+             last stop or usage query",
+            m.stored_bytes.clone(),
+        );
         m
+    }
+
+    /// What durable storage keeps for `database`.
+    pub(crate) fn stored(&self, database: &str, s: &spg_core::StoredBytes) {
+        for (kind, bytes) in [
+            ("image", s.image_bytes),
+            ("wal_archive", s.wal_archive_bytes),
+        ] {
+            self.stored_bytes
+                .get_or_create(&StoredLabel {
+                    database: database.into(),
+                    kind: kind.into(),
+                })
+                .set(bytes.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    /// A ready span of `database` on `profile` ended (or changed profile) after `ms`.
+    pub(crate) fn ran(&self, database: &str, profile: &str, ms: u64) {
+        if ms > 0 {
+            self.compute_seconds
+                .get_or_create(&UsageLabel {
+                    database: database.into(),
+                    profile: profile.into(),
+                })
+                .inc_by(ms as f64 / 1000.0);
+        }
+    }
+
+    /// `database` became ready after a start.
+    pub(crate) fn woke(&self, database: &str) {
+        self.database_wakes
+            .get_or_create(&DatabaseLabel {
+                database: database.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn scale_changed(&self, to: spg_core::ScaleState) {

@@ -39,7 +39,7 @@ async fn postgres_passes_the_conformance_suite() {
             "SELECT string_agg(version::text, ',') FROM spg_schema_migrations"
         )
         .unwrap(),
-        "1"
+        "1,2"
     );
 }
 
@@ -51,6 +51,8 @@ fn created(rec: &DatabaseRecord) -> Transition {
         generation: rec.generation,
         at_ms: rec.created_at_ms,
         reason: "created".into(),
+        profile: None,
+        bytes_written: None,
     }
 }
 

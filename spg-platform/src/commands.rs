@@ -104,6 +104,19 @@ pub enum DbCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// What a database used: compute seconds by profile, wakes, bytes written back and kept
+    /// (JSON).
+    Usage {
+        name: String,
+        /// Start of the span (RFC 3339; default: the database's creation).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the span (RFC 3339; default: now).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Recent state transitions (of one database, or of all).
     History {
         name: Option<String>,
@@ -305,6 +318,18 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
                     d.state_since
                 );
             }
+            Ok(())
+        }
+        DbCommand::Usage {
+            name,
+            from,
+            to,
+            api,
+        } => {
+            let usage = client(&api)?
+                .usage(&name, from.as_deref(), to.as_deref())
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&usage)?);
             Ok(())
         }
         DbCommand::History { name, limit, api } => {

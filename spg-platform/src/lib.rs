@@ -284,7 +284,7 @@ pub fn spawn_gc_loop(
                 }
             };
             for db in dbs {
-                let wal = object_store::path::Path::from(format!("wal/{}", db.as_str()));
+                let wal = spg_storage_lib::safekeeper::node::archive_prefix(&db);
                 if let Err(e) = ps.gc(&db, &policy, None, Some(&wal)).await {
                     tracing::warn!(%db, error = %e, "garbage collection failed");
                 }

@@ -12,6 +12,7 @@
 //! | `GET`/`PUT /v1/pageserver/{db}/images/{name}` | a manifest (PUT: create-only, fenced) |
 //! | `GET /v1/pageserver/{db}/fences`, `PUT …/fences/{generation}` | generation fences |
 //! | `POST /v1/pageserver/{db}/gc` | garbage collection |
+//! | `GET /v1/pageserver/{db}/stored` | bytes of images and archived WAL kept (usage metering) |
 //! | `GET /metrics`, `GET /healthz` | unauthenticated |
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>`.
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
+use spg_core::{DatabaseName, Generation, Lsn, StoredBytes, TimelineId};
 use spg_lifecycle_lib::api::ApiKey;
 
 use crate::daemon_http::{db_name, ApiErr, ErrBody};
@@ -223,6 +224,11 @@ async fn list_images(
     ))
 }
 
+async fn stored(State(st): State<St>, Path(db): Path<String>) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    Ok(Json(st.ps.stored(&db).await?.unwrap_or_default()).into_response())
+}
+
 async fn get_manifest(
     State(st): State<St>,
     Path((db, name)): Path<(String, String)>,
@@ -305,6 +311,7 @@ pub fn router(
         .route("/v1/pageserver/{db}/fences", get(newest_fence))
         .route("/v1/pageserver/{db}/fences/{g}", put(put_fence))
         .route("/v1/pageserver/{db}/gc", post(gc))
+        .route("/v1/pageserver/{db}/stored", get(stored))
         .route("/v1/pageserver/{db}/{kind}", post(get_objects))
         .route(
             "/v1/pageserver/{db}/{kind}/{hash}",
@@ -443,6 +450,13 @@ impl ImageRepo for HttpPageserver {
             .await?;
         let b: FenceBody = resp.json().await.map_err(|e| self.unavailable(e))?;
         Ok(b.newest)
+    }
+
+    async fn stored(&self, db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {
+        let resp = self
+            .call(self.http.get(self.url(db, "stored")), None, None)
+            .await?;
+        Ok(Some(resp.json().await.map_err(|e| self.unavailable(e))?))
     }
 
     async fn images(&self, db: &DatabaseName) -> Result<Vec<ImageId>, StorageError> {

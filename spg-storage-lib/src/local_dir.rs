@@ -243,6 +243,8 @@ impl Inner {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            // The directory is the image: nothing is uploaded.
+            bytes_written: 0,
         };
         let first = rec.images.is_empty();
         rec.images.push(image.clone());

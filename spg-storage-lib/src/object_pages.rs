@@ -34,7 +34,8 @@ use std::os::unix::fs::FileExt;
 use async_trait::async_trait;
 use bytes::Bytes;
 use spg_core::{
-    Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, TimelineId,
+    Checkout, CoreResult, DatabaseName, Generation, ImageInfo, Lsn, PageStore, StoredBytes,
+    TimelineId,
 };
 use tracing::{info, warn};
 
@@ -531,14 +532,14 @@ impl ObjectPageStore {
                     .await
             }
         };
-        let manifest = match captured {
+        let (manifest, uploaded) = match captured {
             Ok((m, stats)) => {
                 info!(%db, generation = %g, image = %id, uploaded = stats.bytes_uploaded,
                       chunks = stats.chunks_uploaded, reused = stats.chunks_reused, "image written");
-                m
+                (m, stats.bytes_uploaded)
             }
             // The same generation wrote this very image before (a retried write-back).
-            Err(StorageError::ImageExists(_)) => self.images.manifest(db, &id).await?,
+            Err(StorageError::ImageExists(_)) => (self.images.manifest(db, &id).await?, 0),
             Err(e) => return Err(e),
         };
         if !lazy {
@@ -548,7 +549,10 @@ impl ObjectPageStore {
             })?;
             write_atomic(&self.clean_path(db), &clean)?;
         }
-        let info = image_info(&manifest);
+        let info = ImageInfo {
+            bytes_written: uploaded,
+            ..image_info(&manifest)
+        };
         slot.base = Some(manifest);
         Ok(info)
     }
@@ -589,6 +593,7 @@ fn image_info(m: &Manifest) -> ImageInfo {
         generation: m.id.generation,
         lsn: m.id.lsn,
         created_at_ms: m.created_at_ms,
+        bytes_written: 0,
     }
 }
 
@@ -772,6 +777,10 @@ impl PageStore for ObjectPageStore {
             return Ok(None);
         };
         Ok(Some(image_info(&self.images.manifest(db, &id).await?)))
+    }
+
+    async fn stored_bytes(&self, db: &DatabaseName) -> CoreResult<Option<StoredBytes>> {
+        Ok(self.images.stored(db).await?)
     }
 }
 

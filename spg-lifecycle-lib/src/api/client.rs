@@ -313,6 +313,23 @@ impl ApiClient {
         }
     }
 
+    /// What `db` used from `from` to `to` (RFC 3339; defaults: its creation, now).
+    pub async fn usage(
+        &self,
+        db: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<UsageView, LifecycleError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("from", from), ("to", to)] {
+            if let Some(v) = v {
+                query.append_pair(k, v);
+            }
+        }
+        let path = format!("/v1/databases/{db}/usage?{}", query.finish());
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
     /// Recent transitions of one database, or of all.
     pub async fn transitions(
         &self,

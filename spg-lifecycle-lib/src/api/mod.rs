@@ -14,6 +14,7 @@
 //! | POST | `/v1/databases/{name}/wake` | start its compute; returns the endpoint |
 //! | GET | `/v1/databases/{name}/transitions?limit=N` | its recent state transitions |
 //! | GET | `/v1/transitions?limit=N` | recent transitions of all databases |
+//! | GET | `/v1/databases/{name}/usage?from=&to=` | usage over a span ([`crate::usage`]) |
 //! | POST | `/v1/databases/{name}/roles` `{"name","password"}` or `{"name","scram_verifier"}` | create a role |
 //! | GET | `/v1/databases/{name}/roles` | list roles (names only) |
 //! | GET | `/v1/databases/{name}/roles/{role}/verifier` | a role's SCRAM verifier (for gateways) |

@@ -103,6 +103,12 @@ pub struct TransitionView {
     pub at: String,
     /// Why.
     pub reason: String,
+    /// The writer profile after it (absent in records older than profile records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Bytes the write-back it ends uploaded, if one ended with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
 }
 
 impl From<Transition> for TransitionView {
@@ -114,6 +120,8 @@ impl From<Transition> for TransitionView {
             generation: t.generation,
             at: rfc3339(t.at_ms),
             reason: t.reason,
+            profile: t.profile,
+            bytes_written: t.bytes_written,
         }
     }
 }
@@ -135,6 +143,70 @@ impl From<RoleRecord> for RoleView {
             database: r.database,
             name: r.name,
             created_at: rfc3339(r.created_at_ms),
+        }
+    }
+}
+
+/// What a database used over a span (`GET /v1/databases/{name}/usage`), metered from its
+/// transitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UsageView {
+    /// Database.
+    pub database: DatabaseName,
+    /// Start of the span (RFC 3339).
+    pub from: String,
+    /// End of the span (RFC 3339; at most now).
+    pub to: String,
+    /// Seconds a compute was ready (serving), whatever its profile.
+    pub compute_seconds: f64,
+    /// Seconds a compute was ready, by writer profile (`L1`, `L2`, ...).
+    pub compute_seconds_by_profile: std::collections::BTreeMap<String, f64>,
+    /// Starts that became ready within the span.
+    pub wakes: u64,
+    /// Handoffs to a new writer generation completed within the span.
+    pub handoffs: u64,
+    /// Bytes the write-backs of the stops within the span uploaded to object storage.
+    pub bytes_written_back: u64,
+    /// What durable storage keeps for the database now (absent where it is not metered).
+    pub stored: Option<StoredView>,
+}
+
+/// What durable storage keeps for a database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StoredView {
+    /// Images kept.
+    pub images: u64,
+    /// Bytes of the images (manifests, chunks and chunk lists; shared chunks once).
+    pub image_bytes: u64,
+    /// Bytes of WAL archived to object storage.
+    pub wal_archive_bytes: u64,
+}
+
+impl UsageView {
+    /// The view of `u` for `database`, with what storage keeps for it.
+    pub fn new(
+        database: DatabaseName,
+        u: &crate::usage::Usage,
+        stored: Option<spg_core::StoredBytes>,
+    ) -> Self {
+        UsageView {
+            database,
+            from: rfc3339(u.from_ms),
+            to: rfc3339(u.to_ms),
+            compute_seconds: u.ready_ms() as f64 / 1000.0,
+            compute_seconds_by_profile: u
+                .ready_ms_by_profile
+                .iter()
+                .map(|(p, ms)| (p.clone(), *ms as f64 / 1000.0))
+                .collect(),
+            wakes: u.wakes,
+            handoffs: u.handoffs,
+            bytes_written_back: u.bytes_written,
+            stored: stored.map(|s| StoredView {
+                images: s.images,
+                image_bytes: s.image_bytes,
+                wal_archive_bytes: s.wal_archive_bytes,
+            }),
         }
     }
 }

@@ -402,6 +402,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(handoff_database))
         .routes(routes!(database_transitions))
         .routes(routes!(all_transitions))
+        .routes(routes!(database_usage))
         .routes(routes!(create_role, list_roles))
         .route_layer(middleware::from_fn_with_state(st.clone(), forward_to_owner))
         .route_layer(middleware::from_fn_with_state(st, require_admin_key));
@@ -660,6 +661,50 @@ async fn register_gateway(
         req.ca_pem.as_deref().map(str::as_bytes),
     )?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The span usage is metered over.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SpanQuery {
+    /// Start (RFC 3339; default: the database's creation).
+    from: Option<String>,
+    /// End (RFC 3339; default and at most: now).
+    to: Option<String>,
+}
+
+fn instant_ms(what: &'static str, s: &str) -> Result<u64, ApiError> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| bad_request(what, e))?;
+    let since = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| bad_request(what, e))?;
+    Ok(since.as_millis() as u64)
+}
+
+/// What the database used: compute seconds (time ready) by profile, wakes and handoffs,
+/// metered from its transitions.
+#[utoipa::path(get, path = "/v1/databases/{name}/usage", tag = "databases",
+    params(("name" = DatabaseName, Path, description = "The database"), SpanQuery),
+    responses((status = 200, description = "Usage over the span", body = UsageView)))]
+async fn database_usage(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<SpanQuery>,
+) -> Result<Json<UsageView>, ApiError> {
+    let db = db_name(&name)?;
+    let from = match &q.from {
+        Some(s) => instant_ms("from", s)?,
+        None => st.cp.database(&db).await?.record.created_at_ms,
+    };
+    let to = match &q.to {
+        Some(s) => instant_ms("to", s)?,
+        None => u64::MAX,
+    };
+    if to < from {
+        return Err(bad_request("span", "`to` is before `from`"));
+    }
+    let (usage, stored) = st.cp.usage(&db, from, to).await?;
+    Ok(Json(UsageView::new(db, &usage, stored)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

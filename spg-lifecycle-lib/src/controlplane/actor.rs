@@ -12,7 +12,7 @@ use spg_core::{
     ScaleState,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{now_ms, Shared};
 use crate::compute::load::ComputeLoad;
@@ -123,6 +123,11 @@ pub(crate) struct DbActor {
     leases: HashMap<String, HeldLease>,
     /// Since when no lease has been held (the idle clock).
     idle_since: Instant,
+    /// Up to when the compute's ready time has been counted in the usage metrics.
+    metered_ms: u64,
+    /// Bytes a stop's write-back just uploaded, recorded with the next transition (the one
+    /// that ends the stop).
+    written_back: Option<u64>,
     /// When the last failed start finished, and its error: wakes sent before then share it.
     last_failed_boot: Option<(Instant, String)>,
     live: watch::Sender<LiveStatus>,
@@ -148,6 +153,8 @@ impl DbActor {
             exit: None,
             leases: HashMap::new(),
             idle_since: Instant::now(),
+            metered_ms: now_ms(),
+            written_back: None,
             last_failed_boot: None,
             live,
             rx,
@@ -474,6 +481,7 @@ impl DbActor {
             })
             .inc();
         self.shared.metrics.record_steps("stop", &report.timings);
+        self.written_back = report.image.as_ref().map(|i| i.bytes_written);
         let now = now_ms();
         self.transition(ComputeState::Stopped, reason, |r| {
             r.last_stopped_ms = Some(now);
@@ -484,6 +492,15 @@ impl DbActor {
         })
         .await?;
         self.publish();
+        // What storage keeps now, for the gauges (off the actor's path).
+        if self.shared.storage.get().is_some() {
+            let (shared, db) = (Arc::clone(&self.shared), self.name.clone());
+            self.shared.tasks.spawn(async move {
+                if let Err(e) = shared.stored_bytes(&db).await {
+                    debug!(error = %e, "metering stored bytes failed");
+                }
+            });
+        }
         Ok(())
     }
 
@@ -740,8 +757,11 @@ impl DbActor {
             generation: next.generation,
             at_ms: now,
             reason: format!("scale {before} -> {state}: {reason}"),
+            profile: Some(self.shared.config.profile_of(&next).name),
+            bytes_written: self.written_back.take(),
         };
         self.store_record(&next, &t).await?;
+        self.meter(&next, now, t.bytes_written);
         info!(from = %before, to = %state, reason, "scale state");
         self.shared.metrics.scale_changed(state);
         self.rec = next;
@@ -769,6 +789,31 @@ impl DbActor {
         compute.apply_roles(&roles).await
     }
 
+    /// Count the ready time up to `now` in the usage metrics, as the record held (still the
+    /// one before `next`) ran it; note a wake, and the bytes a write-back `written`.
+    fn meter(&mut self, next: &DatabaseRecord, now: u64, written: Option<u64>) {
+        let m = &self.shared.metrics;
+        if self.rec.state == ComputeState::Ready {
+            let profile = self.shared.config.profile_of(&self.rec).name;
+            m.ran(
+                self.name.as_str(),
+                &profile,
+                now.saturating_sub(self.metered_ms),
+            );
+        }
+        if self.rec.state == ComputeState::Booting && next.state == ComputeState::Ready {
+            m.woke(self.name.as_str());
+        }
+        if let Some(bytes) = written {
+            m.written_back_bytes
+                .get_or_create(&crate::metrics::DatabaseLabel {
+                    database: self.name.to_string(),
+                })
+                .inc_by(bytes);
+        }
+        self.metered_ms = now;
+    }
+
     /// Persist a state change (compare-and-set) with its transition record.
     async fn transition(
         &mut self,
@@ -791,8 +836,11 @@ impl DbActor {
             generation: next.generation,
             at_ms: now,
             reason: reason.to_string(),
+            profile: Some(self.shared.config.profile_of(&next).name),
+            bytes_written: self.written_back.take(),
         };
         self.store_record(&next, &t).await?;
+        self.meter(&next, now, t.bytes_written);
         info!(%from, %to, generation = %next.generation, reason, "state");
         self.shared.metrics.state_changed(Some(from), to);
         self.rec = next;

@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     stop: CancellationToken,
     /// The databases this control plane owns, when it shares its store.
     ownership: Option<Ownerships>,
+    /// Where usage metering reads what durable storage keeps ([`ControlPlane::meter_storage`]).
+    pub(crate) storage: std::sync::OnceLock<Arc<dyn spg_core::PageStore>>,
 }
 
 /// A gateway daemon and when it last registered.
@@ -140,6 +142,24 @@ struct ActorHandle {
 }
 
 impl Shared {
+    /// What durable storage keeps for `db` now, also set on the gauges (`None`: not metered).
+    pub(crate) async fn stored_bytes(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<Option<spg_core::StoredBytes>, LifecycleError> {
+        let Some(pages) = self.storage.get() else {
+            return Ok(None);
+        };
+        let stored = pages
+            .stored_bytes(db)
+            .await
+            .map_err(LifecycleError::PageStore)?;
+        if let Some(s) = &stored {
+            self.metrics.stored(db.as_str(), s);
+        }
+        Ok(stored)
+    }
+
     /// `Ok` if this control plane may act on `db` under ownership token `token` now (always,
     /// for a control plane that does not share its store).
     pub(crate) fn may_act(&self, db: &DatabaseName, token: u64) -> Result<(), LifecycleError> {
@@ -209,6 +229,7 @@ impl ControlPlane {
             remote_gateways: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             ownership,
+            storage: std::sync::OnceLock::new(),
         });
         if shared.config.autoscale.enabled {
             shared
@@ -330,6 +351,8 @@ impl ControlPlane {
             generation: rec.generation,
             at_ms: now,
             reason: "created".into(),
+            profile: Some(self.shared.config.profile_of(&rec).name),
+            bytes_written: None,
         };
         self.shared.store.insert_database(&rec, &created).await?;
         self.shared.metrics.state_changed(None, rec.state);
@@ -500,6 +523,33 @@ impl ControlPlane {
         self.shared.store.transitions(db, limit).await
     }
 
+    /// What `db` used from `from_ms` to `to_ms` (ms since the epoch; `to_ms` is cut at now),
+    /// metered from its transitions ([`crate::usage`]), and what durable storage keeps for it
+    /// now (when [`ControlPlane::meter_storage`] named where to ask).
+    pub async fn usage(
+        &self,
+        db: &DatabaseName,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<(crate::usage::Usage, Option<spg_core::StoredBytes>), LifecycleError> {
+        self.known(db).await?;
+        let to_ms = to_ms.min(now_ms());
+        let ts = self
+            .shared
+            .store
+            .transitions_between(db, from_ms, to_ms)
+            .await?;
+        let stored = self.shared.stored_bytes(db).await?;
+        Ok((crate::usage::meter(&ts, from_ms, to_ms), stored))
+    }
+
+    /// Meter what durable storage keeps for each database through `pages` (its
+    /// [`spg_core::PageStore::stored_bytes`]): in [`ControlPlane::usage`], and as Prometheus
+    /// gauges refreshed after each stop. Set once; later calls are ignored.
+    pub fn meter_storage(&self, pages: Arc<dyn spg_core::PageStore>) {
+        let _ = self.shared.storage.set(pages);
+    }
+
     /// Stop every compute and end all database tasks. Idempotent.
     pub async fn shutdown(&self) {
         self.shared.stop.cancel();
@@ -579,6 +629,8 @@ async fn recover(
             generation: rec.generation,
             at_ms: now,
             reason: reason.into(),
+            profile: Some(shared.config.profile_of(&rec).name),
+            bytes_written: None,
         };
         if !shared
             .store

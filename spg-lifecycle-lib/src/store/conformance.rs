@@ -67,6 +67,8 @@ fn created(rec: &DatabaseRecord) -> Transition {
         generation: Generation::NONE,
         at_ms: rec.created_at_ms,
         reason: "created".into(),
+        profile: Some("L1".into()),
+        bytes_written: None,
     }
 }
 
@@ -95,6 +97,8 @@ fn transition(rec: &DatabaseRecord, from: ComputeState, at_ms: u64) -> Transitio
         generation: rec.generation,
         at_ms,
         reason: format!("to {}", rec.state.as_str()),
+        profile: rec.profile.clone(),
+        bytes_written: None,
     }
 }
 
@@ -318,6 +322,45 @@ pub async fn transitions(s: &dyn StateStore) {
         .await
         .expect("transitions")
         .is_empty());
+    assert_eq!(
+        ts[0].profile, None,
+        "a transition's profile comes back as written"
+    );
+    let created = s
+        .transitions(Some(&name("trans")), 100)
+        .await
+        .expect("transitions");
+    assert_eq!(
+        created.last().and_then(|t| t.profile.as_deref()),
+        Some("L1")
+    );
+
+    // A span: the newest transition before it, then those within, oldest first.
+    let at = |ts: Vec<Transition>| ts.iter().map(|t| t.at_ms).collect::<Vec<_>>();
+    let trans = name("trans");
+    let between = |from, to| s.transitions_between(&trans, from, to);
+    assert_eq!(
+        at(between(10_002, 10_003).await.expect("between")),
+        vec![10_001, 10_002, 10_003],
+        "the state before the span, then the span"
+    );
+    assert_eq!(
+        at(between(10_010, 20_000).await.expect("between")),
+        vec![10_004],
+        "nothing within: the state it was left in"
+    );
+    assert_eq!(
+        at(between(0, 10_000).await.expect("between")),
+        vec![1_000, 10_000],
+        "from the creation"
+    );
+    assert!(
+        s.transitions_between(&name("nosuchdb"), 0, u64::MAX)
+            .await
+            .expect("between")
+            .is_empty(),
+        "no database, no transitions"
+    );
 }
 
 /// Metadata: absent, set, overwritten.

@@ -127,6 +127,14 @@ pub struct Transition {
     pub at_ms: u64,
     /// Why.
     pub reason: String,
+    /// The writer profile in effect after it (what usage is metered by; `None` in records
+    /// written before profiles were kept).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Bytes the write-back of the stop it ends uploaded to object storage, if one ended with
+    /// it.
+    #[serde(default)]
+    pub bytes_written: Option<u64>,
 }
 
 /// Which control plane decides a database's wakes, stops and handoffs: the holder of an
@@ -222,6 +230,16 @@ pub trait StateStore: Send + Sync + 'static {
         &self,
         db: Option<&DatabaseName>,
         limit: usize,
+    ) -> Result<Vec<Transition>, LifecycleError>;
+
+    /// The transitions of `db` from `from_ms` to `to_ms` (inclusive), oldest first, preceded by
+    /// the newest one before `from_ms` (the state the span starts in), if any: what usage is
+    /// metered from.
+    async fn transitions_between(
+        &self,
+        db: &DatabaseName,
+        from_ms: u64,
+        to_ms: u64,
     ) -> Result<Vec<Transition>, LifecycleError>;
 
     /// A metadata value (e.g. the API key hash).

@@ -23,7 +23,8 @@ use crate::LifecycleError;
 
 /// Numbered schema migrations: entry `i` takes the schema from version `i` to `i + 1`. Never
 /// edit one that has shipped; append.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE databases (
     name TEXT PRIMARY KEY,
     version BIGINT NOT NULL,
@@ -52,7 +53,17 @@ CREATE TABLE transitions (
 );
 CREATE INDEX transitions_by_db ON transitions (database, id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"];
+",
+    "
+ALTER TABLE transitions ADD COLUMN profile TEXT;
+ALTER TABLE transitions ADD COLUMN bytes_written BIGINT;
+CREATE INDEX transitions_by_db_time ON transitions (database, at_ms);
+",
+];
+
+/// The columns a transition is read from ([`transition_from_row`]).
+const COLS: &str =
+    "database, from_state, to_state, generation, at_ms, reason, profile, bytes_written";
 
 /// The columns a database record is read from: the JSON document, then the columns that
 /// override it (the version and the token change without the document: a takeover).
@@ -298,13 +309,19 @@ fn transition_from_row(row: &Row) -> Result<Transition, LifecycleError> {
         generation: Generation(row.try_get::<_, i64>(3).map_err(pg_err)? as u64),
         at_ms: row.try_get::<_, i64>(4).map_err(pg_err)? as u64,
         reason: row.try_get(5).map_err(pg_err)?,
+        profile: row.try_get(6).map_err(pg_err)?,
+        bytes_written: row
+            .try_get::<_, Option<i64>>(7)
+            .map_err(pg_err)?
+            .map(|b| b.max(0) as u64),
     })
 }
 
 async fn insert_transition(c: &impl GenericClient, t: &Transition) -> Result<(), LifecycleError> {
     c.execute(
-        "INSERT INTO transitions (database, from_state, to_state, generation, at_ms, reason)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO transitions (database, from_state, to_state, generation, at_ms, reason,
+                                  profile, bytes_written)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &t.database.as_str(),
             &t.from.map(|s| s.as_str()),
@@ -312,6 +329,8 @@ async fn insert_transition(c: &impl GenericClient, t: &Transition) -> Result<(),
             &(t.generation.0 as i64),
             &(t.at_ms as i64),
             &t.reason,
+            &t.profile,
+            &t.bytes_written.map(|b| b.min(i64::MAX as u64) as i64),
         ],
     )
     .await
@@ -477,6 +496,35 @@ impl StateStore for PostgresStateStore {
         .collect()
     }
 
+    async fn transitions_between(
+        &self,
+        db: &DatabaseName,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<Transition>, LifecycleError> {
+        let (from, to) = (
+            from_ms.min(i64::MAX as u64) as i64,
+            to_ms.min(i64::MAX as u64) as i64,
+        );
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {COLS} FROM (
+                         (SELECT * FROM transitions WHERE database = $1 AND at_ms < $2
+                          ORDER BY id DESC LIMIT 1)
+                         UNION ALL
+                         (SELECT * FROM transitions
+                          WHERE database = $1 AND at_ms >= $2 AND at_ms <= $3)
+                     ) t ORDER BY id"
+                ),
+                &[&db.as_str(), &from, &to],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(transition_from_row).collect()
+    }
+
     async fn transitions(
         &self,
         db: Option<&DatabaseName>,
@@ -484,7 +532,6 @@ impl StateStore for PostgresStateStore {
     ) -> Result<Vec<Transition>, LifecycleError> {
         let limit = limit.min(100_000) as i64;
         let c = self.client().await?;
-        const COLS: &str = "database, from_state, to_state, generation, at_ms, reason";
         let rows = match db {
             Some(db) => {
                 c.query(

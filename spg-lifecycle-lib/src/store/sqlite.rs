@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS transitions (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transitions_by_db ON transitions(database, id);
+CREATE INDEX IF NOT EXISTS transitions_by_db_time ON transitions(database, at_ms);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
@@ -48,7 +49,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "lease_expires_ms",
         "INTEGER NOT NULL DEFAULT 0",
     ),
+    ("transitions", "profile", "TEXT"),
+    ("transitions", "bytes_written", "INTEGER"),
 ];
+
+/// The columns a transition is read from ([`transition_from_row`]).
+const COLS: &str =
+    "database, from_state, to_state, generation, at_ms, reason, profile, bytes_written";
 
 /// The columns a database record is read from: the JSON document, then the columns that
 /// override it (the version and the token change without the document: a takeover).
@@ -184,15 +191,18 @@ fn now_ms() -> i64 {
 
 fn insert_transition(tx: &rusqlite::Transaction<'_>, t: &Transition) -> rusqlite::Result<()> {
     tx.execute(
-        "INSERT INTO transitions (database, from_state, to_state, generation, at_ms, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO transitions (database, from_state, to_state, generation, at_ms, reason,
+                                  profile, bytes_written)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             t.database.as_str(),
             t.from.map(|s| s.as_str()),
             t.to.as_str(),
             t.generation.0 as i64,
             t.at_ms as i64,
-            t.reason
+            t.reason,
+            t.profile,
+            t.bytes_written.map(|b| b.min(i64::MAX as u64) as i64)
         ],
     )?;
     Ok(())
@@ -223,6 +233,8 @@ fn transition_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Transition> 
         generation: Generation(row.get::<_, i64>(3)? as u64),
         at_ms: row.get::<_, i64>(4)? as u64,
         reason: row.get(5)?,
+        profile: row.get(6)?,
+        bytes_written: row.get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
     })
 }
 
@@ -398,6 +410,39 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    async fn transitions_between(
+        &self,
+        db: &DatabaseName,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<Transition>, LifecycleError> {
+        let db = db.clone();
+        self.with(move |c| {
+            let (from, to) = (
+                from_ms.min(i64::MAX as u64) as i64,
+                to_ms.min(i64::MAX as u64) as i64,
+            );
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {COLS} FROM (
+                         SELECT * FROM (SELECT * FROM transitions
+                                        WHERE database = ?1 AND at_ms < ?2
+                                        ORDER BY id DESC LIMIT 1)
+                         UNION ALL
+                         SELECT * FROM transitions
+                         WHERE database = ?1 AND at_ms >= ?2 AND at_ms <= ?3
+                     ) ORDER BY id"
+                ))
+                .map_err(store_err)?;
+            let rows = st
+                .query_map(params![db.as_str(), from, to], transition_from_row)
+                .map_err(store_err)?
+                .collect::<rusqlite::Result<Vec<_>>>();
+            rows.map_err(store_err)
+        })
+        .await
+    }
+
     async fn transitions(
         &self,
         db: Option<&DatabaseName>,
@@ -406,7 +451,6 @@ impl StateStore for SqliteStateStore {
         let db = db.cloned();
         let limit = limit.min(100_000) as i64;
         self.with(move |c| {
-            const COLS: &str = "database, from_state, to_state, generation, at_ms, reason";
             let rows = match &db {
                 Some(db) => {
                     let mut st = c

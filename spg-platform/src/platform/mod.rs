@@ -320,7 +320,7 @@ impl Platform {
                 Arc::new(agents::kube_provisioner(&cfg, &data_dir, runner).await?)
             }
             ComputeRunner::InProcess => {
-                Arc::new(LocalProvisioner::new(agent, pages)?.with_wal(wal))
+                Arc::new(LocalProvisioner::new(agent, Arc::clone(&pages))?.with_wal(wal))
             }
             ComputeRunner::Processes(program) => {
                 let object_store = match &cfg.object_store {
@@ -358,6 +358,7 @@ impl Platform {
             ..ControlPlaneConfig::default()
         };
         let control_plane = ControlPlane::start(cp_config, store, provisioner, cp_metrics).await?;
+        control_plane.meter_storage(Arc::clone(&pages));
         let mut background: Vec<JoinHandle<()>> =
             gc_task.into_iter().chain(agent_storage_task).collect();
         if let Some(rf) = rollforward {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, PutPayload};
-use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
+use spg_core::{DatabaseName, Generation, Lsn, StoredBytes, TimelineId};
 
 pub use super::format::ObjectKind;
 use super::format::{ChunkHash, ImageId, Manifest};
@@ -85,6 +85,11 @@ pub trait ImageRepo: Send + Sync + fmt::Debug + 'static {
         h: &ChunkHash,
         bytes: Bytes,
     ) -> Result<(), StorageError>;
+
+    /// What is stored for `db` (images and archived WAL), if this repository can tell.
+    async fn stored(&self, _db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {
+        Ok(None)
+    }
 
     /// The soft basebackup of the newest image of `db` on `history`: its manifest, plus whatever
     /// objects the repository chooses to send along (none by default).
@@ -179,6 +184,30 @@ impl ObjectRepo {
             .await
             .map_err(|e| os_err("get", key, e))?;
         r.bytes().await.map_err(|e| os_err("get", key, e))
+    }
+
+    /// What is stored for `db`: its images (manifests, chunks, lists) under this repository's
+    /// prefix, and the WAL archived under `wal_prefix` of the same object store.
+    pub async fn stored(
+        &self,
+        db: &DatabaseName,
+        wal_prefix: &ObjectPath,
+    ) -> Result<StoredBytes, StorageError> {
+        let mut out = StoredBytes::default();
+        for dir in ["images", "chunks", "lists"] {
+            for meta in self.list_under(db, dir).await? {
+                out.image_bytes += meta.size;
+                out.images += u64::from(dir == "images");
+            }
+        }
+        let wal: Vec<ObjectMeta> = self
+            .store
+            .list(Some(wal_prefix))
+            .try_collect()
+            .await
+            .map_err(|e| os_err("list", wal_prefix, e))?;
+        out.wal_archive_bytes = wal.iter().map(|m| m.size).sum();
+        Ok(out)
     }
 
     /// Every object under `dir` (e.g. `chunks`) of `db`.

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
+use spg_core::{DatabaseName, Generation, Lsn, StoredBytes, TimelineId};
 use tracing::debug;
 
 use super::format::{
@@ -181,6 +181,11 @@ impl ImageStore {
         id: &ImageId,
     ) -> Result<Manifest, StorageError> {
         Self::decode_manifest(db, Some(id), &self.repo.manifest(db, id).await?)
+    }
+
+    /// What is stored for `db` (images and archived WAL), if the repository can tell.
+    pub async fn stored(&self, db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {
+        self.repo.stored(db).await
     }
 
     /// The soft basebackup of the newest image of `db` on `history`: its manifest and the

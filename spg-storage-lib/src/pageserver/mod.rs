@@ -32,7 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
+use spg_core::{DatabaseName, Generation, Lsn, StoredBytes, TimelineId};
 use tracing::{debug, info};
 
 use crate::image::repo::{latest_on_path, PARALLEL};
@@ -392,6 +392,11 @@ impl ImageRepo for Pageserver {
             self.keep_manifest(db, *id, b.clone());
         }
         Ok(b)
+    }
+
+    async fn stored(&self, db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {
+        let wal = crate::safekeeper::node::archive_prefix(db);
+        Ok(Some(self.objects.stored(db, &wal).await?))
     }
 
     async fn put_manifest(&self, m: &Manifest) -> Result<(), StorageError> {

@@ -323,7 +323,12 @@ pub fn history_file(path: &History, tli: TimelineId) -> Option<String> {
 
 /// Where offloaded WAL lives in object storage: `wal/<db>/<segment file name>`.
 pub fn archive_path(db: &DatabaseName, file_name: &str) -> object_store::path::Path {
-    object_store::path::Path::from(format!("wal/{}/{file_name}", db.as_str()))
+    archive_prefix(db).child(file_name)
+}
+
+/// The object-store prefix of `db`'s offloaded WAL: `wal/<db>`.
+pub fn archive_prefix(db: &DatabaseName) -> object_store::path::Path {
+    object_store::path::Path::from(format!("wal/{}", db.as_str()))
 }
 
 /// What one offload pass did.
