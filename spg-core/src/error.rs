@@ -56,6 +56,10 @@ pub enum CoreError {
     /// The component is shutting down; the caller should not retry against it.
     #[error("shutting down")]
     ShuttingDown,
+    /// The platform's policy refused the operation (a pre-wake hook's veto): the message is
+    /// the operator's, meant for the client. Not retryable.
+    #[error("refused: {0}")]
+    Refused(String),
     /// Any other failure of the implementation. Not retryable.
     #[error("{0}")]
     Internal(String),

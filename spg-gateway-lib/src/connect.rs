@@ -19,6 +19,10 @@ pub(crate) fn classify_core(e: &CoreError, db: &DatabaseName) -> (bool, GatewayE
     let retryable = e.is_retryable();
     let err = match e {
         CoreError::DatabaseNotFound(_) => GatewayError::UnknownDatabase(db.to_string()),
+        CoreError::Refused(message) => GatewayError::WakeRefused {
+            database: db.to_string(),
+            message: message.clone(),
+        },
         _ if retryable => GatewayError::WakeTimeout {
             database: db.to_string(),
             detail: e.to_string(),
@@ -111,6 +115,11 @@ pub(crate) async fn open(
             let endpoint = woken.map_err(|f| {
                 if f.not_found {
                     GatewayError::UnknownDatabase(db.to_string())
+                } else if let Some(message) = f.refused {
+                    GatewayError::WakeRefused {
+                        database: db.to_string(),
+                        message,
+                    }
                 } else if f.retryable {
                     GatewayError::BackendUnavailable(f.message)
                 } else {

@@ -61,6 +61,15 @@ pub enum GatewayError {
         /// Why (logged, not shown to the client).
         detail: String,
     },
+    /// The platform refused to start the database (a pre-wake hook's veto, such as a spending
+    /// cap); the message is the operator's and is shown to the client.
+    #[error("waking database {database:?} was refused: {message}")]
+    WakeRefused {
+        /// Database.
+        database: String,
+        /// The operator's message.
+        message: String,
+    },
     /// The compute refused the gateway's login or broke the protocol.
     #[error("compute rejected the connection: {0}")]
     BackendRejected(String),
@@ -101,6 +110,7 @@ impl GatewayError {
             GatewayError::AuthFailed => "28P01",
             GatewayError::TooManyConnections | GatewayError::TooManyFailures => "53300",
             GatewayError::WakeTimeout { .. } | GatewayError::WakeFailed { .. } => "57P03",
+            GatewayError::WakeRefused { .. } => "53400",
             GatewayError::BackendRejected(_) => "08004",
             GatewayError::BackendUnavailable(_) => "08006",
             GatewayError::QueueTimeout(_) => "57014",
@@ -140,6 +150,13 @@ impl GatewayError {
             GatewayError::WakeFailed { .. } => (
                 format!("database \"{database}\" could not be started"),
                 Some("Retry the connection; if it keeps failing, contact the operator."),
+            ),
+            GatewayError::WakeRefused { message, .. } => (
+                format!(
+                    "database \"{database}\" may not be started: {}",
+                    printable(message, 200)
+                ),
+                None,
             ),
             GatewayError::BackendRejected(_) => (
                 format!("database \"{database}\" rejected the connection"),
@@ -203,6 +220,15 @@ impl From<spg_core::scram::client::ScramClientError> for GatewayError {
     }
 }
 
+/// `s` cut to `max` characters, control characters replaced: an operator's text as a client
+/// message.
+fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +251,15 @@ mod tests {
             Some("3D000")
         );
         assert_eq!(GatewayError::TooManyConnections.sqlstate(), Some("53300"));
+        let refused = GatewayError::WakeRefused {
+            database: "shop".into(),
+            message: "spending cap reached\n(see the console)".into(),
+        };
+        assert_eq!(refused.sqlstate(), Some("53400"));
+        let (m, _) = refused.client_message("app", "shop");
+        assert_eq!(
+            m,
+            "database \"shop\" may not be started: spending cap reached (see the console)"
+        );
     }
 }

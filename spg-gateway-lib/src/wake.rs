@@ -15,6 +15,8 @@ pub struct WakeFailure {
     pub retryable: bool,
     /// The database does not exist.
     pub not_found: bool,
+    /// The platform refused to start it, with the operator's message (shown to the client).
+    pub refused: Option<String>,
     /// What happened (for logs).
     pub message: String,
 }
@@ -24,6 +26,10 @@ impl From<CoreError> for WakeFailure {
         WakeFailure {
             retryable: e.is_retryable(),
             not_found: matches!(e, CoreError::DatabaseNotFound(_)),
+            refused: match &e {
+                CoreError::Refused(m) => Some(m.clone()),
+                _ => None,
+            },
             message: e.to_string(),
         }
     }
@@ -87,6 +93,7 @@ fn lost() -> WakeFailure {
     WakeFailure {
         retryable: true,
         not_found: false,
+        refused: None,
         message: "wake task ended without an outcome".into(),
     }
 }

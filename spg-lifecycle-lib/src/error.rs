@@ -94,6 +94,9 @@ pub enum LifecycleError {
     /// The control plane is shutting down.
     #[error("control plane is shutting down")]
     ShuttingDown,
+    /// A pre-wake hook refused the wake; its message is meant for the client.
+    #[error("wake refused: {0}")]
+    WakeRefused(String),
     /// The API refused a request or could not be reached.
     #[error("API: {message}")]
     Api {
@@ -152,6 +155,7 @@ impl From<LifecycleError> for CoreError {
             LifecycleError::Conflict(what) => CoreError::Conflict(what),
             LifecycleError::Timeout(what) => CoreError::Timeout(what),
             LifecycleError::ShuttingDown => CoreError::ShuttingDown,
+            LifecycleError::WakeRefused(message) => CoreError::Refused(message),
             LifecycleError::PageStore(inner) | LifecycleError::WalQuorum(inner) => inner,
             LifecycleError::Api {
                 status: Some(404),

@@ -23,6 +23,7 @@ pub mod autoscale;
 pub mod compute;
 pub mod controlplane;
 mod error;
+pub mod events;
 pub mod fuzzing;
 pub mod metrics;
 pub mod os_user;
@@ -33,6 +34,7 @@ pub mod store;
 pub mod testing;
 pub mod timing;
 pub mod usage;
+pub mod webhooks;
 
 pub use controlplane::{ControlPlane, ControlPlaneConfig, DatabaseStatus, RoleSecret};
 pub use error::LifecycleError;

@@ -101,6 +101,10 @@ pub struct ControlPlaneMetrics {
     pub database_wakes: Family<DatabaseLabel, Counter>,
     /// Usage: bytes each database's write-backs uploaded to object storage.
     pub written_back_bytes: Family<DatabaseLabel, Counter>,
+    /// Wakes the pre-wake hook refused.
+    pub wake_refusals: Counter,
+    /// Wakes that went on without a verdict of the pre-wake hook (timeout, error).
+    pub pre_wake_unanswered: Counter,
     /// Usage: bytes durable storage keeps for each database (`kind`: `image`, `wal_archive`),
     /// as of its last stop or usage query.
     pub stored_bytes: Family<StoredLabel, Gauge>,
@@ -134,6 +138,8 @@ impl Default for ControlPlaneMetrics {
             compute_seconds: Family::default(),
             database_wakes: Family::default(),
             written_back_bytes: Family::default(),
+            wake_refusals: Counter::default(),
+            pre_wake_unanswered: Counter::default(),
             stored_bytes: Family::default(),
         }
     }
@@ -202,6 +208,16 @@ impl ControlPlaneMetrics {
             "written_back_bytes",
             "Bytes each database's write-backs uploaded to object storage",
             m.written_back_bytes.clone(),
+        );
+        r.register(
+            "wake_refusals",
+            "Wakes the pre-wake hook refused",
+            m.wake_refusals.clone(),
+        );
+        r.register(
+            "pre_wake_unanswered",
+            "Wakes that went on without a verdict of the pre-wake hook",
+            m.pre_wake_unanswered.clone(),
         );
         r.register(
             "stored_bytes",

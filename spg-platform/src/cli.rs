@@ -65,6 +65,28 @@ pub struct PlatformArgs {
     #[arg(long, env = "SPG_HANDOFF_FREEZE_MARGIN", default_value = "30s",
           value_parser = crate::parse_duration)]
     pub handoff_freeze_margin: Duration,
+    /// An endpoint every lifecycle event is POSTed to, signed (repeat for several):
+    /// `https://...`, or `http://` to a loopback address.
+    #[arg(long = "webhook", env = "SPG_WEBHOOKS", value_delimiter = ' ')]
+    pub webhooks: Vec<String>,
+    /// File holding the webhooks' signing secret (HMAC-SHA256; not readable by others).
+    #[arg(long, env = "SPG_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// The events webhooks get (comma-separated: created, woken, stopped, crashed,
+    /// handoff_started, handoff_ended); default: all.
+    #[arg(long, env = "SPG_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+    /// Asked before every start of a stopped database, signed like the webhooks; a `2xx`
+    /// `{"allow": false, "message": "..."}` refuses the wake (the client sees the message).
+    #[arg(long, env = "SPG_PRE_WAKE_HOOK")]
+    pub pre_wake_hook: Option<String>,
+    /// How long the pre-wake hook may take; without a verdict by then the wake goes on.
+    #[arg(long, env = "SPG_PRE_WAKE_TIMEOUT", default_value = "2s",
+          value_parser = crate::parse_duration)]
+    pub pre_wake_timeout: Duration,
+    /// CA (PEM) to check webhook endpoints' certificates against (default: the system's).
+    #[arg(long, env = "SPG_WEBHOOK_CA")]
+    pub webhook_ca: Option<PathBuf>,
     /// How long a handoff waits for sessions pinned to the writer to end before it gives up.
     #[arg(long, env = "SPG_HANDOFF_PINNED_WAIT", default_value = "60s",
           value_parser = crate::parse_duration)]
@@ -345,6 +367,77 @@ impl PlatformArgs {
         Ok(KubeRunner { settings, api })
     }
 
+    /// The hooks' signing secret, from `webhook_secret_file`.
+    fn hook_secret(&self, needed_by: &str) -> Result<zeroize::Zeroizing<String>> {
+        let file = self
+            .webhook_secret_file
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("`{needed_by}` needs `webhook_secret_file`"))?;
+        crate::config::check_private(file, "webhook_secret_file")?;
+        let secret = zeroize::Zeroizing::new(
+            std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("reading webhook_secret_file: {e}"))?
+                .trim()
+                .to_string(),
+        );
+        if secret.len() < 16 {
+            anyhow::bail!("the webhook secret is too short (at least 16 characters)");
+        }
+        Ok(secret)
+    }
+
+    /// The pre-wake hook the flags name.
+    fn pre_wake_hook(&self) -> Result<Option<spg_lifecycle_lib::webhooks::PreWakeHook>> {
+        let Some(url) = &self.pre_wake_hook else {
+            return Ok(None);
+        };
+        let secret = self.hook_secret("pre_wake_hook")?;
+        // The same rule as the webhooks' URLs.
+        spg_lifecycle_lib::webhooks::Webhook {
+            url: url.clone(),
+            secret: secret.clone(),
+            events: Vec::new(),
+        }
+        .validate()
+        .map_err(|e| anyhow::anyhow!("pre_wake_hook: {e}"))?;
+        Ok(Some(spg_lifecycle_lib::webhooks::PreWakeHook {
+            url: url.clone(),
+            secret,
+            timeout: self.pre_wake_timeout,
+        }))
+    }
+
+    /// The webhooks the flags name, with their secret and events.
+    fn webhooks(&self) -> Result<Vec<spg_lifecycle_lib::webhooks::Webhook>> {
+        use spg_lifecycle_lib::events::EventKind;
+        if self.webhooks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let secret = self.hook_secret("webhook")?;
+        let events = self
+            .webhook_events
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                EventKind::parse(e.trim())
+                    .ok_or_else(|| anyhow::anyhow!("webhook_events: unknown event {e:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.webhooks
+            .iter()
+            .map(|url| {
+                let hook = spg_lifecycle_lib::webhooks::Webhook {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    events: events.clone(),
+                };
+                hook.validate()
+                    .map_err(|e| anyhow::anyhow!("webhook: {e}"))?;
+                Ok(hook)
+            })
+            .collect()
+    }
+
     /// The data directory (created, absolute), its env file as found, and a platform
     /// configuration from these flags (no gateway; the caller adds one). The API key of an
     /// existing env file is reused.
@@ -367,6 +460,12 @@ impl PlatformArgs {
         cfg.handoff_freeze_margin = self.handoff_freeze_margin;
         cfg.http_limits = self.http.limits();
         cfg.handoff_pinned_wait = self.handoff_pinned_wait;
+        cfg.webhooks = self.webhooks()?;
+        cfg.pre_wake_hook = self.pre_wake_hook()?;
+        cfg.webhook_ca_pem = match &self.webhook_ca {
+            Some(p) => Some(read_pem(p, "webhook_ca")?),
+            None => None,
+        };
         cfg.autoscale.enabled = self.autoscale;
         cfg.autoscale.up_window = self.autoscale_up_window;
         cfg.autoscale.down_window = self.autoscale_down_window;

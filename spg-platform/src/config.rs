@@ -420,7 +420,8 @@ fn check_value(arg: &clap::Arg, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_private(file: &Path, key: &str) -> Result<(), ConfigError> {
+/// `Ok` when `file` (holding the secret of setting `key`) is readable by its owner only.
+pub fn check_private(file: &Path, key: &str) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(file)
         .map_err(|source| ConfigError::Read {

@@ -146,11 +146,12 @@ impl ApiClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let message = match resp.json::<ErrorBody>().await {
-            Ok(b) => b.error.message,
-            Err(_) => status.to_string(),
+        let (code, message) = match resp.json::<ErrorBody>().await {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => (String::new(), status.to_string()),
         };
         Err(match status {
+            StatusCode::FORBIDDEN if code == "wake_refused" => LifecycleError::WakeRefused(message),
             StatusCode::NOT_FOUND if message.starts_with("database") => {
                 LifecycleError::DatabaseNotFound(message)
             }

@@ -9,7 +9,7 @@ use crate::store::{RoleRecord, Transition};
 use crate::timing::StepTimings;
 use crate::DatabaseStatus;
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

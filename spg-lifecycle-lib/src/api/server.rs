@@ -159,6 +159,9 @@ impl From<LifecycleError> for ApiError {
                 ApiError(StatusCode::CONFLICT, "already_exists", e.to_string(), None)
             }
             L::Invalid { .. } => ApiError(StatusCode::BAD_REQUEST, "invalid", e.to_string(), None),
+            L::WakeRefused(message) => {
+                ApiError(StatusCode::FORBIDDEN, "wake_refused", message.clone(), None)
+            }
             L::ShuttingDown => ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
@@ -403,6 +406,8 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(database_transitions))
         .routes(routes!(all_transitions))
         .routes(routes!(database_usage))
+        .routes(routes!(event_stream))
+        .routes(routes!(webhook_deliveries))
         .routes(routes!(create_role, list_roles))
         .route_layer(middleware::from_fn_with_state(st.clone(), forward_to_owner))
         .route_layer(middleware::from_fn_with_state(st, require_admin_key));
@@ -600,7 +605,8 @@ async fn stop_database(
 
 /// Start its compute (if it is not running); returns where it listens.
 #[utoipa::path(post, path = "/v1/databases/{name}/wake", tag = "gateway", params(("name" = DatabaseName, Path, description = "The database")),
-    responses((status = 200, description = "It runs", body = WakeView)))]
+    responses((status = 200, description = "It runs", body = WakeView),
+              (status = 403, description = "The pre-wake hook refused it (`wake_refused`; the message is the hook's)", body = ErrorBody)))]
 async fn wake_database(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -661,6 +667,61 @@ async fn register_gateway(
         req.ca_pem.as_deref().map(str::as_bytes),
     )?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Which events a stream carries.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventQuery {
+    /// Only this database's.
+    database: Option<String>,
+}
+
+/// Lifecycle events as they happen (server-sent events: `event:` the kind, `id:` the event's
+/// id, `data:` the event as JSON); a comment every 15 s keeps the stream open.
+#[utoipa::path(get, path = "/v1/events", tag = "operations", params(EventQuery),
+    responses((status = 200, description = "An endless `text/event-stream` of events",
+               body = crate::events::Event, content_type = "text/event-stream")))]
+async fn event_stream(
+    State(st): State<AppState>,
+    Query(q): Query<EventQuery>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let only = q.database.as_deref().map(db_name).transpose()?;
+    let rx = st.cp.events();
+    let stream = futures::stream::unfold((rx, only), |(mut rx, only)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if only.as_ref().is_none_or(|d| *d == e.database) => {
+                    let sse = SseEvent::default()
+                        .event(e.kind.as_str())
+                        .id(e.id.clone())
+                        .json_data(&e)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"));
+                    return Some((Ok::<_, std::convert::Infallible>(sse), (rx, only)));
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let sse = SseEvent::default().comment(format!("{n} events missed"));
+                    return Some((Ok(sse), (rx, only)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+/// The newest webhook deliveries (every try), newest first.
+#[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "operations", params(LimitQuery),
+    responses((status = 200, description = "Deliveries", body = Vec<crate::webhooks::Delivery>)))]
+async fn webhook_deliveries(
+    State(st): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Json<Vec<crate::webhooks::Delivery>> {
+    Json(st.cp.webhook_deliveries(q.limit.unwrap_or(50).min(1000)))
 }
 
 /// The span usage is metered over.

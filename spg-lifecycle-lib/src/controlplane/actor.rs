@@ -128,6 +128,9 @@ pub(crate) struct DbActor {
     /// Bytes a stop's write-back just uploaded, recorded with the next transition (the one
     /// that ends the stop).
     written_back: Option<u64>,
+    /// When the pre-wake hook last refused a wake, and its message (shared with the wakes
+    /// that waited meanwhile).
+    last_refusal: Option<(Instant, String)>,
     /// When the last failed start finished, and its error: wakes sent before then share it.
     last_failed_boot: Option<(Instant, String)>,
     live: watch::Sender<LiveStatus>,
@@ -155,6 +158,7 @@ impl DbActor {
             idle_since: Instant::now(),
             metered_ms: now_ms(),
             written_back: None,
+            last_refusal: None,
             last_failed_boot: None,
             live,
             rx,
@@ -389,8 +393,15 @@ impl DbActor {
                 });
             }
         }
+        if let Some((at, message)) = &self.last_refusal {
+            if requested < *at {
+                // This wake waited while the hook refused the one before: the same answer.
+                return Err(LifecycleError::WakeRefused(message.clone()));
+            }
+        }
         let started = Instant::now();
         let generation = self.next_generation();
+        self.ask_pre_wake(generation).await?;
         self.transition(ComputeState::Booting, "wake", |r| {
             r.generation = generation;
             r.target_scale = 1;
@@ -525,7 +536,7 @@ impl DbActor {
             .inc();
         let now = now_ms();
         let msg = format!("compute exited unexpectedly ({exit})");
-        self.transition(ComputeState::Stopped, "compute exited", |r| {
+        self.transition(ComputeState::Stopped, crate::events::CRASH_REASON, |r| {
             r.target_scale = 0;
             r.last_stopped_ms = Some(now);
             r.last_error = Some(msg);
@@ -762,6 +773,12 @@ impl DbActor {
         };
         self.store_record(&next, &t).await?;
         self.meter(&next, now, t.bytes_written);
+        if let Some(kind) = crate::events::EventKind::of_scale_change(before, state) {
+            let (generation, profile) = (next.generation, t.profile.clone());
+            self.shared
+                .events
+                .publish(kind, &self.name, generation, now, &reason, profile);
+        }
         info!(from = %before, to = %state, reason, "scale state");
         self.shared.metrics.scale_changed(state);
         self.rec = next;
@@ -787,6 +804,37 @@ impl DbActor {
         };
         let roles = self.role_specs().await?;
         compute.apply_roles(&roles).await
+    }
+
+    /// Ask the pre-wake hook, if there is one, whether starting `generation` may go on.
+    async fn ask_pre_wake(&mut self, generation: Generation) -> Result<(), LifecycleError> {
+        let Some((hook, client)) = self.shared.pre_wake.get() else {
+            return Ok(());
+        };
+        let req = crate::webhooks::PreWakeRequest {
+            database: self.name.to_string(),
+            generation: generation.0,
+            profile: self.shared.config.profile_of(&self.rec).name,
+            at: crate::api::model::now_rfc3339(),
+        };
+        match crate::webhooks::ask_pre_wake(hook, client, &req).await {
+            crate::webhooks::Verdict::Allow => {
+                self.last_refusal = None;
+                Ok(())
+            }
+            crate::webhooks::Verdict::NoAnswer(why) => {
+                warn!(hook = %hook.url, why, "the pre-wake hook gave no verdict: waking anyway");
+                self.shared.metrics.pre_wake_unanswered.inc();
+                self.last_refusal = None;
+                Ok(())
+            }
+            crate::webhooks::Verdict::Refuse(message) => {
+                info!(hook = %hook.url, message, "the pre-wake hook refused the wake");
+                self.shared.metrics.wake_refusals.inc();
+                self.last_refusal = Some((Instant::now(), message.clone()));
+                Err(LifecycleError::WakeRefused(message))
+            }
+        }
     }
 
     /// Count the ready time up to `now` in the usage metrics, as the record held (still the
@@ -841,6 +889,12 @@ impl DbActor {
         };
         self.store_record(&next, &t).await?;
         self.meter(&next, now, t.bytes_written);
+        if let Some(kind) = crate::events::EventKind::of_state_change(Some(from), to, reason) {
+            let (generation, profile) = (next.generation, t.profile.clone());
+            self.shared
+                .events
+                .publish(kind, &self.name, generation, now, reason, profile);
+        }
         info!(%from, %to, generation = %next.generation, reason, "state");
         self.shared.metrics.state_changed(Some(from), to);
         self.rec = next;

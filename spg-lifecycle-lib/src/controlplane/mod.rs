@@ -130,6 +130,12 @@ pub(crate) struct Shared {
     ownership: Option<Ownerships>,
     /// Where usage metering reads what durable storage keeps ([`ControlPlane::meter_storage`]).
     pub(crate) storage: std::sync::OnceLock<Arc<dyn spg_core::PageStore>>,
+    /// Lifecycle events, as the store records them.
+    pub(crate) events: crate::events::EventBus,
+    /// The webhooks' delivery log, once [`ControlPlane::start_webhooks`] ran.
+    pub(crate) deliveries: std::sync::OnceLock<Arc<crate::webhooks::DeliveryLog>>,
+    /// The pre-wake hook and the client it is asked with ([`ControlPlane::set_pre_wake_hook`]).
+    pub(crate) pre_wake: std::sync::OnceLock<(crate::webhooks::PreWakeHook, reqwest::Client)>,
 }
 
 /// A gateway daemon and when it last registered.
@@ -230,6 +236,9 @@ impl ControlPlane {
             stop: CancellationToken::new(),
             ownership,
             storage: std::sync::OnceLock::new(),
+            events: crate::events::EventBus::default(),
+            deliveries: std::sync::OnceLock::new(),
+            pre_wake: std::sync::OnceLock::new(),
         });
         if shared.config.autoscale.enabled {
             shared
@@ -356,6 +365,14 @@ impl ControlPlane {
         };
         self.shared.store.insert_database(&rec, &created).await?;
         self.shared.metrics.state_changed(None, rec.state);
+        self.shared.events.publish(
+            crate::events::EventKind::Created,
+            &name,
+            rec.generation,
+            now,
+            "created",
+            created.profile.clone(),
+        );
         if self.shared.ownership.is_none() {
             // Shared stores: whoever first acts on it takes it.
             let (tx, live) = DbActor::spawn(Arc::clone(&self.shared), rec.clone());
@@ -543,6 +560,52 @@ impl ControlPlane {
         Ok((crate::usage::meter(&ts, from_ms, to_ms), stored))
     }
 
+    /// Lifecycle events from now on (created, woken, stopped, crashed, handoffs), as the state
+    /// store records them.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Deliver every lifecycle event to `hooks` ([`crate::webhooks`]) with `client`, until
+    /// shutdown. Once; later calls are ignored.
+    pub fn start_webhooks(
+        &self,
+        hooks: Vec<crate::webhooks::Webhook>,
+        policy: crate::webhooks::RetryPolicy,
+        client: reqwest::Client,
+    ) {
+        let log = Arc::new(crate::webhooks::DeliveryLog::new(1000));
+        if self.shared.deliveries.set(Arc::clone(&log)).is_err() {
+            return;
+        }
+        for hook in hooks {
+            let task = crate::webhooks::deliver(
+                hook,
+                self.shared.events.subscribe(),
+                policy.clone(),
+                client.clone(),
+                Arc::clone(&log),
+                self.shared.stop.clone(),
+            );
+            self.shared.tasks.spawn(task);
+        }
+    }
+
+    /// Ask `hook` (with `client`) before every start of a stopped database
+    /// ([`crate::webhooks::PreWakeHook`]). Once; later calls are ignored.
+    pub fn set_pre_wake_hook(&self, hook: crate::webhooks::PreWakeHook, client: reqwest::Client) {
+        let _ = self.shared.pre_wake.set((hook, client));
+    }
+
+    /// The newest `limit` webhook deliveries, newest first (none without webhooks).
+    pub fn webhook_deliveries(&self, limit: usize) -> Vec<crate::webhooks::Delivery> {
+        self.shared
+            .deliveries
+            .get()
+            .map(|log| log.newest(limit))
+            .unwrap_or_default()
+    }
+
     /// Meter what durable storage keeps for each database through `pages` (its
     /// [`spg_core::PageStore::stored_bytes`]): in [`ControlPlane::usage`], and as Prometheus
     /// gauges refreshed after each stop. Set once; later calls are ignored.
@@ -639,6 +702,14 @@ async fn recover(
         {
             return Err(LifecycleError::Conflict(rec.name.to_string()));
         }
+        shared.events.publish(
+            crate::events::EventKind::Stopped,
+            &rec.name,
+            rec.generation,
+            now,
+            reason,
+            t.profile.clone(),
+        );
     }
     Ok(rec)
 }

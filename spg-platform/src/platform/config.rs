@@ -59,6 +59,15 @@ pub struct PlatformConfig {
     pub http_limits: api::http::HttpLimits,
     /// How long a handoff waits for a window without pinned sessions (default 60 s).
     pub handoff_pinned_wait: Duration,
+    /// Endpoints every lifecycle event is POSTed to ([`spg_lifecycle_lib::webhooks`]).
+    pub webhooks: Vec<spg_lifecycle_lib::webhooks::Webhook>,
+    /// How webhook deliveries are retried.
+    pub webhook_retry: spg_lifecycle_lib::webhooks::RetryPolicy,
+    /// Asked before every start of a stopped database; may refuse it.
+    pub pre_wake_hook: Option<spg_lifecycle_lib::webhooks::PreWakeHook>,
+    /// The CA (PEM) webhook endpoints' certificates are checked against (default: the
+    /// system's bundle, `/etc/ssl/certs/ca-certificates.crt`).
+    pub webhook_ca_pem: Option<Vec<u8>>,
     /// The writer autoscaler (off by default).
     pub autoscale: AutoscalePolicy,
     /// Safekeepers run in this process (quorum: a majority); at least one unless
@@ -176,6 +185,10 @@ impl PlatformConfig {
             handoff_freeze_margin: Duration::from_secs(30),
             http_limits: api::http::HttpLimits::default(),
             handoff_pinned_wait: Duration::from_secs(60),
+            webhooks: Vec::new(),
+            webhook_retry: Default::default(),
+            pre_wake_hook: None,
+            webhook_ca_pem: None,
             autoscale: AutoscalePolicy::default(),
             safekeepers: 3,
             remote_safekeepers: Vec::new(),

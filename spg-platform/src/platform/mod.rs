@@ -359,6 +359,19 @@ impl Platform {
         };
         let control_plane = ControlPlane::start(cp_config, store, provisioner, cp_metrics).await?;
         control_plane.meter_storage(Arc::clone(&pages));
+        if !cfg.webhooks.is_empty() || cfg.pre_wake_hook.is_some() {
+            let client = webhook_client(cfg.webhook_ca_pem.as_deref())?;
+            if let Some(hook) = &cfg.pre_wake_hook {
+                control_plane.set_pre_wake_hook(hook.clone(), client.clone());
+            }
+            if !cfg.webhooks.is_empty() {
+                control_plane.start_webhooks(
+                    cfg.webhooks.clone(),
+                    cfg.webhook_retry.clone(),
+                    client,
+                );
+            }
+        }
         let mut background: Vec<JoinHandle<()>> =
             gc_task.into_iter().chain(agent_storage_task).collect();
         if let Some(rf) = rollforward {
@@ -625,4 +638,30 @@ fn spawn_rollforward_loop(
             }
         }
     })
+}
+
+/// The HTTPS client webhooks are delivered with: trusting `ca_pem`, or else the system's CA
+/// bundle.
+fn webhook_client(ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    let pem = match ca_pem {
+        Some(p) => p.to_vec(),
+        None => std::fs::read(SYSTEM_BUNDLE).map_err(|e| {
+            anyhow::anyhow!("webhooks: no webhook_ca given and {SYSTEM_BUNDLE} unreadable: {e}")
+        })?,
+    };
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| anyhow::anyhow!("webhooks: the CA bundle: {e}"))?;
+    if certs.is_empty() {
+        anyhow::bail!("webhooks: the CA bundle holds no certificate");
+    }
+    for c in certs {
+        b = b.add_root_certificate(c);
+    }
+    Ok(b.build()?)
 }
