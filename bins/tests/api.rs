@@ -487,6 +487,7 @@ async fn the_openapi_document_validates_and_matches_the_routes() {
                 path.replace("{name}", DB)
                     .replace("{role}", ROLE)
                     .replace("{id}", "no-such-lease")
+                    .replace("{file}", "console.js")
             );
             let req = match method.as_str() {
                 "get" => c.get(&url),

@@ -24,15 +24,19 @@
 //! | POST | `/v1/gateways` `{"url", "token"}` | register (or refresh) a gateway daemon's control routes ([`gateway_control`]) |
 //! | POST | `/v1/databases/{name}/handoff` `{"profile"}` | hand the writer off to another profile |
 //! | GET | `/v1/openapi.json` | this API as an OpenAPI 3.1 document |
+//! | GET | `/v1/events[?database=]` | lifecycle events, server-sent ([`crate::events`]) |
+//! | GET | `/v1/webhooks/deliveries` | the webhooks' delivery log ([`crate::webhooks`]) |
+//! | GET, POST, DELETE | `/console`, `/console/session` | the web console ([`console`]); its session may stand in for the key |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a matching HTTP status; `503`
 //! means retrying may succeed.
 
 pub mod client;
+pub mod console;
 pub mod gateway_control;
 pub mod http;
 pub mod model;
 pub mod server;
 
 pub use client::ApiClient;
-pub use server::{router, router_with_peers, ApiKey, ApiKeys};
+pub use server::{router, router_with_console, router_with_peers, ApiKey, ApiKeys};

@@ -73,9 +73,11 @@ impl std::fmt::Debug for ApiKey {
 }
 
 #[derive(Clone)]
-struct AppState {
-    cp: ControlPlane,
-    keys: ApiKeys,
+pub(crate) struct AppState {
+    pub(crate) cp: ControlPlane,
+    pub(crate) keys: ApiKeys,
+    /// The web console's sessions.
+    pub(crate) console: Arc<super::console::Console>,
     metrics: Arc<Registry>,
     /// How requests for databases another control plane owns reach it.
     peers: Option<reqwest::Client>,
@@ -237,8 +239,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
-/// Any key of the platform (the gateway routes), under the server's throttle of wrong keys.
+/// Any key of the platform (the gateway routes), under the server's throttle of wrong keys;
+/// or a console session.
 async fn require_gateway_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match st.console.admit(req.method(), req.headers()) {
+        super::console::Admission::Admitted => return next.run(req).await,
+        super::console::Admission::Refused(r) => return r,
+        super::console::Admission::NoSession => {}
+    }
     if let Err(refused) = super::http::key_check(&req, |h| st.keys.any(h))
         .outcome()
         .await
@@ -248,8 +256,13 @@ async fn require_gateway_key(State(st): State<AppState>, req: Request, next: Nex
     next.run(req).await
 }
 
-/// The admin key (every other route); the gateway key gets `403`.
+/// The admin key (every other route), or a console session; the gateway key gets `403`.
 async fn require_admin_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match st.console.admit(req.method(), req.headers()) {
+        super::console::Admission::Admitted => return next.run(req).await,
+        super::console::Admission::Refused(r) => return r,
+        super::console::Admission::NoSession => {}
+    }
     if let Err(refused) = super::http::key_check(&req, |h| st.keys.any(h))
         .outcome()
         .await
@@ -366,9 +379,22 @@ pub fn router_with_peers(
     metrics: Arc<Registry>,
     peers: Option<reqwest::Client>,
 ) -> Router {
+    router_with_console(cp, keys, metrics, peers, Arc::default())
+}
+
+/// [`router_with_peers`], with the web console's state (`/console`; its sessions may use the
+/// `/v1` API in place of a key).
+pub fn router_with_console(
+    cp: ControlPlane,
+    keys: ApiKeys,
+    metrics: Arc<Registry>,
+    peers: Option<reqwest::Client>,
+    console: Arc<super::console::Console>,
+) -> Router {
     let st = AppState {
         cp,
         keys,
+        console,
         metrics,
         peers,
         openapi: Arc::default(),
@@ -413,6 +439,13 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         .route_layer(middleware::from_fn_with_state(st, require_admin_key));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(super::console::index))
+        .routes(routes!(super::console::asset))
+        .routes(routes!(
+            super::console::session,
+            super::console::sign_in,
+            super::console::sign_out
+        ))
         .routes(routes!(metrics_text))
         .routes(routes!(openapi_json))
         .merge(gateway)
@@ -435,6 +468,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         (name = "roles", description = "Tenant roles"),
         (name = "gateway", description = "What a gateway needs; the gateway key is enough"),
         (name = "operations", description = "Health, metrics and this document"),
+        (name = "console", description = "The web console: its page and its sessions"),
     )
 )]
 struct ApiDoc;
@@ -493,7 +527,10 @@ impl utoipa::Modify for Conventions {
                     .is_some_and(|t| t.iter().any(|t| t == "gateway"));
                 let mut common = vec![
                     ("400", "The request is not valid (`invalid`)"),
-                    ("401", "No key, or a wrong one (`unauthorized`)"),
+                    (
+                        "401",
+                        "No key, or a wrong one, or an ended console session (`unauthorized`)",
+                    ),
                     (
                         "429",
                         "Too many wrong keys from this address (`too_many_requests`)",
@@ -503,9 +540,17 @@ impl utoipa::Modify for Conventions {
                         "Not now; retry (`unavailable`, `shutting_down`, `not_owner`)",
                     ),
                 ];
-                if !gateway {
-                    common.push(("403", "A gateway key on an admin route (`forbidden`)"));
-                }
+                common.push(match gateway {
+                    false => (
+                        "403",
+                        "A gateway key on an admin route (`forbidden`), or a console session's \
+                         change without its CSRF token (`csrf`)",
+                    ),
+                    true => (
+                        "403",
+                        "A console session's change without its CSRF token (`csrf`)",
+                    ),
+                });
                 if path.contains('{') {
                     common.push(("404", "No such database, role or lease (`not_found`)"));
                 }

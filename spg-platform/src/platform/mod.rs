@@ -461,8 +461,21 @@ impl Platform {
             }
             None => None,
         };
-        let router =
-            api::router_with_peers(control_plane.clone(), keys, Arc::clone(&registry), peers);
+        // The console shows the gateway's DSN when this process runs one.
+        let console = Arc::new(api::console::Console::default());
+        if let Some(gw) = gateway_addr {
+            console.set_dsn_template(format!(
+                "postgresql://{{role}}:{{password}}@{}/{{database}}?sslmode=require",
+                client_host(gw)
+            ));
+        }
+        let router = api::router_with_console(
+            control_plane.clone(),
+            keys,
+            Arc::clone(&registry),
+            peers,
+            console,
+        );
         server_tasks.push(tokio::spawn(api::http::serve_https(
             api_listener,
             tls.https()?,

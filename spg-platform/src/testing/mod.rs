@@ -5,3 +5,4 @@ pub mod kubesim;
 pub mod procs;
 pub mod stats;
 pub mod topology;
+pub mod webdriver;
