@@ -8,13 +8,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn http(t: &TestPlatform) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(t.ca_file()).unwrap()).unwrap();
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .build()
-        .unwrap()
+    common::daemons::https_client(&std::fs::read(t.ca_file()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,14 +151,7 @@ async fn the_console_manages_and_shows_a_database_in_a_real_browser() {
 
     // A forged request with the session cookie but without the CSRF token is refused.
     let cookie = format!("spg_session={}", session["value"].as_str().unwrap());
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(t.ca_file()).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let http = common::daemons::https_client(&std::fs::read(t.ca_file()).unwrap());
     let forged = http
         .post(format!("{base}/v1/databases"))
         .header("cookie", &cookie)

@@ -38,9 +38,19 @@ async fn receiver(dir: &std::path::Path) -> (String, Vec<u8>, Received, Cancella
             }
         }),
     );
+    let (url, stop) = serve(&tls, router, "/hook").await;
+    (url, tls.ca_pem().unwrap(), got, stop)
+}
+
+/// Serve `router` over HTTPS on 127.0.0.1 with `tls`; returns the URL of `path` there.
+async fn serve(
+    tls: &spg::tls::TlsMaterial,
+    router: axum::Router,
+    path: &str,
+) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
-        "https://127.0.0.1:{}/hook",
+        "https://127.0.0.1:{}{path}",
         listener.local_addr().unwrap().port()
     );
     let stop = CancellationToken::new();
@@ -51,7 +61,7 @@ async fn receiver(dir: &std::path::Path) -> (String, Vec<u8>, Received, Cancella
         stop.clone(),
         Default::default(),
     ));
-    (url, tls.ca_pem().unwrap(), got, stop)
+    (url, stop)
 }
 
 /// The signature header checked here, with HMAC-SHA256 itself.
@@ -101,15 +111,7 @@ async fn webhooks_and_the_event_stream_report_the_lifecycle() {
     })
     .await;
     let base = t.p().api_url();
-    let http = {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(t.ca_file()).unwrap()).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .build()
-            .unwrap()
-    };
+    let http = common::daemons::https_client(&std::fs::read(t.ca_file()).unwrap());
     // The event stream, read as it comes.
     let mut stream = http
         .get(format!("{base}/v1/events?database={DB}"))
@@ -288,19 +290,7 @@ async fn the_pre_wake_hook_refuses_a_wake_and_cannot_stall_one() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://127.0.0.1:{}/pre-wake",
-        listener.local_addr().unwrap().port()
-    );
-    let stop = CancellationToken::new();
-    tokio::spawn(spg_lifecycle_lib::api::http::serve_https(
-        listener,
-        tls.https().unwrap(),
-        router,
-        stop.clone(),
-        Default::default(),
-    ));
+    let (url, stop) = serve(&tls, router, "/pre-wake").await;
     let t = TestPlatform::start_with(Duration::from_secs(300), |c| {
         c.pre_wake_hook = Some(spg_lifecycle_lib::webhooks::PreWakeHook {
             url: url.clone(),
@@ -373,14 +363,7 @@ async fn the_pre_wake_hook_refuses_a_wake_and_cannot_stall_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
-    let metrics = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(t.ca_file()).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap()
+    let metrics = common::daemons::https_client(&std::fs::read(t.ca_file()).unwrap())
         .get(format!("{}/metrics", t.p().api_url()))
         .send()
         .await

@@ -23,6 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::client::describe;
 use crate::events::{Event, EventKind};
 
 /// The signature header.
@@ -418,17 +419,6 @@ pub async fn ask_pre_wake(
                 .unwrap_or_else(|| "refused by the platform's pre-wake hook".into()),
         ),
     }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -345,7 +345,8 @@ impl ApiClient {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error with its chain of causes (their messages are where the reason is).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {

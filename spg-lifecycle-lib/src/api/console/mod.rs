@@ -117,6 +117,13 @@ impl Console {
             .map(|v| v.csrf.clone())
     }
 
+    fn view(&self, csrf: String) -> SessionView {
+        SessionView {
+            csrf,
+            dsn_template: self.dsn_template.read().map(|t| t.clone()).unwrap_or(None),
+        }
+    }
+
     fn close(&self, id: &str) {
         self.sessions
             .lock()
@@ -222,15 +229,7 @@ pub(crate) async fn sign_in(State(st): State<super::server::AppState>, req: Requ
         return refused;
     }
     let (id, csrf) = st.console.open();
-    let view = SessionView {
-        csrf,
-        dsn_template: st
-            .console
-            .dsn_template
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or(None),
-    };
+    let view = st.console.view(csrf);
     let mut resp = (StatusCode::CREATED, Json(view)).into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -248,16 +247,7 @@ pub(crate) async fn session(
     headers: HeaderMap,
 ) -> Response {
     match cookie_of(&headers).and_then(|id| st.console.csrf_of(&id)) {
-        Some(csrf) => Json(SessionView {
-            csrf,
-            dsn_template: st
-                .console
-                .dsn_template
-                .read()
-                .map(|t| t.clone())
-                .unwrap_or(None),
-        })
-        .into_response(),
+        Some(csrf) => Json(st.console.view(csrf)).into_response(),
         None => refusal(StatusCode::UNAUTHORIZED, "unauthorized", "not signed in"),
     }
 }
