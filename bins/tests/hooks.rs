@@ -1,5 +1,6 @@
 //! Lifecycle events: webhooks to a real HTTPS receiver on loopback (signed, retried after a
-//! 500, logged) and the API's server-sent event stream, for a wake, a handoff and a stop.
+//! 500, logged) and the API's server-sent event stream, for a wake, a handoff, a stop and a
+//! crash; and the pre-wake hook.
 
 mod common;
 
@@ -153,9 +154,23 @@ async fn webhooks_and_the_event_stream_report_the_lifecycle() {
         .await
         .unwrap();
     cp.stop_database(&db).await.unwrap();
+    // A wake, and the compute killed under it: crashed.
+    cp.wake(&db).await.unwrap();
+    for pid in postgres_processes_under(t.dir.path()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 
     // Every event reaches the receiver, signed; the one answered 500 came again.
-    let wanted = ["woken", "handoff_started", "handoff_ended", "stopped"];
+    let wanted = [
+        "woken",
+        "handoff_started",
+        "handoff_ended",
+        "stopped",
+        "crashed",
+    ];
     let deadline = Instant::now() + Duration::from_secs(30);
     let by_delivery = loop {
         let g = got.lock().unwrap().clone();
