@@ -54,27 +54,25 @@ impl std::fmt::Debug for Webhook {
 }
 
 impl Webhook {
-    /// Check the URL: `https://`, or `http://` to a loopback address.
+    /// Check the URL ([`check_url`]).
     pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.url).map_err(|e| format!("{}: {e}", self.url))?;
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        match url.scheme() {
-            "https" => Ok(()),
-            "http" if loopback => Ok(()),
-            other => Err(format!(
-                "{}: a webhook is https:// (http:// only to a loopback address), not {other}://",
-                self.url
-            )),
-        }
+        check_url(&self.url)
     }
 
     fn wants(&self, kind: EventKind) -> bool {
         self.events.is_empty() || self.events.contains(&kind)
+    }
+}
+
+/// Check a hook's URL: `https://`, or `http://` to a loopback address.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if crate::api::gateway_control::is_loopback_url(url) => Ok(()),
+        other => Err(format!(
+            "{url}: a hook is https:// (http:// only to a loopback address), not {other}://"
+        )),
     }
 }
 

@@ -392,14 +392,8 @@ impl PlatformArgs {
             return Ok(None);
         };
         let secret = self.hook_secret("pre_wake_hook")?;
-        // The same rule as the webhooks' URLs.
-        spg_lifecycle_lib::webhooks::Webhook {
-            url: url.clone(),
-            secret: secret.clone(),
-            events: Vec::new(),
-        }
-        .validate()
-        .map_err(|e| anyhow::anyhow!("pre_wake_hook: {e}"))?;
+        spg_lifecycle_lib::webhooks::check_url(url)
+            .map_err(|e| anyhow::anyhow!("pre_wake_hook: {e}"))?;
         Ok(Some(spg_lifecycle_lib::webhooks::PreWakeHook {
             url: url.clone(),
             secret,

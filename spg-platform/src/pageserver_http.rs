@@ -343,14 +343,7 @@ impl HttpPageserver {
     /// The pageserver at `base_url`, trusting `ca_pem` only.
     pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
         // On the same host, compressing a basebackup costs more than moving it.
-        let local = url::Url::parse(base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
-            .is_some_and(|h| {
-                h == "localhost"
-                    || h.parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
+        let local = spg_lifecycle_lib::api::gateway_control::is_loopback_url(base_url);
         Ok(HttpPageserver {
             base: base_url.trim_end_matches('/').into(),
             key: api_key.into(),

@@ -462,13 +462,13 @@ impl Platform {
             None => None,
         };
         // The console shows the gateway's DSN when this process runs one.
-        let console = Arc::new(api::console::Console::default());
-        if let Some(gw) = gateway_addr {
-            console.set_dsn_template(format!(
+        let console = Arc::new(match gateway_addr {
+            Some(gw) => api::console::Console::with_dsn_template(format!(
                 "postgresql://{{role}}:{{password}}@{}/{{database}}?sslmode=require",
                 client_host(gw)
-            ));
-        }
+            )),
+            None => api::console::Console::default(),
+        });
         let router = api::router_with_console(
             control_plane.clone(),
             keys,

@@ -3,7 +3,10 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { csrf: null, dsnTemplate: null, selected: null, role: null, handoffSince: null, timer: null };
+const state = {
+  csrf: null, dsnTemplate: null, selected: null, role: null, handoffSince: null, timer: null,
+  usageAt: 0, usageOf: null,
+};
 
 async function api(method, path, body) {
   const headers = {};
@@ -151,6 +154,10 @@ async function renderDetail(d) {
   renderTimeline(ts);
   renderWakes(ts);
   renderHandoff(ts);
+  // Usage lists what storage keeps: every 10 s, not at every refresh.
+  if (state.usageAt && Date.now() - state.usageAt < 10000 && state.usageOf === d.name) return;
+  state.usageAt = Date.now();
+  state.usageOf = d.name;
   const u = await api("GET", `/v1/databases/${db}/usage`);
   const byProfile = Object.entries(u.compute_seconds_by_profile)
     .map(([p, s]) => `${p} ${s.toFixed(1)} s`).join(", ");

@@ -36,7 +36,7 @@ struct Session {
 /// The console's sessions, and what the page shows about connecting.
 pub struct Console {
     sessions: Mutex<HashMap<String, Session>>,
-    dsn_template: std::sync::RwLock<Option<String>>,
+    dsn_template: Option<String>,
 }
 
 impl std::fmt::Debug for Console {
@@ -49,7 +49,7 @@ impl Default for Console {
     fn default() -> Self {
         Console {
             sessions: Mutex::new(HashMap::new()),
-            dsn_template: std::sync::RwLock::new(None),
+            dsn_template: None,
         }
     }
 }
@@ -81,9 +81,13 @@ pub enum Admission {
 }
 
 impl Console {
-    /// The DSN the page shows, with `{role}`, `{password}` and `{database}` to fill in.
-    pub fn set_dsn_template(&self, template: String) {
-        *self.dsn_template.write().unwrap_or_else(|p| p.into_inner()) = Some(template);
+    /// A console whose page shows `dsn_template` (with `{role}`, `{password}` and
+    /// `{database}` to fill in) as the way to connect.
+    pub fn with_dsn_template(dsn_template: String) -> Self {
+        Console {
+            dsn_template: Some(dsn_template),
+            ..Console::default()
+        }
     }
 
     fn open(&self) -> (String, String) {
@@ -120,7 +124,7 @@ impl Console {
     fn view(&self, csrf: String) -> SessionView {
         SessionView {
             csrf,
-            dsn_template: self.dsn_template.read().map(|t| t.clone()).unwrap_or(None),
+            dsn_template: self.dsn_template.clone(),
         }
     }
 
