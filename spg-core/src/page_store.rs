@@ -23,7 +23,7 @@ pub struct ImageInfo {
 }
 
 /// What durable storage keeps for one database, in bytes as stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredBytes {
     /// Images kept.
     pub images: u64,

@@ -304,7 +304,8 @@ pub fn parse_named_url(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+/// The PEM file at `path` (`what` names it in the error).
+pub(crate) fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
     use anyhow::Context;
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
 }

@@ -115,10 +115,6 @@ pub struct ComputeArgs {
     pub exit_with_parent: bool,
 }
 
-fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
-}
-
 /// Run the agent until SIGTERM/SIGINT (or, with `--exit-with-parent`, until the parent ends);
 /// then abandon whatever still runs (no write-back: the control plane stops computes it wants
 /// written back before it lets the agent go).
@@ -159,7 +155,7 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
             crate::config::mask_url(&args.object_store)
         )
     })?;
-    let sk_ca = read_pem(&args.safekeeper_ca, "safekeeper_ca")?;
+    let sk_ca = crate::cli::read_pem(&args.safekeeper_ca, "safekeeper_ca")?;
     let mut safekeepers = Vec::new();
     for s in &args.safekeepers {
         let (name, url) = s
@@ -181,7 +177,7 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
     let pageserver = Arc::new(HttpPageserver::new(
         &args.pageserver,
         &args.pageserver_api_key,
-        &read_pem(&args.pageserver_ca, "pageserver_ca")?,
+        &crate::cli::read_pem(&args.pageserver_ca, "pageserver_ca")?,
     )?);
     let pages: Arc<dyn PageStore> = Arc::new(
         ObjectPageStore::new(

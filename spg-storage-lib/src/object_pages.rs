@@ -391,16 +391,13 @@ impl ObjectPageStore {
                 prepare_lazy(&db, dirs, &trash, lazy)
             })
         });
-        let t = std::time::Instant::now();
         let bb = self.images.basebackup(db, history).await;
-        tracing::debug!(%db, generation = %g, ms = t.elapsed().as_secs_f64() * 1e3, "basebackup");
         let pending = match preparing {
             Some(task) => task
                 .await
                 .map_err(|e| StorageError::io("prepare", &dir, std::io::Error::other(e)))??,
             None => None,
         };
-        tracing::debug!(%db, generation = %g, ms = t.elapsed().as_secs_f64() * 1e3, "mount prepared");
         let bb = bb?;
         let manifest = bb.as_ref().map(|b| b.manifest.clone());
         let latest = manifest.as_ref().map(|m| m.id);
@@ -427,12 +424,10 @@ impl ObjectPageStore {
             standby,
             ..Slot::default()
         };
-        let t = std::time::Instant::now();
         let mounted = match try_lazy {
             Some(((lazy, bb), pending)) => Some(self.mount_lazy(db, g, bb, lazy, pending)?),
             None => None,
         };
-        tracing::debug!(%db, generation = %g, ms = t.elapsed().as_secs_f64() * 1e3, "lazy tree served");
         if let Some(mnt) = mounted {
             info!(%db, generation = %g, image = ?latest, "mounted the image lazily");
             slot.mount = Some(mnt);

@@ -168,18 +168,7 @@ pub struct UsageView {
     /// Bytes the write-backs of the stops within the span uploaded to object storage.
     pub bytes_written_back: u64,
     /// What durable storage keeps for the database now (absent where it is not metered).
-    pub stored: Option<StoredView>,
-}
-
-/// What durable storage keeps for a database.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StoredView {
-    /// Images kept.
-    pub images: u64,
-    /// Bytes of the images (manifests, chunks and chunk lists; shared chunks once).
-    pub image_bytes: u64,
-    /// Bytes of WAL archived to object storage.
-    pub wal_archive_bytes: u64,
+    pub stored: Option<spg_core::StoredBytes>,
 }
 
 impl UsageView {
@@ -202,11 +191,7 @@ impl UsageView {
             wakes: u.wakes,
             handoffs: u.handoffs,
             bytes_written_back: u.bytes_written,
-            stored: stored.map(|s| StoredView {
-                images: s.images,
-                image_bytes: s.image_bytes,
-                wal_archive_bytes: s.wal_archive_bytes,
-            }),
+            stored,
         }
     }
 }

@@ -798,15 +798,16 @@ async fn database_usage(
     Query(q): Query<SpanQuery>,
 ) -> Result<Json<UsageView>, ApiError> {
     let db = db_name(&name)?;
-    let from = match &q.from {
-        Some(s) => instant_ms("from", s)?,
-        None => st.cp.database(&db).await?.record.created_at_ms,
-    };
+    let from = q
+        .from
+        .as_deref()
+        .map(|s| instant_ms("from", s))
+        .transpose()?;
     let to = match &q.to {
         Some(s) => instant_ms("to", s)?,
         None => u64::MAX,
     };
-    if to < from {
+    if from.is_some_and(|f| to < f) {
         return Err(bad_request("span", "`to` is before `from`"));
     }
     let (usage, stored) = st.cp.usage(&db, from, to).await?;

@@ -540,16 +540,27 @@ impl ControlPlane {
         self.shared.store.transitions(db, limit).await
     }
 
-    /// What `db` used from `from_ms` to `to_ms` (ms since the epoch; `to_ms` is cut at now),
-    /// metered from its transitions ([`crate::usage`]), and what durable storage keeps for it
-    /// now (when [`ControlPlane::meter_storage`] named where to ask).
+    /// What `db` used from `from_ms` (default: its creation) to `to_ms` (ms since the epoch;
+    /// `to_ms` is cut at now), metered from its transitions ([`crate::usage`]), and what
+    /// durable storage keeps for it now (when [`ControlPlane::meter_storage`] named where to
+    /// ask).
     pub async fn usage(
         &self,
         db: &DatabaseName,
-        from_ms: u64,
+        from_ms: Option<u64>,
         to_ms: u64,
     ) -> Result<(crate::usage::Usage, Option<spg_core::StoredBytes>), LifecycleError> {
-        self.known(db).await?;
+        let from_ms = match from_ms {
+            Some(f) => {
+                self.known(db).await?;
+                f
+            }
+            None => {
+                let rec = self.shared.store.database(db).await?;
+                rec.ok_or_else(|| LifecycleError::DatabaseNotFound(db.to_string()))?
+                    .created_at_ms
+            }
+        };
         let to_ms = to_ms.min(now_ms());
         let ts = self
             .shared

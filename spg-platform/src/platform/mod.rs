@@ -663,18 +663,9 @@ fn webhook_client(ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
             anyhow::anyhow!("webhooks: no webhook_ca given and {SYSTEM_BUNDLE} unreadable: {e}")
         })?,
     };
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
+    Ok(api::http::client_trusting(&pem)
+        .map_err(|e| anyhow::anyhow!("webhooks: the CA bundle: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none());
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| anyhow::anyhow!("webhooks: the CA bundle: {e}"))?;
-    if certs.is_empty() {
-        anyhow::bail!("webhooks: the CA bundle holds no certificate");
-    }
-    for c in certs {
-        b = b.add_root_certificate(c);
-    }
-    Ok(b.build()?)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
 }
