@@ -315,6 +315,19 @@ async fn forward_to_owner(State(st): State<AppState>, req: Request, next: Next) 
     let Some(OwnerUrl(url)) = resp.extensions().get::<OwnerUrl>().cloned() else {
         return resp;
     };
+    if !parts.headers.contains_key(header::AUTHORIZATION) {
+        // A console session is this control plane's own: the owner would not know it.
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_owner",
+            format!(
+                "the control plane at {url} owns this database now; use its console, or the \
+                 API with a key"
+            ),
+            None,
+        )
+        .into_response();
+    }
     let path = parts
         .uri
         .path_and_query()

@@ -772,13 +772,11 @@ impl DbActor {
             bytes_written: self.written_back.take(),
         };
         self.store_record(&next, &t).await?;
-        self.meter(&next, now, t.bytes_written);
-        if let Some(kind) = crate::events::EventKind::of_scale_change(before, state) {
-            let (generation, profile) = (next.generation, t.profile.clone());
-            self.shared
-                .events
-                .publish(kind, &self.name, generation, now, &reason, profile);
-        }
+        self.recorded(
+            &next,
+            &t,
+            crate::events::EventKind::of_scale_change(before, state),
+        );
         info!(from = %before, to = %state, reason, "scale state");
         self.shared.metrics.scale_changed(state);
         self.rec = next;
@@ -837,6 +835,27 @@ impl DbActor {
         }
     }
 
+    /// After `next` was stored with transition `t`: meter it, and publish `event`.
+    fn recorded(
+        &mut self,
+        next: &DatabaseRecord,
+        t: &Transition,
+        event: Option<crate::events::EventKind>,
+    ) {
+        self.meter(next, t.at_ms, t.bytes_written);
+        if let Some(kind) = event {
+            let profile = t.profile.clone();
+            self.shared.events.publish(
+                kind,
+                &self.name,
+                next.generation,
+                t.at_ms,
+                &t.reason,
+                profile,
+            );
+        }
+    }
+
     /// Count the ready time up to `now` in the usage metrics, as the record held (still the
     /// one before `next`) ran it; note a wake, and the bytes a write-back `written`.
     fn meter(&mut self, next: &DatabaseRecord, now: u64, written: Option<u64>) {
@@ -888,13 +907,11 @@ impl DbActor {
             bytes_written: self.written_back.take(),
         };
         self.store_record(&next, &t).await?;
-        self.meter(&next, now, t.bytes_written);
-        if let Some(kind) = crate::events::EventKind::of_state_change(Some(from), to, reason) {
-            let (generation, profile) = (next.generation, t.profile.clone());
-            self.shared
-                .events
-                .publish(kind, &self.name, generation, now, reason, profile);
-        }
+        self.recorded(
+            &next,
+            &t,
+            crate::events::EventKind::of_state_change(Some(from), to, reason),
+        );
         info!(%from, %to, generation = %next.generation, reason, "state");
         self.shared.metrics.state_changed(Some(from), to);
         self.rec = next;
