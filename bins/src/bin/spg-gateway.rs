@@ -73,6 +73,16 @@ async fn main() -> Result<()> {
     let control_listener = tokio::net::TcpListener::bind(args.control_listen)
         .await
         .with_context(|| format!("control routes cannot listen on {}", args.control_listen))?;
+    // Where it listens, in `<data-dir>/env`: the ports the OS chose when given port 0.
+    let mut bound = spg::envfile::EnvFile::default();
+    for (key, l) in [
+        ("SPG_GATEWAY_ADDR", &listener),
+        ("SPG_GATEWAY_METRICS_ADDR", &metrics_listener),
+        ("SPG_GATEWAY_CONTROL_ADDR", &control_listener),
+    ] {
+        bound.0.insert(key.into(), l.local_addr()?.to_string());
+    }
+    bound.write(&args.data_dir.join("env"))?;
     // The control routes, guarded by a token of this run, registered with the control plane
     // now and every few seconds (it forgets gateways that stop registering).
     let token = {

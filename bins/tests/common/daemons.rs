@@ -59,8 +59,9 @@ pub fn daemons(
     gw_args: &[&str],
 ) -> (ChildGuard, EnvFile, ChildGuard, u16, u16, u16) {
     let cp_data = tmp.join("cp");
-    let (api, gw, metrics, control) = (free_port(), free_port(), free_port(), free_port());
-    let mut cp = controlplane(tmp, api, cp_args);
+    // Every listener on port 0: the OS chooses and the daemons write what they bound (a port
+    // chosen ahead could be taken by another process in between).
+    let mut cp = controlplane(tmp, 0, cp_args);
     let env = wait_for_env(&cp_data.join("env"), "SPG_API_KEY", &mut cp);
     spg_cli(&cp_data, &["db", "create", "shop"]);
     spg_cli(
@@ -75,10 +76,12 @@ pub fn daemons(
             "pw-clerk",
         ],
     );
+    let gw_env = tmp.join("gw/env");
+    let _ = std::fs::remove_file(&gw_env);
     let child = Command::new(SPG_GATEWAY)
-        .args(["--listen", &format!("127.0.0.1:{gw}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args(["--control-listen", &format!("127.0.0.1:{control}")])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--control-listen", "127.0.0.1:0"])
         .args(gw_args)
         .arg("--data-dir")
         .arg(tmp.join("gw"))
@@ -91,10 +94,23 @@ pub fn daemons(
         .unwrap();
     // Its guard kills only what is under its own directory (the computes are the control
     // plane's).
-    let gateway = ChildGuard {
+    let mut gateway = ChildGuard {
         child: Some(child),
         dir: tmp.join("gw"),
     };
+    let bound = wait_for_env(&gw_env, "SPG_GATEWAY_ADDR", &mut gateway);
+    let port = |key: &str| {
+        bound
+            .get(key)
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .unwrap_or_else(|| panic!("{} has no {key}", gw_env.display()))
+    };
+    let (gw, metrics, control) = (
+        port("SPG_GATEWAY_ADDR"),
+        port("SPG_GATEWAY_METRICS_ADDR"),
+        port("SPG_GATEWAY_CONTROL_ADDR"),
+    );
     (cp, env, gateway, gw, metrics, control)
 }
 
