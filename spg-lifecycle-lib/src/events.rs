@@ -1,6 +1,6 @@
-//! Lifecycle events: what happened to a database (created, woken, stopped, crashed, handoffs),
-//! published by the control plane on an [`EventBus`] as its state store records it. Webhooks
-//! ([`crate::webhooks`]) and the API's event stream (`GET /v1/events`) subscribe.
+//! Lifecycle events: what happened to a database (created, branched, woken, stopped, crashed,
+//! handoffs), published by the control plane on an [`EventBus`] as its state store records it.
+//! Webhooks ([`crate::webhooks`]) and the API's event stream (`GET /v1/events`) subscribe.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,17 +24,21 @@ pub enum EventKind {
     HandoffStarted,
     /// A handoff ended: completed or aborted (see `detail`).
     HandoffEnded,
+    /// A database was created as a branch of another (`detail` names the parent and the
+    /// point).
+    BranchCreated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Created,
         EventKind::Woken,
         EventKind::Stopped,
         EventKind::Crashed,
         EventKind::HandoffStarted,
         EventKind::HandoffEnded,
+        EventKind::BranchCreated,
     ];
 
     /// The snake_case name.
@@ -46,6 +50,7 @@ impl EventKind {
             EventKind::Crashed => "crashed",
             EventKind::HandoffStarted => "handoff_started",
             EventKind::HandoffEnded => "handoff_ended",
+            EventKind::BranchCreated => "branch_created",
         }
     }
 

@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod api;
 pub mod autoscale;
+pub mod branching;
 pub mod compute;
 pub mod controlplane;
 mod error;

@@ -98,6 +98,24 @@ pub enum DbCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Create a database as a branch of another, at a point of its history (JSON; the parent
+    /// is not woken).
+    Branch {
+        /// The new database.
+        name: String,
+        /// The database to branch.
+        #[arg(long)]
+        from: String,
+        /// Where in its history: an LSN (`0/16B3748`: everything written before it) or a UTC
+        /// moment (`2026-12-06T15:00:00Z`: every transaction committed by then); default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Give the branch's roles new passwords (printed) instead of the parent's.
+        #[arg(long)]
+        regenerate_passwords: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Stop a database's compute now.
     Stop {
         name: String,
@@ -300,6 +318,20 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
     match cmd {
         DbCommand::Create { name, api } => print_json(&client(&api)?.create_database(&name).await?),
         DbCommand::Show { name, api } => print_json(&client(&api)?.database(&name).await?),
+        DbCommand::Branch {
+            name,
+            from,
+            at,
+            regenerate_passwords,
+            api,
+        } => {
+            let req = spg_lifecycle_lib::api::model::BranchRequest {
+                name,
+                at,
+                regenerate_passwords,
+            };
+            print_json(&client(&api)?.branch_database(&from, &req).await?)
+        }
         DbCommand::Stop { name, api } => print_json(&client(&api)?.stop_database(&name).await?),
         DbCommand::List { api } => {
             let dbs = client(&api)?.databases().await?;

@@ -55,6 +55,7 @@ impl IntoResponse for ApiErr {
             }
             StorageError::ImageExists(_) => (StatusCode::CONFLICT, "image_exists", None),
             StorageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            StorageError::Protocol(_) => (StatusCode::CONFLICT, "conflict", None),
             StorageError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt", None),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
         };

@@ -8,6 +8,7 @@
 //!   certificate.
 //! - [`envfile`]: `<data-dir>/env`, the shell-sourceable file with the DSN, API URL and key.
 //! - [`safekeeper_http`], [`pageserver_http`]: the daemons' HTTPS APIs and their clients.
+//! - [`branch`]: making a branch's first image from its parent's images and WAL.
 //! - [`rollforward`]: rolling a crashed database's newest image forward from the WAL quorum.
 //! - [`cli`], [`daemons`], [`config`]: the daemons' settings (flags, environment variables and
 //!   TOML config files) and [`commands`]: the `spg` command's subcommands; the binaries in
@@ -25,6 +26,7 @@ pub mod daemons;
 pub mod envfile;
 pub mod pageserver_http;
 pub mod platform;
+pub mod branch;
 pub mod rollforward;
 pub mod safekeeper_http;
 #[cfg(feature = "testing")]

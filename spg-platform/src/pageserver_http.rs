@@ -13,6 +13,7 @@
 //! | `GET /v1/pageserver/{db}/fences`, `PUT …/fences/{generation}` | generation fences |
 //! | `POST /v1/pageserver/{db}/gc` | garbage collection |
 //! | `GET /v1/pageserver/{db}/stored` | bytes of images and archived WAL kept (usage metering) |
+//! | `GET`/`PUT`/`DELETE /v1/pageserver/{db}/family` | the family whose chunks a branch shares (`{"family": …}`) |
 //! | `GET /metrics`, `GET /healthz` | unauthenticated |
 //!
 //! Everything under `/v1` needs `Authorization: Bearer <key>`.
@@ -229,6 +230,34 @@ async fn stored(State(st): State<St>, Path(db): Path<String>) -> Result<Response
     Ok(Json(st.ps.stored(&db).await?.unwrap_or_default()).into_response())
 }
 
+/// Body of `GET`/`PUT …/family`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FamilyBody {
+    family: String,
+}
+
+async fn get_family(State(st): State<St>, Path(db): Path<String>) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    let family = st.ps.family(&db).await?.as_str().to_owned();
+    Ok(Json(FamilyBody { family }).into_response())
+}
+
+async fn put_family(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(body): Json<FamilyBody>,
+) -> Result<Response, ApiErr> {
+    let (db, of) = (db_name(&db)?, db_name(&body.family)?);
+    st.ps.link_family(&db, &of).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_family(State(st): State<St>, Path(db): Path<String>) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    st.ps.forget_branch(&db).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn get_manifest(
     State(st): State<St>,
     Path((db, name)): Path<(String, String)>,
@@ -312,6 +341,10 @@ pub fn router(
         .route("/v1/pageserver/{db}/fences/{g}", put(put_fence))
         .route("/v1/pageserver/{db}/gc", post(gc))
         .route("/v1/pageserver/{db}/stored", get(stored))
+        .route(
+            "/v1/pageserver/{db}/family",
+            get(get_family).put(put_family).delete(delete_family),
+        )
         .route("/v1/pageserver/{db}/{kind}", post(get_objects))
         .route(
             "/v1/pageserver/{db}/{kind}/{hash}",
@@ -400,6 +433,7 @@ impl HttpPageserver {
                 None => StorageError::Protocol(message),
             },
             Some("not_found") => StorageError::NotFound(message),
+            Some("conflict") => StorageError::Protocol(message),
             Some("corrupt") => StorageError::Corrupt {
                 what: format!("pageserver {}", self.base),
                 reason: message,
@@ -443,6 +477,36 @@ impl ImageRepo for HttpPageserver {
             .await?;
         let b: FenceBody = resp.json().await.map_err(|e| self.unavailable(e))?;
         Ok(b.newest)
+    }
+
+    async fn family(&self, db: &DatabaseName) -> Result<DatabaseName, StorageError> {
+        let resp = self
+            .call(self.http.get(self.url(db, "family")), None, None)
+            .await?;
+        let b: FamilyBody = resp.json().await.map_err(|e| self.unavailable(e))?;
+        DatabaseName::new(&b.family).map_err(|e| StorageError::Corrupt {
+            what: format!("pageserver {}", self.base),
+            reason: format!("bad family name: {e}"),
+        })
+    }
+
+    async fn link_family(&self, db: &DatabaseName, of: &DatabaseName) -> Result<(), StorageError> {
+        let body = FamilyBody {
+            family: of.as_str().to_owned(),
+        };
+        self.call(
+            self.http.put(self.url(db, "family")).json(&body),
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn forget_branch(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        self.call(self.http.delete(self.url(db, "family")), None, None)
+            .await
+            .map(|_| ())
     }
 
     async fn stored(&self, db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use spg_core::pg_control::ControlFile;
 use spg_core::wal_files::{segment_file_name, DEFAULT_SEGMENT_SIZE};
-use spg_core::{DatabaseName, Lsn};
+use spg_core::{DatabaseName, Lsn, TimelineId};
 use spg_lifecycle_lib::compute::config::{pg_hba_conf, pg_ident_conf, ADMIN_ROLE};
 use spg_lifecycle_lib::compute::process::PostgresProcess;
 use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
@@ -145,27 +145,14 @@ impl RollForward {
             .last()
             .map(|(t, _)| t.0)
             .context("the observed log has no timeline")?;
-        // Settings after the image's own: a standby with no TCP listener and no replication of
-        // its own, replaying the quorum's log.
         let port = spg_lifecycle_lib::compute::process::free_loopback_port()?;
-        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default();
-        conf.push_str(&format!(
-            "\n# SPG roll-forward\nlisten_addresses = ''\nport = {port}\nunix_socket_directories = '{}'\n\
-             hot_standby = on\nrestore_command = '{}'\nrecovery_target_timeline = '{tli}'\n\
-             synchronous_standby_names = ''\narchive_mode = off\nprimary_conninfo = ''\n",
-            socket_dir.display(),
-            restore
-                .restore_command(&self.wal.restore_program)
-                .replace('\'', "''"),
-        ));
-        use spg_core::fsmode::write_private;
-        write_private(&data.join("postgresql.conf"), conf)?;
-        write_private(&data.join("pg_hba.conf"), pg_hba_conf(false, false))?;
-        write_private(
-            &data.join("pg_ident.conf"),
-            pg_ident_conf(&self.agent.platform_os_user),
-        )?;
-        write_private(&data.join("standby.signal"), "")?;
+        let settings = standby_settings(
+            &socket_dir,
+            port,
+            &restore.restore_command(&self.wal.restore_program),
+            Some(TimelineId(tli)),
+        );
+        write_standby_files(&data, "roll-forward", &settings, &self.agent)?;
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         self.agent.run_as.chown_tree(dir)?;
         let mut pg = PostgresProcess::spawn(
@@ -220,28 +207,11 @@ impl RollForward {
         pg.wait_ready(self.timeout)
             .await
             .map_err(|e| anyhow::anyhow!("roll-forward standby: {e}"))?;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host_path(socket_dir)
-            .port(port)
-            .user(ADMIN_ROLE)
-            .dbname("postgres")
-            .application_name("spg-rollforward");
-        let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .context("connecting to the roll-forward standby")?;
-        tokio::spawn(conn);
+        let client = admin_client(socket_dir, port, "spg-rollforward").await?;
         let deadline = Instant::now() + self.timeout;
         let (mut last, mut since) = (Lsn(0), Instant::now());
         loop {
-            let row = client
-                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                .await?;
-            let text: Option<String> = row.get(0);
-            let at = text
-                .as_deref()
-                .and_then(|t| t.parse::<Lsn>().ok())
-                .unwrap_or(Lsn(0));
+            let (_, at) = replay_status(&client).await?;
             if at >= end {
                 return Ok(at);
             }
@@ -258,4 +228,96 @@ impl RollForward {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Settings appended to an image's own `postgresql.conf` for a scratch server replaying a WAL
+/// quorum's log: a standby with no TCP listener and no replication of its own, recovering
+/// `timeline` (the image's own when `None`) through `restore_command`, with room for whatever
+/// settings the log's writer recorded (a hot standby pauses below them).
+pub(crate) fn standby_settings(
+    socket_dir: &Path,
+    port: u16,
+    restore_command: &str,
+    timeline: Option<TimelineId>,
+) -> String {
+    let max_connections = spg_lifecycle_lib::compute::config::builtin_profiles()
+        .iter()
+        .map(|p| p.max_connections)
+        .max()
+        .unwrap_or(100);
+    format!(
+        "listen_addresses = ''\nport = {port}\nunix_socket_directories = '{}'\n\
+         hot_standby = on\nmax_connections = {max_connections}\nmax_wal_senders = {}\n\
+         max_worker_processes = 16\nmax_locks_per_transaction = 128\nrestore_command = '{}'\n\
+         recovery_target_timeline = '{}'\nsynchronous_standby_names = ''\narchive_mode = off\n\
+         primary_conninfo = ''\n",
+        socket_dir.display(),
+        spg_lifecycle_lib::compute::config::MAX_WAL_SENDERS,
+        restore_command.replace('\'', "''"),
+        timeline.map_or("current".to_owned(), |t| t.0.to_string()),
+    )
+}
+
+/// Append `settings` (under a `# SPG <what>` line) to `data`'s `postgresql.conf`, and write its
+/// `pg_hba.conf`, `pg_ident.conf` and `standby.signal`, owned by the compute user.
+pub(crate) fn write_standby_files(
+    data: &Path,
+    what: &str,
+    settings: &str,
+    agent: &AgentConfig,
+) -> Result<()> {
+    use spg_core::fsmode::write_private;
+    let conf_path = data.join("postgresql.conf");
+    let mut conf = std::fs::read_to_string(&conf_path).unwrap_or_default();
+    conf.push_str(&format!("\n# SPG {what}\n{settings}"));
+    let files = [
+        (conf_path, conf),
+        (data.join("pg_hba.conf"), pg_hba_conf(false, false)),
+        (
+            data.join("pg_ident.conf"),
+            pg_ident_conf(&agent.platform_os_user),
+        ),
+        (data.join("standby.signal"), String::new()),
+    ];
+    for (path, text) in files {
+        write_private(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        agent.run_as.chown(&path)?;
+    }
+    Ok(())
+}
+
+/// The scratch server's admin connection (over its socket).
+pub(crate) async fn admin_client(
+    socket_dir: &Path,
+    port: u16,
+    application: &str,
+) -> Result<tokio_postgres::Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(socket_dir)
+        .port(port)
+        .user(ADMIN_ROLE)
+        .dbname("postgres")
+        .application_name(application);
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to the {application} server"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Whether the server is still recovering, and where its replay got (0 before any).
+pub(crate) async fn replay_status(client: &tokio_postgres::Client) -> Result<(bool, Lsn)> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text",
+            &[],
+        )
+        .await?;
+    let text: Option<String> = row.get(1);
+    let at = text
+        .as_deref()
+        .and_then(|t| t.parse::<Lsn>().ok())
+        .unwrap_or(Lsn(0));
+    Ok((row.get(0), at))
 }

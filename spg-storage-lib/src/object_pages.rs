@@ -312,6 +312,33 @@ impl ObjectPageStore {
             .await
     }
 
+    /// Check out generation `g` of `db`, a branch being made (no images of its own, a member
+    /// of `source`'s family: [`ImageRepo::link_family`](crate::image::ImageRepo::link_family)),
+    /// from image `image` of `source`: a writable directory as a checkout makes, whose
+    /// write-back becomes `db`'s first image and names `source`'s chunks for everything nobody
+    /// wrote. Nothing of `source` is fenced or changed.
+    pub async fn checkout_from(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        source: &DatabaseName,
+        image: ImageId,
+    ) -> Result<Checkout, StorageError> {
+        let (family, theirs) = (
+            self.images.repo().family(db).await?,
+            self.images.repo().family(source).await?,
+        );
+        if family != theirs {
+            return Err(StorageError::Protocol(format!(
+                "{db} (family {family}) does not share the chunks of {source} (family {theirs})"
+            )));
+        }
+        let state = self.state(db);
+        let mut st = state.lock().await;
+        self.checkout_inner(db, g, &[], false, Some((source, image)), &mut st)
+            .await
+    }
+
     /// The image store.
     pub fn images(&self) -> &ImageStore {
         &self.images
@@ -346,6 +373,7 @@ impl ObjectPageStore {
         g: Generation,
         history: &[(TimelineId, Lsn)],
         standby: bool,
+        from: Option<(&DatabaseName, ImageId)>,
         st: &mut DbState,
     ) -> Result<Checkout, StorageError> {
         let newest = self
@@ -391,7 +419,10 @@ impl ObjectPageStore {
                 prepare_lazy(&db, dirs, &trash, lazy)
             })
         });
-        let bb = self.images.basebackup(db, history).await;
+        let bb = match from {
+            Some((source, id)) => self.images.basebackup_of(source, &id).await.map(Some),
+            None => self.images.basebackup(db, history).await,
+        };
         let pending = match preparing {
             Some(task) => task
                 .await
@@ -724,7 +755,7 @@ impl PageStore for ObjectPageStore {
         let state = self.state(db);
         let mut st = state.lock().await;
         Ok(self
-            .checkout_inner(db, generation, history, false, &mut st)
+            .checkout_inner(db, generation, history, false, None, &mut st)
             .await?)
     }
 
@@ -737,7 +768,7 @@ impl PageStore for ObjectPageStore {
         let state = self.state(db);
         let mut st = state.lock().await;
         Ok(self
-            .checkout_inner(db, generation, history, true, &mut st)
+            .checkout_inner(db, generation, history, true, None, &mut st)
             .await?)
     }
 

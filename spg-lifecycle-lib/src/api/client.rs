@@ -172,6 +172,20 @@ impl ApiClient {
         self.call(Method::POST, "/v1/databases", Some(&body)).await
     }
 
+    /// Create a database as a branch of `parent` ([`BranchRequest`]).
+    pub async fn branch_database(
+        &self,
+        parent: &str,
+        req: &BranchRequest,
+    ) -> Result<BranchView, LifecycleError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{parent}/branches"),
+            Some(req),
+        )
+        .await
+    }
+
     /// List databases.
     pub async fn databases(&self) -> Result<Vec<DatabaseView>, LifecycleError> {
         self.call::<(), _>(Method::GET, "/v1/databases", None).await

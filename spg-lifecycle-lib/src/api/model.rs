@@ -203,6 +203,79 @@ pub struct CreateDatabase {
     pub name: String,
 }
 
+/// Body of `POST /v1/databases/{name}/branches`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BranchRequest {
+    /// The new database's name.
+    pub name: String,
+    /// Where in the parent's history: `now` (the default), an LSN (`0/16B3748`: everything
+    /// written before it), or a UTC moment in RFC 3339 (`2026-12-06T15:00:00Z`: every
+    /// transaction committed by then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Give the branch's roles new generated passwords (returned once) instead of the parent's.
+    #[serde(default)]
+    pub regenerate_passwords: bool,
+}
+
+/// A role's new password, shown once.
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RolePassword {
+    /// The role.
+    pub role: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RolePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolePassword")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response of `POST /v1/databases/{name}/branches`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BranchView {
+    /// The new database.
+    pub database: DatabaseView,
+    /// Its parent.
+    pub parent: String,
+    /// The point asked for (`now`, an LSN or a moment).
+    pub at: String,
+    /// Where the parent's history was cut: the end of the last record the branch has.
+    pub lsn: String,
+    /// Bytes of new objects its first image took (chunks replay changed, its WAL segment).
+    pub bytes_written: u64,
+    /// How long making it took, in milliseconds.
+    pub took_ms: u64,
+    /// New role passwords, when asked for (`regenerate_passwords`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passwords: Vec<RolePassword>,
+}
+
+impl From<crate::controlplane::Branched> for BranchView {
+    fn from(b: crate::controlplane::Branched) -> Self {
+        BranchView {
+            database: b.status.into(),
+            parent: b.parent.to_string(),
+            at: b.at.to_string(),
+            lsn: b.lsn.to_string(),
+            bytes_written: b.bytes_written,
+            took_ms: b.took.as_millis() as u64,
+            passwords: b
+                .passwords
+                .iter()
+                .map(|(role, pw)| RolePassword {
+                    role: role.to_string(),
+                    password: pw.as_str().to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Body of `POST /v1/databases/{name}/roles`: exactly one of `password` and `scram_verifier`.
 #[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateRole {

@@ -440,6 +440,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
     let admin = OpenApiRouter::new()
         .routes(routes!(create_database, list_databases))
         .routes(routes!(show_database))
+        .routes(routes!(branch_database))
         .routes(routes!(stop_database))
         .routes(routes!(handoff_database))
         .routes(routes!(database_transitions))
@@ -631,6 +632,34 @@ async fn create_database(
     let name = db_name(&body.name)?;
     let status = st.cp.create_database(name).await?;
     Ok((StatusCode::CREATED, Json(status.into())))
+}
+
+/// Create a database as a branch of this one, at a point of its history: a copy made in
+/// about a second whatever the size (it shares the parent's storage), with the parent's roles.
+/// The parent is not woken or disturbed.
+#[utoipa::path(post, path = "/v1/databases/{name}/branches", tag = "databases", params(("name" = DatabaseName, Path, description = "The parent")),
+    request_body = BranchRequest,
+    responses((status = 201, description = "Created (stopped; the first connection wakes it)", body = BranchView),
+              (status = 409, description = "The name is taken (`already_exists`)", body = ErrorBody)))]
+async fn branch_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<BranchRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<BranchView>), ApiError> {
+    let parent = db_name(&name)?;
+    let body = json_body(body)?;
+    let child = db_name(&body.name)?;
+    let at = body.at.as_deref().unwrap_or("now").parse()?;
+    let passwords = if body.regenerate_passwords {
+        crate::controlplane::BranchPasswords::Regenerate
+    } else {
+        crate::controlplane::BranchPasswords::Keep
+    };
+    let made = st
+        .cp
+        .branch_database(child, &parent, at, passwords)
+        .await?;
+    Ok((StatusCode::CREATED, Json(made.into())))
 }
 
 /// Every database.

@@ -320,6 +320,11 @@ async fn serve_elected(st: &RestoreState, file: &str) -> Response {
             .insert(file.clone(), answer);
     };
     let election = Arc::clone(&st.election.read().unwrap_or_else(|p| p.into_inner()));
+    if branch_history_is_local(&file, st, &election) {
+        tracing::debug!(db = %st.db, file, "restore: the image's own history");
+        remember(None);
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let need = classify(&file, &election, DEFAULT_SEGMENT_SIZE);
     if need == Need::Absent {
         tracing::debug!(db = %st.db, file, "restore: not part of the elected log");
@@ -445,6 +450,22 @@ async fn follow(st: &RestoreState, file: &str) -> Response {
             StatusCode::NOT_FOUND.into_response()
         }
     }
+}
+
+/// Whether `file` is the history of a timeline up to the data directory's own, which only the
+/// directory holds: the first start of a branch, whose image lies on a timeline of its parent's
+/// log while its own log is still empty. (Asked, the quorum would answer with a placeholder, and
+/// PostgreSQL would not find its checkpoint's timeline in it.)
+fn branch_history_is_local(file: &str, st: &RestoreState, election: &Election) -> bool {
+    let Some(tli) = file
+        .strip_suffix(".history")
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+    else {
+        return false;
+    };
+    election.history.is_empty()
+        && st.checkpoint.is_some_and(|(_, t)| tli <= t.0)
+        && st.local_wal.join(file).is_file()
 }
 
 /// Whether the data directory's own copy of segment `file` holds everything recovery reads of

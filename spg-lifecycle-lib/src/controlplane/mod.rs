@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::autoscale::AutoscalePolicy;
+use crate::branching::{BranchPoint, Brancher};
 use crate::compute::config::{builtin_profiles, default_profile};
 use crate::metrics::ControlPlaneMetrics;
 use crate::provisioner::Provisioner;
@@ -136,6 +137,42 @@ pub(crate) struct Shared {
     pub(crate) deliveries: std::sync::OnceLock<Arc<crate::webhooks::DeliveryLog>>,
     /// The pre-wake hook and the client it is asked with ([`ControlPlane::set_pre_wake_hook`]).
     pub(crate) pre_wake: std::sync::OnceLock<(crate::webhooks::PreWakeHook, reqwest::Client)>,
+    /// What makes branches' images ([`ControlPlane::set_brancher`]).
+    brancher: std::sync::OnceLock<Arc<dyn Brancher>>,
+}
+
+/// How a branch's roles get their passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BranchPasswords {
+    /// The parent's (the same verifiers).
+    #[default]
+    Keep,
+    /// New generated ones, returned once.
+    Regenerate,
+}
+
+/// A branch made by [`ControlPlane::branch_database`].
+pub struct Branched {
+    /// The new database.
+    pub status: DatabaseStatus,
+    /// Its parent.
+    pub parent: DatabaseName,
+    /// The point asked for.
+    pub at: BranchPoint,
+    /// Where the parent's history was cut.
+    pub lsn: spg_core::Lsn,
+    /// Bytes of new objects its first image took.
+    pub bytes_written: u64,
+    /// How long making it took.
+    pub took: Duration,
+    /// The roles' new passwords ([`BranchPasswords::Regenerate`]; wiped when dropped).
+    pub passwords: Vec<(RoleName, zeroize::Zeroizing<String>)>,
+}
+
+/// A new role password: 24 random alphanumerics.
+fn random_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
 }
 
 /// A gateway daemon and when it last registered.
@@ -239,6 +276,7 @@ impl ControlPlane {
             events: crate::events::EventBus::default(),
             deliveries: std::sync::OnceLock::new(),
             pre_wake: std::sync::OnceLock::new(),
+            brancher: std::sync::OnceLock::new(),
         });
         if shared.config.autoscale.enabled {
             shared
@@ -364,13 +402,25 @@ impl ControlPlane {
             bytes_written: None,
         };
         self.shared.store.insert_database(&rec, &created).await?;
+        Ok(self.created(rec, &created, crate::events::EventKind::Created))
+    }
+
+    /// Account for `rec`, just inserted with transition `created`: metrics, the event, its
+    /// actor.
+    fn created(
+        &self,
+        rec: DatabaseRecord,
+        created: &Transition,
+        kind: crate::events::EventKind,
+    ) -> DatabaseStatus {
+        let name = rec.name.clone();
         self.shared.metrics.state_changed(None, rec.state);
         self.shared.events.publish(
-            crate::events::EventKind::Created,
+            kind,
             &name,
             rec.generation,
-            now,
-            "created",
+            created.at_ms,
+            &created.reason,
             created.profile.clone(),
         );
         if self.shared.ownership.is_none() {
@@ -382,12 +432,95 @@ impl ControlPlane {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(name.clone(), ActorHandle { tx, live });
         }
-        info!(db = %name, "database created");
-        Ok(DatabaseStatus {
+        info!(db = %name, reason = %created.reason, "database created");
+        DatabaseStatus {
             profile: self.shared.config.profile_of(&rec).name,
             record: rec,
             endpoint: None,
             leases: 0,
+        }
+    }
+
+    /// Let this control plane make branches ([`ControlPlane::branch_database`]) with `brancher`.
+    pub fn set_brancher(&self, brancher: Arc<dyn Brancher>) {
+        let _ = self.shared.brancher.set(brancher);
+    }
+
+    /// Create database `name` as a branch of `parent` at `at`: its first image is the parent's
+    /// at that point (sharing the parent's chunks), its roles are the parent's (with their
+    /// passwords, or new generated ones), and its generations continue past the parent's.
+    /// The parent is not woken, fenced or changed.
+    pub async fn branch_database(
+        &self,
+        name: DatabaseName,
+        parent: &DatabaseName,
+        at: BranchPoint,
+        passwords: BranchPasswords,
+    ) -> Result<Branched, LifecycleError> {
+        let brancher = self.shared.brancher.get().cloned().ok_or_else(|| {
+            LifecycleError::invalid("request", "this control plane cannot make branches")
+        })?;
+        let Some(parent_rec) = self.shared.store.database(parent).await? else {
+            return Err(LifecycleError::DatabaseNotFound(parent.to_string()));
+        };
+        if self.shared.store.database(&name).await?.is_some() {
+            return Err(LifecycleError::AlreadyExists {
+                kind: "database",
+                name: name.to_string(),
+            });
+        }
+        let parent_roles = self.shared.store.roles(parent).await?;
+        let made = brancher.branch(parent, &name, at).await?;
+        let now = now_ms();
+        let mut rec = DatabaseRecord::new(name.clone(), now);
+        rec.generation = made.generation;
+        rec.profile = parent_rec.profile.clone();
+        let created = Transition {
+            database: name.clone(),
+            from: None,
+            to: ComputeState::Stopped,
+            generation: rec.generation,
+            at_ms: now,
+            reason: format!("branched from {parent} at {at} (LSN {})", made.lsn),
+            profile: Some(self.shared.config.profile_of(&rec).name),
+            bytes_written: made.image.as_ref().map(|i| i.bytes_written),
+        };
+        self.shared.store.insert_database(&rec, &created).await?;
+        let mut new_passwords = Vec::new();
+        for role in parent_roles {
+            let verifier = match passwords {
+                BranchPasswords::Keep => role.verifier,
+                BranchPasswords::Regenerate => {
+                    let pw = zeroize::Zeroizing::new(random_password());
+                    let hashed = pw.clone();
+                    let v = tokio::task::spawn_blocking(move || {
+                        ScramVerifier::from_password(&hashed)
+                    })
+                    .await
+                    .map_err(|e| LifecycleError::Store(format!("hashing task failed: {e}")))?;
+                    new_passwords.push((role.name.clone(), pw));
+                    v
+                }
+            };
+            self.shared
+                .store
+                .insert_role(&RoleRecord {
+                    database: name.clone(),
+                    name: role.name,
+                    verifier,
+                    created_at_ms: now,
+                })
+                .await?;
+        }
+        let status = self.created(rec, &created, crate::events::EventKind::BranchCreated);
+        Ok(Branched {
+            status,
+            parent: parent.clone(),
+            at,
+            lsn: made.lsn,
+            bytes_written: made.image.as_ref().map_or(0, |i| i.bytes_written),
+            took: made.took,
+            passwords: new_passwords,
         })
     }
 
@@ -571,7 +704,7 @@ impl ControlPlane {
         Ok((crate::usage::meter(&ts, from_ms, to_ms), stored))
     }
 
-    /// Lifecycle events from now on (created, woken, stopped, crashed, handoffs), as the state
+    /// Lifecycle events from now on (created, branched, woken, stopped, crashed, handoffs), as the state
     /// store records them.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
         self.shared.events.subscribe()

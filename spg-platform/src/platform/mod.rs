@@ -306,6 +306,13 @@ impl Platform {
             quorum,
             restore_program,
         };
+        let brancher = Arc::new(crate::branch::ImageBrancher::new(
+            images.clone(),
+            wal.clone(),
+            Arc::new(agent.clone()),
+            data_dir.join("branching"),
+            true,
+        ));
         let rollforward = (!cfg.rollforward_every.is_zero()).then(|| {
             RollForward::new(
                 images,
@@ -359,6 +366,7 @@ impl Platform {
         };
         let control_plane = ControlPlane::start(cp_config, store, provisioner, cp_metrics).await?;
         control_plane.meter_storage(Arc::clone(&pages));
+        control_plane.set_brancher(brancher);
         if !cfg.webhooks.is_empty() || cfg.pre_wake_hook.is_some() {
             let client = webhook_client(cfg.webhook_ca_pem.as_deref())?;
             if let Some(hook) = &cfg.pre_wake_hook {

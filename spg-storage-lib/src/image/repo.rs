@@ -5,8 +5,10 @@
 //! image, hash checks) lives in `ImageStore` and is shared by every repository: the object store
 //! itself, and a pageserver in front of it (in process, or remote over its HTTP API).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -91,6 +93,29 @@ pub trait ImageRepo: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// The family whose chunks and lists `db` shares: the root database of the branches it
+    /// belongs to (itself, unless it is a branch).
+    async fn family(&self, db: &DatabaseName) -> Result<DatabaseName, StorageError> {
+        Ok(db.clone())
+    }
+
+    /// Make `db` (which has no images yet) a member of `of`'s family: its chunks and lists are
+    /// kept with the family's, so an image of `db` can name chunks of `of`'s images without a
+    /// copy. Create-only: linking the same way again is fine, linking elsewhere is refused.
+    async fn link_family(&self, db: &DatabaseName, of: &DatabaseName) -> Result<(), StorageError> {
+        let _ = of;
+        Err(StorageError::Unsupported(format!(
+            "this image repository cannot branch {db}"
+        )))
+    }
+
+    /// Forget `db`, a branch that never got an image (making it failed): its family link and
+    /// generation fences go, so the name can be used afresh.
+    async fn forget_branch(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        let _ = db;
+        Ok(())
+    }
+
     /// The soft basebackup of the newest image of `db` on `history`: its manifest, plus whatever
     /// objects the repository chooses to send along (none by default).
     async fn basebackup(
@@ -133,12 +158,27 @@ fn os_err(op: &'static str, key: &ObjectPath, e: object_store::Error) -> Storage
 /// chunks/<h[..2]>/<h>             chunks
 /// lists/<h>                       chunk lists
 /// fences/<GEN>                    one empty object per generation that checked out
+/// family                          a branch: the root database whose chunks and lists it shares
 /// ```
+///
+/// Chunks and lists live under the database's family ([`ImageRepo::family`]): a branch's images
+/// name its root's chunks, and a branch of a branch belongs to the same root.
 #[derive(Debug, Clone)]
 pub struct ObjectRepo {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    families: Arc<std::sync::Mutex<HashMap<DatabaseName, Family>>>,
 }
+
+/// A database's family as read: a link never changes once written; no link is only believed
+/// for [`NO_LINK_TTL`] (a branch of that name may be made meanwhile).
+#[derive(Debug, Clone)]
+struct Family {
+    root: DatabaseName,
+    until: Option<Instant>,
+}
+
+const NO_LINK_TTL: Duration = Duration::from_secs(10);
 
 impl ObjectRepo {
     /// Images under `prefix` (e.g. `images`) of `store`.
@@ -146,7 +186,40 @@ impl ObjectRepo {
         ObjectRepo {
             store,
             prefix: prefix.into().trim_matches('/').to_owned(),
+            families: Default::default(),
         }
+    }
+
+    fn remember_family(&self, db: &DatabaseName, root: DatabaseName, until: Option<Instant>) {
+        self.families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(db.clone(), Family { root, until });
+    }
+
+    /// The key of object `h` of kind `kind` of `db`, under its family.
+    pub async fn family_object_key(
+        &self,
+        db: &DatabaseName,
+        kind: ObjectKind,
+        h: &ChunkHash,
+    ) -> Result<ObjectPath, StorageError> {
+        Ok(self.object_key(&self.family(db).await?, kind, h))
+    }
+
+    /// Every database of `family` (those whose family it is, itself included when it has
+    /// anything stored).
+    pub async fn family_members(
+        &self,
+        family: &DatabaseName,
+    ) -> Result<Vec<DatabaseName>, StorageError> {
+        let mut out = Vec::new();
+        for db in self.databases().await? {
+            if &self.family(&db).await? == family {
+                out.push(db);
+            }
+        }
+        Ok(out)
     }
 
     /// The underlying object store.
@@ -194,8 +267,10 @@ impl ObjectRepo {
         wal_prefix: &ObjectPath,
     ) -> Result<StoredBytes, StorageError> {
         let mut out = StoredBytes::default();
+        let family = self.family(db).await?;
         for dir in ["images", "chunks", "lists"] {
-            for meta in self.list_under(db, dir).await? {
+            let owner = if dir == "images" { db } else { &family };
+            for meta in self.list_under(owner, dir).await? {
                 out.image_bytes += meta.size;
                 out.images += u64::from(dir == "images");
             }
@@ -315,7 +390,85 @@ impl ImageRepo for ObjectRepo {
         kind: ObjectKind,
         h: &ChunkHash,
     ) -> Result<Bytes, StorageError> {
-        self.get_key(&self.object_key(db, kind, h)).await
+        self.get_key(&self.family_object_key(db, kind, h).await?)
+            .await
+    }
+
+    async fn family(&self, db: &DatabaseName) -> Result<DatabaseName, StorageError> {
+        let known = self
+            .families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(db)
+            .filter(|f| f.until.is_none_or(|t| Instant::now() < t))
+            .map(|f| f.root.clone());
+        if let Some(root) = known {
+            return Ok(root);
+        }
+        let key = self.key(db, "family");
+        match self.get_key(&key).await {
+            Ok(b) => {
+                let root = std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|t| DatabaseName::new(t.trim()).ok())
+                    .ok_or_else(|| StorageError::Corrupt {
+                        what: key.to_string(),
+                        reason: "not a database name".into(),
+                    })?;
+                self.remember_family(db, root.clone(), None);
+                Ok(root)
+            }
+            Err(StorageError::NotFound(_)) => {
+                self.remember_family(db, db.clone(), Some(Instant::now() + NO_LINK_TTL));
+                Ok(db.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn link_family(&self, db: &DatabaseName, of: &DatabaseName) -> Result<(), StorageError> {
+        let root = self.family(of).await?;
+        if &root == db {
+            return Err(StorageError::Protocol(format!(
+                "{db} cannot join its own family"
+            )));
+        }
+        let key = self.key(db, "family");
+        let created = put_create_only(
+            self.store.as_ref(),
+            &key,
+            PutPayload::from(root.as_str().to_owned()),
+        )
+        .await
+        .map_err(|e| os_err("put", &key, e))?;
+        self.families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(db);
+        let now = self.family(db).await?;
+        if !created && now != root {
+            return Err(StorageError::Protocol(format!(
+                "{db} belongs to the family of {now}, not of {root}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn forget_branch(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        if !self.images(db).await?.is_empty() {
+            return Err(StorageError::Protocol(format!(
+                "{db} has images: its family link stays"
+            )));
+        }
+        for fence in self.list_under(db, "fences").await? {
+            self.delete(&fence.location).await?;
+        }
+        self.delete(&self.key(db, "family")).await?;
+        self.families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(db);
+        Ok(())
     }
 
     async fn put(
@@ -325,7 +478,7 @@ impl ImageRepo for ObjectRepo {
         h: &ChunkHash,
         bytes: Bytes,
     ) -> Result<(), StorageError> {
-        let key = self.object_key(db, kind, h);
+        let key = self.family_object_key(db, kind, h).await?;
         self.store
             .put(&key, bytes.into())
             .await

@@ -212,6 +212,19 @@ impl ImageStore {
         Ok(Some(Basebackup { manifest, objects }))
     }
 
+    /// A soft basebackup of image `id` of `db` (whichever its timeline), with no objects sent
+    /// along.
+    pub async fn basebackup_of(
+        &self,
+        db: &DatabaseName,
+        id: &ImageId,
+    ) -> Result<Basebackup, StorageError> {
+        Ok(Basebackup {
+            manifest: self.manifest(db, id).await?,
+            objects: HashMap::new(),
+        })
+    }
+
     /// Store `m` as a new image. Create-only: an existing image is never replaced
     /// ([`StorageError::ImageExists`]); a generation older than the newest fence is refused
     /// ([`StorageError::StaleGeneration`]). Everything the manifest names must be stored first.

@@ -4,8 +4,10 @@
 //! [`GcPolicy::keep_images`] images, and, when the caller knows the current timeline path, the
 //! newest image on it and everything after it. Everything else is deleted, manifest first; then
 //! every chunk and list no remaining image names is deleted, unless it is younger than the grace
-//! period (a write-back in progress uploads its chunks before its manifest). Archived WAL
-//! segments wholly before the oldest remaining image's redo point go too.
+//! period (a write-back in progress uploads its chunks before its manifest). Chunks and lists
+//! belong to the database's family (its branches share them): what any image of any member
+//! names stays. Archived WAL segments wholly before the oldest remaining image's redo point go
+//! too.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -107,20 +109,7 @@ impl Pageserver {
         let mut redo: Option<Lsn> = None;
         let mut redo_known = true;
         for m in &manifests {
-            for f in &m.files {
-                match &f.content {
-                    Some(Content::Chunks(c)) => {
-                        live.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)))
-                    }
-                    Some(Content::List(h)) => {
-                        live.insert((ObjectKind::List, *h));
-                        let list = self.get(db, ObjectKind::List, h).await?;
-                        let (_, c) = crate::image::format::decode_list(&list)?;
-                        live.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
-                    }
-                    _ => {}
-                }
-            }
+            self.mark(m, &mut live).await?;
             match self.redo_of(m).await {
                 Ok(r) => redo = Some(redo.map_or(r, |x: Lsn| x.min(r))),
                 Err(e) => {
@@ -129,10 +118,34 @@ impl Pageserver {
                 }
             }
         }
+        // Chunks and lists are the family's: every image of the other members (branches, or
+        // the root) keeps what it names. A member without images is a branch being made,
+        // whose image will name chunks no manifest names yet: nothing is swept meanwhile.
+        let family = self.objects.family(db).await?;
+        let mut sweep = true;
+        for other in self.objects.family_members(&family).await? {
+            if &other == db {
+                continue;
+            }
+            let ids = self.images(&other).await?;
+            if ids.is_empty() {
+                info!(%db, branch = %other, "a branch is being made: chunks are not swept");
+                sweep = false;
+            }
+            for id in ids {
+                let m = self.decoded_manifest(&other, &id).await?;
+                self.mark(&m, &mut live).await?;
+            }
+        }
         // Sweep.
         let grace_ms = policy.grace.as_millis() as u64;
-        for kind in [ObjectKind::Chunk, ObjectKind::List] {
-            for meta in self.objects.list_under(db, kind.plural()).await? {
+        let kinds = if sweep {
+            vec![ObjectKind::Chunk, ObjectKind::List]
+        } else {
+            Vec::new()
+        };
+        for kind in kinds {
+            for meta in self.objects.list_under(&family, kind.plural()).await? {
                 let Some(h) = meta.location.filename().and_then(ChunkHash::parse) else {
                     continue;
                 };
@@ -171,6 +184,29 @@ impl Pageserver {
         }
         info!(%db, ?stats, "garbage collected");
         Ok(stats)
+    }
+
+    /// Add what image `m` names (chunks, lists and the lists' chunks) to `live`.
+    async fn mark(
+        &self,
+        m: &crate::image::Manifest,
+        live: &mut HashSet<(ObjectKind, ChunkHash)>,
+    ) -> Result<(), StorageError> {
+        for f in &m.files {
+            match &f.content {
+                Some(Content::Chunks(c)) => {
+                    live.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)))
+                }
+                Some(Content::List(h)) => {
+                    live.insert((ObjectKind::List, *h));
+                    let list = self.get(&m.database, ObjectKind::List, h).await?;
+                    let (_, c) = crate::image::format::decode_list(&list)?;
+                    live.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The redo point of image `m`: replay from it needs WAL from there on.

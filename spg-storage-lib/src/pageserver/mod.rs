@@ -394,6 +394,18 @@ impl ImageRepo for Pageserver {
         Ok(b)
     }
 
+    async fn family(&self, db: &DatabaseName) -> Result<DatabaseName, StorageError> {
+        self.objects.family(db).await
+    }
+
+    async fn link_family(&self, db: &DatabaseName, of: &DatabaseName) -> Result<(), StorageError> {
+        self.objects.link_family(db, of).await
+    }
+
+    async fn forget_branch(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        self.objects.forget_branch(db).await
+    }
+
     async fn stored(&self, db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {
         let wal = crate::safekeeper::node::archive_prefix(db);
         Ok(Some(self.objects.stored(db, &wal).await?))

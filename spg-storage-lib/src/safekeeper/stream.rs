@@ -303,9 +303,14 @@ async fn stream<S: WalStore + Send + 'static>(
             r => r?,
         }
     };
+    // The timeline to ask for first, when it is not the one `resume` lies on.
+    let mut first_tli = None;
     if lock(sk).log().is_empty() {
         // A safekeeper with no WAL joins where the primary's own timeline begins: the start of
-        // the segment its timeline switch lies in, which the primary keeps in pg_wal.
+        // the segment its timeline switch lies in, which the primary keeps in pg_wal as its
+        // own timeline's file (the part before the switch copied there at promotion), so that
+        // timeline is asked for from the start: the older timelines' files may be gone (a
+        // branch's first compute has none of its parent's).
         // A primary that never switched timeline (begin 0/0) keeps only recent segments: start
         // at the one it is writing.
         let begin = path.spans().last().map(|s| s.begin).unwrap_or_default();
@@ -319,11 +324,15 @@ async fn stream<S: WalStore + Send + 'static>(
             lock(sk).reset_start(start)?;
             resume = start;
         }
+        first_tli = path.spans().last().map(|s| s.tli);
     }
     loop {
-        let tli = path.tli_at(resume).ok_or_else(|| {
-            StorageError::Protocol(format!("{resume} is before the primary's history"))
-        })?;
+        let tli = match first_tli.take() {
+            Some(t) => t,
+            None => path.tli_at(resume).ok_or_else(|| {
+                StorageError::Protocol(format!("{resume} is before the primary's history"))
+            })?,
+        };
         conn.send(&wire::query(&format!(
             "START_REPLICATION PHYSICAL {resume} TIMELINE {}",
             tli.0

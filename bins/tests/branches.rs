@@ -1,0 +1,264 @@
+//! Branches, end to end on `spg up`'s composition with compute processes: a branch holds its
+//! parent exactly as of an LSN, a moment or now, while the parent keeps running and writing;
+//! writes to each stay apart; both pass `pg_amcheck`; the parent's compute is never restarted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use spg_core::{DatabaseName, Lsn};
+use spg_lifecycle_lib::branching::BranchPoint;
+use spg_lifecycle_lib::controlplane::BranchPasswords;
+use spg_lifecycle_lib::events::EventKind;
+
+/// Rows of `items` and a checksum over their contents.
+async fn items(c: &tokio_postgres::Client) -> (i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT count(*), coalesce(sum(hashtext(id::text || ':' || v)), 0)::bigint FROM items",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn current_lsn(c: &tokio_postgres::Client) -> Lsn {
+    let row = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap();
+    row.get::<_, String>(0).parse().unwrap()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The directory of the Unix socket a compute of `db` listens on at `port` (under the test's
+/// directory, or the shorter one in the temporary directory a long path gets).
+fn socket_dir(root: &Path, db: &str, port: u16) -> PathBuf {
+    let name = format!(".s.PGSQL.{port}");
+    let mut todo = vec![root.to_path_buf()];
+    todo.extend(
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("spg-{db}-")))
+            }),
+    );
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy() == name {
+                return dir;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) && !p.ends_with("pgdata") {
+                todo.push(p);
+            }
+        }
+    }
+    panic!("no socket {name} of {db}");
+}
+
+/// `pg_amcheck` over every table and index of `db` (heap, B-tree, every heap tuple indexed),
+/// as the admin role over its compute's private socket.
+fn amcheck(t: &TestPlatform, db: &str, port: u16) {
+    let dir = socket_dir(t.dir.path(), db, port);
+    let bins = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None).unwrap();
+    let out = std::process::Command::new(bins.exe("pg_amcheck"))
+        .arg("-h")
+        .arg(&dir)
+        .args(["-p", &port.to_string(), "-U", "spg_admin"])
+        .args(["--install-missing", "--heapallindexed", db])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_amcheck on {db} found corruption:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
+    let mb: i64 = std::env::var("SPG_BRANCH_TEST_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let t = TestPlatform::start(Duration::from_secs(600)).await;
+    let cp = t.p().control_plane.clone();
+    let appdb = DatabaseName::new(DB).unwrap();
+    let mut events = cp.events();
+
+    // The parent: `mb` MB of rows, kept in an image by a stop; woken again, a first batch, a
+    // moment, a second batch.
+    let loader = tokio_pg(&t, &t.dsn).await.unwrap();
+    loader
+        .batch_execute(&format!(
+            "CREATE TABLE bulk AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, {}) g",
+            mb * 1000
+        ))
+        .await
+        .unwrap();
+    drop(loader);
+    cp.stop_database(&appdb).await.unwrap();
+    let parent = tokio_pg(&t, &t.dsn).await.unwrap();
+    parent
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    let first = items(&parent).await;
+    let at_first = current_lsn(&parent).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let moment = now_ms();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    parent
+        .batch_execute(
+            "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(5001, 8000) g;
+             UPDATE items SET v = 'changed' WHERE id <= 100;",
+        )
+        .await
+        .unwrap();
+    let second = items(&parent).await;
+    assert_ne!(first, second);
+    let before = t.status().await;
+
+    // Writes go on on the parent while the branches are made.
+    let writer = {
+        let c = tokio_pg(&t, &t.dsn).await.unwrap();
+        tokio::spawn(async move {
+            c.batch_execute("CREATE TABLE side (n int)").await.unwrap();
+            let mut n = 0;
+            loop {
+                n += 1;
+                if c
+                    .execute("INSERT INTO side VALUES ($1)", &[&n])
+                    .await
+                    .is_err()
+                {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let branch = |name: &str, at: BranchPoint, pw: BranchPasswords| {
+        let (cp, appdb, name) = (cp.clone(), appdb.clone(), DatabaseName::new(name).unwrap());
+        async move { cp.branch_database(name, &appdb, at, pw).await.unwrap() }
+    };
+    let by_lsn = branch("by_lsn", BranchPoint::Lsn(at_first), BranchPasswords::Keep).await;
+    let by_time = branch("by_time", BranchPoint::Time(moment), BranchPasswords::Keep).await;
+    let newest = branch("newest", BranchPoint::Newest, BranchPasswords::Regenerate).await;
+    writer.abort();
+    for b in [&by_lsn, &by_time, &newest] {
+        eprintln!(
+            "branch {}: {} ms, {} bytes written, at {}",
+            b.status.record.name, b.took.as_millis(), b.bytes_written, b.lsn
+        );
+        // Generations continue past the parent's.
+        assert!(b.status.record.generation > before.record.generation);
+    }
+    assert!(by_lsn.lsn <= at_first, "{} > {at_first}", by_lsn.lsn);
+    assert_eq!(newest.passwords.len(), 1);
+
+    // Each branch is its parent at its point.
+    let dsn = |db: &str, pw: &str| t.dsn_with(ROLE, pw, db, "sslmode=require");
+    let lsn_c = tokio_pg(&t, &dsn("by_lsn", PASSWORD)).await.unwrap();
+    assert_eq!(items(&lsn_c).await, first);
+    let time_c = tokio_pg(&t, &dsn("by_time", PASSWORD)).await.unwrap();
+    assert_eq!(items(&time_c).await, first);
+    assert!(
+        tokio_pg(&t, &dsn("newest", PASSWORD)).await.is_err(),
+        "the regenerated password replaced the parent's"
+    );
+    let new_pw = newest.passwords[0].1.to_string();
+    let newest_c = tokio_pg(&t, &dsn("newest", &new_pw)).await.unwrap();
+    assert_eq!(items(&newest_c).await, second);
+    for c in [&lsn_c, &newest_c] {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM bulk", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, mb * 1000);
+    }
+
+    // Writes stay apart.
+    lsn_c
+        .batch_execute("INSERT INTO items VALUES (-1, 'branch only'); DELETE FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    parent
+        .batch_execute("INSERT INTO items VALUES (-2, 'parent only')")
+        .await
+        .unwrap();
+    for (c, minus1, minus2, one) in [
+        (&parent, 0, 1, 1),
+        (&lsn_c, 1, 0, 0),
+        (&time_c, 0, 0, 1),
+        (&newest_c, 0, 0, 1),
+    ] {
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE id = -1), count(*) FILTER (WHERE id = -2), \
+                 count(*) FILTER (WHERE id = 1) FROM items",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+            (minus1, minus2, one)
+        );
+    }
+
+    // The parent ran on throughout: same compute, same session.
+    let after = t.status().await;
+    assert_eq!(after.record.generation, before.record.generation);
+    assert_eq!(after.record.wake_count, before.record.wake_count);
+    let side: i64 = parent
+        .query_one("SELECT count(*) FROM side", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(side > 0);
+
+    // Both sides are sound.
+    let port_of = |db: &str| {
+        let cp = cp.clone();
+        let db = DatabaseName::new(db).unwrap();
+        async move { cp.database(&db).await.unwrap().endpoint.unwrap().addr.port() }
+    };
+    let (p_parent, p_branch) = (port_of(DB).await, port_of("by_lsn").await);
+    amcheck(&t, DB, p_parent);
+    amcheck(&t, "by_lsn", p_branch);
+
+    // Each branch was announced.
+    let mut announced = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.kind == EventKind::BranchCreated {
+            assert!(e.detail.contains("branched from appdb"), "{}", e.detail);
+            announced.push(e.database.to_string());
+        }
+    }
+    announced.sort();
+    assert_eq!(announced, ["by_lsn", "by_time", "newest"]);
+    drop((parent, lsn_c, time_c, newest_c));
+    t.shutdown().await;
+}

@@ -1,0 +1,440 @@
+//! [`ImageBrancher`]: the platform's [`Brancher`], making a branch's first image from its
+//! parent's images and WAL.
+//!
+//! The branch joins the parent's family (its chunks are the parent's), and generation `g` of the
+//! branch checks out the parent's newest image at or before the point, lazily mounted, as a
+//! compute would (nothing of the parent is fenced). A stock `postgres` there replays the parent's
+//! log from its WAL quorum (observed, never elected) as a standby with a recovery target, and
+//! promotes where the target is reached, or at the end of the log. It promotes onto the
+//! timeline past every one of the parent's, `timeline_of(g)`; the fast shutdown that follows
+//! leaves a checkpoint there, and the write-back stores only the chunks replay changed.
+//!
+//! `g` is the parent's newest timeline's number, so the branch's own first compute (`g + 1`)
+//! promotes past it again; the branch's WAL quorum starts empty, and its first compute reads
+//! the image's history from the image itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use spg_core::pg_control::ControlFile;
+use spg_core::{DatabaseName, Election, Generation, Lsn, PageStore, TimelineId};
+use spg_lifecycle_lib::branching::{BranchMade, BranchPoint, Brancher};
+use spg_lifecycle_lib::compute::process::PostgresProcess;
+use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
+use spg_lifecycle_lib::compute::AgentConfig;
+use spg_lifecycle_lib::LifecycleError;
+use spg_storage_lib::image::repo::latest_on_path;
+use spg_storage_lib::image::{ImageId, ImageStore};
+use spg_storage_lib::object_pages::ObjectPageStore;
+use spg_storage_lib::safekeeper::timeline_of;
+use tracing::{info, warn};
+
+use crate::rollforward::{admin_client, replay_status, standby_settings, write_standby_files};
+
+/// Makes branches' first images; see the module documentation.
+pub struct ImageBrancher {
+    images: ImageStore,
+    pages: ObjectPageStore,
+    wal: WalSetup,
+    agent: Arc<AgentConfig>,
+    dir: PathBuf,
+    /// Give up on a branch whose replay takes longer.
+    pub timeout: Duration,
+}
+
+/// How the replay knows it is done, besides reaching its target.
+struct Goal {
+    /// Promote once replay got here (the end of the log, or the LSN asked for).
+    promote_at: Lsn,
+    /// Settings that stop replay by themselves (an LSN or a moment).
+    target: String,
+}
+
+impl ImageBrancher {
+    /// Branch images of `images`, replaying WAL of `wal`'s quorum with `postgres` run as
+    /// `agent` says, in directories under `dir`; `lazy` mounts the parent's image lazily (as
+    /// computes do) rather than restoring it whole.
+    pub fn new(
+        images: ImageStore,
+        wal: WalSetup,
+        agent: Arc<AgentConfig>,
+        dir: impl Into<PathBuf>,
+        lazy: bool,
+    ) -> Self {
+        let dir = dir.into();
+        let mut pages = ObjectPageStore::new(images.clone(), dir.join("pages"))
+            .with_passage_group(agent.run_as.passage_group());
+        if lazy {
+            pages = pages.with_lazy_mounts(agent.run_as.uid, agent.run_as.gid);
+        }
+        ImageBrancher {
+            images,
+            pages,
+            wal,
+            agent,
+            dir,
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The parent's image to start from: the newest on its log's path at or before `at`.
+    async fn start_image(
+        &self,
+        parent: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+        at: BranchPoint,
+    ) -> Result<Option<ImageId>, LifecycleError> {
+        let mut ids = self.images.images(parent).await.map_err(storage)?;
+        ids.retain(|id| id.on_path(history));
+        let oldest = ids.iter().min_by_key(|id| (id.lsn, id.generation)).copied();
+        let chosen = match at {
+            BranchPoint::Newest => latest_on_path(ids, history),
+            BranchPoint::Lsn(x) => latest_on_path(ids.into_iter().filter(|id| id.lsn <= x).collect(), history),
+            BranchPoint::Time(ms) => {
+                // An image written by then was checkpointed by then.
+                ids.sort_by_key(|id| std::cmp::Reverse((id.lsn, id.generation)));
+                let mut found = None;
+                for id in ids {
+                    let m = self.images.manifest(parent, &id).await.map_err(storage)?;
+                    if m.created_at_ms <= ms {
+                        found = Some(id);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        match (chosen, oldest) {
+            (Some(id), _) => Ok(Some(id)),
+            (None, None) => Ok(None),
+            (None, Some(oldest)) => Err(LifecycleError::Invalid {
+                what: "branch point",
+                reason: format!(
+                    "{at} is before the oldest moment {parent}'s history still holds (its image \
+                     at {})",
+                    oldest.lsn
+                ),
+            }),
+        }
+    }
+
+    async fn make(
+        &self,
+        parent: &DatabaseName,
+        child: &DatabaseName,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        let started = Instant::now();
+        if !self.images.images(child).await.map_err(storage)?.is_empty() {
+            return Err(LifecycleError::AlreadyExists {
+                kind: "images of database",
+                name: child.to_string(),
+            });
+        }
+        let view = self
+            .wal
+            .quorum
+            .observe(parent)
+            .await
+            .map_err(LifecycleError::WalQuorum)?;
+        let history = view.as_ref().map(|v| v.history.clone()).unwrap_or_default();
+        let Some(image) = self.start_image(parent, &history, at).await? else {
+            info!(%parent, %child, "the parent has no image: the branch starts empty");
+            return Ok(BranchMade {
+                generation: Generation::NONE,
+                lsn: Lsn(0),
+                image: None,
+                took: started.elapsed(),
+            });
+        };
+        let end = view.as_ref().map_or(image.lsn, |v| v.flush_lsn);
+        let goal = match at {
+            BranchPoint::Newest => Goal {
+                promote_at: end,
+                target: String::new(),
+            },
+            BranchPoint::Lsn(x) if x > end => {
+                return Err(LifecycleError::Invalid {
+                    what: "branch point",
+                    reason: format!("{x} is past the end of {parent}'s log ({end})"),
+                })
+            }
+            BranchPoint::Lsn(x) => Goal {
+                promote_at: x,
+                target: format!(
+                    "recovery_target_lsn = '{x}'\nrecovery_target_inclusive = off\n\
+                     recovery_target_action = 'promote'\n"
+                ),
+            },
+            BranchPoint::Time(ms) => Goal {
+                promote_at: end,
+                target: format!(
+                    "recovery_target_time = '{}'\nrecovery_target_inclusive = on\n\
+                     recovery_target_action = 'promote'\n",
+                    pg_timestamp(ms)
+                ),
+            },
+        };
+        let newest = history
+            .last()
+            .map_or(image.timeline, |(t, _)| *t)
+            .max(image.timeline);
+        let g = Generation(u64::from(newest.0));
+        let election = view.unwrap_or(Election {
+            generation: Generation::NONE,
+            voters: 0,
+            source: None,
+            history: Vec::new(),
+            flush_lsn: image.lsn,
+            new_timeline: timeline_of(g),
+        });
+        let repo = self.images.repo();
+        repo.link_family(child, parent).await.map_err(storage)?;
+        let made = self
+            .replay(parent, child, g, image, &election, newest, &goal)
+            .await;
+        let run = self.dir.join("run").join(child.as_str());
+        if made.is_ok() {
+            // (A failed one's log stays, until the name is branched again.)
+            let _ = std::fs::remove_dir_all(&run);
+        }
+        let pages_dir = self.dir.join("pages").join(child.as_str());
+        if let Err(e) = self.pages.release(child, g).await {
+            warn!(%child, error = %e, "releasing the branch's checkout");
+        }
+        let _ = std::fs::remove_dir_all(&pages_dir);
+        match made {
+            Ok((lsn, info)) => {
+                let made = BranchMade {
+                    generation: g,
+                    lsn,
+                    image: Some(info),
+                    took: started.elapsed(),
+                };
+                info!(%parent, %child, %at, from = %image, lsn = %made.lsn, generation = %g,
+                      bytes_written = made.image.as_ref().map_or(0, |i| i.bytes_written),
+                      took_ms = made.took.as_millis() as u64, "branch made");
+                Ok(made)
+            }
+            Err(e) => {
+                if let Err(fe) = repo.forget_branch(child).await {
+                    warn!(%child, error = %fe, "forgetting the failed branch");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Check out `image` of `parent` as generation `g` of `child`, replay to `goal`, promote,
+    /// stop, and write the directory back as `child`'s image; returns where replay ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn replay(
+        &self,
+        parent: &DatabaseName,
+        child: &DatabaseName,
+        g: Generation,
+        image: ImageId,
+        election: &Election,
+        timeline: TimelineId,
+        goal: &Goal,
+    ) -> Result<(Lsn, spg_core::ImageInfo), LifecycleError> {
+        let fail = |reason: String| LifecycleError::Compute {
+            database: child.to_string(),
+            generation: g.0,
+            step: "branch",
+            reason,
+        };
+        // The compute user reaches the directories under `dir` through it (a passage).
+        spg_core::fsmode::passage_dir(&self.dir, self.agent.run_as.passage_group())
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let checkout = self
+            .pages
+            .checkout_from(child, g, parent, image)
+            .await
+            .map_err(storage)?;
+        let data = checkout.data_dir;
+        let run = self.dir.join("run").join(child.as_str());
+        let socket_dir = run.join("sock");
+        {
+            let (run, socket_dir) = (run.clone(), socket_dir.clone());
+            let group = self.agent.run_as.passage_group();
+            let root = self.dir.join("run");
+            let agent = Arc::clone(&self.agent);
+            blocking(move || {
+                let _ = std::fs::remove_dir_all(&run);
+                spg_core::fsmode::passage_dir(&root, group)?;
+                spg_core::fsmode::private_dir(&run)?;
+                spg_core::fsmode::private_dir(&socket_dir)?;
+                agent.run_as.chown(&run)?;
+                agent.run_as.chown(&socket_dir)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| fail(format!("{e:#}")))?;
+        }
+        let restore = RestoreService::start(
+            Arc::clone(&self.wal.quorum),
+            parent.clone(),
+            election.clone(),
+            data.join("pg_wal"),
+        )
+        .await?;
+        let result = async {
+            let port = spg_lifecycle_lib::compute::process::free_loopback_port()?;
+            let mut settings = standby_settings(
+                &socket_dir,
+                port,
+                &restore.restore_command(&self.wal.restore_program),
+                Some(timeline),
+            );
+            settings.push_str(&goal.target);
+            {
+                let (data, agent) = (data.clone(), Arc::clone(&self.agent));
+                // The directory is a lazy mount this process serves: no file of it is touched
+                // from an async worker.
+                blocking(move || write_standby_files(&data, "branch", &settings, &agent))
+                    .await
+                    .map_err(|e| fail(format!("{e:#}")))?;
+            }
+            let mut pg = PostgresProcess::spawn(
+                &self.agent.bins,
+                &self.agent.run_as,
+                &data,
+                &run.join("postgres.log"),
+            )?;
+            let promoted = match self.promote(&mut pg, &socket_dir, port, goal).await {
+                // The parent's PostgreSQL database takes the branch's name (computes serve the
+                // database named as the platform's).
+                Ok((lsn, client)) => client
+                    .batch_execute(&format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        quote_ident(parent.as_str()),
+                        quote_ident(child.as_str())
+                    ))
+                    .await
+                    .map(|()| lsn)
+                    .context("renaming the database"),
+                Err(e) => Err(e),
+            };
+            let (exit, killed) = pg.stop(Duration::from_secs(60)).await;
+            let log = spg_lifecycle_lib::compute::process::log_tail(&run.join("postgres.log"), 4096);
+            let lsn = promoted.map_err(|e| {
+                let e = format!("{e:#}");
+                if e.contains("log ends with") {
+                    fail(e)
+                } else {
+                    fail(format!("{e}; log ends with: {log}"))
+                }
+            })?;
+            if killed || !exit.success() {
+                return Err(fail(format!("postgres did not shut down cleanly ({exit})")));
+            }
+            let control = {
+                let data = data.clone();
+                blocking(move || Ok(ControlFile::read(&data)?))
+                    .await
+                    .map_err(|e| fail(format!("{e:#}")))?
+            };
+            if control.timeline != timeline_of(g) {
+                return Err(fail(format!(
+                    "promoted onto timeline {}, not {}",
+                    control.timeline,
+                    timeline_of(g)
+                )));
+            }
+            Ok(lsn)
+        }
+        .await;
+        restore.stop().await;
+        let lsn = result?;
+        let info = self
+            .pages
+            .write_back(child, g)
+            .await
+            .map_err(LifecycleError::PageStore)?;
+        Ok((lsn, info))
+    }
+
+    /// Wait until the server promoted: by itself at its recovery target, or when asked to,
+    /// once replay reached `goal.promote_at` (or stopped short of it for good: a log can end
+    /// inside a record nobody completed). Returns where replay ended, and the admin
+    /// connection.
+    async fn promote(
+        &self,
+        pg: &mut PostgresProcess,
+        socket_dir: &std::path::Path,
+        port: u16,
+        goal: &Goal,
+    ) -> anyhow::Result<(Lsn, tokio_postgres::Client)> {
+        pg.wait_ready(self.timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("the branch's server did not start: {e}"))?;
+        let client = admin_client(socket_dir, port, "spg-branch").await?;
+        let deadline = Instant::now() + self.timeout;
+        let (mut last, mut since) = (Lsn(0), Instant::now());
+        loop {
+            let (recovering, at) = replay_status(&client).await?;
+            if !recovering {
+                return Ok((at, client));
+            }
+            let stalled = at == last && since.elapsed() > Duration::from_secs(2);
+            if at >= goal.promote_at || stalled {
+                // It may have reached its target and be promoting by itself meanwhile.
+                if let Err(e) = client.query_one("SELECT pg_promote(true, 60)", &[]).await {
+                    if replay_status(&client).await?.0 {
+                        return Err(e).context("promoting");
+                    }
+                }
+                continue;
+            }
+            if at != last {
+                (last, since) = (at, Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "replay reached {at} of {} in {:?}",
+                    goal.promote_at,
+                    self.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Brancher for ImageBrancher {
+    async fn branch(
+        &self,
+        parent: &DatabaseName,
+        child: &DatabaseName,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        self.make(parent, child, at).await
+    }
+}
+
+/// A moment as PostgreSQL's `recovery_target_time` takes it: `2026-12-06 15:00:00.250+00`.
+fn pg_timestamp(ms: u64) -> String {
+    BranchPoint::rfc3339(ms).replace('T', " ").replace('Z', "+00")
+}
+
+/// `name` as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn storage(e: spg_storage_lib::StorageError) -> LifecycleError {
+    LifecycleError::PageStore(e.into())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+}
