@@ -151,6 +151,11 @@ pub fn postgresql_conf(
         let _ = writeln!(c, "wal_level = replica");
         let _ = writeln!(c, "max_wal_senders = {MAX_WAL_SENDERS}");
         let _ = writeln!(c, "wal_keep_size = '256MB'");
+        // Each safekeeper streams through its own physical slot: WAL it has not flushed stays
+        // here however far behind it falls (a bulk load outruns a slow disk), up to a bound
+        // past which a lost safekeeper stops holding WAL (the others still form the quorum).
+        let _ = writeln!(c, "max_replication_slots = {MAX_WAL_SENDERS}");
+        let _ = writeln!(c, "max_slot_wal_keep_size = '4GB'");
         let _ = writeln!(c, "wal_sender_timeout = '10s'");
         let _ = writeln!(
             c,

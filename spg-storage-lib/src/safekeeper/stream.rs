@@ -326,6 +326,17 @@ async fn stream<S: WalStore + Send + 'static>(
         }
         first_tli = path.spans().last().map(|s| s.tli);
     }
+    // Its slot holds the WAL it has not flushed yet at the primary, so that a reconnect after
+    // falling behind finds it there (`wal_keep_size` alone is outrun by a bulk load).
+    let slot = slot_name(&primary.application_name);
+    match conn
+        .query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"))
+        .await
+    {
+        Ok(_) => {}
+        Err(StorageError::Upstream { sqlstate, .. }) if sqlstate == DUPLICATE_OBJECT => {}
+        Err(e) => return Err(e),
+    }
     loop {
         let tli = match first_tli.take() {
             Some(t) => t,
@@ -334,7 +345,7 @@ async fn stream<S: WalStore + Send + 'static>(
             })?,
         };
         conn.send(&wire::query(&format!(
-            "START_REPLICATION PHYSICAL {resume} TIMELINE {}",
+            "START_REPLICATION SLOT {slot} PHYSICAL {resume} TIMELINE {}",
             tli.0
         )))
         .await?;
@@ -357,6 +368,25 @@ async fn stream<S: WalStore + Send + 'static>(
             }
         }
     }
+}
+
+/// SQLSTATE of "replication slot … already exists".
+const DUPLICATE_OBJECT: &str = "42710";
+
+/// The physical replication slot of the safekeeper named `name` at the primary: `spg_sk_` and
+/// the name's letters and digits (lowercase; anything else as `_`), at most 63 bytes.
+fn slot_name(name: &str) -> String {
+    let mut slot: String = std::iter::once("spg_sk_".to_owned())
+        .chain(name.chars().map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase().to_string()
+            } else {
+                "_".to_owned()
+            }
+        }))
+        .collect();
+    slot.truncate(63);
+    slot
 }
 
 /// The COPY BOTH phase. `Ok(None)` when the walsender ends the timeline.
@@ -409,5 +439,17 @@ async fn copy_both<S: WalStore + Send + 'static>(
                 None => return Ok(Some(fenced(&lock(sk)))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_plain_and_bounded() {
+        assert_eq!(slot_name("sk1"), "spg_sk_sk1");
+        assert_eq!(slot_name("SK-a.b:7"), "spg_sk_sk_a_b_7");
+        assert_eq!(slot_name(&"x".repeat(100)).len(), 63);
     }
 }
