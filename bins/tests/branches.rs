@@ -97,7 +97,7 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
     let mb: i64 = std::env::var("SPG_BRANCH_TEST_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(1024);
     let t = TestPlatform::start(Duration::from_secs(600)).await;
     let cp = t.p().control_plane.clone();
     let appdb = DatabaseName::new(DB).unwrap();
@@ -147,8 +147,7 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
             let mut n = 0;
             loop {
                 n += 1;
-                if c
-                    .execute("INSERT INTO side VALUES ($1)", &[&n])
+                if c.execute("INSERT INTO side VALUES ($1)", &[&n])
                     .await
                     .is_err()
                 {
@@ -169,7 +168,10 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
     for b in [&by_lsn, &by_time, &newest] {
         eprintln!(
             "branch {}: {} ms, {} bytes written, at {}",
-            b.status.record.name, b.took.as_millis(), b.bytes_written, b.lsn
+            b.status.record.name,
+            b.took.as_millis(),
+            b.bytes_written,
+            b.lsn
         );
         // Generations continue past the parent's.
         assert!(b.status.record.generation > before.record.generation);
@@ -201,7 +203,9 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
 
     // Writes stay apart.
     lsn_c
-        .batch_execute("INSERT INTO items VALUES (-1, 'branch only'); DELETE FROM items WHERE id = 1")
+        .batch_execute(
+            "INSERT INTO items VALUES (-1, 'branch only'); DELETE FROM items WHERE id = 1",
+        )
         .await
         .unwrap();
     parent
@@ -223,7 +227,11 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
             .await
             .unwrap();
         assert_eq!(
-            (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)),
+            (
+                row.get::<_, i64>(0),
+                row.get::<_, i64>(1),
+                row.get::<_, i64>(2)
+            ),
             (minus1, minus2, one)
         );
     }
@@ -243,7 +251,15 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
     let port_of = |db: &str| {
         let cp = cp.clone();
         let db = DatabaseName::new(db).unwrap();
-        async move { cp.database(&db).await.unwrap().endpoint.unwrap().addr.port() }
+        async move {
+            cp.database(&db)
+                .await
+                .unwrap()
+                .endpoint
+                .unwrap()
+                .addr
+                .port()
+        }
     };
     let (p_parent, p_branch) = (port_of(DB).await, port_of("by_lsn").await);
     amcheck(&t, DB, p_parent);
@@ -260,5 +276,68 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
     announced.sort();
     assert_eq!(announced, ["by_lsn", "by_time", "newest"]);
     drop((parent, lsn_c, time_c, newest_c));
+    t.shutdown().await;
+}
+
+/// A new database's first image is the platform's template (made once): its first start is a
+/// wake like any other, with no `initdb` step, and its database is its own (the template's
+/// placeholder renamed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_databases_start_from_the_template_without_initdb() {
+    let t = TestPlatform::start(Duration::from_secs(600)).await;
+    let cp = t.p().control_plane.clone();
+    let second = DatabaseName::new("second").unwrap();
+    cp.create_database(second.clone()).await.unwrap();
+    cp.create_role(
+        &second,
+        spg_core::RoleName::new(ROLE).unwrap(),
+        spg_lifecycle_lib::RoleSecret::Password(PASSWORD.into()),
+    )
+    .await
+    .unwrap();
+    for db in [DB, "second"] {
+        let c = tokio_pg(&t, &t.dsn_with(ROLE, PASSWORD, db, "sslmode=require"))
+            .await
+            .unwrap();
+        let row = c
+            .query_one(
+                "SELECT current_database()::text, \
+                 (SELECT count(*) FROM pg_database WHERE datname = 'spg_fresh')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), db);
+        assert_eq!(row.get::<_, i64>(1), 0, "the placeholder was renamed");
+        c.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let st = cp.database(&DatabaseName::new(db).unwrap()).await.unwrap();
+        let boot = st.record.last_boot.expect("booted");
+        let steps: Vec<&str> = boot.steps.iter().map(|s| s.step.as_str()).collect();
+        assert!(!steps.contains(&"initdb"), "{db} ran initdb: {steps:?}");
+        assert!(steps.contains(&"checkout"), "{steps:?}");
+    }
+    // Both images are the template's, in its family; the template was made once.
+    let objects = t.dir.path().join("data/objects/images");
+    let major = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None)
+        .unwrap()
+        .major();
+    let name = DatabaseName::template(major);
+    let template = objects.join(name.as_str());
+    assert!(template.join("images").is_dir(), "no template image");
+    assert_eq!(
+        std::fs::read_dir(template.join("images")).unwrap().count(),
+        1
+    );
+    for db in [DB, "second"] {
+        let family = std::fs::read_to_string(objects.join(db).join("family")).unwrap();
+        assert_eq!(family, name.as_str());
+    }
+    // Nobody may take a template's name.
+    assert!(cp
+        .create_database(DatabaseName::template(major))
+        .await
+        .is_err());
     t.shutdown().await;
 }

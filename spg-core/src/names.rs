@@ -27,7 +27,15 @@ pub enum NameError {
     Reserved(String),
 }
 
-fn validate(s: &str, reserved: &[&str]) -> Result<(), NameError> {
+/// The prefix of the platform's template databases ([`DatabaseName::template`]).
+const TEMPLATE_PREFIX: &str = "spg_template_pg";
+
+fn is_template(s: &str) -> bool {
+    s.strip_prefix(TEMPLATE_PREFIX)
+        .is_some_and(|v| !v.is_empty() && v.len() <= 4 && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn validate(s: &str, reserved: &[&str], templates: bool) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
     }
@@ -39,6 +47,9 @@ fn validate(s: &str, reserved: &[&str]) -> Result<(), NameError> {
     if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(NameError::BadCharacter);
     }
+    if templates && is_template(s) {
+        return Ok(());
+    }
     if s.starts_with("pg_") || s.starts_with("spg_") || reserved.contains(&s) {
         return Err(NameError::Reserved(s.to_string()));
     }
@@ -46,7 +57,7 @@ fn validate(s: &str, reserved: &[&str]) -> Result<(), NameError> {
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $reserved:expr) => {
+    ($(#[$doc:meta])* $name:ident, $reserved:expr, $templates:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -56,7 +67,7 @@ macro_rules! name_type {
             /// Validate and wrap a name.
             pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
                 let s = s.into();
-                validate(&s, $reserved)?;
+                validate(&s, $reserved, $templates)?;
                 Ok(Self(s))
             }
 
@@ -118,8 +129,23 @@ name_type!(
     /// of the PostgreSQL database inside that database's compute. `postgres`, `template0`,
     /// `template1` and names starting with `pg_` or `spg_` are reserved.
     DatabaseName,
-    &["postgres", "template0", "template1"]
+    &["postgres", "template0", "template1"],
+    true
 );
+
+impl DatabaseName {
+    /// The platform's template database of PostgreSQL major version `major`
+    /// (`spg_template_pg15`): the image a new database starts from. A valid name for storage,
+    /// never one a user can create ([`DatabaseName::is_template`]).
+    pub fn template(major: u32) -> DatabaseName {
+        DatabaseName(format!("{TEMPLATE_PREFIX}{major}"))
+    }
+
+    /// Whether this is a template database's name (the platform's, not a user's).
+    pub fn is_template(&self) -> bool {
+        is_template(&self.0)
+    }
+}
 
 name_type!(
     /// Name of a tenant role (a PostgreSQL login role that is never a superuser). `postgres`,
@@ -133,7 +159,8 @@ name_type!(
         "current_user",
         "current_role",
         "session_user",
-    ]
+    ],
+    false
 );
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Branches: a new database whose first image is another's at a point of its history.
+//! Branches: a new database whose first image is another's at a point of its history; and a
+//! new database's first image, from the platform's template of an empty cluster.
 //!
 //! The control plane decides names, records and roles; a [`Brancher`] makes the image (the
 //! platform's implements it over the image store and the parent's WAL quorum). Nothing of the
@@ -121,6 +122,15 @@ pub trait Brancher: Send + Sync + 'static {
         child: &DatabaseName,
         at: BranchPoint,
     ) -> Result<BranchMade, LifecycleError>;
+
+    /// Give `db`, a new database (no images), its first image: the platform's template of an
+    /// empty cluster (made once per PostgreSQL major version), so that its first start is a
+    /// wake like any other, without `initdb`. `None` where there is no template (the first
+    /// start then runs `initdb`).
+    async fn fresh(&self, db: &DatabaseName) -> Result<Option<ImageInfo>, LifecycleError> {
+        let _ = db;
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

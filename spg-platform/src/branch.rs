@@ -12,6 +12,10 @@
 //! `g` is the parent's newest timeline's number, so the branch's own first compute (`g + 1`)
 //! promotes past it again; the branch's WAL quorum starts empty, and its first compute reads
 //! the image's history from the image itself.
+//!
+//! A new database starts the same way, from nothing: its first image is the platform's template
+//! (an `initdb`'d cluster holding the tenant's database under a placeholder name, made once per
+//! PostgreSQL major version), in the template's family: a manifest, no copy.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,8 +31,8 @@ use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
 use spg_lifecycle_lib::compute::AgentConfig;
 use spg_lifecycle_lib::LifecycleError;
 use spg_storage_lib::image::repo::latest_on_path;
-use spg_storage_lib::image::{ImageId, ImageStore};
-use spg_storage_lib::object_pages::ObjectPageStore;
+use spg_storage_lib::image::{ImageId, ImageStore, DEFAULT_CHUNK_SIZE};
+use spg_storage_lib::object_pages::{checkpoint_segment, include_in_image, ObjectPageStore};
 use spg_storage_lib::safekeeper::timeline_of;
 use tracing::{info, warn};
 
@@ -41,6 +45,8 @@ pub struct ImageBrancher {
     wal: WalSetup,
     agent: Arc<AgentConfig>,
     dir: PathBuf,
+    /// The template image, once found or made.
+    template: tokio::sync::OnceCell<ImageId>,
     /// Give up on a branch whose replay takes longer.
     pub timeout: Duration,
 }
@@ -76,8 +82,126 @@ impl ImageBrancher {
             wal,
             agent,
             dir,
+            template: tokio::sync::OnceCell::new(),
             timeout: Duration::from_secs(600),
         }
+    }
+
+    /// The template database of the PostgreSQL this platform runs.
+    pub fn template_name(&self) -> DatabaseName {
+        DatabaseName::template(self.agent.bins.major())
+    }
+
+    /// The template image: the one stored, or made now (once per PostgreSQL major version,
+    /// whichever control plane comes first).
+    pub async fn template(&self) -> Result<ImageId, LifecycleError> {
+        self.template
+            .get_or_try_init(|| self.find_or_make_template())
+            .await
+            .copied()
+    }
+
+    async fn find_or_make_template(&self) -> Result<ImageId, LifecycleError> {
+        let t = self.template_name();
+        if let Some(id) = self.images.latest(&t, &[]).await.map_err(storage)? {
+            return Ok(id);
+        }
+        let started = Instant::now();
+        let fail = |reason: String| LifecycleError::Compute {
+            database: t.to_string(),
+            generation: 0,
+            step: "template",
+            reason,
+        };
+        let dir = self.dir.join("template");
+        let data = dir.join("pgdata");
+        {
+            let (dir, root) = (dir.clone(), self.dir.clone());
+            let agent = Arc::clone(&self.agent);
+            blocking(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+                spg_core::fsmode::passage_dir(&root, agent.run_as.passage_group())?;
+                spg_core::fsmode::private_dir(&dir)?;
+                agent.run_as.chown(&dir)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| fail(format!("{e:#}")))?;
+        }
+        let made = async {
+            spg_lifecycle_lib::compute::files::initdb(&self.agent, &data)
+                .await
+                .map_err(fail)?;
+            spg_lifecycle_lib::compute::files::single_user(
+                &self.agent,
+                &data,
+                &spg_lifecycle_lib::compute::sql::template_setup_sql(),
+            )
+            .await
+            .map_err(fail)?;
+            let control = ControlFile::read(&data).map_err(|e| fail(e.to_string()))?;
+            if !control.state.is_clean_shutdown() {
+                return Err(fail(format!("the cluster is {}", control.state)));
+            }
+            let id = ImageId {
+                lsn: control.checkpoint,
+                timeline: control.timeline,
+                generation: Generation::NONE,
+            };
+            let segment = checkpoint_segment(&control);
+            let include = move |p: &str| include_in_image(p, &segment);
+            match self
+                .images
+                .capture(&t, &data, id, None, DEFAULT_CHUNK_SIZE, &include)
+                .await
+            {
+                // Another control plane made it meanwhile.
+                Ok(_) | Err(spg_storage_lib::StorageError::ImageExists(_)) => Ok(id),
+                Err(e) => Err(storage(e)),
+            }
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let id = made?;
+        info!(template = %t, image = %id, took_ms = started.elapsed().as_millis() as u64,
+              "template image made");
+        Ok(id)
+    }
+
+    /// `db`'s first image: the template's, in the template's family (nothing copied).
+    async fn from_template(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<spg_core::ImageInfo, LifecycleError> {
+        let id = self.template().await?;
+        let t = self.template_name();
+        if !self.images.images(db).await.map_err(storage)?.is_empty() {
+            return Err(LifecycleError::AlreadyExists {
+                kind: "images of database",
+                name: db.to_string(),
+            });
+        }
+        let repo = self.images.repo();
+        repo.link_family(db, &t).await.map_err(storage)?;
+        let mut m = self.images.manifest(&t, &id).await.map_err(storage)?;
+        m.database = db.clone();
+        m.parent = Some(id);
+        m.created_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Err(e) = self.images.put_manifest(&m).await {
+            if let Err(fe) = repo.forget_branch(db).await {
+                warn!(%db, error = %fe, "forgetting the database's family link");
+            }
+            return Err(storage(e));
+        }
+        Ok(spg_core::ImageInfo {
+            database: db.clone(),
+            generation: m.id.generation,
+            lsn: m.id.lsn,
+            created_at_ms: m.created_at_ms,
+            bytes_written: 0,
+        })
     }
 
     /// The parent's image to start from: the newest on its log's path at or before `at`.
@@ -92,7 +216,9 @@ impl ImageBrancher {
         let oldest = ids.iter().min_by_key(|id| (id.lsn, id.generation)).copied();
         let chosen = match at {
             BranchPoint::Newest => latest_on_path(ids, history),
-            BranchPoint::Lsn(x) => latest_on_path(ids.into_iter().filter(|id| id.lsn <= x).collect(), history),
+            BranchPoint::Lsn(x) => {
+                latest_on_path(ids.into_iter().filter(|id| id.lsn <= x).collect(), history)
+            }
             BranchPoint::Time(ms) => {
                 // An image written by then was checkpointed by then.
                 ids.sort_by_key(|id| std::cmp::Reverse((id.lsn, id.generation)));
@@ -320,7 +446,8 @@ impl ImageBrancher {
                 Err(e) => Err(e),
             };
             let (exit, killed) = pg.stop(Duration::from_secs(60)).await;
-            let log = spg_lifecycle_lib::compute::process::log_tail(&run.join("postgres.log"), 4096);
+            let log =
+                spg_lifecycle_lib::compute::process::log_tail(&run.join("postgres.log"), 4096);
             let lsn = promoted.map_err(|e| {
                 let e = format!("{e:#}");
                 if e.contains("log ends with") {
@@ -415,11 +542,20 @@ impl Brancher for ImageBrancher {
     ) -> Result<BranchMade, LifecycleError> {
         self.make(parent, child, at).await
     }
+
+    async fn fresh(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<Option<spg_core::ImageInfo>, LifecycleError> {
+        self.from_template(db).await.map(Some)
+    }
 }
 
 /// A moment as PostgreSQL's `recovery_target_time` takes it: `2026-12-06 15:00:00.250+00`.
 fn pg_timestamp(ms: u64) -> String {
-    BranchPoint::rfc3339(ms).replace('T', " ").replace('Z', "+00")
+    BranchPoint::rfc3339(ms)
+        .replace('T', " ")
+        .replace('Z', "+00")
 }
 
 /// `name` as an SQL identifier.

@@ -17,6 +17,7 @@
 //!   benchmarks.
 
 pub mod adapters;
+pub mod branch;
 pub mod cli;
 pub mod commands;
 pub mod compute_agent;
@@ -26,7 +27,6 @@ pub mod daemons;
 pub mod envfile;
 pub mod pageserver_http;
 pub mod platform;
-pub mod branch;
 pub mod rollforward;
 pub mod safekeeper_http;
 #[cfg(feature = "testing")]

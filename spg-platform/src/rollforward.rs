@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use spg_core::pg_control::ControlFile;
-use spg_core::wal_files::{segment_file_name, DEFAULT_SEGMENT_SIZE};
+use spg_core::wal_files::DEFAULT_SEGMENT_SIZE;
 use spg_core::{DatabaseName, Lsn, TimelineId};
 use spg_lifecycle_lib::compute::config::{pg_hba_conf, pg_ident_conf, ADMIN_ROLE};
 use spg_lifecycle_lib::compute::process::PostgresProcess;
 use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
 use spg_lifecycle_lib::compute::AgentConfig;
 use spg_storage_lib::image::{ImageId, ImageStore, DEFAULT_CHUNK_SIZE};
-use spg_storage_lib::object_pages::include_in_image;
+use spg_storage_lib::object_pages::{checkpoint_segment, include_in_image};
 use tracing::info;
 
 /// Rolls images of stopped databases forward; see the module documentation.
@@ -180,14 +180,7 @@ impl RollForward {
             timeline: control.timeline,
             generation: view.generation,
         };
-        let segment = format!(
-            "pg_wal/{}",
-            segment_file_name(
-                control.timeline,
-                control.checkpoint.0 / DEFAULT_SEGMENT_SIZE,
-                DEFAULT_SEGMENT_SIZE
-            )
-        );
+        let segment = checkpoint_segment(&control);
         let include = move |p: &str| include_in_image(p, &segment) && p != "standby.signal";
         self.images
             .capture(db, &data, id, Some(manifest), DEFAULT_CHUNK_SIZE, &include)

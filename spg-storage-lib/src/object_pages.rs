@@ -525,14 +525,7 @@ impl ObjectPageStore {
             timeline: control.timeline,
             generation: g,
         };
-        let checkpoint_segment = format!(
-            "pg_wal/{}",
-            segment_file_name(
-                control.timeline,
-                control.checkpoint.0 / DEFAULT_SEGMENT_SIZE,
-                DEFAULT_SEGMENT_SIZE
-            )
-        );
+        let checkpoint_segment = checkpoint_segment(&control);
         let lazy = slot.mount.is_some();
         let captured = match slot.mount.as_ref().map(|m| Arc::clone(m.tree())) {
             Some(tree) => {
@@ -582,6 +575,19 @@ impl ObjectPageStore {
         slot.base = Some(manifest);
         Ok(info)
     }
+}
+
+/// The checkpoint's WAL segment in a data directory whose control file is `control`
+/// (`pg_wal/<segment>`: the one WAL file an image keeps, [`include_in_image`]).
+pub fn checkpoint_segment(control: &ControlFile) -> String {
+    format!(
+        "pg_wal/{}",
+        segment_file_name(
+            control.timeline,
+            control.checkpoint.0 / DEFAULT_SEGMENT_SIZE,
+            DEFAULT_SEGMENT_SIZE
+        )
+    )
 }
 
 /// What of a cleanly shut down data directory goes into an image: everything but the running

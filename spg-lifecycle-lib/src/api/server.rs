@@ -655,10 +655,7 @@ async fn branch_database(
     } else {
         crate::controlplane::BranchPasswords::Keep
     };
-    let made = st
-        .cp
-        .branch_database(child, &parent, at, passwords)
-        .await?;
+    let made = st.cp.branch_database(child, &parent, at, passwords).await?;
     Ok((StatusCode::CREATED, Json(made.into())))
 }
 

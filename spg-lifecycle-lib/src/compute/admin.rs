@@ -191,8 +191,22 @@ pub(crate) async fn sync_roles(
         .await
         .map_err(|e| format!("looking up database: {e}"))?;
     if exists.is_none() {
+        // A cluster from the platform's template has its database made already, under a
+        // placeholder name: renaming it is a catalog update, where creating one copies
+        // `template1` through the WAL quorum.
+        let fresh = client
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&sql::FRESH_DATABASE],
+            )
+            .await
+            .map_err(|e| format!("looking up database: {e}"))?;
+        let create = match fresh {
+            Some(_) => sql::rename_fresh_database_sql(&spec.database),
+            None => sql::create_database_sql(&spec.database),
+        };
         client
-            .batch_execute(&sql::create_database_sql(&spec.database))
+            .batch_execute(&create)
             .await
             .map_err(|e| format!("creating database: {e}"))?;
     }

@@ -87,7 +87,52 @@ pub(crate) async fn stop_recorded(record: &Path, db: &DatabaseName, timeout: Dur
     stopped
 }
 
-pub(crate) async fn initdb(cfg: &AgentConfig, data_dir: &Path) -> Result<(), String> {
+/// Run `postgres --single` on the (stopped) cluster `data_dir` as the compute user, executing
+/// `script` (one command per line) in database `postgres`; the cluster is shut down cleanly
+/// after.
+pub async fn single_user(cfg: &AgentConfig, data_dir: &Path, script: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(cfg.bins.exe("postgres"));
+    cmd.args(["--single", "-F", "-c", "exit_on_error=true", "-D"])
+        .arg(data_dir)
+        .arg("postgres")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if cfg.run_as.switch_user {
+        cmd.uid(cfg.run_as.uid).gid(cfg.run_as.gid);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running postgres --single: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| format!("writing to postgres --single: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("running postgres --single: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "postgres --single exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// `initdb` of `data_dir` as the compute user (superuser `spg_admin`, UTF8, C locale, peer
+/// authentication on the socket only).
+pub async fn initdb(cfg: &AgentConfig, data_dir: &Path) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(cfg.bins.exe("initdb"));
     cmd.arg("-D")
         .arg(data_dir)

@@ -10,10 +10,10 @@
 mod admin;
 pub mod cgroup;
 pub mod config;
-mod files;
+pub mod files;
 pub mod load;
 pub mod process;
-mod sql;
+pub mod sql;
 pub mod standby;
 pub mod wal;
 

@@ -78,6 +78,29 @@ pub(crate) fn create_database_sql(db: &DatabaseName) -> String {
     )
 }
 
+/// The database a template cluster holds for the tenant, renamed at its first start
+/// ([`rename_fresh_database_sql`]).
+pub const FRESH_DATABASE: &str = "spg_fresh";
+
+/// What a template cluster runs once (`postgres --single`, one command per line): the tenant
+/// group and the tenant's database under its placeholder name.
+pub fn template_setup_sql() -> String {
+    let group = quote_ident(TENANT_GROUP);
+    format!(
+        "CREATE ROLE {group} NOLOGIN\nCREATE DATABASE {} OWNER {group}\n",
+        quote_ident(FRESH_DATABASE)
+    )
+}
+
+/// Give the template's placeholder database the tenant database's name.
+pub(crate) fn rename_fresh_database_sql(db: &DatabaseName) -> String {
+    format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(FRESH_DATABASE),
+        quote_ident(db.as_str())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

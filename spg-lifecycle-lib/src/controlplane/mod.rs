@@ -169,6 +169,17 @@ pub struct Branched {
     pub passwords: Vec<(RoleName, zeroize::Zeroizing<String>)>,
 }
 
+/// Template databases are the platform's own.
+fn refuse_template(name: &DatabaseName) -> Result<(), LifecycleError> {
+    if name.is_template() {
+        return Err(LifecycleError::invalid(
+            "database name",
+            "names like spg_template_pg15 are the platform's templates",
+        ));
+    }
+    Ok(())
+}
+
 /// A new role password: 24 random alphanumerics.
 fn random_password() -> String {
     use rand::distr::{Alphanumeric, SampleString};
@@ -389,6 +400,23 @@ impl ControlPlane {
         &self,
         name: DatabaseName,
     ) -> Result<DatabaseStatus, LifecycleError> {
+        refuse_template(&name)?;
+        if let Some(brancher) = self.shared.brancher.get().cloned() {
+            if self.shared.store.database(&name).await?.is_some() {
+                return Err(LifecycleError::AlreadyExists {
+                    kind: "database",
+                    name: name.to_string(),
+                });
+            }
+            // Its first start is then a wake from an image like any other (no `initdb`).
+            match brancher.fresh(&name).await {
+                Ok(Some(image)) => info!(db = %name, lsn = %image.lsn, "started from the template"),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(db = %name, error = %e, "no template image: the first start runs initdb")
+                }
+            }
+        }
         let now = now_ms();
         let rec = DatabaseRecord::new(name.clone(), now);
         let created = Transition {
@@ -457,6 +485,7 @@ impl ControlPlane {
         at: BranchPoint,
         passwords: BranchPasswords,
     ) -> Result<Branched, LifecycleError> {
+        refuse_template(&name)?;
         let brancher = self.shared.brancher.get().cloned().ok_or_else(|| {
             LifecycleError::invalid("request", "this control plane cannot make branches")
         })?;
@@ -493,11 +522,12 @@ impl ControlPlane {
                 BranchPasswords::Regenerate => {
                     let pw = zeroize::Zeroizing::new(random_password());
                     let hashed = pw.clone();
-                    let v = tokio::task::spawn_blocking(move || {
-                        ScramVerifier::from_password(&hashed)
-                    })
-                    .await
-                    .map_err(|e| LifecycleError::Store(format!("hashing task failed: {e}")))?;
+                    let v =
+                        tokio::task::spawn_blocking(move || ScramVerifier::from_password(&hashed))
+                            .await
+                            .map_err(|e| {
+                                LifecycleError::Store(format!("hashing task failed: {e}"))
+                            })?;
                     new_passwords.push((role.name.clone(), pw));
                     v
                 }

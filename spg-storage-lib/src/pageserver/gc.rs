@@ -5,8 +5,8 @@
 //! newest image on it and everything after it. Everything else is deleted, manifest first; then
 //! every chunk and list no remaining image names is deleted, unless it is younger than the grace
 //! period (a write-back in progress uploads its chunks before its manifest). Chunks and lists
-//! belong to the database's family (its branches share them): what any image of any member
-//! names stays. Archived WAL segments wholly before the oldest remaining image's redo point go
+//! belong to the database's family (its branches share them) and are swept with the family's
+//! root: what any image of any member names stays. Archived WAL segments wholly before the oldest remaining image's redo point go
 //! too.
 
 use std::collections::HashSet;
@@ -118,12 +118,18 @@ impl Pageserver {
                 }
             }
         }
-        // Chunks and lists are the family's: every image of the other members (branches, or
-        // the root) keeps what it names. A member without images is a branch being made,
-        // whose image will name chunks no manifest names yet: nothing is swept meanwhile.
+        // Chunks and lists are the family's, swept when its root is collected: every image of
+        // every member (its branches, or the databases made from a template) keeps what it
+        // names. A member without images is a branch being made, whose image will name chunks
+        // no manifest names yet: nothing is swept meanwhile.
         let family = self.objects.family(db).await?;
-        let mut sweep = true;
-        for other in self.objects.family_members(&family).await? {
+        let mut sweep = &family == db;
+        let members = if sweep {
+            self.objects.family_members(&family).await?
+        } else {
+            Vec::new()
+        };
+        for other in members {
             if &other == db {
                 continue;
             }

@@ -330,7 +330,9 @@ async fn stream<S: WalStore + Send + 'static>(
     // falling behind finds it there (`wal_keep_size` alone is outrun by a bulk load).
     let slot = slot_name(&primary.application_name);
     match conn
-        .query(&format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"))
+        .query(&format!(
+            "CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"
+        ))
         .await
     {
         Ok(_) => {}
