@@ -205,7 +205,6 @@ async fn api_requires_its_key_and_manages_databases_and_roles() {
             "launch",
             "elect",
             "checkout",
-            "initdb",
             "configure",
             "start",
             "follow",
@@ -641,9 +640,24 @@ async fn usage_matches_the_transitions() {
     }
     let objects = t.dir.path().join("data/objects");
     let stored = &usage["stored"];
+    // Its manifests, and the chunks and lists they name: they live with the template's (its
+    // family's), and every one there is named by one of its images (the first is the
+    // template's own).
+    let template = objects.join("images").join(
+        spg_core::DatabaseName::template(
+            spg_lifecycle_lib::pg_bin::PgBinaries::locate(None)
+                .unwrap()
+                .major(),
+        )
+        .as_str(),
+    );
     assert_eq!(
         stored["image_bytes"].as_u64(),
-        Some(bytes_under(&objects.join("images").join(DB))),
+        Some(
+            bytes_under(&objects.join("images").join(DB).join("images"))
+                + bytes_under(&template.join("chunks"))
+                + bytes_under(&template.join("lists"))
+        ),
         "{usage}"
     );
     assert_eq!(

@@ -181,7 +181,8 @@ fn files_under_a_fresh_data_dir_are_private_and_loosened_ones_are_tightened_at_s
     spg_cli(&data, &["db", "stop", "appdb"]);
     assert_eq!(psql_ok(&dsn, "SELECT count(*) FROM t"), "20000");
     spg_cli(&data, &["role", "create", "--db", "appdb", "reporter"]);
-    // The way to the computes' directories: the data directory, and in each generation's
+    // The way to the computes' directories: the data directory (and the template's and
+    // branches' scratch directories), and in each generation's
     // directory of its compute process the run directory and the page cache's way down.
     let passages = || {
         let shown: serde_json::Value =
@@ -190,6 +191,7 @@ fn files_under_a_fresh_data_dir_are_private_and_loosened_ones_are_tightened_at_s
         let mut p = vec![
             data.clone(),
             data.join("rollforward"),
+            data.join("branching"),
             data.join("computes"),
         ];
         // Each compute process's directory (a spare's too).

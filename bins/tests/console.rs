@@ -1,7 +1,7 @@
 //! The web console in a real headless Chromium (WebDriver through `chromedriver`), against a
 //! real platform: sign in, create a database and a role, connect with `psql` through the
 //! gateway, watch `booting` then `ready`, the idle stop and its span on the timeline, a
-//! handoff's phases; sign out. Screenshots of each step are kept under
+//! handoff's phases; a branch; sign out. Screenshots of each step are kept under
 //! `target/tmp/console-screenshots/`. Also: the cookie's flags, a forged request without the
 //! CSRF token refused, wrong API keys throttled.
 
@@ -148,6 +148,34 @@ async fn the_console_manages_and_shows_a_database_in_a_real_browser() {
     b.wait_text("tr[data-db=shop]", T, |s| s.contains("L2"))
         .await;
     b.screenshot(&shots().join("05-handoff.png")).await;
+
+    // Branch it from the console: the branch is listed and opened, with the parent's data.
+    holder
+        .batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        .await
+        .unwrap();
+    b.type_into(&b.find("#branch-name").await.unwrap(), "shop_pr1")
+        .await;
+    b.click(&b.find("#create-branch").await.unwrap()).await;
+    let made = b
+        .wait_text("#branch-made", T, |s| s.starts_with("shop_pr1:"))
+        .await;
+    assert!(made.contains("shop at now"), "{made}");
+    b.wait_text("#detail-name", T, |s| s == "shop_pr1").await;
+    b.wait_for("tr[data-db=shop_pr1]", T).await;
+    b.screenshot(&shots().join("06-branch.png")).await;
+    let branch_dsn = dsn.replace("/shop?", "/shop_pr1?");
+    let (bc, conn) = tokio_postgres::connect(&branch_dsn, tls_maker(&t))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let v: i32 = bc
+        .query_one("SELECT v FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 42);
+    drop(bc);
 
     // A forged request with the session cookie but without the CSRF token is refused.
     let cookie = format!("spg_session={}", session["value"].as_str().unwrap());

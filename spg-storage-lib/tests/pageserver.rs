@@ -320,3 +320,88 @@ async fn garbage_collection_keeps_what_retained_images_need() {
         vec![3u8; CHUNK as usize * 10]
     );
 }
+
+/// A branch's images name its root's chunks: collecting the root never deletes what a branch
+/// image names (even once the root's own images that named it are gone); while a branch is
+/// being made (linked, no image yet) nothing is swept; a branch that failed is forgotten.
+#[tokio::test]
+async fn garbage_collection_keeps_what_branches_of_the_family_need() {
+    let f = fixture(|_| {});
+    let src = f.scratch.join("src");
+    let branch = DatabaseName::new("shop_pr1").unwrap();
+    // The root's first image (fill 1), and the branch made from it (nothing copied).
+    tree(&src, 1, 0x100_0000);
+    let (first, _) = f
+        .store
+        .capture(&db(), &src, id(0x100_0028, 1), None, CHUNK, &|_| true)
+        .await
+        .unwrap();
+    f.ps.link_family(&branch, &db()).await.unwrap();
+    assert_eq!(f.ps.family(&branch).await.unwrap(), db());
+    // Linking elsewhere is refused; the same link again is fine.
+    f.ps.link_family(&branch, &db()).await.unwrap();
+    let other = DatabaseName::new("other").unwrap();
+    assert!(f.ps.link_family(&branch, &other).await.is_err());
+
+    // A branch being made: the root's newer images replace the first one, and a collection
+    // with no retention deletes that image but sweeps no chunk.
+    let mut parent = first.clone();
+    for (i, fill) in [2u8, 3].into_iter().enumerate() {
+        let redo = 0x100_0000 * (i as u64 + 2);
+        tree(&src, fill, redo);
+        parent = f
+            .store
+            .capture(
+                &db(),
+                &src,
+                id(redo + 0x28, 1),
+                Some(&parent),
+                CHUNK,
+                &|_| true,
+            )
+            .await
+            .unwrap()
+            .0;
+    }
+    let policy = GcPolicy {
+        retention: Duration::ZERO,
+        keep_images: 1,
+        grace: Duration::ZERO,
+    };
+    let stats = f.ps.gc(&db(), &policy, None, None).await.unwrap();
+    assert_eq!(stats.images_deleted, 2);
+    assert_eq!(
+        stats.objects_deleted, 0,
+        "a branch is being made: {stats:?}"
+    );
+
+    // The branch's image: the first image's files, unchanged (its chunks named, not copied).
+    let mut m = first.clone();
+    m.database = branch.clone();
+    m.id = id(0x100_0028, 3);
+    m.parent = Some(first.id);
+    f.store.put_manifest(&m).await.unwrap();
+    let stats = f.ps.gc(&db(), &policy, None, None).await.unwrap();
+    assert!(stats.objects_deleted >= 1, "fill 2's chunk goes: {stats:?}");
+    // The branch restores exactly the root's first state.
+    let out = f.scratch.join("branch-out");
+    std::fs::create_dir_all(&out).unwrap();
+    f.store.restore(&m, &out).await.unwrap();
+    assert_eq!(
+        std::fs::read(out.join("base/1/16384")).unwrap(),
+        vec![1u8; CHUNK as usize * 10]
+    );
+    // Collecting the branch itself sweeps nothing (the root does).
+    let stats = f.ps.gc(&branch, &policy, None, None).await.unwrap();
+    assert_eq!(stats.objects_deleted, 0);
+
+    // A branch that failed before its image is forgotten: link and fences.
+    let failed = DatabaseName::new("shop_failed").unwrap();
+    f.ps.link_family(&failed, &db()).await.unwrap();
+    f.ps.fence(&failed, Generation(7)).await.unwrap();
+    f.ps.forget_branch(&failed).await.unwrap();
+    assert_eq!(f.ps.newest_fence(&failed).await.unwrap(), None);
+    assert!(!f.raw.databases().await.unwrap().contains(&failed));
+    // One with an image is not.
+    assert!(f.ps.forget_branch(&branch).await.is_err());
+}

@@ -32,7 +32,7 @@ use crate::safekeeper_http::HttpSafekeeper;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::adapters::{InProcess, WithAdmin};
 
@@ -313,6 +313,14 @@ impl Platform {
             data_dir.join("branching"),
             true,
         ));
+        // New databases start from the template image: found in object storage, or made now
+        // (the first start of a platform; a second or so), before any database is created.
+        match brancher.template().await {
+            Ok(id) => info!(template = %brancher.template_name(), image = %id, "template image"),
+            Err(e) => {
+                warn!(error = %e, "no template image: new databases run initdb at their first start")
+            }
+        }
         let rollforward = (!cfg.rollforward_every.is_zero()).then(|| {
             RollForward::new(
                 images,

@@ -5,7 +5,7 @@
 //! image, hash checks) lives in `ImageStore` and is shared by every repository: the object store
 //! itself, and a pageserver in front of it (in process, or remote over its HTTP API).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use object_store::{ObjectMeta, ObjectStore, PutPayload};
 use spg_core::{DatabaseName, Generation, Lsn, StoredBytes, TimelineId};
 
 pub use super::format::ObjectKind;
-use super::format::{ChunkHash, ImageId, Manifest};
+use super::format::{decode_list, ChunkHash, Content, ImageId, Manifest};
 use crate::objects::put_create_only;
 use crate::StorageError;
 
@@ -259,22 +259,49 @@ impl ObjectRepo {
         r.bytes().await.map_err(|e| os_err("get", key, e))
     }
 
-    /// What is stored for `db`: its images (manifests, chunks, lists) under this repository's
-    /// prefix, and the WAL archived under `wal_prefix` of the same object store.
+    /// What is stored for `db`: its images (manifests, and the chunks and lists they name)
+    /// under this repository's prefix, and the WAL archived under `wal_prefix` of the same
+    /// object store.
     pub async fn stored(
         &self,
         db: &DatabaseName,
         wal_prefix: &ObjectPath,
     ) -> Result<StoredBytes, StorageError> {
         let mut out = StoredBytes::default();
+        // Chunks and lists are the family's: the database is charged for those its images
+        // name (shared ones counted in every database naming them).
         let family = self.family(db).await?;
-        for dir in ["images", "chunks", "lists"] {
-            let owner = if dir == "images" { db } else { &family };
-            for meta in self.list_under(owner, dir).await? {
-                out.image_bytes += meta.size;
-                out.images += u64::from(dir == "images");
+        let mut sizes: HashMap<(ObjectKind, ChunkHash), u64> = HashMap::new();
+        for kind in [ObjectKind::Chunk, ObjectKind::List] {
+            for meta in self.list_under(&family, kind.plural()).await? {
+                if let Some(h) = meta.location.filename().and_then(ChunkHash::parse) {
+                    sizes.insert((kind, h), meta.size);
+                }
             }
         }
+        let mut named: HashSet<(ObjectKind, ChunkHash)> = HashSet::new();
+        for meta in self.list_under(db, "images").await? {
+            out.image_bytes += meta.size;
+            out.images += 1;
+            let Some(id) = meta.location.filename().and_then(ImageId::parse_file_name) else {
+                continue;
+            };
+            let m = Manifest::decode(&self.manifest(db, &id).await?)?;
+            for f in &m.files {
+                match &f.content {
+                    Some(Content::Chunks(c)) => {
+                        named.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)))
+                    }
+                    Some(Content::List(h)) => {
+                        named.insert((ObjectKind::List, *h));
+                        let (_, c) = decode_list(&self.get(db, ObjectKind::List, h).await?)?;
+                        named.extend(c.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.image_bytes += named.iter().filter_map(|k| sizes.get(k)).sum::<u64>();
         let wal: Vec<ObjectMeta> = self
             .store
             .list(Some(wal_prefix))

@@ -284,6 +284,28 @@ async function createRole(event) {
   }
 }
 
+// A branch of the open database at a point of its history (now, an LSN or a UTC moment).
+async function createBranch(event) {
+  event.preventDefault();
+  const parent = state.selected;
+  const name = $("#branch-name").value;
+  const at = $("#branch-at").value.trim();
+  $("#branch-made").textContent = "making the branch…";
+  try {
+    const b = await api("POST", `/v1/databases/${encodeURIComponent(parent)}/branches`,
+      at ? { name, at } : { name });
+    $("#branch-name").value = "";
+    $("#branch-at").value = "";
+    $("#branch-made").textContent =
+      `${b.database.name}: ${b.parent} at ${b.at} (LSN ${b.lsn}), made in ${b.took_ms} ms`;
+    state.selected = b.database.name;
+    refresh();
+  } catch (e) {
+    $("#branch-made").textContent = "";
+    $("#main-error").textContent = e.message;
+  }
+}
+
 function handoff() {
   const db = encodeURIComponent(state.selected);
   state.handoffSince = Date.now() - 1000;
@@ -297,6 +319,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#create-db-form").addEventListener("submit", createDatabase);
   $("#role-form").addEventListener("submit", createRole);
   $("#handoff").addEventListener("click", handoff);
+  $("#branch-form").addEventListener("submit", createBranch);
   $("#copy-dsn").addEventListener("click", () => navigator.clipboard.writeText($("#dsn").textContent));
   try {
     const resp = await fetch("/console/session", { credentials: "same-origin" });
