@@ -169,7 +169,7 @@ impl ImageBrancher {
     }
 
     /// `db`'s first image: the template's, in the template's family (nothing copied).
-    async fn from_template(
+    async fn start_from_template(
         &self,
         db: &DatabaseName,
     ) -> Result<spg_core::ImageInfo, LifecycleError> {
@@ -547,7 +547,7 @@ impl Brancher for ImageBrancher {
         &self,
         db: &DatabaseName,
     ) -> Result<Option<spg_core::ImageInfo>, LifecycleError> {
-        self.from_template(db).await.map(Some)
+        self.start_from_template(db).await.map(Some)
     }
 }
 
