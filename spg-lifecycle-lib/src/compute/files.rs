@@ -87,42 +87,43 @@ pub(crate) async fn stop_recorded(record: &Path, db: &DatabaseName, timeout: Dur
     stopped
 }
 
-/// Run `postgres --single` on the (stopped) cluster `data_dir` as the compute user, executing
-/// `script` (one command per line) in database `postgres`; the cluster is shut down cleanly
-/// after.
-pub async fn single_user(cfg: &AgentConfig, data_dir: &Path, script: &str) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = tokio::process::Command::new(cfg.bins.exe("postgres"));
-    cmd.args(["--single", "-F", "-c", "exit_on_error=true", "-D"])
-        .arg(data_dir)
-        .arg("postgres")
-        .env_clear()
+/// `exe` of the PostgreSQL binaries, run as the compute user in a clean environment (C locale,
+/// UTC), killed if dropped.
+fn pg_command(cfg: &AgentConfig, exe: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(cfg.bins.exe(exe));
+    cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LC_ALL", "C")
         .env("TZ", "UTC")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     if cfg.run_as.switch_user {
         cmd.uid(cfg.run_as.uid).gid(cfg.run_as.gid);
     }
+    cmd
+}
+
+/// Run `cmd` (named `what` in errors), writing `stdin` to it; fails unless it exits 0.
+async fn run_pg(mut cmd: tokio::process::Command, what: &str, stdin: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
     let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running postgres --single: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
+        .map_err(|e| format!("running {what}: {e}"))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
             .await
-            .map_err(|e| format!("writing to postgres --single: {e}"))?;
+            .map_err(|e| format!("writing to {what}: {e}"))?;
     }
     let out = child
         .wait_with_output()
         .await
-        .map_err(|e| format!("running postgres --single: {e}"))?;
+        .map_err(|e| format!("running {what}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "postgres --single exited with {}: {}",
+            "{what} exited with {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -130,34 +131,26 @@ pub async fn single_user(cfg: &AgentConfig, data_dir: &Path, script: &str) -> Re
     Ok(())
 }
 
+/// Run `postgres --single` on the (stopped) cluster `data_dir` as the compute user, executing
+/// `script` (one command per line) in database `postgres`; the cluster is shut down cleanly
+/// after.
+pub async fn single_user(cfg: &AgentConfig, data_dir: &Path, script: &str) -> Result<(), String> {
+    let mut cmd = pg_command(cfg, "postgres");
+    cmd.args(["--single", "-F", "-c", "exit_on_error=true", "-D"])
+        .arg(data_dir)
+        .arg("postgres");
+    run_pg(cmd, "postgres --single", script).await
+}
+
 /// `initdb` of `data_dir` as the compute user (superuser `spg_admin`, UTF8, C locale, peer
 /// authentication on the socket only).
 pub async fn initdb(cfg: &AgentConfig, data_dir: &Path) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(cfg.bins.exe("initdb"));
+    let mut cmd = pg_command(cfg, "initdb");
     cmd.arg("-D")
         .arg(data_dir)
         .args(["-U", ADMIN_ROLE, "-E", "UTF8", "--no-locale"])
-        .args(["--auth-local=peer", "--auth-host=reject"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .kill_on_drop(true);
-    if cfg.run_as.switch_user {
-        cmd.uid(cfg.run_as.uid).gid(cfg.run_as.gid);
-    }
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| format!("running initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "initdb exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+        .args(["--auth-local=peer", "--auth-host=reject"]);
+    run_pg(cmd, "initdb", "").await
 }
 
 /// Create `dir` with mode 0700; missing parents get the default mode so that the compute user

@@ -417,20 +417,29 @@ impl ControlPlane {
                 }
             }
         }
-        let now = now_ms();
-        let rec = DatabaseRecord::new(name.clone(), now);
-        let created = Transition {
-            database: name.clone(),
-            from: None,
-            to: ComputeState::Stopped,
-            generation: rec.generation,
-            at_ms: now,
-            reason: "created".into(),
-            profile: Some(self.shared.config.profile_of(&rec).name),
-            bytes_written: None,
-        };
+        let rec = DatabaseRecord::new(name.clone(), now_ms());
+        let created = self.creation(&rec, "created".into(), None);
         self.shared.store.insert_database(&rec, &created).await?;
         Ok(self.created(rec, &created, crate::events::EventKind::Created))
+    }
+
+    /// The transition that creates `rec`.
+    fn creation(
+        &self,
+        rec: &DatabaseRecord,
+        reason: String,
+        bytes_written: Option<u64>,
+    ) -> Transition {
+        Transition {
+            database: rec.name.clone(),
+            from: None,
+            to: rec.state,
+            generation: rec.generation,
+            at_ms: rec.created_at_ms,
+            reason,
+            profile: Some(self.shared.config.profile_of(rec).name),
+            bytes_written,
+        }
     }
 
     /// Account for `rec`, just inserted with transition `created`: metrics, the event, its
@@ -504,16 +513,11 @@ impl ControlPlane {
         let mut rec = DatabaseRecord::new(name.clone(), now);
         rec.generation = made.generation;
         rec.profile = parent_rec.profile.clone();
-        let created = Transition {
-            database: name.clone(),
-            from: None,
-            to: ComputeState::Stopped,
-            generation: rec.generation,
-            at_ms: now,
-            reason: format!("branched from {parent} at {at} (LSN {})", made.lsn),
-            profile: Some(self.shared.config.profile_of(&rec).name),
-            bytes_written: made.image.as_ref().map(|i| i.bytes_written),
-        };
+        let created = self.creation(
+            &rec,
+            format!("branched from {parent} at {at} (LSN {})", made.lsn),
+            made.image.as_ref().map(|i| i.bytes_written),
+        );
         self.shared.store.insert_database(&rec, &created).await?;
         let mut new_passwords = Vec::new();
         for role in parent_roles {
