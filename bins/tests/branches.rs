@@ -177,6 +177,28 @@ async fn branches_hold_the_parent_at_the_point_and_stay_apart() {
         assert!(b.status.record.generation > before.record.generation);
     }
     assert!(by_lsn.lsn <= at_first, "{} > {at_first}", by_lsn.lsn);
+    // The history window reaches back past the points branched to; before it, nothing.
+    let (reach, stored) = cp.history_window(&appdb).await.unwrap();
+    let reach = reach.expect("a history");
+    assert!(reach.oldest_lsn <= at_first && reach.oldest_at_ms <= moment);
+    assert!(reach.newest_lsn >= newest.lsn);
+    assert!(stored.unwrap().image_bytes > 0);
+    let too_early = cp
+        .branch_database(
+            DatabaseName::new("too_early").unwrap(),
+            &appdb,
+            BranchPoint::Time(reach.oldest_at_ms - 60_000),
+            BranchPasswords::Keep,
+        )
+        .await;
+    assert!(
+        matches!(
+            too_early,
+            Err(spg_lifecycle_lib::LifecycleError::Invalid { .. })
+        ),
+        "{:?}",
+        too_early.err()
+    );
     assert_eq!(newest.passwords.len(), 1);
 
     // Each branch is its parent at its point.
@@ -318,6 +340,36 @@ async fn new_databases_start_from_the_template_without_initdb() {
         assert!(!steps.contains(&"initdb"), "{db} ran initdb: {steps:?}");
         assert!(steps.contains(&"checkout"), "{steps:?}");
     }
+    // A branch of a database that never started: its first start makes the database.
+    let third = DatabaseName::new("third").unwrap();
+    cp.create_database(third.clone()).await.unwrap();
+    cp.create_role(
+        &third,
+        spg_core::RoleName::new(ROLE).unwrap(),
+        spg_lifecycle_lib::RoleSecret::Password(PASSWORD.into()),
+    )
+    .await
+    .unwrap();
+    cp.branch_database(
+        DatabaseName::new("third_b").unwrap(),
+        &third,
+        BranchPoint::Newest,
+        BranchPasswords::Keep,
+    )
+    .await
+    .unwrap();
+    let c = tokio_pg(
+        &t,
+        &t.dsn_with(ROLE, PASSWORD, "third_b", "sslmode=require"),
+    )
+    .await
+    .unwrap();
+    let row = c
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "third_b");
+    drop(c);
     // Both images are the template's, in its family; the template was made once.
     let objects = t.dir.path().join("data/objects/images");
     let major = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None)

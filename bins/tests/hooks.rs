@@ -265,6 +265,41 @@ async fn webhooks_and_the_event_stream_report_the_lifecycle() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     reading.abort();
+
+    // A branch: branch_created, for the new database, naming its parent.
+    cp.branch_database(
+        spg_core::DatabaseName::new("shop_pr1").unwrap(),
+        &db,
+        spg_lifecycle_lib::branching::BranchPoint::Newest,
+        spg_lifecycle_lib::controlplane::BranchPasswords::Keep,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (h, body) = loop {
+        let found = got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(h, _)| h["x-spg-event"] == "branch_created")
+            .cloned();
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no branch_created delivery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(signed(&h, &body));
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["kind"], "branch_created");
+    assert_eq!(e["database"], "shop_pr1");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("branched from appdb at now"),
+        "{e}"
+    );
     stop_receiver.cancel();
     t.shutdown().await;
 }

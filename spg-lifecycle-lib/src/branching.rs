@@ -105,6 +105,20 @@ pub struct BranchMade {
     pub took: Duration,
 }
 
+/// How far back a database's history reaches: a branch (or a restore) can start at any point
+/// from the oldest to the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reachable {
+    /// The oldest image's LSN: the first point a branch can start at.
+    pub oldest_lsn: Lsn,
+    /// When that image was written (milliseconds since the Unix epoch): the first moment.
+    pub oldest_at_ms: u64,
+    /// The end of its log (or of its newest image, without one).
+    pub newest_lsn: Lsn,
+    /// Images kept on its current timeline path.
+    pub images: u64,
+}
+
 /// Makes branches' first images.
 ///
 /// Contract: `branch(parent, child, at)` leaves `child` (a name no database has) with one
@@ -128,6 +142,12 @@ pub trait Brancher: Send + Sync + 'static {
     /// wake like any other, without `initdb`. `None` where there is no template (the first
     /// start then runs `initdb`).
     async fn fresh(&self, db: &DatabaseName) -> Result<Option<ImageInfo>, LifecycleError> {
+        let _ = db;
+        Ok(None)
+    }
+
+    /// How far back `db`'s history reaches (`None`: it has no image).
+    async fn reachable(&self, db: &DatabaseName) -> Result<Option<Reachable>, LifecycleError> {
         let _ = db;
         Ok(None)
     }

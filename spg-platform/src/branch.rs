@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use spg_core::pg_control::ControlFile;
 use spg_core::{DatabaseName, Election, Generation, Lsn, PageStore, TimelineId};
-use spg_lifecycle_lib::branching::{BranchMade, BranchPoint, Brancher};
+use spg_lifecycle_lib::branching::{BranchMade, BranchPoint, Brancher, Reachable};
 use spg_lifecycle_lib::compute::process::PostgresProcess;
 use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
 use spg_lifecycle_lib::compute::AgentConfig;
@@ -433,10 +433,17 @@ impl ImageBrancher {
             )?;
             let promoted = match self.promote(&mut pg, &socket_dir, port, goal).await {
                 // The parent's PostgreSQL database takes the branch's name (computes serve the
-                // database named as the platform's).
+                // database named as the platform's); a parent that never started still has the
+                // template's placeholder, which the branch's first start renames. Then a new
+                // WAL segment: the shutdown checkpoint opens it, so the image keeps next to no
+                // WAL, and the branch's safekeepers (which join at the start of the segment its
+                // first compute branches off in) have next to nothing to catch up on.
                 Ok((lsn, client)) => client
                     .batch_execute(&format!(
-                        "ALTER DATABASE {} RENAME TO {}",
+                        "DO $spg$ BEGIN IF EXISTS (SELECT 1 FROM pg_database WHERE datname = {}) \
+                         THEN ALTER DATABASE {} RENAME TO {}; END IF; END $spg$; \
+                         SELECT pg_switch_wal()",
+                        quote_literal(parent.as_str()),
                         quote_ident(parent.as_str()),
                         quote_ident(child.as_str())
                     ))
@@ -549,6 +556,29 @@ impl Brancher for ImageBrancher {
     ) -> Result<Option<spg_core::ImageInfo>, LifecycleError> {
         self.start_from_template(db).await.map(Some)
     }
+
+    async fn reachable(&self, db: &DatabaseName) -> Result<Option<Reachable>, LifecycleError> {
+        let view = self
+            .wal
+            .quorum
+            .observe(db)
+            .await
+            .map_err(LifecycleError::WalQuorum)?;
+        let history = view.as_ref().map(|v| v.history.clone()).unwrap_or_default();
+        let mut ids = self.images.images(db).await.map_err(storage)?;
+        ids.retain(|id| id.on_path(&history));
+        let Some(oldest) = ids.iter().min_by_key(|id| (id.lsn, id.generation)).copied() else {
+            return Ok(None);
+        };
+        let newest = ids.iter().map(|id| id.lsn).max().unwrap_or(oldest.lsn);
+        let m = self.images.manifest(db, &oldest).await.map_err(storage)?;
+        Ok(Some(Reachable {
+            oldest_lsn: oldest.lsn,
+            oldest_at_ms: m.created_at_ms,
+            newest_lsn: view.map_or(newest, |v| v.flush_lsn.max(newest)),
+            images: ids.len() as u64,
+        }))
+    }
 }
 
 /// A moment as PostgreSQL's `recovery_target_time` takes it: `2026-12-06 15:00:00.250+00`.
@@ -556,6 +586,11 @@ fn pg_timestamp(ms: u64) -> String {
     BranchPoint::rfc3339(ms)
         .replace('T', " ")
         .replace('Z', "+00")
+}
+
+/// `text` as an SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `name` as an SQL identifier.

@@ -116,6 +116,13 @@ pub enum DbCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// How far back a database's history reaches (the first moment a branch can start at)
+    /// and the bytes storage keeps for it (JSON).
+    Window {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Stop a database's compute now.
     Stop {
         name: String,
@@ -332,6 +339,7 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
             };
             print_json(&client(&api)?.branch_database(&from, &req).await?)
         }
+        DbCommand::Window { name, api } => print_json(&client(&api)?.history_window(&name).await?),
         DbCommand::Stop { name, api } => print_json(&client(&api)?.stop_database(&name).await?),
         DbCommand::List { api } => {
             let dbs = client(&api)?.databases().await?;

@@ -210,8 +210,9 @@ pub struct PageserverArgs {
     /// How often garbage is collected (0: never).
     #[arg(long, env = "SPG_PAGESERVER_GC_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
     pub gc_every: Duration,
-    /// Images younger than this are kept.
-    #[arg(long, env = "SPG_PAGESERVER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// The history window: any moment this recent can be branched to (images younger than
+    /// this, the newest one older, and the WAL after it are kept).
+    #[arg(long, env = "SPG_PAGESERVER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
     /// TLS certificate (PEM); default: self-signed, generated under --dir.
     #[arg(long, env = "SPG_TLS_CERT", requires = "tls_key")]

@@ -186,6 +186,12 @@ impl ApiClient {
         .await
     }
 
+    /// How far back a database's history reaches.
+    pub async fn history_window(&self, name: &str) -> Result<HistoryView, LifecycleError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/databases/{name}/history"), None)
+            .await
+    }
+
     /// List databases.
     pub async fn databases(&self) -> Result<Vec<DatabaseView>, LifecycleError> {
         self.call::<(), _>(Method::GET, "/v1/databases", None).await

@@ -218,6 +218,23 @@ pub struct BranchRequest {
     pub regenerate_passwords: bool,
 }
 
+/// Response of `GET /v1/databases/{name}/history`: how far back its history reaches.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HistoryView {
+    /// The database.
+    pub database: String,
+    /// The first moment a branch can start at (RFC 3339; `null` before its first image).
+    pub oldest_at: Option<String>,
+    /// The first LSN a branch can start at.
+    pub oldest_lsn: Option<String>,
+    /// The end of its history (its log's end).
+    pub newest_lsn: Option<String>,
+    /// Images kept on its current timeline path.
+    pub images: u64,
+    /// Bytes storage keeps for it: its images (the chunks they name) and archived WAL.
+    pub pinned_bytes: Option<u64>,
+}
+
 /// A role's new password, shown once.
 #[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RolePassword {

@@ -441,6 +441,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(create_database, list_databases))
         .routes(routes!(show_database))
         .routes(routes!(branch_database))
+        .routes(routes!(database_history))
         .routes(routes!(stop_database))
         .routes(routes!(handoff_database))
         .routes(routes!(database_transitions))
@@ -657,6 +658,26 @@ async fn branch_database(
     };
     let made = st.cp.branch_database(child, &parent, at, passwords).await?;
     Ok((StatusCode::CREATED, Json(made.into())))
+}
+
+/// How far back its history reaches: the first moment and LSN a branch can start at, the end,
+/// and the bytes storage keeps for it.
+#[utoipa::path(get, path = "/v1/databases/{name}/history", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    responses((status = 200, description = "Its history window", body = HistoryView)))]
+async fn database_history(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let db = db_name(&name)?;
+    let (reachable, stored) = st.cp.history_window(&db).await?;
+    Ok(Json(HistoryView {
+        database: db.to_string(),
+        oldest_at: reachable.map(|r| rfc3339(r.oldest_at_ms)),
+        oldest_lsn: reachable.map(|r| r.oldest_lsn.to_string()),
+        newest_lsn: reachable.map(|r| r.newest_lsn.to_string()),
+        images: reachable.map_or(0, |r| r.images),
+        pinned_bytes: stored.map(|s| s.image_bytes + s.wal_archive_bytes),
+    }))
 }
 
 /// Every database.

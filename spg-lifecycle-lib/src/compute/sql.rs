@@ -83,11 +83,14 @@ pub(crate) fn create_database_sql(db: &DatabaseName) -> String {
 pub const FRESH_DATABASE: &str = "spg_fresh";
 
 /// What a template cluster runs once (`postgres --single`, one command per line): the tenant
-/// group and the tenant's database under its placeholder name.
+/// group and the tenant's database under its placeholder name; then a switch to a new WAL
+/// segment, so that the shutdown checkpoint (where a new database's first compute branches off
+/// its timeline) opens a segment: the safekeepers, which join at the start of that segment,
+/// then have next to nothing to catch up on before the first commit.
 pub fn template_setup_sql() -> String {
     let group = quote_ident(TENANT_GROUP);
     format!(
-        "CREATE ROLE {group} NOLOGIN\nCREATE DATABASE {} OWNER {group}\n",
+        "CREATE ROLE {group} NOLOGIN\nCREATE DATABASE {} OWNER {group}\nSELECT pg_switch_wal()\n",
         quote_ident(FRESH_DATABASE)
     )
 }

@@ -478,6 +478,33 @@ impl ControlPlane {
         }
     }
 
+    /// How far back `db`'s history reaches (branches can start anywhere in it), and what it
+    /// keeps in storage for that.
+    pub async fn history_window(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<
+        (
+            Option<crate::branching::Reachable>,
+            Option<spg_core::StoredBytes>,
+        ),
+        LifecycleError,
+    > {
+        self.known(db).await?;
+        let reachable = match self.shared.brancher.get() {
+            Some(b) => b.reachable(db).await?,
+            None => None,
+        };
+        let stored = match self.shared.storage.get() {
+            Some(s) => s
+                .stored_bytes(db)
+                .await
+                .map_err(LifecycleError::PageStore)?,
+            None => None,
+        };
+        Ok((reachable, stored))
+    }
+
     /// Let this control plane make branches ([`ControlPlane::branch_database`]) with `brancher`.
     pub fn set_brancher(&self, brancher: Arc<dyn Brancher>) {
         let _ = self.shared.brancher.set(brancher);

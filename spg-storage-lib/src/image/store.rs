@@ -212,17 +212,32 @@ impl ImageStore {
         Ok(Some(Basebackup { manifest, objects }))
     }
 
-    /// A soft basebackup of image `id` of `db` (whichever its timeline), with no objects sent
-    /// along.
+    /// A soft basebackup of image `id` of `db` (whichever its timeline), with the objects of
+    /// its WAL files (a lazy mount writes those to local disk at once: recovery may have no
+    /// other copy of them).
     pub async fn basebackup_of(
         &self,
         db: &DatabaseName,
         id: &ImageId,
     ) -> Result<Basebackup, StorageError> {
-        Ok(Basebackup {
-            manifest: self.manifest(db, id).await?,
-            objects: HashMap::new(),
-        })
+        let manifest = self.manifest(db, id).await?;
+        let mut objects = HashMap::new();
+        for f in manifest
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with("pg_wal/") && !f.is_dir())
+        {
+            if let Some(Content::List(h)) = &f.content {
+                let b = self.repo.get(db, ObjectKind::List, h).await?;
+                check_hash(db, ObjectKind::List, h, &b)?;
+                objects.insert((ObjectKind::List, *h), b);
+            }
+            for h in self.chunks_of(&manifest, f).await?.into_iter().flatten() {
+                let b = self.chunk(db, &h).await?;
+                objects.insert((ObjectKind::Chunk, h), b);
+            }
+        }
+        Ok(Basebackup { manifest, objects })
     }
 
     /// Store `m` as a new image. Create-only: an existing image is never replaced

@@ -1,6 +1,7 @@
 //! Garbage collection of images, chunks, lists and archived WAL.
 //!
-//! Which images stay: every image younger than the retention window, the newest
+//! Which images stay: every image younger than the retention window and the newest one older
+//! than it (replay to the window's first moment starts there), the newest
 //! [`GcPolicy::keep_images`] images, and, when the caller knows the current timeline path, the
 //! newest image on it and everything after it. Everything else is deleted, manifest first; then
 //! every chunk and list no remaining image names is deleted, unless it is younger than the grace
@@ -22,10 +23,15 @@ use crate::pg_control::ControlFile;
 use crate::safekeeper::file::DEFAULT_SEGMENT_SIZE;
 use crate::StorageError;
 
+/// How long any moment of a database's history stays reachable (a branch or a restore can
+/// start there) by default: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// What garbage collection keeps.
 #[derive(Debug, Clone)]
 pub struct GcPolicy {
-    /// Images younger than this stay.
+    /// The history window: images younger than this stay, and the newest one older than it
+    /// (where replay to the window's first moment starts), with the WAL after it.
     pub retention: Duration,
     /// At least this many of the newest images stay (at least one).
     pub keep_images: usize,
@@ -36,7 +42,7 @@ pub struct GcPolicy {
 impl Default for GcPolicy {
     fn default() -> Self {
         GcPolicy {
-            retention: Duration::from_secs(24 * 3600),
+            retention: DEFAULT_RETENTION,
             keep_images: 2,
             grace: Duration::from_secs(3600),
         }
@@ -87,12 +93,26 @@ impl Pageserver {
                 );
             }
         }
+        let mut decoded = Vec::with_capacity(ids.len());
+        for id in &ids {
+            decoded.push(self.decoded_manifest(db, id).await?);
+        }
+        let old = |m: &crate::image::Manifest| {
+            Duration::from_millis(now_ms.saturating_sub(m.created_at_ms)) >= policy.retention
+        };
+        // The window's first moment lies after the newest image older than the window.
+        if let Some(start) = decoded
+            .iter()
+            .filter(|m| old(m))
+            .max_by_key(|m| (m.id.lsn, m.id.generation))
+        {
+            keep.insert(start.id);
+        }
         let mut manifests = Vec::new();
         let mut stats = GcStats::default();
-        for id in &ids {
-            let m = self.decoded_manifest(db, id).await?;
-            let age = Duration::from_millis(now_ms.saturating_sub(m.created_at_ms));
-            if keep.contains(id) || age < policy.retention {
+        for m in decoded {
+            let id = &m.id;
+            if keep.contains(id) || !old(&m) {
                 manifests.push(m);
             } else {
                 self.objects
