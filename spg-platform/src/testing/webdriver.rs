@@ -1,6 +1,7 @@
 //! A small W3C WebDriver client, driving a real headless Chromium through `chromedriver`
 //! (Debian `chromium`, `chromium-driver`) for the console's browser tests.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +15,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// Where Debian puts Chromium's binary (its `/usr/bin/chromium` is a wrapper script).
 pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 
-/// A `chromedriver` on a loopback port, killed on drop.
+/// A `chromedriver` on a loopback port, killed on drop with the browsers it started (its
+/// process group: a test that panics never ends its session, and a killed `chromedriver` alone
+/// would leave them running).
 pub struct Driver {
     child: Child,
     url: String,
@@ -22,6 +25,8 @@ pub struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -40,6 +45,7 @@ impl Driver {
             .ok()?
             .port();
         let child = Command::new(program)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
