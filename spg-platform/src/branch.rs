@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use spg_core::pg_control::ControlFile;
 use spg_core::{DatabaseName, Election, Generation, Lsn, PageStore, TimelineId};
 use spg_lifecycle_lib::branching::{BranchMade, BranchPoint, Brancher, Reachable};
+use spg_lifecycle_lib::compute::admin_client_as;
 use spg_lifecycle_lib::compute::process::PostgresProcess;
+use spg_lifecycle_lib::compute::sql::{quote_ident, quote_literal};
 use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
 use spg_lifecycle_lib::compute::AgentConfig;
 use spg_lifecycle_lib::LifecycleError;
@@ -36,7 +38,7 @@ use spg_storage_lib::object_pages::{checkpoint_segment, include_in_image, Object
 use spg_storage_lib::safekeeper::timeline_of;
 use tracing::{info, warn};
 
-use crate::rollforward::{admin_client, replay_status, standby_settings, write_standby_files};
+use crate::rollforward::{replay_status, standby_settings, write_standby_files};
 
 /// Makes branches' first images; see the module documentation.
 pub struct ImageBrancher {
@@ -175,12 +177,7 @@ impl ImageBrancher {
     ) -> Result<spg_core::ImageInfo, LifecycleError> {
         let id = self.template().await?;
         let t = self.template_name();
-        if !self.images.images(db).await.map_err(storage)?.is_empty() {
-            return Err(LifecycleError::AlreadyExists {
-                kind: "images of database",
-                name: db.to_string(),
-            });
-        }
+        self.ensure_new(db).await?;
         let repo = self.images.repo();
         repo.link_family(db, &t).await.map_err(storage)?;
         let mut m = self.images.manifest(&t, &id).await.map_err(storage)?;
@@ -204,15 +201,46 @@ impl ImageBrancher {
         })
     }
 
+    /// `db` has no images yet (a name being created or branched to).
+    async fn ensure_new(&self, db: &DatabaseName) -> Result<(), LifecycleError> {
+        if self.images.images(db).await.map_err(storage)?.is_empty() {
+            return Ok(());
+        }
+        Err(LifecycleError::AlreadyExists {
+            kind: "images of database",
+            name: db.to_string(),
+        })
+    }
+
+    /// `db`'s log as its WAL quorum holds it now (observed, nothing elected), and its images on
+    /// that log's timeline path.
+    async fn on_path(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<(Option<Election>, Vec<ImageId>), LifecycleError> {
+        let view = self
+            .wal
+            .quorum
+            .observe(db)
+            .await
+            .map_err(LifecycleError::WalQuorum)?;
+        let history = view
+            .as_ref()
+            .map(|v| v.history.as_slice())
+            .unwrap_or_default();
+        let mut ids = self.images.images(db).await.map_err(storage)?;
+        ids.retain(|id| id.on_path(history));
+        Ok((view, ids))
+    }
+
     /// The parent's image to start from: the newest on its log's path at or before `at`.
     async fn start_image(
         &self,
         parent: &DatabaseName,
+        mut ids: Vec<ImageId>,
         history: &[(TimelineId, Lsn)],
         at: BranchPoint,
     ) -> Result<Option<ImageId>, LifecycleError> {
-        let mut ids = self.images.images(parent).await.map_err(storage)?;
-        ids.retain(|id| id.on_path(history));
         let oldest = ids.iter().min_by_key(|id| (id.lsn, id.generation)).copied();
         let chosen = match at {
             BranchPoint::Newest => latest_on_path(ids, history),
@@ -254,20 +282,10 @@ impl ImageBrancher {
         at: BranchPoint,
     ) -> Result<BranchMade, LifecycleError> {
         let started = Instant::now();
-        if !self.images.images(child).await.map_err(storage)?.is_empty() {
-            return Err(LifecycleError::AlreadyExists {
-                kind: "images of database",
-                name: child.to_string(),
-            });
-        }
-        let view = self
-            .wal
-            .quorum
-            .observe(parent)
-            .await
-            .map_err(LifecycleError::WalQuorum)?;
+        self.ensure_new(child).await?;
+        let (view, ids) = self.on_path(parent).await?;
         let history = view.as_ref().map(|v| v.history.clone()).unwrap_or_default();
-        let Some(image) = self.start_image(parent, &history, at).await? else {
+        let Some(image) = self.start_image(parent, ids, &history, at).await? else {
             info!(%parent, %child, "the parent has no image: the branch starts empty");
             return Ok(BranchMade {
                 generation: Generation::NONE,
@@ -506,7 +524,9 @@ impl ImageBrancher {
         pg.wait_ready(self.timeout)
             .await
             .map_err(|e| anyhow::anyhow!("the branch's server did not start: {e}"))?;
-        let client = admin_client(socket_dir, port, "spg-branch").await?;
+        let client = admin_client_as(socket_dir, port, "spg-branch")
+            .await
+            .map_err(anyhow::Error::msg)?;
         let deadline = Instant::now() + self.timeout;
         let (mut last, mut since) = (Lsn(0), Instant::now());
         loop {
@@ -558,15 +578,7 @@ impl Brancher for ImageBrancher {
     }
 
     async fn reachable(&self, db: &DatabaseName) -> Result<Option<Reachable>, LifecycleError> {
-        let view = self
-            .wal
-            .quorum
-            .observe(db)
-            .await
-            .map_err(LifecycleError::WalQuorum)?;
-        let history = view.as_ref().map(|v| v.history.clone()).unwrap_or_default();
-        let mut ids = self.images.images(db).await.map_err(storage)?;
-        ids.retain(|id| id.on_path(&history));
+        let (view, ids) = self.on_path(db).await?;
         let Some(oldest) = ids.iter().min_by_key(|id| (id.lsn, id.generation)).copied() else {
             return Ok(None);
         };
@@ -586,16 +598,6 @@ fn pg_timestamp(ms: u64) -> String {
     BranchPoint::rfc3339(ms)
         .replace('T', " ")
         .replace('Z', "+00")
-}
-
-/// `text` as an SQL string literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// `name` as an SQL identifier.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn storage(e: spg_storage_lib::StorageError) -> LifecycleError {

@@ -17,7 +17,8 @@ use anyhow::{bail, Context, Result};
 use spg_core::pg_control::ControlFile;
 use spg_core::wal_files::DEFAULT_SEGMENT_SIZE;
 use spg_core::{DatabaseName, Lsn, TimelineId};
-use spg_lifecycle_lib::compute::config::{pg_hba_conf, pg_ident_conf, ADMIN_ROLE};
+use spg_lifecycle_lib::compute::admin_client_as;
+use spg_lifecycle_lib::compute::config::{pg_hba_conf, pg_ident_conf};
 use spg_lifecycle_lib::compute::process::PostgresProcess;
 use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
 use spg_lifecycle_lib::compute::AgentConfig;
@@ -200,7 +201,9 @@ impl RollForward {
         pg.wait_ready(self.timeout)
             .await
             .map_err(|e| anyhow::anyhow!("roll-forward standby: {e}"))?;
-        let client = admin_client(socket_dir, port, "spg-rollforward").await?;
+        let client = admin_client_as(socket_dir, port, "spg-rollforward")
+            .await
+            .map_err(anyhow::Error::msg)?;
         let deadline = Instant::now() + self.timeout;
         let (mut last, mut since) = (Lsn(0), Instant::now());
         loop {
@@ -277,26 +280,6 @@ pub(crate) fn write_standby_files(
         agent.run_as.chown(&path)?;
     }
     Ok(())
-}
-
-/// The scratch server's admin connection (over its socket).
-pub(crate) async fn admin_client(
-    socket_dir: &Path,
-    port: u16,
-    application: &str,
-) -> Result<tokio_postgres::Client> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(socket_dir)
-        .port(port)
-        .user(ADMIN_ROLE)
-        .dbname("postgres")
-        .application_name(application);
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to the {application} server"))?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 /// Whether the server is still recovering, and where its replay got (0 before any).

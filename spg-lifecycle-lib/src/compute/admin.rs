@@ -14,13 +14,23 @@ pub(crate) async fn admin_client(
     socket_dir: &Path,
     port: u16,
 ) -> Result<tokio_postgres::Client, String> {
+    admin_client_as(socket_dir, port, "spg-agent").await
+}
+
+/// The admin role's connection to the server listening on `port` in `socket_dir` (its Unix
+/// socket; peer authentication), to database `postgres`, as `application`.
+pub async fn admin_client_as(
+    socket_dir: &Path,
+    port: u16,
+    application: &str,
+) -> Result<tokio_postgres::Client, String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(socket_dir)
         .port(port)
         .user(ADMIN_ROLE)
         .dbname("postgres")
-        .application_name("spg-agent")
+        .application_name(application)
         .connect_timeout(Duration::from_secs(10));
     let (client, connection) = config
         .connect(NoTls)

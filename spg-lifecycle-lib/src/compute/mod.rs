@@ -8,6 +8,7 @@
 //! step is timed.
 
 mod admin;
+pub use admin::admin_client_as;
 pub mod cgroup;
 pub mod config;
 pub mod files;

@@ -9,12 +9,12 @@ use super::wal::REPLICATOR_ROLE;
 use super::RoleSpec;
 
 /// Quote an identifier.
-pub(crate) fn quote_ident(s: &str) -> String {
+pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Quote a string literal (standard_conforming_strings is on).
-pub(crate) fn quote_literal(s: &str) -> String {
+pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
