@@ -393,3 +393,130 @@ async fn new_databases_start_from_the_template_without_initdb() {
         .is_err());
     t.shutdown().await;
 }
+
+/// The ids in `items`, in order.
+async fn ids(c: &tokio_postgres::Client) -> Vec<i32> {
+    c.query("SELECT id FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Point-in-time restore: the database goes back to a moment between two commits (it has the
+/// first, not the second), the state before is kept as a branch, and a restore of the restored
+/// database works the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_moves_a_database_back_and_keeps_the_state_before() {
+    let t = TestPlatform::start(Duration::from_secs(600)).await;
+    let cp = t.p().control_plane.clone();
+    let appdb = DatabaseName::new(DB).unwrap();
+    let mut events = cp.events();
+    let dsn = |db: &str| t.dsn_with(ROLE, PASSWORD, db, "sslmode=require");
+
+    // Commit 1, kept in an image by a stop; woken, commit 2 after a known moment.
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'one')",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    cp.stop_database(&appdb).await.unwrap();
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    c.batch_execute("INSERT INTO items VALUES (10, 'ten')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between = now_ms();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.batch_execute("INSERT INTO items VALUES (2, 'two')")
+        .await
+        .unwrap();
+    let before = cp.database(&appdb).await.unwrap().record.generation;
+
+    // Restored while a session is open: the compute stops under it; the gateway's pool
+    // carries the session over, and its next transaction sees the restored database.
+    let restored = cp
+        .restore_database(&appdb, BranchPoint::Time(between), None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 10]);
+    drop(c);
+    assert!(restored.status.record.generation > before);
+    let kept = restored.kept.record.name.clone();
+    assert!(
+        kept.as_str().starts_with(&format!("{DB}_pre_restore_")),
+        "{kept}"
+    );
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(
+        ids(&c).await,
+        vec![1, 10],
+        "the first commit, not the second"
+    );
+    let k = tokio_pg(&t, &dsn(kept.as_str())).await.unwrap();
+    assert_eq!(ids(&k).await, vec![1, 2, 10], "the state before is kept");
+    // They are apart.
+    k.batch_execute("INSERT INTO items VALUES (100, 'kept')")
+        .await
+        .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 10]);
+    drop(k);
+    let mut saw = false;
+    while let Ok(e) = events.try_recv() {
+        if e.kind == EventKind::Restored && e.database == appdb {
+            assert!(e.detail.contains(kept.as_str()), "{}", e.detail);
+            saw = true;
+        }
+    }
+    assert!(saw, "a restored event");
+
+    // A restore of the restored database: commit 3, a moment, commit 4, back to the moment.
+    c.batch_execute("INSERT INTO items VALUES (3, 'three')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = now_ms();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.batch_execute("INSERT INTO items VALUES (4, 'four')")
+        .await
+        .unwrap();
+    drop(c);
+    let keep2 = DatabaseName::new("appdb_before_second").unwrap();
+    let again = cp
+        .restore_database(&appdb, BranchPoint::Time(second), Some(keep2.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again.kept.record.name, keep2);
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3, 10]);
+    c.batch_execute("INSERT INTO items VALUES (5, 'five')")
+        .await
+        .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3, 5, 10]);
+    drop(c);
+    let k2 = tokio_pg(&t, &dsn(keep2.as_str())).await.unwrap();
+    assert_eq!(ids(&k2).await, vec![1, 3, 4, 10]);
+    drop(k2);
+    // The first kept branch still has its own write; a stop and wake keep the restored state.
+    let k = tokio_pg(&t, &dsn(kept.as_str())).await.unwrap();
+    assert_eq!(ids(&k).await, vec![1, 2, 10, 100]);
+    drop(k);
+    cp.stop_database(&appdb).await.unwrap();
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3, 5, 10]);
+    drop(c);
+
+    // A moment in the future, or a kept name that is taken, is refused.
+    assert!(cp
+        .restore_database(&appdb, BranchPoint::Time(now_ms() + 60_000), None)
+        .await
+        .is_err());
+    assert!(cp
+        .restore_database(&appdb, BranchPoint::Time(second), Some(keep2))
+        .await
+        .is_err());
+    t.shutdown().await;
+}

@@ -101,6 +101,20 @@ pub trait WalQuorum: Send + Sync {
     /// The quorum-flushed LSN of `db`.
     async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn>;
 
+    /// Start `db`'s log over, empty at `start`, on the timeline path `history` (oldest first),
+    /// under generation `generation` (already elected): a point-in-time restore, whose image at
+    /// `start` holds everything the database keeps, abandons the WAL past its restore point on
+    /// purpose. A quorum must take it; its path ends on a timeline newer than any the old log
+    /// had, so the next election picks it over a member that missed the reset. Fails with
+    /// `StaleGeneration` once a newer generation is promised.
+    async fn reset(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        start: Lsn,
+        history: &[(TimelineId, Lsn)],
+    ) -> CoreResult<()>;
+
     /// The log a recovery would read now, without electing anything: the newest generation a
     /// quorum of the answering safekeepers promised, and the log an election would pick among
     /// them. For readers that must not fence a running writer (a pageserver rolling an image

@@ -137,6 +137,24 @@ pub trait Brancher: Send + Sync + 'static {
         at: BranchPoint,
     ) -> Result<BranchMade, LifecycleError>;
 
+    /// Move `db` itself back to `at`, as generation `generation` (newer than every one `db`
+    /// ran, and not running): its image at or before `at`, rolled forward through its own log
+    /// to `at`, promoted onto `generation`'s timeline and written back as `db`'s newest image;
+    /// then its WAL log starts over there (the WAL past `at` is abandoned). Keeping the state
+    /// before (as a branch) is the caller's part, done first.
+    async fn restore(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        let _ = (db, generation, at);
+        Err(LifecycleError::invalid(
+            "request",
+            "this control plane cannot restore databases",
+        ))
+    }
+
     /// Give `db`, a new database (no images), its first image: the platform's template of an
     /// empty cluster (made once per PostgreSQL major version), so that its first start is a
     /// wake like any other, without `initdb`. `None` where there is no template (the first

@@ -119,7 +119,8 @@ impl LifecycleError {
         }
     }
 
-    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+    /// Shorthand for [`LifecycleError::Invalid`].
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         LifecycleError::Invalid {
             what,
             reason: reason.into(),

@@ -27,11 +27,14 @@ pub enum EventKind {
     /// A database was created as a branch of another (`detail` names the parent and the
     /// point).
     BranchCreated,
+    /// A database was moved back to an earlier moment (`detail` names the point and the
+    /// branch keeping the state before).
+    Restored,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Created,
         EventKind::Woken,
         EventKind::Stopped,
@@ -39,6 +42,7 @@ impl EventKind {
         EventKind::HandoffStarted,
         EventKind::HandoffEnded,
         EventKind::BranchCreated,
+        EventKind::Restored,
     ];
 
     /// The snake_case name.
@@ -51,6 +55,7 @@ impl EventKind {
             EventKind::HandoffStarted => "handoff_started",
             EventKind::HandoffEnded => "handoff_ended",
             EventKind::BranchCreated => "branch_created",
+            EventKind::Restored => "restored",
         }
     }
 

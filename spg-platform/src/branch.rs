@@ -35,7 +35,8 @@ use spg_lifecycle_lib::LifecycleError;
 use spg_storage_lib::image::repo::latest_on_path;
 use spg_storage_lib::image::{ImageId, ImageStore, DEFAULT_CHUNK_SIZE};
 use spg_storage_lib::object_pages::{checkpoint_segment, include_in_image, ObjectPageStore};
-use spg_storage_lib::safekeeper::timeline_of;
+use spg_storage_lib::safekeeper::wire::parse_history_file;
+use spg_storage_lib::safekeeper::{timeline_of, History};
 use tracing::{info, warn};
 
 use crate::rollforward::{replay_status, standby_settings, write_standby_files};
@@ -59,6 +60,39 @@ struct Goal {
     promote_at: Lsn,
     /// Settings that stop replay by themselves (an LSN or a moment).
     target: String,
+}
+
+impl Goal {
+    /// Where replay of `db`'s log, which ends at `end`, stops for `at`.
+    fn new(at: BranchPoint, end: Lsn, db: &DatabaseName) -> Result<Goal, LifecycleError> {
+        Ok(match at {
+            BranchPoint::Newest => Goal {
+                promote_at: end,
+                target: String::new(),
+            },
+            BranchPoint::Lsn(x) if x > end => {
+                return Err(LifecycleError::Invalid {
+                    what: "branch point",
+                    reason: format!("{x} is past the end of {db}'s log ({end})"),
+                })
+            }
+            BranchPoint::Lsn(x) => Goal {
+                promote_at: x,
+                target: format!(
+                    "recovery_target_lsn = '{x}'\nrecovery_target_inclusive = off\n\
+                     recovery_target_action = 'promote'\n"
+                ),
+            },
+            BranchPoint::Time(ms) => Goal {
+                promote_at: end,
+                target: format!(
+                    "recovery_target_time = '{}'\nrecovery_target_inclusive = on\n\
+                     recovery_target_action = 'promote'\n",
+                    pg_timestamp(ms)
+                ),
+            },
+        })
+    }
 }
 
 impl ImageBrancher {
@@ -295,33 +329,7 @@ impl ImageBrancher {
             });
         };
         let end = view.as_ref().map_or(image.lsn, |v| v.flush_lsn);
-        let goal = match at {
-            BranchPoint::Newest => Goal {
-                promote_at: end,
-                target: String::new(),
-            },
-            BranchPoint::Lsn(x) if x > end => {
-                return Err(LifecycleError::Invalid {
-                    what: "branch point",
-                    reason: format!("{x} is past the end of {parent}'s log ({end})"),
-                })
-            }
-            BranchPoint::Lsn(x) => Goal {
-                promote_at: x,
-                target: format!(
-                    "recovery_target_lsn = '{x}'\nrecovery_target_inclusive = off\n\
-                     recovery_target_action = 'promote'\n"
-                ),
-            },
-            BranchPoint::Time(ms) => Goal {
-                promote_at: end,
-                target: format!(
-                    "recovery_target_time = '{}'\nrecovery_target_inclusive = on\n\
-                     recovery_target_action = 'promote'\n",
-                    pg_timestamp(ms)
-                ),
-            },
-        };
+        let goal = Goal::new(at, end, parent)?;
         let newest = history
             .last()
             .map_or(image.timeline, |(t, _)| *t)
@@ -351,7 +359,7 @@ impl ImageBrancher {
         }
         let _ = std::fs::remove_dir_all(&pages_dir);
         match made {
-            Ok((lsn, info)) => {
+            Ok((lsn, info, _)) => {
                 let made = BranchMade {
                     generation: g,
                     lsn,
@@ -384,11 +392,11 @@ impl ImageBrancher {
         election: &Election,
         timeline: TimelineId,
         goal: &Goal,
-    ) -> Result<(Lsn, spg_core::ImageInfo), LifecycleError> {
+    ) -> Result<(Lsn, spg_core::ImageInfo, History), LifecycleError> {
         let fail = |reason: String| LifecycleError::Compute {
             database: child.to_string(),
             generation: g.0,
-            step: "branch",
+            step: if parent == child { "restore" } else { "branch" },
             reason,
         };
         // The compute user reaches the directories under `dir` through it (a passage).
@@ -456,18 +464,26 @@ impl ImageBrancher {
                 // WAL segment: the shutdown checkpoint opens it, so the image keeps next to no
                 // WAL, and the branch's safekeepers (which join at the start of the segment its
                 // first compute branches off in) have next to nothing to catch up on.
-                Ok((lsn, client)) => client
-                    .batch_execute(&format!(
-                        "DO $spg$ BEGIN IF EXISTS (SELECT 1 FROM pg_database WHERE datname = {}) \
-                         THEN ALTER DATABASE {} RENAME TO {}; END IF; END $spg$; \
-                         SELECT pg_switch_wal()",
-                        quote_literal(parent.as_str()),
-                        quote_ident(parent.as_str()),
-                        quote_ident(child.as_str())
-                    ))
-                    .await
-                    .map(|()| lsn)
-                    .context("renaming the database"),
+                // (A restore keeps its name.)
+                Ok((lsn, client)) => {
+                    let rename = if parent == child {
+                        String::new()
+                    } else {
+                        format!(
+                            "DO $spg$ BEGIN IF EXISTS (SELECT 1 FROM pg_database \
+                             WHERE datname = {}) THEN ALTER DATABASE {} RENAME TO {}; END IF; \
+                             END $spg$; ",
+                            quote_literal(parent.as_str()),
+                            quote_ident(parent.as_str()),
+                            quote_ident(child.as_str())
+                        )
+                    };
+                    client
+                        .batch_execute(&format!("{rename}SELECT pg_switch_wal()"))
+                        .await
+                        .map(|()| lsn)
+                        .context("renaming the database")
+                }
                 Err(e) => Err(e),
             };
             let (exit, killed) = pg.stop(Duration::from_secs(60)).await;
@@ -497,17 +513,102 @@ impl ImageBrancher {
                     timeline_of(g)
                 )));
             }
-            Ok(lsn)
+            // The new timeline's path, as its history file (which promotion wrote) says.
+            let path = {
+                let (data, tli) = (data.clone(), control.timeline);
+                blocking(move || {
+                    let file = data.join("pg_wal").join(format!("{:08X}.history", tli.0));
+                    let text = std::fs::read(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    Ok(parse_history_file(&text, tli)?)
+                })
+                .await
+                .map_err(|e| fail(format!("{e:#}")))?
+            };
+            Ok((lsn, path))
         }
         .await;
         restore.stop().await;
-        let lsn = result?;
+        let (lsn, path) = result?;
         let info = self
             .pages
             .write_back(child, g)
             .await
             .map_err(LifecycleError::PageStore)?;
-        Ok((lsn, info))
+        Ok((lsn, info, path))
+    }
+
+    /// See [`Brancher::restore`]: `db`'s log is elected for `g` (fencing every older
+    /// generation), its image at or before `at` replayed to `at` and promoted onto
+    /// `timeline_of(g)`, written back as generation `g`, and the log started over at that
+    /// image's segment, on the image's path.
+    async fn restore_to(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        let started = Instant::now();
+        if at == BranchPoint::Newest {
+            return Err(LifecycleError::invalid(
+                "restore point",
+                "a restore needs a moment or an LSN to go back to",
+            ));
+        }
+        let election = self
+            .wal
+            .quorum
+            .elect(db, g)
+            .await
+            .map_err(LifecycleError::WalQuorum)?;
+        let mut ids = self.images.images(db).await.map_err(storage)?;
+        ids.retain(|id| id.on_path(&election.history));
+        let image = self
+            .start_image(db, ids, &election.history, at)
+            .await?
+            .ok_or_else(|| LifecycleError::invalid("restore", format!("{db} has no image")))?;
+        let end = if election.history.is_empty() {
+            image.lsn
+        } else {
+            election.flush_lsn
+        };
+        let goal = Goal::new(at, end, db)?;
+        let newest = election
+            .history
+            .last()
+            .map_or(image.timeline, |(t, _)| *t)
+            .max(image.timeline);
+        let made = self
+            .replay(db, db, g, image, &election, newest, &goal)
+            .await;
+        let run = self.dir.join("run").join(db.as_str());
+        if made.is_ok() {
+            let _ = std::fs::remove_dir_all(&run);
+        }
+        if let Err(e) = self.pages.release(db, g).await {
+            warn!(%db, error = %e, "releasing the restore's checkout");
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("pages").join(db.as_str()));
+        let (lsn, info, path) = made?;
+        // The log starts over at the segment the image's checkpoint is in (the image holds
+        // it), on the image's path: its next compute continues from the image.
+        let seg = spg_core::wal_files::DEFAULT_SEGMENT_SIZE;
+        let start = Lsn(info.lsn.0 / seg * seg);
+        let history: Vec<(TimelineId, Lsn)> =
+            path.spans().iter().map(|s| (s.tli, s.begin)).collect();
+        self.wal
+            .quorum
+            .reset(db, g, start, &history)
+            .await
+            .map_err(LifecycleError::WalQuorum)?;
+        info!(%db, %at, from = %image, lsn = %lsn, image_lsn = %info.lsn, generation = %g,
+              took_ms = started.elapsed().as_millis() as u64, "restored");
+        Ok(BranchMade {
+            generation: g,
+            lsn,
+            image: Some(info),
+            took: started.elapsed(),
+        })
     }
 
     /// Wait until the server promoted: by itself at its recovery target, or when asked to,
@@ -568,6 +669,15 @@ impl Brancher for ImageBrancher {
         at: BranchPoint,
     ) -> Result<BranchMade, LifecycleError> {
         self.make(parent, child, at).await
+    }
+
+    async fn restore(
+        &self,
+        db: &DatabaseName,
+        generation: Generation,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        self.restore_to(db, generation, at).await
     }
 
     async fn fresh(

@@ -116,6 +116,21 @@ pub enum DbCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Move a database back to a moment of its history (JSON). Its compute stops; the state
+    /// it had is kept as a branch (`<name>_pre_restore_<UTC time>`, or `--keep-as`), so the
+    /// restore can be undone.
+    Restore {
+        name: String,
+        /// The moment: a UTC time (`2026-12-06T15:00:00Z`: every transaction committed by
+        /// then, none after) or an LSN (`0/16B3748`).
+        #[arg(long)]
+        to: String,
+        /// The name of the branch keeping the state before.
+        #[arg(long)]
+        keep_as: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// How far back a database's history reaches (the first moment a branch can start at)
     /// and the bytes storage keeps for it (JSON).
     Window {
@@ -338,6 +353,15 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
                 regenerate_passwords,
             };
             print_json(&client(&api)?.branch_database(&from, &req).await?)
+        }
+        DbCommand::Restore {
+            name,
+            to,
+            keep_as,
+            api,
+        } => {
+            let req = spg_lifecycle_lib::api::model::RestoreRequest { to, keep_as };
+            print_json(&client(&api)?.restore_database(&name, &req).await?)
         }
         DbCommand::Window { name, api } => print_json(&client(&api)?.history_window(&name).await?),
         DbCommand::Stop { name, api } => print_json(&client(&api)?.stop_database(&name).await?),

@@ -6,6 +6,7 @@
 //! | `POST /v1/safekeeper/{db}/elect` `{generation}` | promise (or reject) a generation |
 //! | `POST /v1/safekeeper/{db}/follow` `{generation, source}` | stream from that compute |
 //! | `POST /v1/safekeeper/{db}/unfollow` `{generation}` | stop streaming from it |
+//! | `POST /v1/safekeeper/{db}/reset` `{generation, log}` | start the log over (a restore) |
 //! | `GET /v1/safekeeper/{db}` | generation, log, following |
 //! | `GET /v1/safekeeper/{db}/wal/{file}?generation=g` | a WAL or history file, for recovery |
 //! | `GET /metrics`, `GET /healthz` | unauthenticated |
@@ -28,7 +29,7 @@ use spg_lifecycle_lib::api::ApiKey;
 use crate::daemon_http::{db_name, ApiErr, ErrBody};
 use spg_storage_lib::safekeeper::node::{SafekeeperNode, SafekeeperStatus};
 use spg_storage_lib::safekeeper::quorum::SafekeeperApi;
-use spg_storage_lib::safekeeper::Vote;
+use spg_storage_lib::safekeeper::{Vote, WalLog};
 use spg_storage_lib::StorageError;
 
 #[derive(Clone)]
@@ -39,6 +40,12 @@ struct St {
 #[derive(Serialize, Deserialize)]
 struct GenBody {
     generation: Generation,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResetBody {
+    generation: Generation,
+    log: WalLog,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -86,6 +93,19 @@ async fn unfollow(
         .map_err(ApiErr::from)
 }
 
+async fn reset(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(b): Json<ResetBody>,
+) -> Result<StatusCode, ApiErr> {
+    let db = db_name(&db)?;
+    st.node
+        .reset(&db, b.generation, b.log)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(ApiErr::from)
+}
+
 async fn status(
     State(st): State<St>,
     Path(db): Path<String>,
@@ -114,6 +134,7 @@ pub fn router(node: Arc<SafekeeperNode>, key: ApiKey, metrics: Arc<Registry>) ->
         .route("/v1/safekeeper/{db}/elect", post(elect))
         .route("/v1/safekeeper/{db}/follow", post(follow))
         .route("/v1/safekeeper/{db}/unfollow", post(unfollow))
+        .route("/v1/safekeeper/{db}/reset", post(reset))
         .route("/v1/safekeeper/{db}/wal/{file}", get(wal_file))
         .with_state(St { node });
     crate::daemon_http::with_open_routes(v1, key, metrics)
@@ -240,6 +261,18 @@ impl SafekeeperApi for HttpSafekeeper {
             source: source.clone(),
         };
         self.ok(self.http.post(self.url(db, "/follow")).json(&body))
+            .await
+            .map(|_| ())
+    }
+
+    async fn reset(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        log: WalLog,
+    ) -> Result<(), StorageError> {
+        let body = ResetBody { generation: g, log };
+        self.ok(self.http.post(self.url(db, "/reset")).json(&body))
             .await
             .map(|_| ())
     }

@@ -186,6 +186,20 @@ impl ApiClient {
         .await
     }
 
+    /// Move a database back to a moment of its history; the state before is kept as a branch.
+    pub async fn restore_database(
+        &self,
+        name: &str,
+        req: &RestoreRequest,
+    ) -> Result<RestoreView, LifecycleError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/databases/{name}/restore"),
+            Some(req),
+        )
+        .await
+    }
+
     /// How far back a database's history reaches.
     pub async fn history_window(&self, name: &str) -> Result<HistoryView, LifecycleError> {
         self.call::<(), _>(Method::GET, &format!("/v1/databases/{name}/history"), None)

@@ -218,6 +218,45 @@ pub struct BranchRequest {
     pub regenerate_passwords: bool,
 }
 
+/// Body of `POST /v1/databases/{name}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoreRequest {
+    /// The moment to go back to: a UTC moment in RFC 3339 (`2026-12-06T15:00:00Z`: every
+    /// transaction committed by then, none after), or an LSN (`0/16B3748`).
+    pub to: String,
+    /// The name of the branch that keeps the state before (default
+    /// `<name>_pre_restore_<UTC time>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_as: Option<String>,
+}
+
+/// Response of `POST /v1/databases/{name}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoreView {
+    /// The database, now at the point (stopped; the next connection wakes it).
+    pub database: DatabaseView,
+    /// The point asked for.
+    pub to: String,
+    /// Where its history was cut: the end of the last record it has.
+    pub lsn: String,
+    /// The branch keeping the state before the restore (restoring from it undoes this one).
+    pub kept: DatabaseView,
+    /// How long the restore took, in milliseconds.
+    pub took_ms: u64,
+}
+
+impl From<crate::controlplane::Restored> for RestoreView {
+    fn from(r: crate::controlplane::Restored) -> Self {
+        RestoreView {
+            database: r.status.into(),
+            to: r.at.to_string(),
+            lsn: r.lsn.to_string(),
+            kept: r.kept.into(),
+            took_ms: r.took.as_millis() as u64,
+        }
+    }
+}
+
 /// Response of `GET /v1/databases/{name}/history`: how far back its history reaches.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryView {

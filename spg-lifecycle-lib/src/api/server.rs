@@ -441,6 +441,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(create_database, list_databases))
         .routes(routes!(show_database))
         .routes(routes!(branch_database))
+        .routes(routes!(restore_database))
         .routes(routes!(database_history))
         .routes(routes!(stop_database))
         .routes(routes!(handoff_database))
@@ -658,6 +659,27 @@ async fn branch_database(
     };
     let made = st.cp.branch_database(child, &parent, at, passwords).await?;
     Ok((StatusCode::CREATED, Json(made.into())))
+}
+
+/// Move the database back to a moment of its history (point-in-time restore). Its compute
+/// stops (sessions are disconnected); the state it had is kept as a branch, so a restore can
+/// be undone; it continues from the moment as a new generation.
+#[utoipa::path(post, path = "/v1/databases/{name}/restore", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    request_body = RestoreRequest,
+    responses((status = 200, description = "Restored (stopped; the next connection wakes it)", body = RestoreView),
+              (status = 400, description = "The moment is outside its history (`invalid`)", body = ErrorBody),
+              (status = 409, description = "The kept branch's name is taken (`already_exists`)", body = ErrorBody)))]
+async fn restore_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RestoreRequest>, JsonRejection>,
+) -> Result<Json<RestoreView>, ApiError> {
+    let db = db_name(&name)?;
+    let body = json_body(body)?;
+    let at = body.to.parse()?;
+    let keep = body.keep_as.as_deref().map(db_name).transpose()?;
+    let restored = st.cp.restore_database(&db, at, keep).await?;
+    Ok(Json(restored.into()))
 }
 
 /// How far back its history reaches: the first moment and LSN a branch can start at, the end,

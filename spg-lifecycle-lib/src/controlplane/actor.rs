@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{now_ms, Shared};
+use crate::branching::{BranchMade, BranchPoint};
 use crate::compute::load::ComputeLoad;
 use crate::compute::process::ExitWatch;
 use crate::compute::{ComputeSpec, RoleSpec};
@@ -70,6 +71,12 @@ pub(crate) enum Command {
         standby: Box<dyn Standby>,
         reply: Reply<(ComputeEndpoint, StepTimings)>,
     },
+    /// A point-in-time restore: keep the state as the branch `keep`, then move back to `at`.
+    Restore {
+        keep: DatabaseName,
+        at: BranchPoint,
+        reply: Reply<RestoreOutcome>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -92,6 +99,13 @@ pub(crate) struct HandoffTicket {
     pub(crate) spec: ComputeSpec,
     /// The writer's profile.
     pub(crate) primary: ScaleProfile,
+}
+
+/// What a restore did: the branch keeping the state before is made (the caller records it),
+/// the restore itself may still have failed.
+pub(crate) struct RestoreOutcome {
+    pub(crate) kept: BranchMade,
+    pub(crate) restored: Result<BranchMade, LifecycleError>,
 }
 
 /// The writer's load counters, for the autoscaler.
@@ -292,6 +306,10 @@ impl DbActor {
             }
             Command::NewTerm { token, reply } => {
                 let r = self.new_term(token).await;
+                let _ = reply.send(r);
+            }
+            Command::Restore { keep, at, reply } => {
+                let r = self.restore(keep, at).await;
                 let _ = reply.send(r);
             }
             Command::Shutdown { reply } => return Some(reply),
@@ -512,6 +530,87 @@ impl DbActor {
                 }
             });
         }
+        Ok(())
+    }
+
+    /// Stop, keep the state as the branch `keep`, then restore to `at` as a new generation.
+    async fn restore(
+        &mut self,
+        keep: DatabaseName,
+        at: BranchPoint,
+    ) -> Result<RestoreOutcome, LifecycleError> {
+        self.shared.may_act(&self.name, self.rec.owner_token)?;
+        let brancher = self.shared.brancher.get().cloned().ok_or_else(|| {
+            LifecycleError::invalid("request", "this control plane cannot restore databases")
+        })?;
+        self.stop("restore").await?;
+        let kept = brancher
+            .branch(&self.name, &keep, BranchPoint::Newest)
+            .await?;
+        // The generation is recorded before it is elected, as for a wake.
+        let generation = self.next_generation();
+        self.update_record(&format!("restoring to {at}"), None, |r| {
+            r.generation = generation;
+        })
+        .await?;
+        let span = info_span!("restore", %generation, %at);
+        let restored = brancher
+            .restore(&self.name, generation, at)
+            .instrument(span)
+            .await;
+        let outcome = match &restored {
+            Ok(made) => {
+                self.last_failed_boot = None;
+                let detail = format!(
+                    "restored to {at} (LSN {}); the state before is kept as {keep}",
+                    made.lsn
+                );
+                let written = made.image.as_ref().map(|i| i.bytes_written);
+                self.written_back = written;
+                self.update_record(&detail, Some(crate::events::EventKind::Restored), |r| {
+                    r.last_error = None;
+                })
+                .await
+            }
+            Err(e) => {
+                let msg = format!("restore to {at} failed: {e}");
+                self.update_record(&msg.clone(), None, |r| r.last_error = Some(msg))
+                    .await
+            }
+        };
+        if let Err(e) = outcome {
+            warn!(error = %e, "recording the restore");
+        }
+        Ok(RestoreOutcome { kept, restored })
+    }
+
+    /// Store a change of the record that is no change of state (the database is stopped),
+    /// with `event` published.
+    async fn update_record(
+        &mut self,
+        reason: &str,
+        event: Option<crate::events::EventKind>,
+        update: impl FnOnce(&mut DatabaseRecord),
+    ) -> Result<(), LifecycleError> {
+        let mut next = self.rec.clone();
+        let now = now_ms();
+        next.version += 1;
+        update(&mut next);
+        let t = Transition {
+            database: self.name.clone(),
+            from: Some(self.rec.state),
+            to: next.state,
+            generation: next.generation,
+            at_ms: now,
+            reason: reason.to_string(),
+            profile: Some(self.shared.config.profile_of(&next).name),
+            bytes_written: self.written_back.take(),
+        };
+        self.store_record(&next, &t).await?;
+        self.recorded(&next, &t, event);
+        info!(generation = %next.generation, reason, "record");
+        self.rec = next;
+        self.publish();
         Ok(())
     }
 

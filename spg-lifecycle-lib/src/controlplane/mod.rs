@@ -169,6 +169,35 @@ pub struct Branched {
     pub passwords: Vec<(RoleName, zeroize::Zeroizing<String>)>,
 }
 
+/// A restore done by [`ControlPlane::restore_database`].
+pub struct Restored {
+    /// The database, now at the point.
+    pub status: DatabaseStatus,
+    /// The point asked for.
+    pub at: BranchPoint,
+    /// Where its history was cut.
+    pub lsn: spg_core::Lsn,
+    /// The branch that keeps the state it had before.
+    pub kept: DatabaseStatus,
+    /// How long the restore itself took (keeping the state before not counted).
+    pub took: Duration,
+}
+
+/// The default name of the branch a restore of `db` at `now_ms` keeps: `<db>_pre_restore_`
+/// and the UTC time to the second (`db` shortened to fit PostgreSQL's 63 bytes).
+fn kept_name(db: &DatabaseName, now_ms: u64) -> Result<DatabaseName, LifecycleError> {
+    let stamp: String = BranchPoint::rfc3339(now_ms)
+        .chars()
+        .take(19)
+        .filter(char::is_ascii_digit)
+        .collect();
+    let suffix = format!("_pre_restore_{stamp}");
+    let mut base = db.as_str().to_owned();
+    base.truncate(63 - suffix.len());
+    DatabaseName::new(format!("{base}{suffix}"))
+        .map_err(|e| LifecycleError::invalid("database name", e.to_string()))
+}
+
 /// Template databases are the platform's own.
 fn refuse_template(name: &DatabaseName) -> Result<(), LifecycleError> {
     if name.is_template() {
@@ -534,8 +563,23 @@ impl ControlPlane {
                 name: name.to_string(),
             });
         }
-        let parent_roles = self.shared.store.roles(parent).await?;
         let made = brancher.branch(parent, &name, at).await?;
+        self.record_branch(name, &parent_rec, at, made, passwords)
+            .await
+    }
+
+    /// Record `name`, just made by the brancher from `parent` at `at`: its database record
+    /// (continuing the parent's generations) and the parent's roles.
+    async fn record_branch(
+        &self,
+        name: DatabaseName,
+        parent_rec: &DatabaseRecord,
+        at: BranchPoint,
+        made: crate::branching::BranchMade,
+        passwords: BranchPasswords,
+    ) -> Result<Branched, LifecycleError> {
+        let parent = &parent_rec.name;
+        let parent_roles = self.shared.store.roles(parent).await?;
         let now = now_ms();
         let mut rec = DatabaseRecord::new(name.clone(), now);
         rec.generation = made.generation;
@@ -582,6 +626,72 @@ impl ControlPlane {
             bytes_written: made.image.as_ref().map_or(0, |i| i.bytes_written),
             took: made.took,
             passwords: new_passwords,
+        })
+    }
+
+    /// Move `name` back to `at` (a point-in-time restore): its compute stops (sessions are
+    /// disconnected), the state it had is kept as the branch `keep` (by default
+    /// `<name>_pre_restore_<UTC time>`, same roles and passwords), and the database continues
+    /// from `at` as a new generation on a new timeline. A restore of a restore works the same
+    /// way; the kept branch undoes one.
+    pub async fn restore_database(
+        &self,
+        name: &DatabaseName,
+        at: BranchPoint,
+        keep: Option<DatabaseName>,
+    ) -> Result<Restored, LifecycleError> {
+        if self.shared.brancher.get().is_none() {
+            return Err(LifecycleError::invalid(
+                "request",
+                "this control plane cannot restore databases",
+            ));
+        }
+        if let BranchPoint::Time(ms) = at {
+            if ms > now_ms() {
+                return Err(LifecycleError::invalid(
+                    "restore point",
+                    format!("{at} is in the future"),
+                ));
+            }
+        }
+        let Some(rec) = self.shared.store.database(name).await? else {
+            return Err(LifecycleError::DatabaseNotFound(name.to_string()));
+        };
+        let keep = match keep {
+            Some(k) => k,
+            None => kept_name(name, now_ms())?,
+        };
+        refuse_template(&keep)?;
+        if self.shared.store.database(&keep).await?.is_some() {
+            return Err(LifecycleError::AlreadyExists {
+                kind: "database",
+                name: keep.to_string(),
+            });
+        }
+        let keep2 = keep.clone();
+        let outcome = self
+            .ask(name, |reply| Command::Restore {
+                keep: keep2,
+                at,
+                reply,
+            })
+            .await?;
+        let kept = self
+            .record_branch(
+                keep,
+                &rec,
+                BranchPoint::Newest,
+                outcome.kept,
+                BranchPasswords::Keep,
+            )
+            .await?;
+        let made = outcome.restored?;
+        Ok(Restored {
+            status: self.database(name).await?,
+            at,
+            lsn: made.lsn,
+            kept: kept.status,
+            took: made.took,
         })
     }
 

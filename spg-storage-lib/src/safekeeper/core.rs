@@ -177,6 +177,50 @@ impl<S: WalStore> Safekeeper<S> {
         Ok(())
     }
 
+    /// Replace the log by `log`, which holds no bytes (`start == flush`) and lies on the path
+    /// `log.history`, under generation `g` (not older than the one promised): the operator's
+    /// point-in-time restore, which abandons the WAL past its restore point on purpose. The
+    /// restored image holds everything up to `log.start`; the next primary continues from there.
+    ///
+    /// Fails with `StaleGeneration` when a newer generation was promised, and with `Protocol`
+    /// when `log` holds bytes or its path is not newer than the current one's.
+    pub fn reset(&mut self, g: Generation, log: WalLog) -> Result<(), StorageError> {
+        if g < self.control.generation {
+            return Err(StorageError::StaleGeneration {
+                offered: g.0,
+                current: self.control.generation.0,
+            });
+        }
+        if !log.is_empty() || log.history.last_tli().is_none() {
+            return Err(StorageError::Protocol(format!(
+                "a reset log holds no bytes and has a path (got {}..{})",
+                log.start, log.flush
+            )));
+        }
+        if self.control.log == log && self.control.generation == g {
+            return Ok(());
+        }
+        if log.history.last_tli() <= self.control.log.history.last_tli() {
+            return Err(StorageError::Protocol(format!(
+                "a reset log must end on a newer timeline than {:?}",
+                self.control.log.history.last_tli()
+            )));
+        }
+        let next = Control {
+            generation: g,
+            log: WalLog {
+                flush: log.start,
+                ..log
+            },
+        };
+        self.store.save_control(&next)?;
+        self.store.truncate_wal(Lsn::INVALID)?;
+        self.written = next.log.start;
+        self.control = next;
+        self.following = None;
+        Ok(())
+    }
+
     /// Drop the local WAL below `start` (a segment boundary at or below the flush LSN), once it is
     /// in object storage. Reads below it then fail with `NotHeld`.
     pub fn advance_start(&mut self, start: Lsn) -> Result<(), StorageError> {
@@ -437,6 +481,65 @@ mod tests {
         store.crash();
         let mut sk = Safekeeper::open(store).unwrap();
         assert_eq!(sk.follow(g(2), &p2).unwrap(), Lsn(6));
+    }
+
+    #[test]
+    fn a_reset_starts_the_log_over_on_a_newer_path() {
+        // Generation 1 wrote 10 bytes; a restore to 4 made an image at 8 on timeline 4.
+        let p1 = History::starting(timeline_of(g(1)), Lsn(0));
+        let mut sk = following(1, &p1);
+        sk.append(g(1), Lsn(0), b"abcdefghij").unwrap();
+        sk.flush().unwrap();
+        let stale = sk.log().clone();
+        let restored = p1.branch(Lsn(4), timeline_of(g(3))).unwrap();
+        let reset = WalLog {
+            start: Lsn(8),
+            flush: Lsn(8),
+            history: restored.clone(),
+        };
+        assert!(matches!(sk.elect(g(3)).unwrap(), Vote::Promise { .. }));
+        // Bytes, or a path no newer than the log's, are refused; so is an older generation.
+        let with_bytes = WalLog {
+            flush: Lsn(9),
+            ..reset.clone()
+        };
+        assert!(matches!(
+            sk.reset(g(3), with_bytes),
+            Err(StorageError::Protocol(_))
+        ));
+        let old_path = WalLog {
+            history: p1.clone(),
+            ..reset.clone()
+        };
+        assert!(matches!(
+            sk.reset(g(3), old_path),
+            Err(StorageError::Protocol(_))
+        ));
+        assert!(matches!(
+            sk.reset(g(2), reset.clone()),
+            Err(StorageError::StaleGeneration { .. })
+        ));
+        sk.reset(g(3), reset.clone()).unwrap();
+        // Again is a no-op; the old generation stays fenced.
+        sk.reset(g(3), reset.clone()).unwrap();
+        assert_eq!(sk.ack(g(1)), None);
+        assert_eq!(sk.log(), &reset);
+        assert!(sk.read(Lsn(0), 4).is_err());
+        // An election prefers it over a member that missed the reset.
+        assert_eq!(choose_source(&[stale.clone(), reset.clone()]), Some(1));
+        assert_eq!(choose_source(&[reset.clone(), stale]), Some(0));
+        // It survives a crash, and the next primary continues at its start.
+        let mut store = sk.into_store();
+        store.crash();
+        let mut sk = Safekeeper::open(store).unwrap();
+        assert_eq!(sk.log(), &reset);
+        let p4 = restored.branch(Lsn(9), timeline_of(g(4))).unwrap();
+        sk.elect(g(4)).unwrap();
+        assert_eq!(sk.follow(g(4), &p4).unwrap(), Lsn(8));
+        sk.append(g(4), Lsn(8), b"XY").unwrap();
+        assert_eq!(sk.flush().unwrap(), Lsn(10));
+        assert_eq!(sk.read(Lsn(8), 2).unwrap(), b"XY");
+        assert_eq!(sk.log().history, p4);
     }
 
     #[test]

@@ -127,12 +127,11 @@ impl WalLog {
     /// The order by which an election picks its recovery source: newest timeline first, then the
     /// longest log. Any log that wins this order contains every acknowledged commit the voters
     /// have seen (the argument is in the module documentation of `safekeeper`).
+    ///
+    /// An empty log ranks by its path too: a log reset by a restore holds no bytes, but its
+    /// path is newer than every log it replaced.
     pub fn rank(&self) -> (TimelineId, Lsn) {
-        if self.is_empty() {
-            (TimelineId(0), Lsn::INVALID)
-        } else {
-            (self.history.last_tli().unwrap_or_default(), self.flush)
-        }
+        (self.history.last_tli().unwrap_or_default(), self.flush)
     }
 }
 

@@ -150,6 +150,28 @@ impl SafekeeperNode {
         Ok(vote)
     }
 
+    /// Start `db`'s log over as `log` (empty, on its path) under generation `g`; see
+    /// [`Safekeeper::reset`]. Stops streaming from any generation up to `g`.
+    pub async fn reset(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        log: WalLog,
+    ) -> Result<(), StorageError> {
+        let d = self.db(db).await?;
+        {
+            let mut f = d.follower.lock().await;
+            if f.as_ref().is_some_and(|f| f.generation <= g) {
+                stop(f.take()).await;
+            }
+        }
+        let sk = Arc::clone(&d.sk);
+        blocking(move || lock(&sk).reset(g, log)).await?;
+        d.offloaded_map().clear();
+        tracing::info!(%db, %g, sk = %self.cfg.name, "log reset");
+        Ok(())
+    }
+
     /// Stream from the compute of `g` (idempotent; replaces streaming from an older generation).
     pub async fn follow(
         self: &Arc<Self>,

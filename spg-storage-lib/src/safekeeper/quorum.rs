@@ -11,7 +11,7 @@ use spg_core::{
 };
 
 use super::node::{archive_path, parse_history_name, SafekeeperNode, SafekeeperStatus};
-use super::{choose_source, timeline_of, Vote, WalLog};
+use super::{choose_source, timeline_of, History, Span, Vote, WalLog};
 use crate::StorageError;
 
 /// One safekeeper as the quorum sees it.
@@ -34,6 +34,13 @@ pub trait SafekeeperApi: Send + Sync {
         db: &DatabaseName,
         g: Generation,
         source: &ReplicationSource,
+    ) -> Result<(), StorageError>;
+    /// Start the log over (a point-in-time restore).
+    async fn reset(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        log: WalLog,
     ) -> Result<(), StorageError>;
     /// Stop streaming from the compute of `g`.
     async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError>;
@@ -64,6 +71,14 @@ impl SafekeeperApi for Arc<SafekeeperNode> {
         source: &ReplicationSource,
     ) -> Result<(), StorageError> {
         SafekeeperNode::follow(self, db, g, source).await
+    }
+    async fn reset(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        log: WalLog,
+    ) -> Result<(), StorageError> {
+        SafekeeperNode::reset(self, db, g, log).await
     }
     async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
         SafekeeperNode::unfollow(self, db, g).await
@@ -214,7 +229,8 @@ impl WalQuorum for SafekeeperSet {
             return Ok(None);
         };
         let (idx, st) = &seen[pick];
-        if st.log.is_empty() {
+        // A log reset by a restore holds no bytes but has its path: that is something to see.
+        if st.log.history.spans().is_empty() {
             return Ok(None);
         }
         let history: Vec<(TimelineId, Lsn)> = st
@@ -272,7 +288,8 @@ impl WalQuorum for SafekeeperSet {
         let logs: Vec<WalLog> = promised.iter().map(|(_, l)| l.clone()).collect();
         let pick = choose_source(&logs).unwrap_or(0);
         let (idx, log) = &promised[pick];
-        let (source, history) = if log.is_empty() {
+        // A log with no bytes may still have a path (a restore reset it): it is the source then.
+        let (source, history) = if log.history.spans().is_empty() {
             (None, Vec::new())
         } else {
             (
@@ -284,16 +301,17 @@ impl WalQuorum for SafekeeperSet {
                     .collect(),
             )
         };
+        let flush_lsn = if history.is_empty() {
+            Lsn::INVALID
+        } else {
+            log.flush
+        };
         Ok(Election {
             generation: g,
             voters: promised.len(),
             source,
             history,
-            flush_lsn: if log.is_empty() {
-                Lsn::INVALID
-            } else {
-                log.flush
-            },
+            flush_lsn,
             new_timeline: timeline_of(g),
         })
     }
@@ -401,6 +419,57 @@ impl WalQuorum for SafekeeperSet {
             .map(|m| format!("\"{}\"", m.name()))
             .collect();
         format!("ANY {} ({})", self.quorum, names.join(", "))
+    }
+
+    async fn reset(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        start: Lsn,
+        history: &[(TimelineId, Lsn)],
+    ) -> CoreResult<()> {
+        let path = History::from_spans(
+            history
+                .iter()
+                .map(|&(tli, begin)| Span { tli, begin })
+                .collect(),
+        )
+        .ok_or_else(|| CoreError::invalid("timeline path", format!("{history:?}")))?;
+        let log = WalLog {
+            start,
+            flush: start,
+            history: path,
+        };
+        let db2 = db.clone();
+        let answers = self
+            .all(move |m| {
+                let (db, log) = (db2.clone(), log.clone());
+                Box::pin(async move { m.reset(&db, g, log).await })
+            })
+            .await;
+        let mut done = 0;
+        let mut errors = Vec::new();
+        for (i, r) in answers {
+            match r {
+                Ok(()) => done += 1,
+                Err(StorageError::StaleGeneration { current, .. }) if current > g.0 => {
+                    return Err(CoreError::StaleGeneration {
+                        offered: g.0,
+                        current,
+                    })
+                }
+                Err(e) => errors.push(format!("{}: {e}", self.members[i].name())),
+            }
+        }
+        if done < self.quorum {
+            return Err(CoreError::Unavailable(format!(
+                "only {done} of {} safekeepers reset the log of {db} (quorum {}): {}",
+                self.members.len(),
+                self.quorum,
+                errors.join("; ")
+            )));
+        }
+        Ok(())
     }
 
     async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn> {
