@@ -12,6 +12,7 @@ use spg_core::{DatabaseName, Lsn};
 use spg_lifecycle_lib::branching::BranchPoint;
 use spg_lifecycle_lib::controlplane::BranchPasswords;
 use spg_lifecycle_lib::events::EventKind;
+use spg_storage_lib::image::ImageRepo;
 
 /// Rows of `items` and a checksum over their contents.
 async fn items(c: &tokio_postgres::Client) -> (i64, i64) {
@@ -518,5 +519,180 @@ async fn restore_moves_a_database_back_and_keeps_the_state_before() {
         .restore_database(&appdb, BranchPoint::Time(second), Some(keep2))
         .await
         .is_err());
+    t.shutdown().await;
+}
+
+/// Every chunk and list file stored under the family `root` (paths relative to the image
+/// store).
+fn family_objects(t: &TestPlatform, root: &str) -> std::collections::BTreeSet<PathBuf> {
+    let base = t.dir.path().join("data/objects/images").join(root);
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![base.join("chunks"), base.join("lists")];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.insert(e.path().strip_prefix(&base).unwrap().to_path_buf());
+            }
+        }
+    }
+    out
+}
+
+/// Many branches of one parent: each is made, woken in turn, written and stopped; the parent
+/// never changes; garbage collection keeps every chunk a branch names; then every branch is
+/// deleted (record, roles, images, WAL log), its chunks go with the next collection, and a
+/// deleted name can be used afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_branches_are_made_woken_written_and_deleted() {
+    let n: usize = std::env::var("SPG_BRANCH_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let t = TestPlatform::start(Duration::from_secs(600)).await;
+    let cp = t.p().control_plane.clone();
+    let ps = t.p().pageserver.clone().expect("an in-process pageserver");
+    let appdb = DatabaseName::new(DB).unwrap();
+    let dsn = |db: &str| t.dsn_with(ROLE, PASSWORD, db, "sslmode=require");
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let parent = items(&c).await;
+    drop(c);
+    cp.stop_database(&appdb).await.unwrap();
+    let major = spg_lifecycle_lib::pg_bin::PgBinaries::locate(None)
+        .unwrap()
+        .major();
+    let root = DatabaseName::template(major);
+    let before = family_objects(&t, root.as_str());
+
+    let names: Vec<DatabaseName> = (0..n)
+        .map(|i| DatabaseName::new(format!("b{i:02}")).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    for name in &names {
+        cp.branch_database(
+            name.clone(),
+            &appdb,
+            BranchPoint::Newest,
+            BranchPasswords::Keep,
+        )
+        .await
+        .unwrap();
+    }
+    let made = started.elapsed();
+    for (i, name) in names.iter().enumerate() {
+        let c = tokio_pg(&t, &dsn(name.as_str())).await.unwrap();
+        assert_eq!(items(&c).await, parent, "{name} starts as its parent");
+        c.execute(
+            "INSERT INTO items VALUES ($1, repeat(md5($2), 2000))",
+            &[&(1000 + i as i32), &name.to_string()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(items(&c).await.0, 101);
+        drop(c);
+        cp.stop_database(name).await.unwrap();
+    }
+    eprintln!(
+        "{n} branches made in {made:?}, woken and written in {:?}",
+        started.elapsed()
+    );
+    // What the branches wrote lives in the family; collection keeps it while they live.
+    let written = family_objects(&t, root.as_str());
+    let theirs: Vec<_> = written.difference(&before).cloned().collect();
+    assert!(!theirs.is_empty(), "the branches' writes made new chunks");
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(
+        items(&c).await,
+        parent,
+        "the parent never sees a branch's write"
+    );
+    drop(c);
+    cp.stop_database(&appdb).await.unwrap();
+    let sweep = spg_storage_lib::pageserver::gc::GcPolicy {
+        retention: Duration::ZERO,
+        keep_images: 1,
+        grace: Duration::ZERO,
+    };
+    ps.gc(&root, &sweep, None, None).await.unwrap();
+    let kept = family_objects(&t, root.as_str());
+    for o in &theirs {
+        assert!(
+            kept.contains(o),
+            "{} was swept while a branch names it",
+            o.display()
+        );
+    }
+
+    for name in &names {
+        cp.delete_database(name).await.unwrap();
+        assert!(matches!(
+            cp.database(name).await,
+            Err(spg_lifecycle_lib::LifecycleError::DatabaseNotFound(_))
+        ));
+        assert!(ps.images(name).await.unwrap().is_empty(), "{name}'s images");
+        for sk in &t.p().safekeepers {
+            assert!(
+                !sk.config().dir.join(name.as_str()).exists(),
+                "{name}'s WAL log on {}",
+                sk.name()
+            );
+        }
+    }
+    assert!(
+        cp.delete_database(&names[0]).await.is_err(),
+        "deleted twice"
+    );
+    // The next collection takes what only the deleted branches named, and nothing else.
+    let stats = ps.gc(&root, &sweep, None, None).await.unwrap();
+    let after = family_objects(&t, root.as_str());
+    // (A branch may have written a chunk the parent's later image holds too: the same bytes.)
+    let mut named = std::collections::HashSet::new();
+    for db in [&appdb, &root] {
+        for (_, h) in ps.named_objects(db).await.unwrap() {
+            named.insert(h.to_string());
+        }
+    }
+    let mut gone = 0;
+    for o in &theirs {
+        let hash = o.file_name().unwrap().to_string_lossy().to_string();
+        if named.contains(&hash) {
+            assert!(after.contains(o), "{} is named but was swept", o.display());
+        } else {
+            assert!(!after.contains(o), "{} outlived its branch", o.display());
+            gone += 1;
+        }
+    }
+    assert!(gone >= n, "each branch's own write went ({gone} objects)");
+    assert!(stats.objects_deleted >= gone as u64);
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(items(&c).await, parent, "the parent lost nothing");
+    drop(c);
+
+    // A deleted name is free: a new database of that name starts empty.
+    cp.create_database(names[0].clone()).await.unwrap();
+    cp.create_role(
+        &names[0],
+        spg_core::RoleName::new(ROLE).unwrap(),
+        spg_lifecycle_lib::RoleSecret::Password(PASSWORD.into()),
+    )
+    .await
+    .unwrap();
+    let c = tokio_pg(&t, &dsn(names[0].as_str())).await.unwrap();
+    let exists = c
+        .query_one("SELECT to_regclass('items') IS NOT NULL", &[])
+        .await
+        .unwrap();
+    assert!(!exists.get::<_, bool>(0), "a reused name starts empty");
+    drop(c);
     t.shutdown().await;
 }

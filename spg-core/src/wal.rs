@@ -115,6 +115,11 @@ pub trait WalQuorum: Send + Sync {
         history: &[(TimelineId, Lsn)],
     ) -> CoreResult<()>;
 
+    /// Forget `db`, a deleted database whose compute is stopped: its log and fence go on a
+    /// quorum (a member that was away keeps them; its promise then outranks a new database of
+    /// the same name there until it is forgotten too).
+    async fn forget(&self, db: &DatabaseName) -> CoreResult<()>;
+
     /// The log a recovery would read now, without electing anything: the newest generation a
     /// quorum of the answering safekeepers promised, and the log an election would pick among
     /// them. For readers that must not fence a running writer (a pageserver rolling an image

@@ -155,6 +155,14 @@ pub trait Brancher: Send + Sync + 'static {
         ))
     }
 
+    /// Release what storage keeps for `db`, a deleted database whose compute is stopped: its
+    /// images and archived WAL, its WAL log on the safekeepers. Chunks its branches still
+    /// share stay until garbage collection finds no image naming them.
+    async fn forget(&self, db: &DatabaseName) -> Result<(), LifecycleError> {
+        let _ = db;
+        Ok(())
+    }
+
     /// Give `db`, a new database (no images), its first image: the platform's template of an
     /// empty cluster (made once per PostgreSQL major version), so that its first start is a
     /// wake like any other, without `initdb`. `None` where there is no template (the first

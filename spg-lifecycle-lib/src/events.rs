@@ -30,11 +30,13 @@ pub enum EventKind {
     /// A database was moved back to an earlier moment (`detail` names the point and the
     /// branch keeping the state before).
     Restored,
+    /// A database was deleted (its storage is released).
+    Deleted,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Created,
         EventKind::Woken,
         EventKind::Stopped,
@@ -43,6 +45,7 @@ impl EventKind {
         EventKind::HandoffEnded,
         EventKind::BranchCreated,
         EventKind::Restored,
+        EventKind::Deleted,
     ];
 
     /// The snake_case name.
@@ -56,6 +59,7 @@ impl EventKind {
             EventKind::HandoffEnded => "handoff_ended",
             EventKind::BranchCreated => "branch_created",
             EventKind::Restored => "restored",
+            EventKind::Deleted => "deleted",
         }
     }
 

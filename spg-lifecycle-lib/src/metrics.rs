@@ -287,6 +287,15 @@ impl ControlPlaneMetrics {
             .inc();
     }
 
+    /// A database in state `state` is gone.
+    pub(crate) fn state_removed(&self, state: ComputeState) {
+        self.databases
+            .get_or_create(&StateLabel {
+                state: state.as_str().into(),
+            })
+            .dec();
+    }
+
     pub(crate) fn record_steps(&self, op: &str, timings: &crate::timing::StepTimings) {
         for s in &timings.steps {
             self.step_seconds

@@ -680,6 +680,17 @@ impl Brancher for ImageBrancher {
         self.restore_to(db, generation, at).await
     }
 
+    async fn forget(&self, db: &DatabaseName) -> Result<(), LifecycleError> {
+        self.wal
+            .quorum
+            .forget(db)
+            .await
+            .map_err(LifecycleError::WalQuorum)?;
+        self.images.repo().forget(db).await.map_err(storage)?;
+        info!(%db, "storage released");
+        Ok(())
+    }
+
     async fn fresh(
         &self,
         db: &DatabaseName,

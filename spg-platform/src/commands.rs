@@ -138,6 +138,12 @@ pub enum DbCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Delete a database: its compute stops, its roles and storage go (its branches live on).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Stop a database's compute now.
     Stop {
         name: String,
@@ -364,6 +370,7 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
             print_json(&client(&api)?.restore_database(&name, &req).await?)
         }
         DbCommand::Window { name, api } => print_json(&client(&api)?.history_window(&name).await?),
+        DbCommand::Delete { name, api } => print_json(&client(&api)?.delete_database(&name).await?),
         DbCommand::Stop { name, api } => print_json(&client(&api)?.stop_database(&name).await?),
         DbCommand::List { api } => {
             let dbs = client(&api)?.databases().await?;

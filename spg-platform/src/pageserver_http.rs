@@ -13,6 +13,7 @@
 //! | `GET /v1/pageserver/{db}/fences`, `PUT …/fences/{generation}` | generation fences |
 //! | `POST /v1/pageserver/{db}/gc` | garbage collection |
 //! | `GET /v1/pageserver/{db}/stored` | bytes of images and archived WAL kept (usage metering) |
+//! | `DELETE /v1/pageserver/{db}` | forget a deleted database (images, fences, family link, archived WAL) |
 //! | `GET`/`PUT`/`DELETE /v1/pageserver/{db}/family` | the family whose chunks a branch shares (`{"family": …}`) |
 //! | `GET /metrics`, `GET /healthz` | unauthenticated |
 //!
@@ -26,7 +27,7 @@ use axum::body::Bytes as BodyBytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -258,6 +259,12 @@ async fn delete_family(State(st): State<St>, Path(db): Path<String>) -> Result<R
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+async fn forget(State(st): State<St>, Path(db): Path<String>) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    st.ps.forget(&db).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn get_manifest(
     State(st): State<St>,
     Path((db, name)): Path<(String, String)>,
@@ -331,6 +338,7 @@ pub fn router(
     wal_prefix: Option<String>,
 ) -> Router {
     let v1 = Router::new()
+        .route("/v1/pageserver/{db}", delete(forget))
         .route("/v1/pageserver/{db}/basebackup", get(basebackup))
         .route("/v1/pageserver/{db}/images", get(list_images))
         .route(
@@ -505,6 +513,13 @@ impl ImageRepo for HttpPageserver {
 
     async fn forget_branch(&self, db: &DatabaseName) -> Result<(), StorageError> {
         self.call(self.http.delete(self.url(db, "family")), None, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        let url = format!("{}/v1/pageserver/{}", self.base, db.as_str());
+        self.call(self.http.delete(url), None, None)
             .await
             .map(|_| ())
     }

@@ -8,6 +8,7 @@
 //! | `POST /v1/safekeeper/{db}/unfollow` `{generation}` | stop streaming from it |
 //! | `POST /v1/safekeeper/{db}/reset` `{generation, log}` | start the log over (a restore) |
 //! | `GET /v1/safekeeper/{db}` | generation, log, following |
+//! | `DELETE /v1/safekeeper/{db}` | forget a deleted database |
 //! | `GET /v1/safekeeper/{db}/wal/{file}?generation=g` | a WAL or history file, for recovery |
 //! | `GET /metrics`, `GET /healthz` | unauthenticated |
 //!
@@ -106,6 +107,15 @@ async fn reset(
         .map_err(ApiErr::from)
 }
 
+async fn forget(State(st): State<St>, Path(db): Path<String>) -> Result<StatusCode, ApiErr> {
+    let db = db_name(&db)?;
+    st.node
+        .forget(&db)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(ApiErr::from)
+}
+
 async fn status(
     State(st): State<St>,
     Path(db): Path<String>,
@@ -130,7 +140,7 @@ async fn wal_file(
 /// The daemon's router: the API guarded by `key`, and `/metrics` rendering `metrics`.
 pub fn router(node: Arc<SafekeeperNode>, key: ApiKey, metrics: Arc<Registry>) -> Router {
     let v1 = Router::new()
-        .route("/v1/safekeeper/{db}", get(status))
+        .route("/v1/safekeeper/{db}", get(status).delete(forget))
         .route("/v1/safekeeper/{db}/elect", post(elect))
         .route("/v1/safekeeper/{db}/follow", post(follow))
         .route("/v1/safekeeper/{db}/unfollow", post(unfollow))
@@ -273,6 +283,12 @@ impl SafekeeperApi for HttpSafekeeper {
     ) -> Result<(), StorageError> {
         let body = ResetBody { generation: g, log };
         self.ok(self.http.post(self.url(db, "/reset")).json(&body))
+            .await
+            .map(|_| ())
+    }
+
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        self.ok(self.http.delete(self.url(db, "")))
             .await
             .map(|_| ())
     }

@@ -217,6 +217,12 @@ impl ApiClient {
             .await
     }
 
+    /// Delete a database (its storage is released; its branches live on).
+    pub async fn delete_database(&self, name: &str) -> Result<DeletedView, LifecycleError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/databases/{name}"), None)
+            .await
+    }
+
     /// Stop a database's compute.
     pub async fn stop_database(&self, name: &str) -> Result<DatabaseView, LifecycleError> {
         self.call::<(), _>(Method::POST, &format!("/v1/databases/{name}/stop"), None)

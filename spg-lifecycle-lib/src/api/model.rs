@@ -218,6 +218,13 @@ pub struct BranchRequest {
     pub regenerate_passwords: bool,
 }
 
+/// Response of `DELETE /v1/databases/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeletedView {
+    /// The database deleted.
+    pub database: String,
+}
+
 /// Body of `POST /v1/databases/{name}/restore`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RestoreRequest {

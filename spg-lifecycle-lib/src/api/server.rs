@@ -439,7 +439,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         ));
     let admin = OpenApiRouter::new()
         .routes(routes!(create_database, list_databases))
-        .routes(routes!(show_database))
+        .routes(routes!(show_database, delete_database))
         .routes(routes!(branch_database))
         .routes(routes!(restore_database))
         .routes(routes!(database_history))
@@ -718,6 +718,23 @@ async fn show_database(
     Path(name): Path<String>,
 ) -> Result<Json<DatabaseView>, ApiError> {
     Ok(Json(st.cp.database(&db_name(&name)?).await?.into()))
+}
+
+/// Delete the database: its compute stops (sessions are disconnected), its record and roles go,
+/// and storage releases its images, archived WAL and WAL log. Its branches live on (the chunks
+/// they share stay theirs). The name is free afterwards.
+#[utoipa::path(delete, path = "/v1/databases/{name}", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    responses((status = 200, description = "Deleted", body = DeletedView),
+              (status = 404, description = "No such database (`not_found`)", body = ErrorBody)))]
+async fn delete_database(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DeletedView>, ApiError> {
+    let db = db_name(&name)?;
+    st.cp.delete_database(&db).await?;
+    Ok(Json(DeletedView {
+        database: db.to_string(),
+    }))
 }
 
 /// Stop its compute now (it wakes again on the next connection).

@@ -77,6 +77,10 @@ pub(crate) enum Command {
         at: BranchPoint,
         reply: Reply<RestoreOutcome>,
     },
+    /// Delete the database: stop its compute, remove its record; the actor ends.
+    Delete {
+        reply: Reply<()>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -194,6 +198,15 @@ impl DbActor {
                         self.abdicate().await;
                         let _ = reply.send(());
                         return;
+                    }
+                    if let Command::Delete { reply } = cmd {
+                        let r = self.delete().await;
+                        let deleted = r.is_ok();
+                        let _ = reply.send(r);
+                        if deleted {
+                            return;
+                        }
+                        continue;
                     }
                     if let Some(done) = self.handle(cmd).await {
                         // Shutdown: stop the compute, then confirm.
@@ -316,6 +329,10 @@ impl DbActor {
             Command::Abdicate { reply } => {
                 // Handled by the loop; here only for completeness of the match.
                 let _ = reply.send(());
+            }
+            Command::Delete { reply } => {
+                // Handled by the loop too.
+                let _ = reply.send(Err(LifecycleError::ShuttingDown));
             }
         }
         None
@@ -582,6 +599,44 @@ impl DbActor {
             warn!(error = %e, "recording the restore");
         }
         Ok(RestoreOutcome { kept, restored })
+    }
+
+    /// Stop the compute and remove the record (and roles) from the store, compare-and-set on
+    /// the version held; then nothing of the database is left here.
+    async fn delete(&mut self) -> Result<(), LifecycleError> {
+        self.shared.may_act(&self.name, self.rec.owner_token)?;
+        self.stop("deleted").await?;
+        let now = now_ms();
+        let t = Transition {
+            database: self.name.clone(),
+            from: Some(self.rec.state),
+            to: ComputeState::Stopped,
+            generation: self.rec.generation,
+            at_ms: now,
+            reason: "deleted".into(),
+            profile: Some(self.shared.config.profile_of(&self.rec).name),
+            bytes_written: None,
+        };
+        if !self
+            .shared
+            .store
+            .delete_database(&self.name, self.rec.version, &t)
+            .await?
+        {
+            if let Some(current) = self.shared.store.database(&self.name).await? {
+                self.rec = current;
+            }
+            self.publish();
+            return Err(LifecycleError::Conflict(self.name.to_string()));
+        }
+        self.exit = None;
+        self.leases.clear();
+        let rec = self.rec.clone();
+        self.recorded(&rec, &t, Some(crate::events::EventKind::Deleted));
+        self.shared.metrics.state_removed(rec.state);
+        info!(generation = %rec.generation, "deleted");
+        self.live.send_replace(LiveStatus::default());
+        Ok(())
     }
 
     /// Store a change of the record that is no change of state (the database is stopped),

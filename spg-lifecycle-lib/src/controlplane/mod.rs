@@ -629,6 +629,31 @@ impl ControlPlane {
         })
     }
 
+    /// Delete `name`: its compute stops (sessions are disconnected), its record and roles go
+    /// from the store, then storage releases its images, archived WAL and safekeeper log (chunks
+    /// its branches share stay theirs). Branches of it live on. The name is free afterwards.
+    pub async fn delete_database(&self, name: &DatabaseName) -> Result<(), LifecycleError> {
+        refuse_template(name)?;
+        self.known(name).await?;
+        self.ask(name, |reply| Command::Delete { reply }).await?;
+        self.shared
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(o) = &self.shared.ownership {
+            o.forget(name);
+        }
+        self.shared.refresh_lease_gauge();
+        if let Some(brancher) = self.shared.brancher.get().cloned() {
+            if let Err(e) = brancher.forget(name).await {
+                warn!(db = %name, error = %e, "deleted, but its storage was not all released");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Move `name` back to `at` (a point-in-time restore): its compute stops (sessions are
     /// disconnected), the state it had is kept as the branch `keep` (by default
     /// `<name>_pre_restore_<UTC time>`, same roles and passwords), and the database continues

@@ -46,6 +46,7 @@ where
     transitions(&*a).await;
     meta(&*a).await;
     ownership(&*a).await;
+    deletion(&*a).await;
     let b = open().await;
     shared_between_handles(&*a, &*b).await;
     racing_updates(Arc::clone(&a), Arc::clone(&b)).await;
@@ -144,6 +145,50 @@ pub async fn databases(s: &dyn StateStore) {
     sorted.sort();
     assert_eq!(names, sorted, "databases are listed by name, in byte order");
     assert_eq!(names.len(), 4);
+}
+
+/// Deleting a database takes its roles with it, is compare-and-set on the version, keeps its
+/// transitions, and frees the name.
+pub async fn deletion(s: &dyn StateStore) {
+    let rec = create(s, "conf_gone").await;
+    s.insert_role(&RoleRecord {
+        database: rec.name.clone(),
+        name: RoleName::new("conf_role").expect("valid role name"),
+        verifier: ScramVerifier::from_password("pw"),
+        created_at_ms: 1,
+    })
+    .await
+    .expect("insert role");
+    let mut gone = transition(&rec, ComputeState::Stopped, 5_000);
+    gone.reason = "deleted".into();
+    assert!(
+        !s.delete_database(&rec.name, rec.version + 1, &gone)
+            .await
+            .expect("delete"),
+        "a stale version deletes nothing"
+    );
+    assert!(s.database(&rec.name).await.expect("read").is_some());
+    assert!(s
+        .delete_database(&rec.name, rec.version, &gone)
+        .await
+        .expect("delete"));
+    assert_eq!(s.database(&rec.name).await.expect("read"), None);
+    assert!(s.roles(&rec.name).await.expect("roles").is_empty());
+    assert!(
+        !s.delete_database(&rec.name, rec.version, &gone)
+            .await
+            .expect("delete again"),
+        "deleting what is gone changes nothing"
+    );
+    let kept = s
+        .transitions(Some(&rec.name), 10)
+        .await
+        .expect("transitions");
+    assert_eq!(kept.first().map(|t| t.reason.as_str()), Some("deleted"));
+    // The name is free again, roles and all.
+    let again = create(s, "conf_gone").await;
+    assert_eq!(again.name, rec.name);
+    assert!(s.roles(&rec.name).await.expect("roles").is_empty());
 }
 
 /// Compare-and-set on the version; the generation never goes back; the transition is written

@@ -212,6 +212,16 @@ pub trait StateStore: Send + Sync + 'static {
         transition: Option<&Transition>,
     ) -> Result<bool, LifecycleError>;
 
+    /// Delete a database and its roles, with `transition` (its last) appended, if the stored
+    /// version equals `expected_version`; `false` (and nothing changed) otherwise or when there
+    /// is no such database. Its transitions stay (the history of what ran); the name is free.
+    async fn delete_database(
+        &self,
+        name: &DatabaseName,
+        expected_version: u64,
+        transition: &Transition,
+    ) -> Result<bool, LifecycleError>;
+
     /// Insert a role. `AlreadyExists` if the database already has it.
     async fn insert_role(&self, rec: &RoleRecord) -> Result<(), LifecycleError>;
 

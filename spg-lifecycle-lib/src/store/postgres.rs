@@ -440,6 +440,35 @@ impl StateStore for PostgresStateStore {
         Ok(true)
     }
 
+    async fn delete_database(
+        &self,
+        name: &DatabaseName,
+        expected_version: u64,
+        transition: &Transition,
+    ) -> Result<bool, LifecycleError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let locked = tx
+            .query_opt(
+                "SELECT version FROM databases WHERE name = $1 FOR UPDATE",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(pg_err)?;
+        if locked.map(|r| r.get::<_, i64>(0)) != Some(expected_version as i64) {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM roles WHERE database = $1", &[&name.as_str()])
+            .await
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM databases WHERE name = $1", &[&name.as_str()])
+            .await
+            .map_err(pg_err)?;
+        insert_transition(&tx, transition).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(true)
+    }
+
     async fn insert_role(&self, rec: &RoleRecord) -> Result<(), LifecycleError> {
         let c = self.client().await?;
         match c

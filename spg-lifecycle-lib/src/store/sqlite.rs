@@ -350,6 +350,43 @@ impl StateStore for SqliteStateStore {
         .await
     }
 
+    async fn delete_database(
+        &self,
+        name: &DatabaseName,
+        expected_version: u64,
+        transition: &Transition,
+    ) -> Result<bool, LifecycleError> {
+        let (name, transition) = (name.clone(), transition.clone());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(store_err)?;
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM databases WHERE name = ?1",
+                    params![name.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(store_err)?;
+            if current != Some(expected_version as i64) {
+                return Ok(false);
+            }
+            tx.execute(
+                "DELETE FROM roles WHERE database = ?1",
+                params![name.as_str()],
+            )
+            .map_err(store_err)?;
+            tx.execute(
+                "DELETE FROM databases WHERE name = ?1",
+                params![name.as_str()],
+            )
+            .map_err(store_err)?;
+            insert_transition(&tx, &transition).map_err(store_err)?;
+            tx.commit().map_err(store_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn insert_role(&self, rec: &RoleRecord) -> Result<(), LifecycleError> {
         let rec = rec.clone();
         self.with(move |c| {

@@ -116,6 +116,16 @@ pub trait ImageRepo: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Forget `db`, a deleted database: its images go (manifests first), then its generation
+    /// fences and family link, so the name can be used afresh. Chunks and lists of its own
+    /// family go too when no other database shares them; otherwise the family root's garbage
+    /// collection takes them once no image names them.
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported(format!(
+            "this image repository cannot delete {db}"
+        )))
+    }
+
     /// The soft basebackup of the newest image of `db` on `history`: its manifest, plus whatever
     /// objects the repository chooses to send along (none by default).
     async fn basebackup(
@@ -343,6 +353,19 @@ impl ObjectRepo {
         }
     }
 
+    /// Drop `db`'s generation fences and its family link.
+    async fn unlink(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        for fence in self.list_under(db, "fences").await? {
+            self.delete(&fence.location).await?;
+        }
+        self.delete(&self.key(db, "family")).await?;
+        self.families
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(db);
+        Ok(())
+    }
+
     /// Every database with anything stored.
     pub async fn databases(&self) -> Result<Vec<DatabaseName>, StorageError> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
@@ -481,21 +504,34 @@ impl ImageRepo for ObjectRepo {
         Ok(())
     }
 
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        for image in self.list_under(db, "images").await? {
+            self.delete(&image.location).await?;
+        }
+        self.unlink(db).await?;
+        let others = self
+            .family_members(db)
+            .await?
+            .into_iter()
+            .filter(|m| m != db)
+            .count();
+        if others == 0 {
+            for dir in [ObjectKind::Chunk.plural(), ObjectKind::List.plural()] {
+                for object in self.list_under(db, dir).await? {
+                    self.delete(&object.location).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn forget_branch(&self, db: &DatabaseName) -> Result<(), StorageError> {
         if !self.images(db).await?.is_empty() {
             return Err(StorageError::Protocol(format!(
                 "{db} has images: its family link stays"
             )));
         }
-        for fence in self.list_under(db, "fences").await? {
-            self.delete(&fence.location).await?;
-        }
-        self.delete(&self.key(db, "family")).await?;
-        self.families
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(db);
-        Ok(())
+        self.unlink(db).await
     }
 
     async fn put(

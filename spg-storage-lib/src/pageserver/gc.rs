@@ -213,6 +213,19 @@ impl Pageserver {
     }
 
     /// Add what image `m` names (chunks, lists and the lists' chunks) to `live`.
+    /// Every chunk and list the images `db` holds now name (its family's objects it keeps).
+    pub async fn named_objects(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<HashSet<(ObjectKind, ChunkHash)>, StorageError> {
+        let mut live = HashSet::new();
+        for id in self.images(db).await? {
+            let m = self.decoded_manifest(db, &id).await?;
+            self.mark(&m, &mut live).await?;
+        }
+        Ok(live)
+    }
+
     async fn mark(
         &self,
         m: &crate::image::Manifest,

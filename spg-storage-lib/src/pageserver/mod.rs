@@ -406,6 +406,33 @@ impl ImageRepo for Pageserver {
         self.objects.forget_branch(db).await
     }
 
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        self.objects.forget(db).await?;
+        // Its archived WAL too.
+        let prefix = crate::safekeeper::node::archive_prefix(db);
+        let store = self.objects.object_store();
+        let listed: Vec<_> = futures::TryStreamExt::try_collect(store.list(Some(&prefix)))
+            .await
+            .map_err(|e| StorageError::ObjectStore {
+                op: "list",
+                key: prefix.to_string(),
+                source: Box::new(e),
+            })?;
+        for meta in listed {
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(StorageError::ObjectStore {
+                        op: "delete",
+                        key: meta.location.to_string(),
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn stored(&self, db: &DatabaseName) -> Result<Option<StoredBytes>, StorageError> {
         let wal = crate::safekeeper::node::archive_prefix(db);
         Ok(Some(self.objects.stored(db, &wal).await?))

@@ -172,6 +172,30 @@ impl SafekeeperNode {
         Ok(())
     }
 
+    /// Forget `db` (deleted): streaming stops and its directory (control state and WAL) goes,
+    /// durably, so the name can be used afresh.
+    pub async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        let d = self.db(db).await?;
+        stop(d.follower.lock().await.take()).await;
+        self.dbs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(db);
+        drop(d);
+        let (root, dir) = (self.cfg.dir.clone(), self.cfg.dir.join(db.as_str()));
+        blocking(move || {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", &dir, e)),
+            }
+            crate::fsutil::sync_dir(&root)
+        })
+        .await?;
+        tracing::info!(%db, sk = %self.cfg.name, "forgotten");
+        Ok(())
+    }
+
     /// Stream from the compute of `g` (idempotent; replaces streaming from an older generation).
     pub async fn follow(
         self: &Arc<Self>,

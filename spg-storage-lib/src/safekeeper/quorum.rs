@@ -42,6 +42,8 @@ pub trait SafekeeperApi: Send + Sync {
         g: Generation,
         log: WalLog,
     ) -> Result<(), StorageError>;
+    /// Forget a deleted database.
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError>;
     /// Stop streaming from the compute of `g`.
     async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError>;
     /// The state of `db` on it.
@@ -79,6 +81,9 @@ impl SafekeeperApi for Arc<SafekeeperNode> {
         log: WalLog,
     ) -> Result<(), StorageError> {
         SafekeeperNode::reset(self, db, g, log).await
+    }
+    async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        SafekeeperNode::forget(self, db).await
     }
     async fn unfollow(&self, db: &DatabaseName, g: Generation) -> Result<(), StorageError> {
         SafekeeperNode::unfollow(self, db, g).await
@@ -468,6 +473,36 @@ impl WalQuorum for SafekeeperSet {
                 self.quorum,
                 errors.join("; ")
             )));
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, db: &DatabaseName) -> CoreResult<()> {
+        let db2 = db.clone();
+        let answers = self
+            .all(move |m| {
+                let db = db2.clone();
+                Box::pin(async move { m.forget(&db).await })
+            })
+            .await;
+        let mut done = 0;
+        let mut errors = Vec::new();
+        for (i, r) in answers {
+            match r {
+                Ok(()) => done += 1,
+                Err(e) => errors.push(format!("{}: {e}", self.members[i].name())),
+            }
+        }
+        if done < self.quorum {
+            return Err(CoreError::Unavailable(format!(
+                "only {done} of {} safekeepers forgot {db} (quorum {}): {}",
+                self.members.len(),
+                self.quorum,
+                errors.join("; ")
+            )));
+        }
+        if !errors.is_empty() {
+            tracing::warn!(%db, errors = %errors.join("; "), "some safekeepers did not forget");
         }
         Ok(())
     }
