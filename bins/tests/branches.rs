@@ -696,3 +696,111 @@ async fn many_branches_are_made_woken_written_and_deleted() {
     drop(c);
     t.shutdown().await;
 }
+
+/// An ephemeral branch for time-travel reads: it reads the parent as of a moment, no tenant
+/// role can write to it (not even after turning `default_transaction_read_only` off), and it
+/// deletes itself after its idle stop, storage and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_branches_read_the_past_and_go_after_their_idle_stop() {
+    let t = TestPlatform::start(Duration::from_secs(2)).await;
+    let cp = t.p().control_plane.clone();
+    let ps = t.p().pageserver.clone().expect("an in-process pageserver");
+    let appdb = DatabaseName::new(DB).unwrap();
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         CREATE SEQUENCE s;
+         INSERT INTO items VALUES (1, 'yesterday');",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let moment = now_ms();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.batch_execute("UPDATE items SET v = 'today'")
+        .await
+        .unwrap();
+
+    let past = DatabaseName::new("items_then").unwrap();
+    let made = cp
+        .branch_database_as(
+            past.clone(),
+            &appdb,
+            BranchPoint::Time(moment),
+            BranchPasswords::Keep,
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(made.status.record.ephemeral);
+    let r = tokio_pg(
+        &t,
+        &t.dsn_with(ROLE, PASSWORD, "items_then", "sslmode=require"),
+    )
+    .await
+    .unwrap();
+    let row = r
+        .query_one("SELECT v FROM items WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "yesterday");
+    let code = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_owned());
+    let e = r
+        .batch_execute("INSERT INTO items VALUES (2, 'x')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(e).as_deref(), Some("25006"), "read-only by default");
+    for write in [
+        "UPDATE items SET v = 'x'",
+        "CREATE TABLE t (v int)",
+        "SELECT nextval('s')",
+        "ALTER TABLE items ADD COLUMN w int",
+    ] {
+        let e = r
+            .batch_execute(&format!("BEGIN READ WRITE; {write}; COMMIT"))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e).as_deref(), Some("42501"), "{write} is refused");
+        r.batch_execute("ROLLBACK").await.unwrap();
+    }
+    drop(r);
+    // The parent kept its own state and its writes.
+    assert_eq!(
+        c.query_one("SELECT v FROM items WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "today"
+    );
+    drop(c);
+
+    // Idle, it stops and deletes itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        match cp.database(&past).await {
+            Err(spg_lifecycle_lib::LifecycleError::DatabaseNotFound(_)) => break,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!(
+                "the ephemeral branch is still there: {:?}",
+                other.map(|s| s.record.state)
+            ),
+        }
+    }
+    assert!(ps.images(&past).await.unwrap().is_empty());
+    for sk in &t.p().safekeepers {
+        assert!(!sk.config().dir.join(past.as_str()).exists());
+    }
+    // The parent is unaffected.
+    let c = tokio_pg(&t, &t.dsn).await.unwrap();
+    assert_eq!(
+        c.query_one("SELECT v FROM items WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "today"
+    );
+    drop(c);
+    t.shutdown().await;
+}

@@ -137,6 +137,22 @@ pub trait Brancher: Send + Sync + 'static {
         at: BranchPoint,
     ) -> Result<BranchMade, LifecycleError>;
 
+    /// As [`Brancher::branch`], for a read-only branch: its tenant roles keep their logins but
+    /// own nothing (a role that cannot log in owns what they owned) and may read every table,
+    /// and transactions are read-only by default.
+    async fn branch_read_only(
+        &self,
+        parent: &DatabaseName,
+        child: &DatabaseName,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        let _ = (parent, child, at);
+        Err(LifecycleError::invalid(
+            "request",
+            "this control plane cannot make read-only branches",
+        ))
+    }
+
     /// Move `db` itself back to `at`, as generation `generation` (newer than every one `db`
     /// ran, and not running): its image at or before `at`, rolled forward through its own log
     /// to `at`, promoted onto `generation`'s timeline and written back as `db`'s newest image;

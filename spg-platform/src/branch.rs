@@ -26,11 +26,12 @@ use async_trait::async_trait;
 use spg_core::pg_control::ControlFile;
 use spg_core::{DatabaseName, Election, Generation, Lsn, PageStore, TimelineId};
 use spg_lifecycle_lib::branching::{BranchMade, BranchPoint, Brancher, Reachable};
-use spg_lifecycle_lib::compute::admin_client_as;
 use spg_lifecycle_lib::compute::process::PostgresProcess;
 use spg_lifecycle_lib::compute::sql::{quote_ident, quote_literal};
+use spg_lifecycle_lib::compute::sql::{read_only_sql, FRESH_DATABASE};
 use spg_lifecycle_lib::compute::wal::{RestoreService, WalSetup};
 use spg_lifecycle_lib::compute::AgentConfig;
+use spg_lifecycle_lib::compute::{admin_client_as, admin_client_in};
 use spg_lifecycle_lib::LifecycleError;
 use spg_storage_lib::image::repo::latest_on_path;
 use spg_storage_lib::image::{ImageId, ImageStore, DEFAULT_CHUNK_SIZE};
@@ -314,6 +315,7 @@ impl ImageBrancher {
         parent: &DatabaseName,
         child: &DatabaseName,
         at: BranchPoint,
+        read_only: bool,
     ) -> Result<BranchMade, LifecycleError> {
         let started = Instant::now();
         self.ensure_new(child).await?;
@@ -346,7 +348,7 @@ impl ImageBrancher {
         let repo = self.images.repo();
         repo.link_family(child, parent).await.map_err(storage)?;
         let made = self
-            .replay(parent, child, g, image, &election, newest, &goal)
+            .replay(parent, child, g, image, &election, newest, &goal, read_only)
             .await;
         let run = self.dir.join("run").join(child.as_str());
         if made.is_ok() {
@@ -392,6 +394,7 @@ impl ImageBrancher {
         election: &Election,
         timeline: TimelineId,
         goal: &Goal,
+        read_only: bool,
     ) -> Result<(Lsn, spg_core::ImageInfo, History), LifecycleError> {
         let fail = |reason: String| LifecycleError::Compute {
             database: child.to_string(),
@@ -478,11 +481,24 @@ impl ImageBrancher {
                             quote_ident(child.as_str())
                         )
                     };
-                    client
-                        .batch_execute(&format!("{rename}SELECT pg_switch_wal()"))
+                    let renamed = client
+                        .batch_execute(&rename)
                         .await
-                        .map(|()| lsn)
-                        .context("renaming the database")
+                        .context("renaming the database");
+                    let locked = match renamed {
+                        Ok(()) if read_only => {
+                            self.lock_down(&client, &socket_dir, port, child).await
+                        }
+                        r => r,
+                    };
+                    match locked {
+                        Ok(()) => client
+                            .batch_execute("SELECT pg_switch_wal()")
+                            .await
+                            .map(|()| lsn)
+                            .context("switching WAL segment"),
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -579,7 +595,7 @@ impl ImageBrancher {
             .map_or(image.timeline, |(t, _)| *t)
             .max(image.timeline);
         let made = self
-            .replay(db, db, g, image, &election, newest, &goal)
+            .replay(db, db, g, image, &election, newest, &goal, false)
             .await;
         let run = self.dir.join("run").join(db.as_str());
         if made.is_ok() {
@@ -609,6 +625,35 @@ impl ImageBrancher {
             image: Some(info),
             took: started.elapsed(),
         })
+    }
+
+    /// Make the tenant's database (`child`, or the template's placeholder where the parent
+    /// never started) read-only for its tenant roles ([`read_only_sql`]).
+    async fn lock_down(
+        &self,
+        admin: &tokio_postgres::Client,
+        socket_dir: &std::path::Path,
+        port: u16,
+        child: &DatabaseName,
+    ) -> anyhow::Result<()> {
+        let row = admin
+            .query_opt(
+                "SELECT datname::text FROM pg_database WHERE datname = $1 OR datname = $2 \
+                 ORDER BY datname = $1 DESC LIMIT 1",
+                &[&child.as_str(), &FRESH_DATABASE],
+            )
+            .await
+            .context("finding the tenant database")?;
+        let Some(row) = row else {
+            bail!("the branch has no tenant database to make read-only");
+        };
+        let dbname: String = row.get(0);
+        let c = admin_client_in(socket_dir, port, "spg-branch", &dbname)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        c.batch_execute(&read_only_sql())
+            .await
+            .context("making the branch read-only")
     }
 
     /// Wait until the server promoted: by itself at its recovery target, or when asked to,
@@ -668,7 +713,16 @@ impl Brancher for ImageBrancher {
         child: &DatabaseName,
         at: BranchPoint,
     ) -> Result<BranchMade, LifecycleError> {
-        self.make(parent, child, at).await
+        self.make(parent, child, at, false).await
+    }
+
+    async fn branch_read_only(
+        &self,
+        parent: &DatabaseName,
+        child: &DatabaseName,
+        at: BranchPoint,
+    ) -> Result<BranchMade, LifecycleError> {
+        self.make(parent, child, at, true).await
     }
 
     async fn restore(

@@ -113,6 +113,9 @@ pub enum DbCommand {
         /// Give the branch's roles new passwords (printed) instead of the parent's.
         #[arg(long)]
         regenerate_passwords: bool,
+        /// A read-only branch for time-travel reads, deleted after its idle stop.
+        #[arg(long)]
+        ephemeral: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -351,12 +354,14 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
             from,
             at,
             regenerate_passwords,
+            ephemeral,
             api,
         } => {
             let req = spg_lifecycle_lib::api::model::BranchRequest {
                 name,
                 at,
                 regenerate_passwords,
+                ephemeral,
             };
             print_json(&client(&api)?.branch_database(&from, &req).await?)
         }

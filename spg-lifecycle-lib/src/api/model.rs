@@ -53,6 +53,9 @@ pub struct DatabaseView {
     pub scale_reason: Option<String>,
     /// Phase timings of the last completed handoff (ms).
     pub last_handoff: Option<StepTimings>,
+    /// A read-only branch, deleted after its idle stop.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// Body of `POST /v1/databases/{name}/handoff`.
@@ -84,6 +87,7 @@ impl From<DatabaseStatus> for DatabaseView {
             scale_state: r.scale_state,
             scale_reason: r.scale_reason,
             last_handoff: r.last_handoff,
+            ephemeral: r.ephemeral,
         }
     }
 }
@@ -216,6 +220,10 @@ pub struct BranchRequest {
     /// Give the branch's roles new generated passwords (returned once) instead of the parent's.
     #[serde(default)]
     pub regenerate_passwords: bool,
+    /// A read-only branch for time-travel reads ("what did this row look like yesterday"):
+    /// its roles may read every table and write nothing, and it is deleted after its idle stop.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// Response of `DELETE /v1/databases/{name}`.

@@ -657,7 +657,10 @@ async fn branch_database(
     } else {
         crate::controlplane::BranchPasswords::Keep
     };
-    let made = st.cp.branch_database(child, &parent, at, passwords).await?;
+    let made = st
+        .cp
+        .branch_database_as(child, &parent, at, passwords, body.ephemeral)
+        .await?;
     Ok((StatusCode::CREATED, Json(made.into())))
 }
 

@@ -24,12 +24,22 @@ pub async fn admin_client_as(
     port: u16,
     application: &str,
 ) -> Result<tokio_postgres::Client, String> {
+    admin_client_in(socket_dir, port, application, "postgres").await
+}
+
+/// As [`admin_client_as`], to database `dbname`.
+pub async fn admin_client_in(
+    socket_dir: &Path,
+    port: u16,
+    application: &str,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(socket_dir)
         .port(port)
         .user(ADMIN_ROLE)
-        .dbname("postgres")
+        .dbname(dbname)
         .application_name(application)
         .connect_timeout(Duration::from_secs(10));
     let (client, connection) = config

@@ -8,7 +8,7 @@
 //! step is timed.
 
 mod admin;
-pub use admin::admin_client_as;
+pub use admin::{admin_client_as, admin_client_in};
 pub mod cgroup;
 pub mod config;
 pub mod files;

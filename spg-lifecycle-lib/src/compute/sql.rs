@@ -95,6 +95,48 @@ pub fn template_setup_sql() -> String {
     )
 }
 
+/// The role that owns what a read-only branch's tenant roles owned (it cannot log in).
+pub const READ_ONLY_OWNER: &str = "spg_read_only_owner";
+
+/// Make the current database read-only for its tenant roles (run as the admin, in it): what
+/// the tenant group and its members own passes to [`READ_ONLY_OWNER`] (the database too), the
+/// group may use every schema and read every table and sequence, and transactions are
+/// read-only by default (so a write fails with a clear `25006`; the ownership is what makes it
+/// impossible).
+pub fn read_only_sql() -> String {
+    let owner = quote_ident(READ_ONLY_OWNER);
+    let group = quote_ident(TENANT_GROUP);
+    let owner_lit = quote_literal(READ_ONLY_OWNER);
+    let group_lit = quote_literal(TENANT_GROUP);
+    let body = [
+        format!(
+            "IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {owner_lit}) THEN \
+             CREATE ROLE {owner} NOLOGIN; END IF;"
+        ),
+        format!(
+            "FOR r IN SELECT rolname FROM pg_roles WHERE NOT rolsuper \
+             AND rolname <> {owner_lit} \
+             AND (rolname = {group_lit} OR pg_has_role(oid, {group_lit}, 'MEMBER')) LOOP \
+             EXECUTE format('REASSIGN OWNED BY %I TO {owner}', r.rolname); END LOOP;"
+        ),
+        format!(
+            "FOR r IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' \
+             AND nspname <> 'information_schema' LOOP \
+             EXECUTE format('GRANT USAGE ON SCHEMA %I TO {group}', r.nspname); \
+             EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {group}', r.nspname); \
+             EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO {group}', \
+             r.nspname); END LOOP;"
+        ),
+        "EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', \
+         current_database());"
+            .to_owned(),
+    ];
+    format!(
+        "DO $spg$\nDECLARE r record;\nBEGIN\n{}\nEND\n$spg$;",
+        body.join("\n")
+    )
+}
+
 /// Give the template's placeholder database the tenant database's name.
 pub(crate) fn rename_fresh_database_sql(db: &DatabaseName) -> String {
     format!(

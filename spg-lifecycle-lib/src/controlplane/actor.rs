@@ -215,7 +215,12 @@ impl DbActor {
                         break;
                     }
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => self.on_timer().await,
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if self.on_timer().await {
+                        // An ephemeral branch deleted itself.
+                        return;
+                    }
+                }
                 _ = exited(&mut self.exit), if self.exit.is_some() => self.on_compute_exit().await,
             }
         }
@@ -389,7 +394,9 @@ impl DbActor {
         }
     }
 
-    async fn on_timer(&mut self) {
+    /// Expire leases and stop an idle compute; `true` when that deleted the database (an
+    /// ephemeral branch ends with its idle stop) and the actor is done.
+    async fn on_timer(&mut self) -> bool {
         let now = Instant::now();
         let before = self.leases.len();
         self.leases.retain(|_, l| l.expires > now);
@@ -407,8 +414,20 @@ impl DbActor {
             info!(idle_for = ?self.shared.config.idle_timeout, "idle: stopping compute");
             if let Err(e) = self.stop("idle").await {
                 warn!(error = %e, "idle stop failed");
+            } else if self.rec.ephemeral {
+                info!("ephemeral branch stopped: deleting it");
+                match self.delete().await {
+                    Ok(()) => {
+                        if let Err(e) = self.shared.forget_deleted(&self.name).await {
+                            warn!(error = %e, "releasing the ephemeral branch's storage");
+                        }
+                        return true;
+                    }
+                    Err(e) => warn!(error = %e, "deleting the ephemeral branch failed"),
+                }
             }
         }
+        false
     }
 
     async fn wake(&mut self, requested: Instant) -> Result<ComputeEndpoint, LifecycleError> {

@@ -225,6 +225,26 @@ struct ActorHandle {
 }
 
 impl Shared {
+    /// After `name`'s record was deleted: its actor and ownership go here, and storage
+    /// releases what it kept.
+    pub(crate) async fn forget_deleted(&self, name: &DatabaseName) -> Result<(), LifecycleError> {
+        self.actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(o) = &self.ownership {
+            o.forget(name);
+        }
+        self.refresh_lease_gauge();
+        if let Some(brancher) = self.brancher.get().cloned() {
+            if let Err(e) = brancher.forget(name).await {
+                warn!(db = %name, error = %e, "deleted, but its storage was not all released");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// What durable storage keeps for `db` now, also set on the gauges (`None`: not metered).
     pub(crate) async fn stored_bytes(
         &self,
@@ -550,6 +570,20 @@ impl ControlPlane {
         at: BranchPoint,
         passwords: BranchPasswords,
     ) -> Result<Branched, LifecycleError> {
+        self.branch_database_as(name, parent, at, passwords, false)
+            .await
+    }
+
+    /// As [`ControlPlane::branch_database`]; `ephemeral` makes a read-only branch (its roles
+    /// read every table and write nothing) that is deleted after its idle stop.
+    pub async fn branch_database_as(
+        &self,
+        name: DatabaseName,
+        parent: &DatabaseName,
+        at: BranchPoint,
+        passwords: BranchPasswords,
+        ephemeral: bool,
+    ) -> Result<Branched, LifecycleError> {
         refuse_template(&name)?;
         let brancher = self.shared.brancher.get().cloned().ok_or_else(|| {
             LifecycleError::invalid("request", "this control plane cannot make branches")
@@ -563,8 +597,12 @@ impl ControlPlane {
                 name: name.to_string(),
             });
         }
-        let made = brancher.branch(parent, &name, at).await?;
-        self.record_branch(name, &parent_rec, at, made, passwords)
+        let made = if ephemeral {
+            brancher.branch_read_only(parent, &name, at).await?
+        } else {
+            brancher.branch(parent, &name, at).await?
+        };
+        self.record_branch(name, &parent_rec, at, made, passwords, ephemeral)
             .await
     }
 
@@ -577,6 +615,7 @@ impl ControlPlane {
         at: BranchPoint,
         made: crate::branching::BranchMade,
         passwords: BranchPasswords,
+        ephemeral: bool,
     ) -> Result<Branched, LifecycleError> {
         let parent = &parent_rec.name;
         let parent_roles = self.shared.store.roles(parent).await?;
@@ -584,6 +623,7 @@ impl ControlPlane {
         let mut rec = DatabaseRecord::new(name.clone(), now);
         rec.generation = made.generation;
         rec.profile = parent_rec.profile.clone();
+        rec.ephemeral = ephemeral;
         let created = self.creation(
             &rec,
             format!("branched from {parent} at {at} (LSN {})", made.lsn),
@@ -636,22 +676,7 @@ impl ControlPlane {
         refuse_template(name)?;
         self.known(name).await?;
         self.ask(name, |reply| Command::Delete { reply }).await?;
-        self.shared
-            .actors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        if let Some(o) = &self.shared.ownership {
-            o.forget(name);
-        }
-        self.shared.refresh_lease_gauge();
-        if let Some(brancher) = self.shared.brancher.get().cloned() {
-            if let Err(e) = brancher.forget(name).await {
-                warn!(db = %name, error = %e, "deleted, but its storage was not all released");
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.shared.forget_deleted(name).await
     }
 
     /// Move `name` back to `at` (a point-in-time restore): its compute stops (sessions are
@@ -708,6 +733,7 @@ impl ControlPlane {
                 BranchPoint::Newest,
                 outcome.kept,
                 BranchPasswords::Keep,
+                false,
             )
             .await?;
         let made = outcome.restored?;

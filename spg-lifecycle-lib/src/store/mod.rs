@@ -70,6 +70,9 @@ pub struct DatabaseRecord {
     /// a control plane that lost its ownership cannot write.
     #[serde(default)]
     pub owner_token: u64,
+    /// A read-only branch for time-travel reads, deleted after its idle stop.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 impl DatabaseRecord {
@@ -95,6 +98,7 @@ impl DatabaseRecord {
             reserved_generation: None,
             last_handoff: None,
             owner_token: 0,
+            ephemeral: false,
         }
     }
 }
