@@ -774,6 +774,22 @@ async fn ephemeral_branches_read_the_past_and_go_after_their_idle_stop() {
     );
     drop(c);
 
+    // The parent's own history window is kept with its storage.
+    cp.set_retention(&appdb, Some(Duration::from_secs(3 * 86_400)))
+        .await
+        .unwrap();
+    assert_eq!(
+        cp.retention(&appdb).await.unwrap(),
+        Some(Duration::from_secs(3 * 86_400))
+    );
+    let stored = t
+        .dir
+        .path()
+        .join("data/objects/images")
+        .join(DB)
+        .join("retention");
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), "259200");
+
     // Idle, it stops and deletes itself.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {

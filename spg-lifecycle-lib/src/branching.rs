@@ -171,6 +171,26 @@ pub trait Brancher: Send + Sync + 'static {
         ))
     }
 
+    /// `db`'s own history window (`None`: the platform's default, 7 days unless configured).
+    async fn retention(&self, db: &DatabaseName) -> Result<Option<Duration>, LifecycleError> {
+        let _ = db;
+        Ok(None)
+    }
+
+    /// Give `db` its own history window (`None`: back to the default): garbage collection
+    /// keeps every moment within it reachable for branches and restores, and no more.
+    async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<Duration>,
+    ) -> Result<(), LifecycleError> {
+        let _ = (db, retention);
+        Err(LifecycleError::invalid(
+            "request",
+            "this control plane keeps no history windows",
+        ))
+    }
+
     /// Release what storage keeps for `db`, a deleted database whose compute is stopped: its
     /// images and archived WAL, its WAL log on the safekeepers. Chunks its branches still
     /// share stay until garbage collection finds no image naming them.

@@ -734,6 +734,22 @@ impl Brancher for ImageBrancher {
         self.restore_to(db, generation, at).await
     }
 
+    async fn retention(&self, db: &DatabaseName) -> Result<Option<Duration>, LifecycleError> {
+        self.images.repo().retention(db).await.map_err(storage)
+    }
+
+    async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<Duration>,
+    ) -> Result<(), LifecycleError> {
+        self.images
+            .repo()
+            .set_retention(db, retention)
+            .await
+            .map_err(storage)
+    }
+
     async fn forget(&self, db: &DatabaseName) -> Result<(), LifecycleError> {
         self.wal
             .quorum

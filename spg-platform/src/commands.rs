@@ -134,6 +134,15 @@ pub enum DbCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Set a database's history window (JSON: its window afterwards): every moment within it
+    /// stays reachable for branches and restores.
+    Retention {
+        name: String,
+        /// How long, e.g. `3d`, `12h`, `30m`; `default` for the platform's (7 days).
+        window: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// How far back a database's history reaches (the first moment a branch can start at)
     /// and the bytes storage keeps for it (JSON).
     Window {
@@ -373,6 +382,18 @@ pub async fn db(cmd: DbCommand) -> Result<()> {
         } => {
             let req = spg_lifecycle_lib::api::model::RestoreRequest { to, keep_as };
             print_json(&client(&api)?.restore_database(&name, &req).await?)
+        }
+        DbCommand::Retention { name, window, api } => {
+            let retention_seconds = match window.as_str() {
+                "default" => None,
+                w => Some(
+                    crate::parse_duration(w)
+                        .map_err(|e| anyhow::anyhow!("window {w:?}: {e}"))?
+                        .as_secs(),
+                ),
+            };
+            let req = spg_lifecycle_lib::api::model::RetentionRequest { retention_seconds };
+            print_json(&client(&api)?.set_retention(&name, &req).await?)
         }
         DbCommand::Window { name, api } => print_json(&client(&api)?.history_window(&name).await?),
         DbCommand::Delete { name, api } => print_json(&client(&api)?.delete_database(&name).await?),

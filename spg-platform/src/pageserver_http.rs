@@ -13,6 +13,7 @@
 //! | `GET /v1/pageserver/{db}/fences`, `PUT …/fences/{generation}` | generation fences |
 //! | `POST /v1/pageserver/{db}/gc` | garbage collection |
 //! | `GET /v1/pageserver/{db}/stored` | bytes of images and archived WAL kept (usage metering) |
+//! | `GET`/`PUT /v1/pageserver/{db}/retention` | its own history window (`{"retention_secs": …}`) |
 //! | `DELETE /v1/pageserver/{db}` | forget a deleted database (images, fences, family link, archived WAL) |
 //! | `GET`/`PUT`/`DELETE /v1/pageserver/{db}/family` | the family whose chunks a branch shares (`{"family": …}`) |
 //! | `GET /metrics`, `GET /healthz` | unauthenticated |
@@ -265,6 +266,31 @@ async fn forget(State(st): State<St>, Path(db): Path<String>) -> Result<Response
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Body of `GET`/`PUT …/retention`.
+#[derive(Serialize, Deserialize)]
+struct RetentionBody {
+    /// Seconds; `null`: the default window.
+    retention_secs: Option<u64>,
+}
+
+async fn get_retention(State(st): State<St>, Path(db): Path<String>) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    let retention_secs = st.ps.retention(&db).await?.map(|d| d.as_secs());
+    Ok(Json(RetentionBody { retention_secs }).into_response())
+}
+
+async fn put_retention(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Json(body): Json<RetentionBody>,
+) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    st.ps
+        .set_retention(&db, body.retention_secs.map(Duration::from_secs))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn get_manifest(
     State(st): State<St>,
     Path((db, name)): Path<(String, String)>,
@@ -349,6 +375,10 @@ pub fn router(
         .route("/v1/pageserver/{db}/fences/{g}", put(put_fence))
         .route("/v1/pageserver/{db}/gc", post(gc))
         .route("/v1/pageserver/{db}/stored", get(stored))
+        .route(
+            "/v1/pageserver/{db}/retention",
+            get(get_retention).put(put_retention),
+        )
         .route(
             "/v1/pageserver/{db}/family",
             get(get_family).put(put_family).delete(delete_family),
@@ -515,6 +545,31 @@ impl ImageRepo for HttpPageserver {
         self.call(self.http.delete(self.url(db, "family")), None, None)
             .await
             .map(|_| ())
+    }
+
+    async fn retention(&self, db: &DatabaseName) -> Result<Option<Duration>, StorageError> {
+        let resp = self
+            .call(self.http.get(self.url(db, "retention")), None, None)
+            .await?;
+        let body: RetentionBody = resp.json().await.map_err(|e| self.unavailable(e))?;
+        Ok(body.retention_secs.map(Duration::from_secs))
+    }
+
+    async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let body = RetentionBody {
+            retention_secs: retention.map(|d| d.as_secs()),
+        };
+        self.call(
+            self.http.put(self.url(db, "retention")).json(&body),
+            None,
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {

@@ -321,6 +321,53 @@ async fn garbage_collection_keeps_what_retained_images_need() {
     );
 }
 
+/// A database's own history window replaces the policy's: with none, the default window keeps
+/// every recent image; with a window of zero, only the newest `keep_images` stay. It reads
+/// back, and resets to the default.
+#[tokio::test]
+async fn a_database_s_own_window_replaces_the_default() {
+    let f = fixture(|_| {});
+    let src = f.scratch.join("src");
+    let mut parent = None;
+    for (i, fill) in [1u8, 2, 3, 4].into_iter().enumerate() {
+        let redo = 0x100_0000 * (i as u64 + 1);
+        tree(&src, fill, redo);
+        let (m, _) = f
+            .store
+            .capture(
+                &db(),
+                &src,
+                id(redo + 0x28, 1),
+                parent.as_ref(),
+                CHUNK,
+                &|_| true,
+            )
+            .await
+            .unwrap();
+        parent = Some(m);
+    }
+    let policy = GcPolicy::default();
+    assert_eq!(f.ps.retention(&db()).await.unwrap(), None);
+    let stats = f.ps.gc(&db(), &policy, None, None).await.unwrap();
+    assert_eq!(
+        stats.images_deleted, 0,
+        "all four are within the default window"
+    );
+    f.ps.set_retention(&db(), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.raw.retention(&db()).await.unwrap(),
+        Some(Duration::ZERO),
+        "stored with the database"
+    );
+    let stats = f.ps.gc(&db(), &policy, None, None).await.unwrap();
+    assert_eq!(stats.images_deleted, 2, "{stats:?}");
+    assert_eq!(f.store.images(&db()).await.unwrap().len(), 2);
+    f.ps.set_retention(&db(), None).await.unwrap();
+    assert_eq!(f.ps.retention(&db()).await.unwrap(), None);
+}
+
 /// A branch's images name its root's chunks: collecting the root never deletes what a branch
 /// image names (even once the root's own images that named it are gone); while a branch is
 /// being made (linked, no image yet) nothing is swept; a branch that failed is forgotten.

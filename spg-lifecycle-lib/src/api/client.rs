@@ -200,6 +200,20 @@ impl ApiClient {
         .await
     }
 
+    /// Give a database its own history window (`None`: the default).
+    pub async fn set_retention(
+        &self,
+        name: &str,
+        req: &RetentionRequest,
+    ) -> Result<HistoryView, LifecycleError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/databases/{name}/retention"),
+            Some(req),
+        )
+        .await
+    }
+
     /// How far back a database's history reaches.
     pub async fn history_window(&self, name: &str) -> Result<HistoryView, LifecycleError> {
         self.call::<(), _>(Method::GET, &format!("/v1/databases/{name}/history"), None)

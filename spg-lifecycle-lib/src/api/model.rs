@@ -287,6 +287,17 @@ pub struct HistoryView {
     pub images: u64,
     /// Bytes storage keeps for it: its images (the chunks they name) and archived WAL.
     pub pinned_bytes: Option<u64>,
+    /// Its own history window in seconds (`null`: the platform's default, 7 days unless the
+    /// pageserver is configured otherwise).
+    #[serde(default)]
+    pub retention_seconds: Option<u64>,
+}
+
+/// Body of `PUT /v1/databases/{name}/retention`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RetentionRequest {
+    /// The history window in seconds; `null` for the platform's default.
+    pub retention_seconds: Option<u64>,
 }
 
 /// A role's new password, shown once.

@@ -443,6 +443,7 @@ fn documented_router(st: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(branch_database))
         .routes(routes!(restore_database))
         .routes(routes!(database_history))
+        .routes(routes!(set_retention))
         .routes(routes!(stop_database))
         .routes(routes!(handoff_database))
         .routes(routes!(database_transitions))
@@ -694,15 +695,43 @@ async fn database_history(
     Path(name): Path<String>,
 ) -> Result<Json<HistoryView>, ApiError> {
     let db = db_name(&name)?;
+    history_view(&st, db).await.map(Json)
+}
+
+/// Give the database its own history window (or `null`: back to the platform's default): every
+/// moment within it stays reachable for branches and restores; garbage collection takes what is
+/// older.
+#[utoipa::path(put, path = "/v1/databases/{name}/retention", tag = "databases", params(("name" = DatabaseName, Path, description = "The database")),
+    request_body = RetentionRequest,
+    responses((status = 200, description = "Its history window", body = HistoryView)))]
+async fn set_retention(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RetentionRequest>, JsonRejection>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let db = db_name(&name)?;
+    let body = json_body(body)?;
+    st.cp
+        .set_retention(
+            &db,
+            body.retention_seconds.map(std::time::Duration::from_secs),
+        )
+        .await?;
+    history_view(&st, db).await.map(Json)
+}
+
+async fn history_view(st: &AppState, db: DatabaseName) -> Result<HistoryView, ApiError> {
     let (reachable, stored) = st.cp.history_window(&db).await?;
-    Ok(Json(HistoryView {
+    let retention = st.cp.retention(&db).await?;
+    Ok(HistoryView {
         database: db.to_string(),
         oldest_at: reachable.map(|r| rfc3339(r.oldest_at_ms)),
         oldest_lsn: reachable.map(|r| r.oldest_lsn.to_string()),
         newest_lsn: reachable.map(|r| r.newest_lsn.to_string()),
         images: reachable.map_or(0, |r| r.images),
         pinned_bytes: stored.map(|s| s.image_bytes + s.wal_archive_bytes),
-    }))
+        retention_seconds: retention.map(|d| d.as_secs()),
+    })
 }
 
 /// Every database.

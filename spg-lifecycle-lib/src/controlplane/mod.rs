@@ -554,6 +554,30 @@ impl ControlPlane {
         Ok((reachable, stored))
     }
 
+    /// Give `db` its own history window (`None`: back to the platform's default): every moment
+    /// within it stays reachable for branches and restores; garbage collection takes what is
+    /// older.
+    pub async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<Duration>,
+    ) -> Result<(), LifecycleError> {
+        self.known(db).await?;
+        let brancher = self.shared.brancher.get().cloned().ok_or_else(|| {
+            LifecycleError::invalid("request", "this control plane keeps no history windows")
+        })?;
+        brancher.set_retention(db, retention).await
+    }
+
+    /// `db`'s own history window, if it has one.
+    pub async fn retention(&self, db: &DatabaseName) -> Result<Option<Duration>, LifecycleError> {
+        self.known(db).await?;
+        match self.shared.brancher.get() {
+            Some(b) => b.retention(db).await,
+            None => Ok(None),
+        }
+    }
+
     /// Let this control plane make branches ([`ControlPlane::branch_database`]) with `brancher`.
     pub fn set_brancher(&self, brancher: Arc<dyn Brancher>) {
         let _ = self.shared.brancher.set(brancher);

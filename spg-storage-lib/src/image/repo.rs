@@ -116,6 +116,25 @@ pub trait ImageRepo: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// `db`'s own history window, when it has one (otherwise garbage collection's default).
+    async fn retention(&self, db: &DatabaseName) -> Result<Option<Duration>, StorageError> {
+        let _ = db;
+        Ok(None)
+    }
+
+    /// Give `db` its own history window (`None`: back to the default). Garbage collection
+    /// keeps every moment within it reachable.
+    async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let _ = retention;
+        Err(StorageError::Unsupported(format!(
+            "this image repository keeps no history window for {db}"
+        )))
+    }
+
     /// Forget `db`, a deleted database: its images go (manifests first), then its generation
     /// fences and family link, so the name can be used afresh. Chunks and lists of its own
     /// family go too when no other database shares them; otherwise the family root's garbage
@@ -504,7 +523,43 @@ impl ImageRepo for ObjectRepo {
         Ok(())
     }
 
+    async fn retention(&self, db: &DatabaseName) -> Result<Option<Duration>, StorageError> {
+        let key = self.key(db, "retention");
+        let bytes = match self.store.get(&key).await {
+            Ok(r) => r.bytes().await.map_err(|e| os_err("get", &key, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(os_err("get", &key, e)),
+        };
+        let secs = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .ok_or_else(|| StorageError::Corrupt {
+                what: key.to_string(),
+                reason: "not a number of seconds".into(),
+            })?;
+        Ok(Some(Duration::from_secs(secs)))
+    }
+
+    async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let key = self.key(db, "retention");
+        match retention {
+            Some(r) => {
+                self.store
+                    .put(&key, Bytes::from(r.as_secs().to_string()).into())
+                    .await
+                    .map_err(|e| os_err("put", &key, e))?;
+                Ok(())
+            }
+            None => self.delete(&key).await,
+        }
+    }
+
     async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
+        self.delete(&self.key(db, "retention")).await?;
         for image in self.list_under(db, "images").await? {
             self.delete(&image.location).await?;
         }

@@ -65,7 +65,8 @@ pub struct GcStats {
 }
 
 impl Pageserver {
-    /// Collect `db`'s garbage under `policy`; `history` is the current timeline path if known.
+    /// Collect `db`'s garbage under `policy`, with `db`'s own history window instead of
+    /// `policy.retention` where it has one; `history` is the current timeline path if known.
     /// `wal` is the object-store prefix of the database's archived WAL (e.g. `wal/<db>`), if
     /// archived WAL should be collected too.
     pub async fn gc(
@@ -79,6 +80,11 @@ impl Pageserver {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let own = ImageRepo::retention(&self.objects, db).await?;
+        let policy = &GcPolicy {
+            retention: own.unwrap_or(policy.retention),
+            ..policy.clone()
+        };
         let ids = self.images(db).await?;
         let mut keep: HashSet<_> = HashSet::new();
         let mut by_age = ids.clone();

@@ -406,6 +406,21 @@ impl ImageRepo for Pageserver {
         self.objects.forget_branch(db).await
     }
 
+    async fn retention(
+        &self,
+        db: &DatabaseName,
+    ) -> Result<Option<std::time::Duration>, StorageError> {
+        self.objects.retention(db).await
+    }
+
+    async fn set_retention(
+        &self,
+        db: &DatabaseName,
+        retention: Option<std::time::Duration>,
+    ) -> Result<(), StorageError> {
+        self.objects.set_retention(db, retention).await
+    }
+
     async fn forget(&self, db: &DatabaseName) -> Result<(), StorageError> {
         self.objects.forget(db).await?;
         // Its archived WAL too.
