@@ -121,6 +121,17 @@ async fn new_bytes(images: &ImageStore, parent: &str, branch: &str) -> (u64, u64
     sizes
 }
 
+/// The last boot's step timings of `db` (ms), as the control plane recorded them.
+async fn boot_steps(
+    cp: &spg_lifecycle_lib::controlplane::ControlPlane,
+    db: &DatabaseName,
+) -> Vec<(String, f64)> {
+    let rec = cp.database(db).await.unwrap().record;
+    rec.last_boot
+        .map(|b| b.steps.into_iter().map(|s| (s.step, s.ms)).collect())
+        .unwrap_or_default()
+}
+
 fn main() {
     // The platform's computes run this binary as their restore_command.
     spg::wal_restore_if_invoked();
@@ -164,6 +175,7 @@ fn main() {
         // (branch ms, data MB, WAL MB, branch first wake ms, parent re-wake ms) per parent.
         let mut rows: Vec<Vec<[f64; 5]>> = vec![Vec::new(); parents.len()];
         let (mut fresh, mut rewake) = (Vec::new(), Vec::new());
+        let (mut fresh_steps, mut rewake_steps) = (Vec::new(), Vec::new());
         for i in 0..iterations {
             for (k, (parent, _)) in parents.iter().enumerate() {
                 let pdb = DatabaseName::new(*parent).unwrap();
@@ -211,8 +223,10 @@ fn main() {
             .await
             .unwrap();
             fresh.push(ms(first_query(&platform, &tls, &name, PASSWORD).await));
+            fresh_steps.push(boot_steps(&cp, &db).await);
             cp.stop_database(&db).await.unwrap();
             rewake.push(ms(first_query(&platform, &tls, &name, PASSWORD).await));
+            rewake_steps.push(boot_steps(&cp, &db).await);
             cp.stop_database(&db).await.unwrap();
             eprintln!("iteration {} of {iterations} done", i + 1);
         }
@@ -248,6 +262,31 @@ fn main() {
             median(&rewake),
             median(&fresh) / median(&rewake)
         );
+        // Where the difference lies: the compute's boot steps, medians.
+        let mut names: Vec<String> = Vec::new();
+        for steps in fresh_steps.iter().chain(&rewake_steps) {
+            for (n, _) in steps {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+        }
+        let step_median = |runs: &[Vec<(String, f64)>], n: &str| {
+            median(
+                &runs
+                    .iter()
+                    .filter_map(|r| r.iter().find(|(k, _)| k == n).map(|(_, v)| *v))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        println!("boot steps of the new database, medians: first wake ms / re-wake ms");
+        for n in &names {
+            println!(
+                "  {n:<10} {:>8.1} {:>8.1}",
+                step_median(&fresh_steps, n),
+                step_median(&rewake_steps, n)
+            );
+        }
         platform.shutdown().await;
         if std::env::var("SPG_BENCH_KEEP").is_ok() {
             eprintln!("kept {}", dir.display());

@@ -804,9 +804,24 @@ async fn ephemeral_branches_read_the_past_and_go_after_their_idle_stop() {
             ),
         }
     }
-    assert!(ps.images(&past).await.unwrap().is_empty());
-    for sk in &t.p().safekeepers {
-        assert!(!sk.config().dir.join(past.as_str()).exists());
+    // (Its storage is released right after its record goes.)
+    loop {
+        let images = ps.images(&past).await.unwrap();
+        let logs = t
+            .p()
+            .safekeepers
+            .iter()
+            .filter(|sk| sk.config().dir.join(past.as_str()).exists())
+            .count();
+        if images.is_empty() && logs == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "storage kept: {} images, {logs} WAL logs",
+            images.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The parent is unaffected.
     let c = tokio_pg(&t, &t.dsn).await.unwrap();
