@@ -146,6 +146,7 @@ pub(crate) async fn start_replication(
             sql::do_block(&[
                 sql::replicator_body(&verifier),
                 sql::role_sync_body(&spec.roles),
+                sql::rename_fresh_body(&spec.database),
             ])
         ))
         .await

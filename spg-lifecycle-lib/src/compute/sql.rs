@@ -137,6 +137,21 @@ pub fn read_only_sql() -> String {
     )
 }
 
+/// The PL/pgSQL statement giving the template's placeholder database the tenant database's
+/// name, if the tenant database is not there yet and the placeholder is (a new database's
+/// first start): run with the first start's other catalog changes, in one commit.
+pub(crate) fn rename_fresh_body(db: &DatabaseName) -> String {
+    format!(
+        "IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = {lit}) \
+         AND EXISTS (SELECT 1 FROM pg_database WHERE datname = {fresh_lit}) THEN \
+         ALTER DATABASE {fresh} RENAME TO {id}; END IF;\n",
+        lit = quote_literal(db.as_str()),
+        id = quote_ident(db.as_str()),
+        fresh_lit = quote_literal(FRESH_DATABASE),
+        fresh = quote_ident(FRESH_DATABASE),
+    )
+}
+
 /// Give the template's placeholder database the tenant database's name.
 pub(crate) fn rename_fresh_database_sql(db: &DatabaseName) -> String {
     format!(

@@ -466,7 +466,10 @@ impl ImageRepo for Pageserver {
         kind: ObjectKind,
         h: &ChunkHash,
     ) -> Result<Bytes, StorageError> {
-        if let Some(b) = self.cache.get(db, kind, h) {
+        // Cached by family: a new database's first start reads the template's chunks, a
+        // branch's its root's, warm from the other members' starts.
+        let family = self.objects.family(db).await?;
+        if let Some(b) = self.cache.get(&family, kind, h) {
             self.metrics.cache_hits.inc();
             self.metrics.bytes_served.inc_by(b.len() as u64);
             return Ok(b);
@@ -483,7 +486,7 @@ impl ImageRepo for Pageserver {
                 reason: "its bytes in object storage do not match its hash".into(),
             });
         }
-        self.cache.put(db, kind, h, &b);
+        self.cache.put(&family, kind, h, &b);
         self.metrics.cache_bytes.set(self.cache.used() as i64);
         self.metrics.bytes_served.inc_by(b.len() as u64);
         Ok(b)
@@ -504,7 +507,8 @@ impl ImageRepo for Pageserver {
         }
         self.objects.put(db, kind, h, bytes.clone()).await?;
         self.metrics.objects_written.inc();
-        self.cache.put(db, kind, h, &bytes);
+        let family = self.objects.family(db).await?;
+        self.cache.put(&family, kind, h, &bytes);
         self.metrics.cache_bytes.set(self.cache.used() as i64);
         Ok(())
     }

@@ -26,9 +26,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use spg_core::{Lsn, TimelineId};
 
+use super::spare::SpareSegments;
 use super::store::{Control, WalStore};
 use crate::fsutil::{sync_dir, write_atomic};
 use crate::StorageError;
@@ -141,7 +143,7 @@ pub fn decode_seal(b: &[u8]) -> Option<Seal> {
 }
 
 /// Write zeros over `[from, to)` of `file`.
-fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+pub(crate) fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     let zeros = vec![0u8; 1 << 20];
     let mut at = from;
     while at < to {
@@ -168,6 +170,8 @@ pub struct FileWalStore {
     flush_counter: u64,
     /// The flush LSN of the newest seal written or recovered.
     sealed: Lsn,
+    /// Where new segment files come from, when made ahead.
+    spares: Option<Arc<SpareSegments>>,
 }
 
 impl std::fmt::Debug for FileWalStore {
@@ -243,7 +247,14 @@ impl FileWalStore {
             seq: 0,
             flush_counter: 0,
             sealed: Lsn::INVALID,
+            spares: None,
         })
+    }
+
+    /// Take new segment files from `spares` when one is ready (same filesystem).
+    pub fn with_spares(mut self, spares: Arc<SpareSegments>) -> Self {
+        self.spares = Some(spares);
+        self
     }
 
     /// Remove the local copy of segment `segno` (after it was offloaded).
@@ -312,6 +323,9 @@ impl FileWalStore {
             }
             None => {
                 let path = self.segment_path(tli, segno);
+                // A spare is zeroed and synced already (its directory entry is synced with
+                // the WAL directory's, below).
+                let spare = self.spares.as_ref().is_some_and(|s| s.take_into(&path));
                 let file = spg_core::fsmode::private_options()
                     .read(true)
                     .write(true)
@@ -319,12 +333,15 @@ impl FileWalStore {
                     .truncate(false)
                     .open(&path)
                     .map_err(|e| StorageError::io("create", &path, e))?;
-                // Fill with real zeros (as PostgreSQL does for pg_wal): later writes then change
-                // no file metadata, so each fdatasync is one data flush, not a journal commit.
-                zero_fill(&file, 0, self.segment_size + SEAL_AREA)
-                    .map_err(|e| StorageError::io("extend", &path, e))?;
-                file.sync_all()
-                    .map_err(|e| StorageError::io("fsync", &path, e))?;
+                if !spare {
+                    // Fill with real zeros (as PostgreSQL does for pg_wal): later writes then
+                    // change no file metadata, so each fdatasync is one data flush, not a
+                    // journal commit.
+                    zero_fill(&file, 0, self.segment_size + SEAL_AREA)
+                        .map_err(|e| StorageError::io("extend", &path, e))?;
+                    file.sync_all()
+                        .map_err(|e| StorageError::io("fsync", &path, e))?;
+                }
                 self.segments.insert(segno, Segment { tli, file });
                 self.dir_dirty = true;
             }

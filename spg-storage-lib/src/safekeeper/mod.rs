@@ -32,6 +32,7 @@ mod log;
 pub mod metrics;
 pub mod node;
 pub mod quorum;
+pub mod spare;
 mod store;
 pub mod stream;
 pub mod wire;

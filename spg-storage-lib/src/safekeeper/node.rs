@@ -11,11 +11,16 @@ use tokio::sync::watch;
 
 use super::file::{parse_segment_file_name, FileWalStore};
 use super::metrics::SafekeeperMetrics;
+use super::spare::SpareSegments;
 use super::stream::{
     follow_primary, lock, PrimaryConn, SharedSafekeeper, StreamEnd, StreamObserver,
 };
 use super::{wire, History, Safekeeper, Vote, WalLog};
 use crate::StorageError;
+
+/// Zeroed segment files a node keeps ready (two: databases are often made, or woken for the
+/// first time, in bursts).
+const SPARES: usize = 2;
 
 /// Configuration of a safekeeper node.
 #[derive(Debug, Clone)]
@@ -70,6 +75,7 @@ impl Db {
 /// A safekeeper: elections, streaming from computes, and WAL reads for recovery, per database.
 pub struct SafekeeperNode {
     cfg: NodeConfig,
+    spares: Arc<SpareSegments>,
     dbs: Mutex<HashMap<DatabaseName, Arc<Db>>>,
     metrics: Arc<SafekeeperMetrics>,
 }
@@ -95,7 +101,12 @@ impl SafekeeperNode {
     pub fn new(cfg: NodeConfig) -> Result<Arc<Self>, StorageError> {
         spg_core::fsmode::private_dir(&cfg.dir)
             .map_err(|e| StorageError::io("create dir", &cfg.dir, e))?;
+        // Segments made ahead: a new database's first commit, or a commit crossing into a new
+        // segment, takes one instead of waiting for 16 MiB to be written and synced.
+        let spares = SpareSegments::open(cfg.dir.join(".spare"), cfg.segment_size, SPARES)?;
+        spares.refill_in_background();
         Ok(Arc::new(SafekeeperNode {
+            spares,
             metrics: Arc::new(SafekeeperMetrics::new(&cfg.name)),
             cfg,
             dbs: Mutex::new(HashMap::new()),
@@ -123,7 +134,10 @@ impl SafekeeperNode {
         }
         let dir = self.cfg.dir.join(db.as_str());
         let seg = self.cfg.segment_size;
-        let sk = blocking(move || Safekeeper::open(FileWalStore::open(dir, seg)?)).await?;
+        let spares = Arc::clone(&self.spares);
+        let sk =
+            blocking(move || Safekeeper::open(FileWalStore::open(dir, seg)?.with_spares(spares)))
+                .await?;
         let mut dbs = self.dbs.lock().unwrap_or_else(|p| p.into_inner());
         let d = dbs.entry(db.clone()).or_insert_with(|| {
             Arc::new(Db {
