@@ -15,7 +15,7 @@
 //! Libraries (`spg-gateway-lib`, `spg-storage-lib`, `spg-lifecycle-lib`) depend on this crate only,
 //! never on each other; binaries compose concrete implementations.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod autoscale;
 mod endpoint;

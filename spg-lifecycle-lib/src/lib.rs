@@ -15,7 +15,7 @@
 //!   every step timed.
 //! - [`api`]: the HTTPS JSON API (server and client), authenticated by an API key.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod agent;
 pub mod api;

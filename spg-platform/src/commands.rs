@@ -50,13 +50,13 @@ pub struct UpArgs {
 /// How `spg` reaches the API.
 #[derive(Args, Clone)]
 pub struct ApiArgs {
-    /// API URL (default: from <data-dir>/env).
+    /// API URL (default: from DATA_DIR/env).
     #[arg(long, env = "SPG_API_URL")]
     pub api_url: Option<String>,
-    /// API key (default: from <data-dir>/env).
+    /// API key (default: from DATA_DIR/env).
     #[arg(long, env = "SPG_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// CA certificate to trust for the API (default: from <data-dir>/env).
+    /// CA certificate to trust for the API (default: from DATA_DIR/env).
     #[arg(long, env = "SPG_API_CA")]
     pub api_ca: Option<PathBuf>,
     /// Data directory of a local `spg up`, whose env file supplies the defaults.

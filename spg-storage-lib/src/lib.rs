@@ -18,7 +18,7 @@
 //!   and whether a data directory was shut down cleanly.
 //! - [`fuzzing`]: entry points of the fuzz targets over untrusted bytes.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod durable_local;
 mod error;

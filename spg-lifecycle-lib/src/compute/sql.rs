@@ -79,7 +79,7 @@ pub(crate) fn create_database_sql(db: &DatabaseName) -> String {
 }
 
 /// The database a template cluster holds for the tenant, renamed at its first start
-/// ([`rename_fresh_database_sql`]).
+/// (`rename_fresh_database_sql`).
 pub const FRESH_DATABASE: &str = "spg_fresh";
 
 /// What a template cluster runs once (`postgres --single`, one command per line): the tenant

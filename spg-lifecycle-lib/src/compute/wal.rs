@@ -197,7 +197,7 @@ impl RestoreService {
         })
     }
 
-    /// Serve a standby: follow the log the running writer extends (see [`RestoreState`]),
+    /// Serve a standby: follow the log the running writer extends (see `RestoreState`),
     /// starting from `observed` ([`WalQuorum::observe`]).
     pub async fn start_following(
         quorum: Arc<dyn WalQuorum>,

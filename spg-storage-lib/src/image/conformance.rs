@@ -1,4 +1,4 @@
-//! The conformance suite of [`ImageStore`](super::ImageStore): every backend the platform
+//! The conformance suite of [`ImageStore`]: every backend the platform
 //! supports runs [`run_all`] in its tests (local filesystem, in-memory, S3 against a real
 //! S3-protocol server, and a pageserver in front of an object store, in process and over HTTP).
 //! The checks panic on failure, as test helpers do.

@@ -1,7 +1,7 @@
 //! Database images in object storage.
 //!
 //! An image is a consistent data directory at a checkpoint LSN, split into content-addressed
-//! chunks that consecutive images share; [`format`] describes the layout and the codecs,
+//! chunks that consecutive images share; [`format`](mod@format) describes the layout and the codecs,
 //! [`ImageStore`] reads and writes images through an [`ImageRepo`]: any `object_store`
 //! backend (local filesystem, in-memory, S3) as [`ObjectRepo`], or a pageserver in front of one, and [`conformance`] is the suite every backend passes.
 
