@@ -667,19 +667,9 @@ impl DbActor {
         update: impl FnOnce(&mut DatabaseRecord),
     ) -> Result<(), LifecycleError> {
         let mut next = self.rec.clone();
-        let now = now_ms();
         next.version += 1;
         update(&mut next);
-        let t = Transition {
-            database: self.name.clone(),
-            from: Some(self.rec.state),
-            to: next.state,
-            generation: next.generation,
-            at_ms: now,
-            reason: reason.to_string(),
-            profile: Some(self.shared.config.profile_of(&next).name),
-            bytes_written: self.written_back.take(),
-        };
+        let t = self.transition_to(&next, now_ms(), reason);
         self.store_record(&next, &t).await?;
         self.recorded(&next, &t, event);
         info!(generation = %next.generation, reason, "record");
@@ -1069,16 +1059,7 @@ impl DbActor {
         next.state_since_ms = now;
         next.version += 1;
         update(&mut next);
-        let t = Transition {
-            database: self.name.clone(),
-            from: Some(from),
-            to,
-            generation: next.generation,
-            at_ms: now,
-            reason: reason.to_string(),
-            profile: Some(self.shared.config.profile_of(&next).name),
-            bytes_written: self.written_back.take(),
-        };
+        let t = self.transition_to(&next, now, reason);
         self.store_record(&next, &t).await?;
         self.recorded(
             &next,
@@ -1090,6 +1071,21 @@ impl DbActor {
         self.rec = next;
         self.publish();
         Ok(())
+    }
+
+    /// The transition from the record held to `next`, at `at_ms`, for `reason` (with the bytes
+    /// a stop's write-back just uploaded).
+    fn transition_to(&mut self, next: &DatabaseRecord, at_ms: u64, reason: &str) -> Transition {
+        Transition {
+            database: self.name.clone(),
+            from: Some(self.rec.state),
+            to: next.state,
+            generation: next.generation,
+            at_ms,
+            reason: reason.to_string(),
+            profile: Some(self.shared.config.profile_of(next).name),
+            bytes_written: self.written_back.take(),
+        }
     }
 
     /// Compare-and-set `next` over the record held, with transition `t`. On a conflict the

@@ -153,6 +153,41 @@ impl SafekeeperSet {
         .await
     }
 
+    /// Count the answers of an operation every member was asked: `Unavailable` unless a
+    /// quorum did it; `StaleGeneration` as soon as a member promised a generation newer than
+    /// `g` (when the operation runs under one). Returns the other members' errors.
+    fn tally(
+        &self,
+        did: &str,
+        db: &DatabaseName,
+        g: Option<Generation>,
+        answers: Vec<(usize, Result<(), StorageError>)>,
+    ) -> CoreResult<Vec<String>> {
+        let mut done = 0;
+        let mut errors = Vec::new();
+        for (i, r) in answers {
+            match (r, g) {
+                (Ok(()), _) => done += 1,
+                (Err(StorageError::StaleGeneration { current, .. }), Some(g)) if current > g.0 => {
+                    return Err(CoreError::StaleGeneration {
+                        offered: g.0,
+                        current,
+                    })
+                }
+                (Err(e), _) => errors.push(format!("{}: {e}", self.members[i].name())),
+            }
+        }
+        if done < self.quorum {
+            return Err(CoreError::Unavailable(format!(
+                "only {done} of {} safekeepers {did} {db} (quorum {}): {}",
+                self.members.len(),
+                self.quorum,
+                errors.join("; ")
+            )));
+        }
+        Ok(errors)
+    }
+
     async fn all<T, F>(&self, f: F) -> Vec<(usize, Result<T, StorageError>)>
     where
         T: Send + 'static,
@@ -452,28 +487,7 @@ impl WalQuorum for SafekeeperSet {
                 Box::pin(async move { m.reset(&db, g, log).await })
             })
             .await;
-        let mut done = 0;
-        let mut errors = Vec::new();
-        for (i, r) in answers {
-            match r {
-                Ok(()) => done += 1,
-                Err(StorageError::StaleGeneration { current, .. }) if current > g.0 => {
-                    return Err(CoreError::StaleGeneration {
-                        offered: g.0,
-                        current,
-                    })
-                }
-                Err(e) => errors.push(format!("{}: {e}", self.members[i].name())),
-            }
-        }
-        if done < self.quorum {
-            return Err(CoreError::Unavailable(format!(
-                "only {done} of {} safekeepers reset the log of {db} (quorum {}): {}",
-                self.members.len(),
-                self.quorum,
-                errors.join("; ")
-            )));
-        }
+        self.tally("reset the log of", db, Some(g), answers)?;
         Ok(())
     }
 
@@ -485,22 +499,7 @@ impl WalQuorum for SafekeeperSet {
                 Box::pin(async move { m.forget(&db).await })
             })
             .await;
-        let mut done = 0;
-        let mut errors = Vec::new();
-        for (i, r) in answers {
-            match r {
-                Ok(()) => done += 1,
-                Err(e) => errors.push(format!("{}: {e}", self.members[i].name())),
-            }
-        }
-        if done < self.quorum {
-            return Err(CoreError::Unavailable(format!(
-                "only {done} of {} safekeepers forgot {db} (quorum {}): {}",
-                self.members.len(),
-                self.quorum,
-                errors.join("; ")
-            )));
-        }
+        let errors = self.tally("forgot", db, None, answers)?;
         if !errors.is_empty() {
             tracing::warn!(%db, errors = %errors.join("; "), "some safekeepers did not forget");
         }
