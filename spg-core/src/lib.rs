@@ -45,6 +45,6 @@ pub use names::{DatabaseName, NameError, RoleName};
 pub use page_store::{
     boot_id, lost_unsynced_writes, Checkout, ImageInfo, PageStore, StoredBytes, UNSYNCED_MARKER,
 };
-pub use state::{ComputeState, TargetScale};
+pub use state::ComputeState;
 pub use types::{Generation, Lsn, ParseLsnError, TimelineId};
 pub use wal::{Election, ReplicationSource, WalQuorum};

@@ -78,12 +78,6 @@ impl FromStr for ComputeState {
     }
 }
 
-/// How many computes the database should run: 0 (stopped) or 1 (one writer). Wake sets it to 1,
-/// stop and idle stop set it to 0. Later issues add read replicas and profiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TargetScale(pub u8);
-
 #[cfg(test)]
 mod tests {
     use super::*;

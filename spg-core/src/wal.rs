@@ -68,7 +68,6 @@ impl std::fmt::Debug for ReplicationSource {
 ///   A read fenced by a newer generation fails with `StaleGeneration`.
 /// - `follow(db, g, source)` makes the safekeepers stream from the compute of `g`, which runs
 ///   with `synchronous_standby_names` = [`WalQuorum::synchronous_standby_names`].
-/// - `commit_lsn` is an LSN at or below which every byte of WAL is flushed on a quorum.
 /// - No call ever loses acknowledged WAL, whatever crashes happen while it runs.
 #[async_trait]
 pub trait WalQuorum: Send + Sync {
@@ -97,9 +96,6 @@ pub trait WalQuorum: Send + Sync {
 
     /// The value for the compute's `synchronous_standby_names`, e.g. `ANY 2 (sk1, sk2, sk3)`.
     fn synchronous_standby_names(&self) -> String;
-
-    /// The quorum-flushed LSN of `db`.
-    async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn>;
 
     /// Start `db`'s log over, empty at `start`, on the timeline path `history` (oldest first),
     /// under generation `generation` (already elected): a point-in-time restore, whose image at

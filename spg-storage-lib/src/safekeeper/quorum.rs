@@ -505,21 +505,4 @@ impl WalQuorum for SafekeeperSet {
         }
         Ok(())
     }
-
-    async fn commit_lsn(&self, db: &DatabaseName) -> CoreResult<Lsn> {
-        let answers = self.statuses(db).await;
-        let mut flushes: Vec<Lsn> = answers
-            .into_iter()
-            .filter_map(|(_, r)| r.ok())
-            .map(|s| s.log.flush)
-            .collect();
-        if flushes.len() < self.quorum {
-            return Err(CoreError::Unavailable(
-                "no safekeeper quorum reachable".into(),
-            ));
-        }
-        flushes.sort();
-        flushes.reverse();
-        Ok(flushes[self.quorum - 1])
-    }
 }
