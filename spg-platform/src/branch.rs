@@ -350,16 +350,7 @@ impl ImageBrancher {
         let made = self
             .replay(parent, child, g, image, &election, newest, &goal, read_only)
             .await;
-        let run = self.dir.join("run").join(child.as_str());
-        if made.is_ok() {
-            // (A failed one's log stays, until the name is branched again.)
-            let _ = std::fs::remove_dir_all(&run);
-        }
-        let pages_dir = self.dir.join("pages").join(child.as_str());
-        if let Err(e) = self.pages.release(child, g).await {
-            warn!(%child, error = %e, "releasing the branch's checkout");
-        }
-        let _ = std::fs::remove_dir_all(&pages_dir);
+        self.clean_up(child, g, made.is_ok()).await;
         match made {
             Ok((lsn, info, _)) => {
                 let made = BranchMade {
@@ -554,6 +545,18 @@ impl ImageBrancher {
         Ok((lsn, info, path))
     }
 
+    /// After a replay into `db` as generation `g`: its checkout is released and its scratch
+    /// directories go (the server's log stays after a failure, until the name is used again).
+    async fn clean_up(&self, db: &DatabaseName, g: Generation, succeeded: bool) {
+        if succeeded {
+            let _ = std::fs::remove_dir_all(self.dir.join("run").join(db.as_str()));
+        }
+        if let Err(e) = self.pages.release(db, g).await {
+            warn!(%db, error = %e, "releasing the scratch checkout");
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("pages").join(db.as_str()));
+    }
+
     /// See [`Brancher::restore`]: `db`'s log is elected for `g` (fencing every older
     /// generation), its image at or before `at` replayed to `at` and promoted onto
     /// `timeline_of(g)`, written back as generation `g`, and the log started over at that
@@ -597,14 +600,7 @@ impl ImageBrancher {
         let made = self
             .replay(db, db, g, image, &election, newest, &goal, false)
             .await;
-        let run = self.dir.join("run").join(db.as_str());
-        if made.is_ok() {
-            let _ = std::fs::remove_dir_all(&run);
-        }
-        if let Err(e) = self.pages.release(db, g).await {
-            warn!(%db, error = %e, "releasing the restore's checkout");
-        }
-        let _ = std::fs::remove_dir_all(self.dir.join("pages").join(db.as_str()));
+        self.clean_up(db, g, made.is_ok()).await;
         let (lsn, info, path) = made?;
         // The log starts over at the segment the image's checkpoint is in (the image holds
         // it), on the image's path: its next compute continues from the image.

@@ -84,6 +84,33 @@ fn fixture(cfg: impl FnOnce(&mut PageserverConfig)) -> Fixture {
     }
 }
 
+/// Four images of `db()`, each from the one before, filled with 1 to 4 and their redo points
+/// at segments 1 to 4; their ids, oldest first.
+async fn four_images(f: &Fixture) -> Vec<ImageId> {
+    let src = f.scratch.join("src");
+    let mut parent = None;
+    let mut ids = Vec::new();
+    for (i, fill) in [1u8, 2, 3, 4].into_iter().enumerate() {
+        let redo = 0x100_0000 * (i as u64 + 1);
+        tree(&src, fill, redo);
+        let (m, _) = f
+            .store
+            .capture(
+                &db(),
+                &src,
+                id(redo + 0x28, 1),
+                parent.as_ref(),
+                CHUNK,
+                &|_| true,
+            )
+            .await
+            .unwrap();
+        ids.push(m.id);
+        parent = Some(m);
+    }
+    ids
+}
+
 #[tokio::test]
 async fn the_cache_serves_what_object_storage_no_longer_answers_and_survives_a_restart() {
     let f = fixture(|_| {});
@@ -225,27 +252,7 @@ async fn a_soft_basebackup_brings_the_warm_set_and_the_wal_within_its_budget() {
 #[tokio::test]
 async fn garbage_collection_keeps_what_retained_images_need() {
     let f = fixture(|_| {});
-    let src = f.scratch.join("src");
-    let mut parent = None;
-    let mut ids = Vec::new();
-    for (i, fill) in [1u8, 2, 3, 4].into_iter().enumerate() {
-        let redo = 0x100_0000 * (i as u64 + 1);
-        tree(&src, fill, redo);
-        let (m, _) = f
-            .store
-            .capture(
-                &db(),
-                &src,
-                id(redo + 0x28, 1),
-                parent.as_ref(),
-                CHUNK,
-                &|_| true,
-            )
-            .await
-            .unwrap();
-        ids.push(m.id);
-        parent = Some(m);
-    }
+    let ids = four_images(&f).await;
     // Archived WAL: segments 1..=5 of timeline 2, and a history file.
     let wal_prefix = object_store::path::Path::from("wal/shop");
     let store = f.raw.object_store();
@@ -327,25 +334,7 @@ async fn garbage_collection_keeps_what_retained_images_need() {
 #[tokio::test]
 async fn a_database_s_own_window_replaces_the_default() {
     let f = fixture(|_| {});
-    let src = f.scratch.join("src");
-    let mut parent = None;
-    for (i, fill) in [1u8, 2, 3, 4].into_iter().enumerate() {
-        let redo = 0x100_0000 * (i as u64 + 1);
-        tree(&src, fill, redo);
-        let (m, _) = f
-            .store
-            .capture(
-                &db(),
-                &src,
-                id(redo + 0x28, 1),
-                parent.as_ref(),
-                CHUNK,
-                &|_| true,
-            )
-            .await
-            .unwrap();
-        parent = Some(m);
-    }
+    four_images(&f).await;
     let policy = GcPolicy::default();
     assert_eq!(f.ps.retention(&db()).await.unwrap(), None);
     let stats = f.ps.gc(&db(), &policy, None, None).await.unwrap();

@@ -193,14 +193,7 @@ impl Pageserver {
         }
         // Archived WAL wholly before the oldest kept redo point (no image: keep it all).
         if let (Some(prefix), Some(redo), true) = (wal, redo, redo_known) {
-            let store = self.objects.object_store();
-            let listed: Vec<_> = futures::TryStreamExt::try_collect(store.list(Some(prefix)))
-                .await
-                .map_err(|e| StorageError::ObjectStore {
-                    op: "list",
-                    key: prefix.to_string(),
-                    source: Box::new(e),
-                })?;
+            let listed = self.archived(prefix).await?;
             let first_needed = redo.0 / DEFAULT_SEGMENT_SIZE;
             for meta in listed {
                 let Some(name) = meta.location.filename() else {
@@ -219,6 +212,20 @@ impl Pageserver {
     }
 
     /// Add what image `m` names (chunks, lists and the lists' chunks) to `live`.
+    /// Every archived WAL file under `prefix` (e.g. `wal/<db>`).
+    pub(crate) async fn archived(
+        &self,
+        prefix: &object_store::path::Path,
+    ) -> Result<Vec<object_store::ObjectMeta>, StorageError> {
+        futures::TryStreamExt::try_collect(self.objects.object_store().list(Some(prefix)))
+            .await
+            .map_err(|e| StorageError::ObjectStore {
+                op: "list",
+                key: prefix.to_string(),
+                source: Box::new(e),
+            })
+    }
+
     /// Every chunk and list the images `db` holds now name (its family's objects it keeps).
     pub async fn named_objects(
         &self,

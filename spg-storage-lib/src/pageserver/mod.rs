@@ -425,25 +425,8 @@ impl ImageRepo for Pageserver {
         self.objects.forget(db).await?;
         // Its archived WAL too.
         let prefix = crate::safekeeper::node::archive_prefix(db);
-        let store = self.objects.object_store();
-        let listed: Vec<_> = futures::TryStreamExt::try_collect(store.list(Some(&prefix)))
-            .await
-            .map_err(|e| StorageError::ObjectStore {
-                op: "list",
-                key: prefix.to_string(),
-                source: Box::new(e),
-            })?;
-        for meta in listed {
-            match store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    return Err(StorageError::ObjectStore {
-                        op: "delete",
-                        key: meta.location.to_string(),
-                        source: Box::new(e),
-                    })
-                }
-            }
+        for meta in self.archived(&prefix).await? {
+            self.objects.delete(&meta.location).await?;
         }
         Ok(())
     }
