@@ -27,6 +27,15 @@ fn ms(d: Duration) -> f64 {
 
 use spg::testing::stats::{percentile as pct, step_medians};
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// One platform under test.
 struct Side {
     name: &'static str,
@@ -202,10 +211,21 @@ fn main() {
             );
         }
         let (a, b) = (&sides[0], &sides[1]);
+        // Each process run against the in-process run just before it: what the shared
+        // machine's drift does to both sides cancels out.
+        let paired: Vec<f64> = a
+            .runs
+            .iter()
+            .zip(&b.runs)
+            .map(|(x, y)| ms(*y) - ms(*x))
+            .collect();
         println!(
-            "process - in-process at p50: {:+.1} ms (target: at most +20 ms)   at p99: {:+.1} ms",
+            "process - in-process at p50: {:+.1} ms (target: at most +20 ms)   at p99: {:+.1} ms   \
+             median of the {} paired differences: {:+.1} ms",
             ms(pct(&b.runs, 50.0)) - ms(pct(&a.runs, 50.0)),
             ms(pct(&b.runs, 99.0)) - ms(pct(&a.runs, 99.0)),
+            paired.len(),
+            median(paired),
         );
         for s in sides {
             s.platform.shutdown().await;

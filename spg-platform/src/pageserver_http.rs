@@ -39,7 +39,9 @@ use spg_lifecycle_lib::api::ApiKey;
 
 use crate::daemon_http::{db_name, ApiErr, ErrBody};
 use spg_storage_lib::image::format::MANIFEST_MAX;
-use spg_storage_lib::image::{ChunkHash, ImageId, ImageRepo, Manifest, ObjectKind, RawBasebackup};
+use spg_storage_lib::image::{
+    fence_for_checkout, ChunkHash, ImageId, ImageRepo, Manifest, ObjectKind, RawBasebackup,
+};
 use spg_storage_lib::pageserver::gc::{GcPolicy, GcStats};
 use spg_storage_lib::pageserver::{wire, Pageserver};
 use spg_storage_lib::StorageError;
@@ -151,9 +153,50 @@ async fn basebackup(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, ApiErr> {
     let db = db_name(&db)?;
+    Ok(send_basebackup(&st, &db, &q)
+        .await?
+        .unwrap_or_else(|| StatusCode::NOT_FOUND.into_response()))
+}
+
+/// (Not `#[serde(flatten)]` of a [`HistoryQuery`]: flattened query strings lose their types.)
+#[derive(Deserialize)]
+struct CheckoutQuery {
+    generation: u64,
+    #[serde(default)]
+    history: String,
+    #[serde(default)]
+    plain: u8,
+}
+
+/// `POST .../checkout?generation=G&history=...`: [`ImageRepo::checkout`] in one round trip.
+async fn checkout(
+    State(st): State<St>,
+    Path(db): Path<String>,
+    Query(q): Query<CheckoutQuery>,
+) -> Result<Response, ApiErr> {
+    let db = db_name(&db)?;
+    let bb = HistoryQuery {
+        history: q.history,
+        plain: q.plain,
+    };
+    // The history is checked before anything is fenced.
+    parse_history(&bb.history)?;
+    fence_for_checkout(st.ps.as_ref(), &db, Generation(q.generation)).await?;
+    // No image yet: 204, which a client cannot mistake for a route it does not know.
+    Ok(send_basebackup(&st, &db, &bb)
+        .await?
+        .unwrap_or_else(|| StatusCode::NO_CONTENT.into_response()))
+}
+
+/// The basebackup of the newest image on `q`'s history, framed; `None` when there is none.
+async fn send_basebackup(
+    st: &St,
+    db: &DatabaseName,
+    q: &HistoryQuery,
+) -> Result<Option<Response>, ApiErr> {
     let history = parse_history(&q.history)?;
-    let Some((manifest, objects)) = st.ps.stream_basebackup(&db, &history).await? else {
-        return Ok(StatusCode::NOT_FOUND.into_response());
+    let Some((manifest, objects)) = st.ps.stream_basebackup(db, &history).await? else {
+        return Ok(None);
     };
     if q.plain == 1 {
         // Sent while it is read: the client decodes frames as they arrive. An object that
@@ -173,11 +216,11 @@ async fn basebackup(
             futures::stream::iter(parts)
         });
         let body = futures::stream::once(async move { Ok::<_, StorageError>(head) }).chain(frames);
-        return Ok(axum::body::Body::from_stream(body).into_response());
+        return Ok(Some(axum::body::Body::from_stream(body).into_response()));
     }
     let objects: Vec<_> = objects.try_collect().await?;
     let bb = RawBasebackup { manifest, objects };
-    Ok(wire::encode_basebackup(&bb)?.into_response())
+    Ok(Some(wire::encode_basebackup(&bb)?.into_response()))
 }
 
 async fn get_object(
@@ -366,6 +409,7 @@ pub fn router(
     let v1 = Router::new()
         .route("/v1/pageserver/{db}", delete(forget))
         .route("/v1/pageserver/{db}/basebackup", get(basebackup))
+        .route("/v1/pageserver/{db}/checkout", post(checkout))
         .route("/v1/pageserver/{db}/images", get(list_images))
         .route(
             "/v1/pageserver/{db}/images/{name}",
@@ -446,11 +490,13 @@ impl HttpPageserver {
         offered: Option<Generation>,
         image: Option<ImageId>,
     ) -> Result<reqwest::Response, StorageError> {
+        let started = std::time::Instant::now();
         let resp = req
             .bearer_auth(&self.key)
             .send()
             .await
             .map_err(|e| self.unavailable(e))?;
+        tracing::debug!(url = %resp.url().path(), ms = started.elapsed().as_secs_f64() * 1e3, "pageserver answered");
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -677,17 +723,52 @@ impl ImageRepo for HttpPageserver {
         self.call(req, None, None).await.map(|_| ())
     }
 
+    async fn checkout(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<RawBasebackup>, StorageError> {
+        let req = self
+            .http
+            .post(self.url(db, "checkout"))
+            .query(&[("generation", g.0)]);
+        match self.receive_basebackup(req, history, Some(g)).await {
+            // Only 204 means "no image" here: a 404 is a pageserver without this route.
+            Err(StorageError::NotFound(m)) => Err(StorageError::Protocol(format!(
+                "the pageserver cannot check out ({m}): is it older than this compute?"
+            ))),
+            r => r,
+        }
+    }
+
     async fn basebackup(
         &self,
         db: &DatabaseName,
         history: &[(TimelineId, Lsn)],
     ) -> Result<Option<RawBasebackup>, StorageError> {
-        let req = self
-            .http
-            .get(self.url(db, "basebackup"))
+        let req = self.http.get(self.url(db, "basebackup"));
+        match self.receive_basebackup(req, history, None).await {
+            Err(StorageError::NotFound(_)) => Ok(None),
+            r => r,
+        }
+    }
+}
+
+impl HttpPageserver {
+    /// Send `req` (a basebackup or a checkout) for `history`; the basebackup it answers with,
+    /// `None` when the answer is 204 (no image).
+    async fn receive_basebackup(
+        &self,
+        req: reqwest::RequestBuilder,
+        history: &[(TimelineId, Lsn)],
+        offered: Option<Generation>,
+    ) -> Result<Option<RawBasebackup>, StorageError> {
+        let req = req
             .query(&[("history", format_history(history))])
             .query(&[("plain", if self.local { "1" } else { "0" })]);
-        match self.call(req, None, None).await {
+        match self.call(req, offered, None).await {
+            Ok(resp) if resp.status() == reqwest::StatusCode::NO_CONTENT => Ok(None),
             Ok(mut resp) => {
                 // Decoded as it arrives (a plain one is streamed while the pageserver reads).
                 let mut reader = wire::BasebackupReader::new();
@@ -696,7 +777,6 @@ impl ImageRepo for HttpPageserver {
                 }
                 Ok(Some(reader.finish()?))
             }
-            Err(StorageError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -179,11 +179,13 @@ impl HttpSafekeeper {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, StorageError> {
+        let started = std::time::Instant::now();
         let resp = req
             .bearer_auth(&self.key)
             .send()
             .await
             .map_err(|e| unavailable(&self.name, e))?;
+        tracing::debug!(url = %resp.url().path(), ms = started.elapsed().as_secs_f64() * 1e3, "safekeeper answered");
         if resp.status() == reqwest::StatusCode::CONFLICT {
             let body: ErrBody = resp.json().await.map_err(|e| unavailable(&self.name, e))?;
             return Err(StorageError::StaleGeneration {

@@ -26,6 +26,7 @@ use bytes::Bytes;
 
 use crate::image::{
     ChunkHash, ChunkOrigin, Content, FileEntry, ImageStore, Manifest, ObjectKind, SourceFile,
+    WarmRef,
 };
 use crate::StorageError;
 
@@ -104,6 +105,7 @@ impl ChunkSource for ImageChunks {
             .map(|(h, _)| *h)
             .collect();
         if !missing.is_empty() {
+            let t0 = std::time::Instant::now();
             let mut got = self
                 .rt
                 .block_on(self.images.objects(
@@ -112,6 +114,11 @@ impl ChunkSource for ImageChunks {
                     &missing,
                 ))?
                 .into_iter();
+            tracing::debug!(
+                n = missing.len(),
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                "lazyfs fetched"
+            );
             for slot in out.iter_mut().filter(|b| b.is_none()) {
                 *slot = got.next();
             }
@@ -193,6 +200,8 @@ struct FileData {
     dirty: Vec<bool>,
     /// The last chunk fetched: a fetch of the next one is a sequential read and reads ahead.
     last_fetched: Option<u64>,
+    /// Its path in the image (files made since the mount have none).
+    origin: Option<Arc<str>>,
 }
 
 impl FileData {
@@ -265,11 +274,11 @@ pub struct LazyTree {
     source: Arc<dyn ChunkSource>,
     stats: Arc<LazyStats>,
     mounted_at: Instant,
-    /// Objects fetched within [`WARM_WINDOW`] of the start, in order.
-    warm: Mutex<Vec<(ObjectKind, ChunkHash)>>,
+    /// Where reads within [`WARM_WINDOW`] of the start fetched, in order.
+    warm: Mutex<Vec<WarmRef>>,
 }
 
-/// Objects a compute fetches this soon after its tree was made are its warm set
+/// What a compute fetches this soon after its tree was made becomes the next image's warm set
 /// ([`Manifest::warm`]).
 pub const WARM_WINDOW: Duration = Duration::from_secs(2);
 
@@ -340,6 +349,7 @@ impl LazyTree {
                         present: vec![false; n],
                         dirty: vec![false; n],
                         last_fetched: None,
+                        origin: Some(f.path.as_str().into()),
                     };
                     match content {
                         Content::Inline(b) => {
@@ -376,16 +386,19 @@ impl LazyTree {
         })
     }
 
-    /// Objects fetched within [`WARM_WINDOW`] of the tree's creation, in the order fetched.
-    pub fn warm(&self) -> Vec<(ObjectKind, ChunkHash)> {
+    /// Where reads fetched within [`WARM_WINDOW`] of the tree's creation, in the order
+    /// fetched: by place (a file's path in the image and a chunk's index), so that a chunk the
+    /// compute rewrote later (`pg_control`, a catalog page) names its new bytes in the next
+    /// image's warm set, which a start reads again.
+    pub fn warm(&self) -> Vec<WarmRef> {
         self.warm.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn note_fetched(&self, kind: ObjectKind, h: ChunkHash) {
+    fn note_fetched(&self, place: WarmRef) {
         if self.mounted_at.elapsed() < WARM_WINDOW {
             let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
             if warm.len() < crate::image::format::WARM_MAX {
-                warm.push((kind, h));
+                warm.push(place);
             }
         }
     }
@@ -547,6 +560,7 @@ impl LazyTree {
             present: Vec::new(),
             dirty: Vec::new(),
             last_fetched: None,
+            origin: None,
         };
         inner.insert(parent, name, mode, Body::File(Box::new(data)))
     }
@@ -786,11 +800,13 @@ impl LazyTree {
         }
         if f.chunks.is_none() {
             let entry = f.entry.take().ok_or(libc::EIO)?;
-            if let Some(Content::List(h)) = &entry.content {
+            if let (Some(Content::List(_)), Some(path)) = (&entry.content, &f.origin) {
                 // A big file's list is large and says where every chunk of it is, while a
                 // start touches a few of them: fetched on demand, not part of the warm set.
                 if f.orig_size <= WARM_LIST_MAX_FILE {
-                    self.note_fetched(ObjectKind::List, *h);
+                    self.note_fetched(WarmRef::List {
+                        path: Arc::clone(path),
+                    });
                 }
             }
             let chunks = self.source.chunks_of(&entry).map_err(|e| {
@@ -826,14 +842,19 @@ impl LazyTree {
             tracing::error!(error = %e, chunk = %h, "lazyfs: fetching a chunk failed");
             libc::EIO
         })?;
-        for ((j, hj), bytes) in want.iter().zip(&got) {
+        for ((j, _), bytes) in want.iter().zip(&got) {
             let start = j * cs;
             let keep = (f.orig_size - start).min(bytes.len() as u64) as usize;
             f.file()
                 .and_then(|b| b.write_all_at(&bytes[..keep], start))
                 .map_err(|e| io_errno(&e))?;
             f.present[*j as usize] = true;
-            self.note_fetched(ObjectKind::Chunk, *hj);
+            if let Some(path) = &f.origin {
+                self.note_fetched(WarmRef::Chunk {
+                    path: Arc::clone(path),
+                    index: *j,
+                });
+            }
             self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .bytes_fetched

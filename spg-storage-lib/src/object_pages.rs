@@ -376,21 +376,29 @@ impl ObjectPageStore {
         from: Option<(&DatabaseName, ImageId)>,
         st: &mut DbState,
     ) -> Result<Checkout, StorageError> {
-        let newest = self
-            .images
-            .newest_fence(db)
-            .await?
-            .into_iter()
-            .chain(st.checkouts.keys().copied())
-            .max();
-        if let Some(newest) = newest.filter(|n| *n >= g) {
+        // A generation this cache runs (or ran without a write-back yet) is refused here; the
+        // repository refuses one that any generation anywhere as new or newer fenced.
+        if let Some(newest) = st.checkouts.keys().copied().max().filter(|n| *n >= g) {
             return Err(StorageError::StaleGeneration {
                 offered: g.0,
                 current: newest.0,
             });
         }
-        if !standby {
-            self.images.fence(db, g).await?;
+        // A primary's checkout from its own images fences and fetches in one step
+        // (ImageRepo::checkout); a standby does not fence, a branch's first checkout reads
+        // another database's image.
+        let one_step = !standby && from.is_none();
+        if !one_step {
+            let newest = self.images.newest_fence(db).await?;
+            if let Some(newest) = newest.filter(|n| *n >= g) {
+                return Err(StorageError::StaleGeneration {
+                    offered: g.0,
+                    current: newest.0,
+                });
+            }
+            if !standby {
+                self.images.fence(db, g).await?;
+            }
         }
         let dir = self.data_dir(db, g);
         let db_root = self.cache.join(db.as_str());
@@ -421,6 +429,7 @@ impl ObjectPageStore {
         });
         let bb = match from {
             Some((source, id)) => self.images.basebackup_of(source, &id).await.map(Some),
+            None if one_step => self.images.checkout(db, g, history).await,
             None => self.images.basebackup(db, history).await,
         };
         let pending = match preparing {

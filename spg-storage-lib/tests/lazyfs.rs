@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use object_store::memory::InMemory;
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
-use spg_storage_lib::image::{ImageId, ImageStore, Manifest};
+use spg_storage_lib::image::{ImageId, ImageStore, Manifest, WarmRef};
 use spg_storage_lib::lazyfs::{self, ImageChunks, LazyTree, ROOT};
 
 const CHUNK: u32 = 4096;
@@ -89,6 +89,31 @@ async fn chunks_arrive_on_first_read_and_writes_stay_local() {
         assert_eq!(fetched(), 1);
         assert_eq!(tree.read(big_ino, 0, u32::MAX).unwrap(), big());
         assert_eq!(fetched(), 8, "every non-zero chunk once");
+        // The warm set is kept by place: the list (a 9-chunk file has one), then each chunk
+        // fetched, the first one read first.
+        let big_path: Arc<str> = "base/1/big".into();
+        let warm = tree.warm();
+        assert_eq!(
+            warm[..2],
+            [
+                WarmRef::List {
+                    path: Arc::clone(&big_path)
+                },
+                WarmRef::Chunk {
+                    path: Arc::clone(&big_path),
+                    index: 1
+                }
+            ]
+        );
+        let mut indexes: Vec<u64> = warm[1..]
+            .iter()
+            .map(|w| match w {
+                WarmRef::Chunk { path, index } if *path == big_path => *index,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, [0, 1, 3, 4, 5, 6, 7, 8]);
 
         // A partial write into a chunk not yet fetched keeps the rest of its bytes.
         let small = ino(&tree, "base/1/small");
@@ -167,6 +192,15 @@ async fn chunks_arrive_on_first_read_and_writes_stay_local() {
             .collect();
         assert!(changed.contains(&"PG_VERSION".to_string()), "{changed:?}");
         assert!(changed.contains(&"base/1/big".to_string()), "{changed:?}");
+        // The partial write into `small` fetched its chunk; the file made since the mount
+        // has no place in the image.
+        assert_eq!(
+            tree.warm()[warm.len()..],
+            [WarmRef::Chunk {
+                path: "base/1/small".into(),
+                index: 0
+            }]
+        );
     })
     .await
     .unwrap();

@@ -12,7 +12,7 @@ use object_store::ObjectStore;
 use spg_core::{DatabaseName, Generation, Lsn, TimelineId};
 use spg_storage_lib::image::{
     CaptureSource, ChunkOrigin, Content, ImageId, ImageRepo, ImageStore, ObjectKind, ObjectRepo,
-    SourceFile,
+    SourceFile, WarmRef,
 };
 use spg_storage_lib::pageserver::gc::GcPolicy;
 use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
@@ -185,7 +185,14 @@ async fn a_soft_basebackup_brings_the_warm_set_and_the_wal_within_its_budget() {
     };
     assert!(bb.objects.contains_key(&(ObjectKind::List, *wl)));
 
-    // An image whose compute needed the relation's list and first chunk at once: they come along.
+    // An image whose compute needed the relation's list and first chunk, and pg_xact's first
+    // chunk, which it later rewrote, at once: they come along, pg_xact's with its new bytes.
+    let xact_path = src.join("pg_xact/0000");
+    let mut rewritten = std::fs::read(&xact_path).unwrap();
+    rewritten[0] ^= 0xff;
+    std::fs::write(&xact_path, &rewritten).unwrap();
+    let new_xact = spg_storage_lib::image::ChunkHash::of(&rewritten[..CHUNK as usize]);
+    assert_ne!(Some(new_xact), xc[0]);
     let files: Vec<SourceFile> = m1
         .files
         .iter()
@@ -204,13 +211,23 @@ async fn a_soft_basebackup_brings_the_warm_set_and_the_wal_within_its_budget() {
         let b = std::fs::read(&paths[h as usize]).unwrap();
         Ok(b[off as usize..off as usize + len].to_vec())
     };
-    let never_stored = spg_storage_lib::image::ChunkHash::of(b"not in the image");
+    let place = |path: &str, index: Option<u64>| match index {
+        Some(index) => WarmRef::Chunk {
+            path: path.into(),
+            index,
+        },
+        None => WarmRef::List { path: path.into() },
+    };
     let source = CaptureSource {
         files,
         warm: vec![
-            (ObjectKind::List, *rel_list),
-            (ObjectKind::Chunk, rel_chunk),
-            (ObjectKind::Chunk, never_stored),
+            place("base/1/16384", None),
+            place("base/1/16384", Some(0)),
+            place("pg_xact/0000", Some(0)),
+            place("base/1/16384", Some(0)),
+            place("base/1/16384", Some(99)),
+            place("base/1/no_such_file", Some(0)),
+            place("pg_xact/0000", None),
         ],
     };
     let (m2, _) = f
@@ -222,14 +239,16 @@ async fn a_soft_basebackup_brings_the_warm_set_and_the_wal_within_its_budget() {
         m2.warm,
         vec![
             (ObjectKind::List, *rel_list),
-            (ObjectKind::Chunk, rel_chunk)
+            (ObjectKind::Chunk, rel_chunk),
+            (ObjectKind::Chunk, new_xact),
         ],
-        "objects outside the image are dropped from the warm set"
+        "a warm place names what the new image holds there, once; places it lacks are dropped"
     );
     let bb = f.store.basebackup(&db(), &path).await.unwrap().unwrap();
     assert_eq!(bb.manifest.id, m2.id);
     assert!(bb.objects.contains_key(&(ObjectKind::Chunk, rel_chunk)));
     assert!(bb.objects.contains_key(&(ObjectKind::List, *rel_list)));
+    assert!(bb.objects.contains_key(&(ObjectKind::Chunk, new_xact)));
 
     // The budget bounds what comes along.
     let tight = fixture(|c| c.basebackup_bytes = 6000);

@@ -25,6 +25,7 @@ pub async fn run_all(store: &ImageStore, raw: &ObjectRepo, scratch: &Path) {
     the_latest_image_is_on_the_current_timeline_path(store, scratch).await;
     damaged_manifests_are_clear_errors(store, raw).await;
     basebackups_name_the_latest_image(store, scratch).await;
+    checkouts_fence_and_bring_the_latest_image(store, scratch).await;
 }
 
 fn db(name: &str) -> DatabaseName {
@@ -345,4 +346,42 @@ async fn basebackups_name_the_latest_image(store: &ImageStore, scratch: &Path) {
     for key in bb.objects.keys() {
         assert!(named.contains(key), "{key:?} is not part of the image");
     }
+}
+
+async fn checkouts_fence_and_bring_the_latest_image(store: &ImageStore, scratch: &Path) {
+    let d = db("checkout");
+    let path = [(TimelineId(2), Lsn(0))];
+    let stale = |r: Result<_, StorageError>, current: u64| match r {
+        Err(StorageError::StaleGeneration { current: c, .. }) => assert_eq!(c, current),
+        Err(e) => panic!("expected a stale generation, got {e}"),
+        Ok(_) => panic!("a checkout of a fenced generation went through"),
+    };
+    // No image yet: fenced all the same.
+    assert!(store
+        .checkout(&d, Generation(1), &path)
+        .await
+        .expect("first checkout")
+        .is_none());
+    assert_eq!(
+        store.newest_fence(&d).await.expect("fences"),
+        Some(Generation(1))
+    );
+    stale(store.checkout(&d, Generation(1), &path).await, 1);
+    let src = scratch.join("checkout-src");
+    make_tree(&src);
+    let (m, _) = store
+        .capture(&d, &src, id(0x100, 2, 1), None, CHUNK, &|_: &str| true)
+        .await
+        .expect("capture");
+    let bb = store
+        .checkout(&d, Generation(2), &path)
+        .await
+        .expect("second checkout")
+        .expect("an image");
+    assert_eq!(bb.manifest, m);
+    assert_eq!(
+        store.newest_fence(&d).await.expect("fences"),
+        Some(Generation(2))
+    );
+    stale(store.checkout(&d, Generation(1), &path).await, 2);
 }

@@ -11,7 +11,8 @@ pub mod repo;
 mod store;
 
 pub use format::{ChunkHash, Content, FileEntry, ImageId, Manifest, DEFAULT_CHUNK_SIZE};
-pub use repo::{ImageRepo, ObjectKind, ObjectRepo, RawBasebackup};
+pub use repo::{fence_for_checkout, ImageRepo, ObjectKind, ObjectRepo, RawBasebackup};
 pub use store::{
     Basebackup, CaptureSource, CaptureStats, ChunkOrigin, ImageStore, RestoreStats, SourceFile,
+    WarmRef,
 };

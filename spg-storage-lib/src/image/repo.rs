@@ -145,6 +145,21 @@ pub trait ImageRepo: Send + Sync + fmt::Debug + 'static {
         )))
     }
 
+    /// Check `db` out for generation `g` in one step: refused
+    /// ([`StorageError::StaleGeneration`]) when `g` or a newer generation fenced it already;
+    /// else fenced at `g` ([`ImageRepo::fence`]), then the soft basebackup of the newest image
+    /// on `history` ([`ImageRepo::basebackup`]). The default makes those calls one by one; a
+    /// repository across a network does it in one round trip.
+    async fn checkout(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<RawBasebackup>, StorageError> {
+        fence_for_checkout(self, db, g).await?;
+        self.basebackup(db, history).await
+    }
+
     /// The soft basebackup of the newest image of `db` on `history`: its manifest, plus whatever
     /// objects the repository chooses to send along (none by default).
     async fn basebackup(
@@ -160,6 +175,23 @@ pub trait ImageRepo: Send + Sync + fmt::Debug + 'static {
             objects: Vec::new(),
         }))
     }
+}
+
+/// The fencing half of [`ImageRepo::checkout`]: refused
+/// ([`StorageError::StaleGeneration`]) when `g` or a newer generation fenced `db` already, else
+/// `db` is fenced at `g`.
+pub async fn fence_for_checkout<R: ImageRepo + ?Sized>(
+    repo: &R,
+    db: &DatabaseName,
+    g: Generation,
+) -> Result<(), StorageError> {
+    if let Some(newest) = repo.newest_fence(db).await?.filter(|n| *n >= g) {
+        return Err(StorageError::StaleGeneration {
+            offered: g.0,
+            current: newest.0,
+        });
+    }
+    repo.fence(db, g).await
 }
 
 /// The newest of `ids` on `history` ([`ImageId::on_path`]).

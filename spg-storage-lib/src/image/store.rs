@@ -101,9 +101,36 @@ fn check_hash(
 pub struct CaptureSource {
     /// Files and directories, parents before children.
     pub files: Vec<SourceFile>,
-    /// Objects the compute needed right after it started ([`Manifest::warm`]); those that are
-    /// not part of the new image are dropped.
-    pub warm: Vec<(ObjectKind, ChunkHash)>,
+    /// Where the compute read right after it started, in order: the new image's
+    /// [`Manifest::warm`] names what the new image holds there (places it no longer has are
+    /// dropped).
+    pub warm: Vec<WarmRef>,
+}
+
+/// A place a compute read from its image: what a warm set ([`Manifest::warm`]) is made of
+/// before the image it goes into exists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WarmRef {
+    /// Chunk `index` of the file at `path`.
+    Chunk {
+        /// The file's path in the image.
+        path: Arc<str>,
+        /// The chunk's index in the file.
+        index: u64,
+    },
+    /// The chunk list of the file at `path`.
+    List {
+        /// The file's path in the image.
+        path: Arc<str>,
+    },
+}
+
+impl WarmRef {
+    fn path(&self) -> &str {
+        match self {
+            WarmRef::Chunk { path, .. } | WarmRef::List { path } => path,
+        }
+    }
 }
 
 /// Images of databases in an [`ImageRepo`] (an object store, or a pageserver in front of one).
@@ -195,7 +222,28 @@ impl ImageStore {
         db: &DatabaseName,
         history: &[(TimelineId, Lsn)],
     ) -> Result<Option<Basebackup>, StorageError> {
-        let Some(raw) = self.repo.basebackup(db, history).await? else {
+        let raw = self.repo.basebackup(db, history).await?;
+        Self::checked_basebackup(db, history, raw)
+    }
+
+    /// Check `db` out for generation `g` ([`ImageRepo::checkout`]): fenced at `g` (refused
+    /// when `g` or a newer generation fenced it already), then [`ImageStore::basebackup`].
+    pub async fn checkout(
+        &self,
+        db: &DatabaseName,
+        g: Generation,
+        history: &[(TimelineId, Lsn)],
+    ) -> Result<Option<Basebackup>, StorageError> {
+        let raw = self.repo.checkout(db, g, history).await?;
+        Self::checked_basebackup(db, history, raw)
+    }
+
+    fn checked_basebackup(
+        db: &DatabaseName,
+        history: &[(TimelineId, Lsn)],
+        raw: Option<super::RawBasebackup>,
+    ) -> Result<Option<Basebackup>, StorageError> {
+        let Some(raw) = raw else {
             return Ok(None);
         };
         let manifest = Self::decode_manifest(db, None, &raw.manifest)?;
@@ -445,6 +493,10 @@ impl ImageStore {
         }
         let mut stats = CaptureStats::default();
         let mut files = Vec::with_capacity(source.len());
+        // What the new image holds at each warm place's file: its chunks and its list.
+        let warm_paths: HashSet<&str> = warm.iter().map(WarmRef::path).collect();
+        let mut at_warm: HashMap<String, (Vec<Option<ChunkHash>>, Option<ChunkHash>)> =
+            HashMap::new();
         for sf in source {
             if sf.is_dir {
                 files.push(FileEntry {
@@ -464,12 +516,19 @@ impl ImageStore {
                     .capture_file(db, &sf, chunk_size, read, &mut known, &mut stats)
                     .await?;
                 referenced.extend(chunks.iter().flatten().map(|h| (ObjectKind::Chunk, *h)));
-                if chunks.len() <= DIRECT_CHUNKS {
-                    Content::Chunks(chunks)
+                let list = if chunks.len() <= DIRECT_CHUNKS {
+                    None
                 } else {
                     let h = self.put_list(db, chunk_size, &chunks).await?;
                     referenced.insert((ObjectKind::List, h));
-                    Content::List(h)
+                    Some(h)
+                };
+                if warm_paths.contains(sf.path.as_str()) {
+                    at_warm.insert(sf.path.clone(), (chunks.clone(), list));
+                }
+                match list {
+                    Some(h) => Content::List(h),
+                    None => Content::Chunks(chunks),
                 }
             };
             files.push(FileEntry {
@@ -492,8 +551,18 @@ impl ImageStore {
             files,
             warm: {
                 let mut seen = HashSet::new();
-                warm.into_iter()
-                    .filter(|o| referenced.contains(o) && seen.insert(*o))
+                warm.iter()
+                    .filter_map(|place| {
+                        let (chunks, list) = at_warm.get(place.path())?;
+                        match place {
+                            WarmRef::Chunk { index, .. } => {
+                                let h = (*chunks.get(usize::try_from(*index).ok()?)?)?;
+                                Some((ObjectKind::Chunk, h))
+                            }
+                            WarmRef::List { .. } => list.map(|h| (ObjectKind::List, h)),
+                        }
+                    })
+                    .filter(|o| seen.insert(*o))
                     .take(super::format::WARM_MAX)
                     .collect()
             },
