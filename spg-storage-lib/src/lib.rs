@@ -29,6 +29,8 @@ pub mod lazyfs;
 pub mod local_dir;
 pub mod object_pages;
 mod objects;
+#[cfg(any(test, feature = "testing"))]
+pub mod page_store_conformance;
 pub use objects::open_url as open_object_store;
 pub mod pageserver;
 pub use spg_core::pg_control;

@@ -5,6 +5,7 @@
 //! [`ImageStore`] reads and writes images through an [`ImageRepo`]: any `object_store`
 //! backend (local filesystem, in-memory, S3) as [`ObjectRepo`], or a pageserver in front of one, and [`conformance`] is the suite every backend passes.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod format;
 pub mod repo;

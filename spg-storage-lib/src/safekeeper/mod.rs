@@ -37,8 +37,8 @@ mod store;
 pub mod stream;
 pub mod wire;
 
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "testing"))]
+pub mod simulation;
 
 pub use self::core::{Safekeeper, Vote};
 pub use self::file::FileWalStore;

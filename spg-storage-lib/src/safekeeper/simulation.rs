@@ -1,11 +1,34 @@
-//! Deterministic simulation of the election and replication protocol.
+//! Deterministic simulation of the election and replication protocol, generic over the
+//! [`WalStore`] the safekeepers keep their state in: SPG's own stores run it, and so can yours.
 //!
-//! Three safekeepers (the real [`Safekeeper`] over [`MemWalStore`]) and any number of computes
-//! exchange messages over a network that reorders, loses and partitions; safekeepers crash (losing
-//! what they had not synced) and restart; computes crash, and new generations start while old ones
-//! keep running. The invariants of DESIGN §3 are checked as the schedule runs. Every schedule is a
-//! function of its seed: `SPG_SIM_SEED=<n> cargo test -p spg-storage-lib simulation` replays one
-//! and prints its trace; `SPG_SIM_SEEDS=<count>` runs more.
+//! Three safekeepers (the real [`Safekeeper`] over your store) and any number of computes
+//! exchange messages over a network that reorders, loses and partitions; safekeepers crash
+//! (their store loses what [`CrashableWalStore::crash`] says a crash loses) and restart; computes
+//! crash, and new generations start while old ones keep running. The invariants of DESIGN §3
+//! are checked as the schedule runs:
+//!
+//! - **log safety**: every byte a safekeeper holds below its flush (and, after a crash, every
+//!   byte its store still reports) is what the single writer of that timeline wrote there;
+//! - **single writer**: no commit written after a newer generation was elected is acknowledged;
+//! - **durability**: the newest elected generation recovers every acknowledged commit;
+//! - **liveness**: with the network healed and every safekeeper up, a fresh generation starts
+//!   and gets a commit acknowledged.
+//!
+//! Every schedule is a function of its [`Schedule`] (a seed and the mix of events it draws),
+//! so a failure replays exactly:
+//!
+//! ```
+//! use spg_storage_lib::safekeeper::simulation::{run, Schedule};
+//! use spg_storage_lib::safekeeper::MemWalStore;
+//!
+//! let outcome = run(&Schedule::from_seed(7, 400), MemWalStore::new).expect("invariants hold");
+//! assert!(outcome.steps == 400);
+//! ```
+//!
+//! [`run_seeds`] runs many seeds; with the `testing` feature, [`strategies`] has `proptest`
+//! strategies for schedules, so proptest searches (and shrinks) the mix of crashes and
+//! partitions. Inside this crate, `SPG_SIM_SEED=<n> cargo test -p spg-storage-lib simulation --
+//! --nocapture` replays one seed and prints its trace; `SPG_SIM_SEEDS=<count>` runs more.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -103,20 +126,293 @@ struct Link {
     source: usize,
 }
 
-struct SimSk {
-    sk: Option<Safekeeper<MemWalStore>>,
-    down: Option<MemWalStore>,
+struct SimSk<S> {
+    sk: Option<Safekeeper<S>>,
+    down: Option<S>,
     link: Option<Link>,
 }
 
-impl SimSk {
-    fn durable(&self) -> (Control, &MemWalStore) {
-        let store = match (&self.sk, &self.down) {
-            (Some(sk), _) => sk.store(),
-            (None, Some(s)) => s,
-            (None, None) => unreachable!("a safekeeper is either up or down"),
+/// A [`WalStore`] the simulation can take through crashes.
+pub trait CrashableWalStore: WalStore {
+    /// Crash: afterwards the store holds what a restart would find. [`MemWalStore`] loses
+    /// everything not synced, as a power loss does (the contract of [`WalStore`] says what
+    /// must survive); a store over real files can reopen its directory, which is a process
+    /// crash (the kernel keeps unsynced writes), unless it runs on a disk that can lose them.
+    fn crash(&mut self);
+}
+
+impl CrashableWalStore for MemWalStore {
+    fn crash(&mut self) {
+        MemWalStore::crash(self)
+    }
+}
+
+/// How often each kind of event is drawn (relative weights; 0 never draws it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventWeights {
+    /// A message is delivered (or lost, or dropped by a partition).
+    pub deliver: u64,
+    /// A streaming compute writes commits.
+    pub commit: u64,
+    /// A compute resends what it is waiting on (votes, recovery, WAL).
+    pub tick_compute: u64,
+    /// A safekeeper syncs and acknowledges.
+    pub flush_sk: u64,
+    /// A safekeeper fetches WAL it lacks from a peer.
+    pub tick_sk: u64,
+    /// A safekeeper crashes.
+    pub crash_sk: u64,
+    /// A crashed safekeeper restarts.
+    pub restart_sk: u64,
+    /// A compute crashes.
+    pub crash_compute: u64,
+    /// A new generation starts (while older ones may still run).
+    pub start_compute: u64,
+    /// A safekeeper is cut off from everyone, or joins again.
+    pub isolate: u64,
+    /// One compute–safekeeper link is cut, or heals.
+    pub cut_link: u64,
+}
+
+impl EventWeights {
+    fn as_array(&self) -> [u64; 11] {
+        [
+            self.deliver,
+            self.commit,
+            self.tick_compute,
+            self.flush_sk,
+            self.tick_sk,
+            self.crash_sk,
+            self.restart_sk,
+            self.crash_compute,
+            self.start_compute,
+            self.isolate,
+            self.cut_link,
+        ]
+    }
+}
+
+/// One simulated run: what it draws its events from and how long it runs before the network
+/// heals and liveness is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// Seeds every random choice (which event, which node, which message).
+    pub seed: u64,
+    /// Events before the final settling.
+    pub steps: usize,
+    /// Messages lost, per thousand.
+    pub loss_per_mille: u64,
+    /// The mix of events.
+    pub weights: EventWeights,
+}
+
+impl Schedule {
+    /// The schedule seed `seed` stands for, mix included (swarm testing: each seed draws its
+    /// own mix, so some schedules are all partitions, others all crashes).
+    pub fn from_seed(seed: u64, steps: usize) -> Schedule {
+        let mut rng = Rng(seed ^ 0x5EED_5EED_5EED_5EED);
+        let loss_per_mille = [0, 20, 100, 300][rng.below(4) as usize];
+        let mut draw = |i: usize| match i {
+            0 => 40 + rng.below(40),
+            1..=4 => 1 + rng.below(15),
+            _ => rng.below(6),
         };
-        (store.durable_control().unwrap_or_default(), store)
+        let w: Vec<u64> = (0..11).map(&mut draw).collect();
+        Schedule {
+            seed,
+            steps,
+            loss_per_mille,
+            weights: EventWeights {
+                deliver: w[0],
+                commit: w[1],
+                tick_compute: w[2],
+                flush_sk: w[3],
+                tick_sk: w[4],
+                crash_sk: w[5],
+                restart_sk: w[6],
+                crash_compute: w[7],
+                start_compute: w[8],
+                isolate: w[9],
+                cut_link: w[10],
+            },
+        }
+    }
+}
+
+/// What a schedule that kept every invariant did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Events run (before settling).
+    pub steps: usize,
+    /// Commits acknowledged by a quorum.
+    pub acknowledged: usize,
+    /// Generations that got elected, recovered and streamed.
+    pub promotions: usize,
+    /// What happened, one line per event of note.
+    pub trace: Vec<String>,
+}
+
+/// A broken invariant (or a store error), with the schedule that replays it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The schedule.
+    pub schedule: Schedule,
+    /// What went wrong.
+    pub error: String,
+    /// What happened up to the failure, one line per event of note.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail = self.trace.len().saturating_sub(60);
+        write!(
+            f,
+            "seed {} ({} steps): {}\nschedule: {:?}\nlast events:\n{}",
+            self.schedule.seed,
+            self.schedule.steps,
+            self.error,
+            self.schedule,
+            self.trace[tail..].join("\n")
+        )
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Run `schedule` with three safekeepers, each over a store `new_store` makes (empty).
+pub fn run<S: CrashableWalStore>(
+    schedule: &Schedule,
+    mut new_store: impl FnMut() -> S,
+) -> Result<Outcome, Box<Failure>> {
+    let fail = |error: String, trace: Vec<String>| {
+        Box::new(Failure {
+            schedule: schedule.clone(),
+            error,
+            trace,
+        })
+    };
+    let mut w = World::new(schedule, &mut new_store).map_err(|e| fail(e, Vec::new()))?;
+    let result = (0..schedule.steps)
+        .try_for_each(|i| w.step(i))
+        .and_then(|()| w.check_logs())
+        .and_then(|()| w.settle());
+    match result {
+        Ok(()) => Ok(Outcome {
+            steps: schedule.steps,
+            acknowledged: w.acked.len(),
+            promotions: w.starts_streaming,
+            trace: w.trace,
+        }),
+        Err(e) => Err(fail(e, w.trace)),
+    }
+}
+
+/// What [`run_seeds`] saw over every schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Schedules run.
+    pub schedules: usize,
+    /// Commits acknowledged, over all schedules.
+    pub acknowledged: usize,
+    /// Generations promoted, over all schedules.
+    pub promotions: usize,
+}
+
+/// Run the schedules of `seeds` ([`Schedule::from_seed`]), `steps` events each; the first
+/// failure ends the run. A run in which nothing was acknowledged or promoted is a failure too:
+/// the schedules must exercise the protocol, not idle.
+pub fn run_seeds<S: CrashableWalStore>(
+    seeds: std::ops::Range<u64>,
+    steps: usize,
+    mut new_store: impl FnMut() -> S,
+) -> Result<Summary, Box<Failure>> {
+    let mut sum = Summary::default();
+    let mut last = None;
+    for seed in seeds {
+        let schedule = Schedule::from_seed(seed, steps);
+        let o = run(&schedule, &mut new_store)?;
+        sum.schedules += 1;
+        sum.acknowledged += o.acknowledged;
+        sum.promotions += o.promotions;
+        last = Some(schedule);
+    }
+    match last {
+        Some(schedule) if sum.acknowledged == 0 || sum.promotions == 0 => Err(Box::new(Failure {
+            schedule,
+            error: format!(
+                "the schedules idled: {} commits acknowledged, {} promotions",
+                sum.acknowledged, sum.promotions
+            ),
+            trace: Vec::new(),
+        })),
+        _ => Ok(sum),
+    }
+}
+
+/// `proptest` strategies for schedules of crashes and partitions.
+#[cfg(feature = "testing")]
+pub mod strategies {
+    use proptest::prelude::*;
+
+    use super::{EventWeights, Schedule};
+
+    /// Event mixes: delivery always possible (messages must flow), every other kind of event
+    /// from never to frequent, so shrinking finds the fewest kinds of fault that break a store.
+    pub fn weights() -> impl Strategy<Value = EventWeights> {
+        (
+            (1u64..80, 0u64..16, 0u64..16, 0u64..16, 0u64..16, 0u64..8),
+            (0u64..8, 0u64..8, 0u64..8, 0u64..8, 0u64..8),
+        )
+            .prop_map(
+                |(
+                    (deliver, commit, tick_compute, flush_sk, tick_sk, crash_sk),
+                    (restart_sk, crash_compute, start_compute, isolate, cut_link),
+                )| EventWeights {
+                    deliver,
+                    commit,
+                    tick_compute,
+                    flush_sk,
+                    tick_sk,
+                    crash_sk,
+                    restart_sk,
+                    crash_compute,
+                    start_compute,
+                    isolate,
+                    cut_link,
+                },
+            )
+    }
+
+    /// Schedules of up to `max_steps` events, with any seed, loss rate and event mix.
+    pub fn schedules(max_steps: usize) -> impl Strategy<Value = Schedule> {
+        (
+            any::<u64>(),
+            1..=max_steps.max(1),
+            prop_oneof![Just(0u64), Just(20), Just(100), Just(300)],
+            weights(),
+        )
+            .prop_map(|(seed, steps, loss_per_mille, weights)| Schedule {
+                seed,
+                steps,
+                loss_per_mille,
+                weights,
+            })
+    }
+
+    /// Long schedules in which messages flow, commits are written and safekeepers crash
+    /// often (and restart): the faults a store's durability is tested by.
+    pub fn crash_heavy(max_steps: usize) -> impl Strategy<Value = Schedule> {
+        schedules(max_steps).prop_map(move |mut s| {
+            s.steps = s.steps.max(max_steps / 2);
+            s.weights.deliver = s.weights.deliver.max(40);
+            s.weights.crash_sk = s.weights.crash_sk.max(4);
+            s.weights.restart_sk = s.weights.restart_sk.max(4);
+            s.weights.commit = s.weights.commit.max(8);
+            s.weights.flush_sk = s.weights.flush_sk.max(4);
+            s.weights.start_compute = s.weights.start_compute.max(1);
+            s
+        })
     }
 }
 
@@ -182,12 +478,10 @@ const EVENTS: [Event; 11] = [
     Event::CutLink,
 ];
 
-struct World {
-    /// Swarm testing: each schedule draws its own event mix, so some seeds are all partitions,
-    /// others all crashes.
+struct World<S> {
     weights: [u64; 11],
     rng: Rng,
-    sks: Vec<SimSk>,
+    sks: Vec<SimSk<S>>,
     computes: Vec<Compute>,
     net: Vec<Envelope>,
     isolated: [bool; N],
@@ -219,28 +513,23 @@ fn end_of_records(wal: &[u8]) -> usize {
     at
 }
 
-impl World {
-    fn new(seed: u64) -> World {
-        let mut rng = Rng(seed);
-        let loss_per_mille = [0, 20, 100, 300][rng.below(4) as usize];
-        let mut weights = [0u64; 11];
-        for (i, w) in weights.iter_mut().enumerate() {
-            *w = match i {
-                0 => 40 + rng.below(40),
-                1..=4 => 1 + rng.below(15),
-                _ => rng.below(6),
-            };
+impl<S: CrashableWalStore> World<S> {
+    fn new(schedule: &Schedule, new_store: &mut dyn FnMut() -> S) -> Result<World<S>, String> {
+        let mut sks = Vec::with_capacity(N);
+        for k in 0..N {
+            let sk = Safekeeper::open(new_store())
+                .map_err(|e| format!("sk {k}: an empty store does not open: {e}"))?;
+            sks.push(SimSk {
+                sk: Some(sk),
+                down: None,
+                link: None,
+            });
         }
-        World {
-            weights,
-            rng,
-            sks: (0..N)
-                .map(|_| SimSk {
-                    sk: Some(Safekeeper::open(MemWalStore::new()).expect("empty store opens")),
-                    down: None,
-                    link: None,
-                })
-                .collect(),
+        let loss_per_mille = schedule.loss_per_mille.min(1000);
+        Ok(World {
+            weights: schedule.weights.as_array(),
+            rng: Rng(schedule.seed),
+            sks,
             computes: Vec::new(),
             net: Vec::new(),
             isolated: [false; N],
@@ -253,11 +542,14 @@ impl World {
             truth: BTreeMap::new(),
             trace: Vec::new(),
             starts_streaming: 0,
-        }
+        })
     }
 
     fn pick_event(&mut self) -> Event {
         let total: u64 = self.weights.iter().sum();
+        if total == 0 {
+            return Event::Deliver;
+        }
         let mut r = self.rng.below(total);
         for (i, w) in self.weights.iter().enumerate() {
             if r < *w {
@@ -679,14 +971,17 @@ impl World {
         }
     }
 
-    fn crash_sk(&mut self, k: usize) {
+    fn crash_sk(&mut self, k: usize) -> Check {
         if let Some(sk) = self.sks[k].sk.take() {
             let mut store = sk.into_store();
             store.crash();
             self.sks[k].down = Some(store);
             self.sks[k].link = None;
             self.log(format!("sk {k} crashes"));
+            // What the crash left is what a restart reads: it must still be the writers' WAL.
+            self.check_sk(k)?;
         }
+        Ok(())
     }
 
     fn restart_sk(&mut self, k: usize) -> Check {
@@ -697,26 +992,56 @@ impl World {
         Ok(())
     }
 
-    /// Log safety: every durable byte on every safekeeper equals what the single writer of its
-    /// timeline wrote at that LSN.
-    fn check_logs(&self) -> Check {
-        for (k, s) in self.sks.iter().enumerate() {
-            let (control, store) = s.durable();
-            let log = &control.log;
-            for lsn in log.start.0..log.flush.0 {
-                let tli = log.history.tli_at(Lsn(lsn)).ok_or("byte outside history")?;
-                let want = self
-                    .truth
-                    .get(&tli)
-                    .and_then(|w| w.get(lsn as usize))
-                    .copied();
-                let have = store.durable_byte(Lsn(lsn));
-                if want.is_none() || want != have {
-                    return Err(format!(
-                        "log safety violated: sk {k} holds {have:?} at {} on timeline {tli}, its writer wrote {want:?}",
-                        Lsn(lsn)
-                    ));
-                }
+    /// Log safety: every byte every safekeeper holds below its flush equals what the single
+    /// writer of its timeline wrote at that LSN.
+    fn check_logs(&mut self) -> Check {
+        (0..N).try_for_each(|k| self.check_sk(k))
+    }
+
+    /// Log safety on safekeeper `k`: a running one as it serves its log, a crashed one as its
+    /// store would come back.
+    fn check_sk(&mut self, k: usize) -> Check {
+        let sim = &mut self.sks[k];
+        let (log, bytes) = match (&sim.sk, &mut sim.down) {
+            (Some(sk), _) => {
+                let log = sk.log().clone();
+                let len = log.flush.0.saturating_sub(log.start.0) as usize;
+                let bytes = sk.read(log.start, len);
+                (log, bytes)
+            }
+            (None, Some(store)) => {
+                let Some(control) = store
+                    .load()
+                    .map_err(|e| format!("sk {k}: its store does not load after a crash: {e}"))?
+                else {
+                    return Ok(());
+                };
+                let log = control.log;
+                let len = log.flush.0.saturating_sub(log.start.0) as usize;
+                let bytes = store.read_wal(log.start, len);
+                (log, bytes)
+            }
+            (None, None) => return Err(format!("sk {k} is neither up nor down")),
+        };
+        let bytes = bytes.map_err(|e| {
+            format!(
+                "log safety violated: sk {k} cannot read its own log {}..{}: {e}",
+                log.start, log.flush
+            )
+        })?;
+        for (i, have) in bytes.iter().enumerate() {
+            let lsn = log.start.0 + i as u64;
+            let tli = log.history.tli_at(Lsn(lsn)).ok_or("byte outside history")?;
+            let want = self
+                .truth
+                .get(&tli)
+                .and_then(|w| w.get(lsn as usize))
+                .copied();
+            if want != Some(*have) {
+                return Err(format!(
+                    "log safety violated: sk {k} holds {have:?} at {} on timeline {tli}, its writer wrote {want:?}",
+                    Lsn(lsn)
+                ));
             }
         }
         Ok(())
@@ -748,7 +1073,7 @@ impl World {
             }
             Event::FlushSk => self.flush_sk(k)?,
             Event::TickSk => self.tick_sk(k),
-            Event::CrashSk => self.crash_sk(k),
+            Event::CrashSk => self.crash_sk(k)?,
             Event::RestartSk => self.restart_sk(k)?,
             Event::CrashCompute => {
                 if let Some(c) = pick(&mut self.rng, &live) {
@@ -818,51 +1143,34 @@ impl World {
     }
 }
 
-fn run(seed: u64, steps: usize) -> Result<World, (String, Vec<String>)> {
-    let mut w = World::new(seed);
-    let result = (0..steps)
-        .try_for_each(|i| w.step(i))
-        .and_then(|()| w.check_logs())
-        .and_then(|()| w.settle());
-    match result {
-        Ok(()) => Ok(w),
-        Err(e) => Err((e, w.trace)),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_u64(name: &str) -> Option<u64> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
     }
-}
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-#[test]
-fn simulation() {
-    let steps = env_u64("SPG_SIM_STEPS").unwrap_or(400) as usize;
-    let seeds: Vec<u64> = match env_u64("SPG_SIM_SEED") {
-        Some(s) => vec![s],
-        None => (0..env_u64("SPG_SIM_SEEDS").unwrap_or(20_000)).collect(),
-    };
-    let replay = seeds.len() == 1;
-    let (mut acked, mut starts) = (0usize, 0usize);
-    for seed in seeds {
-        match run(seed, steps) {
-            Ok(w) => {
-                if replay {
-                    println!("{}", w.trace.join("\n"));
-                }
-                acked += w.acked.len();
-                starts += w.starts_streaming;
+    #[test]
+    fn simulation() {
+        let steps = env_u64("SPG_SIM_STEPS").unwrap_or(400) as usize;
+        if let Some(seed) = env_u64("SPG_SIM_SEED") {
+            match run(&Schedule::from_seed(seed, steps), MemWalStore::new) {
+                Ok(o) => println!("{}", o.trace.join("\n")),
+                Err(f) => panic!("{f}"),
             }
-            Err((e, trace)) => {
-                let tail = trace.len().saturating_sub(60);
-                panic!(
-                    "seed {seed}: {e}\nreplay: SPG_SIM_SEED={seed} cargo test -p spg-storage-lib simulation -- --nocapture\nlast events:\n{}",
-                    trace[tail..].join("\n")
-                );
-            }
+            return;
+        }
+        let seeds = env_u64("SPG_SIM_SEEDS").unwrap_or(20_000);
+        match run_seeds(0..seeds, steps, MemWalStore::new) {
+            Ok(sum) => println!(
+                "simulation: {} schedules, {} acknowledged commits, {} promotions",
+                sum.schedules, sum.acknowledged, sum.promotions
+            ),
+            Err(f) => panic!(
+                "{f}\nreplay: SPG_SIM_SEED={} cargo test -p spg-storage-lib simulation -- --nocapture",
+                f.schedule.seed
+            ),
         }
     }
-    // The schedules must exercise the protocol, not idle: commits get acknowledged and
-    // generations take over.
-    assert!(acked > 0 && starts > 0, "acked {acked}, starts {starts}");
-    println!("simulation: {acked} acknowledged commits, {starts} promotions");
 }
