@@ -1,4 +1,6 @@
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -168,6 +170,9 @@ pub struct HandoffPlan {
     /// How long to wait for in-flight transactions before giving up and unfreezing.
     #[serde(with = "crate::lease::duration_ms")]
     pub drain_timeout: Duration,
+    /// Why (kept in the database's transitions): `requested through the API`, `autoscaler: …`.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// What a finished handoff did.
@@ -185,8 +190,42 @@ pub struct HandoffReport {
     pub timings_ms: BTreeMap<String, u64>,
 }
 
+/// A handoff under way ([`AutoscaleHandoff::begin_handoff`]). Dropping it does not stop the
+/// handoff: it runs to its end, and its progress is the database's [`ScaleState`].
+pub struct HandoffRun {
+    /// The generation the writer is being handed to.
+    pub to: Generation,
+    outcome: Pin<Box<dyn Future<Output = CoreResult<HandoffReport>> + Send>>,
+}
+
+impl HandoffRun {
+    /// A handoff to generation `to` whose end `outcome` resolves to.
+    pub fn new(
+        to: Generation,
+        outcome: impl Future<Output = CoreResult<HandoffReport>> + Send + 'static,
+    ) -> Self {
+        HandoffRun {
+            to,
+            outcome: Box::pin(outcome),
+        }
+    }
+
+    /// Wait for the handoff's end.
+    pub async fn wait(self) -> CoreResult<HandoffReport> {
+        self.outcome.await
+    }
+}
+
+impl std::fmt::Debug for HandoffRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffRun")
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Replacing a database's writer by a new generation (bigger or smaller) without client errors
-/// (DESIGN §2, "Autoscale handoff").
+/// (DESIGN §2, "Autoscale handoff"). What the control plane's API and its autoscaler call.
 ///
 /// Contract:
 /// - The new generation is prepared as a hot standby of the old one before anything is frozen.
@@ -196,8 +235,17 @@ pub struct HandoffReport {
 /// - Sessions with state that cannot move delay the handoff; they are never broken.
 /// - The old generation is fenced before the new one promotes: at no instant can both have
 ///   commits acknowledged.
+/// - [`begin_handoff`](AutoscaleHandoff::begin_handoff) refuses at once, changing nothing,
+///   when `plan.from` is not the running generation (`StaleGeneration`), the database does not
+///   run, the profile is not valid, or a handoff is already under way; otherwise it returns
+///   while the handoff goes on.
 #[async_trait]
 pub trait AutoscaleHandoff: Send + Sync {
-    /// Run a handoff according to `plan`.
-    async fn handoff(&self, plan: HandoffPlan) -> CoreResult<HandoffReport>;
+    /// Begin a handoff according to `plan`; it goes on in the background.
+    async fn begin_handoff(&self, plan: HandoffPlan) -> CoreResult<HandoffRun>;
+
+    /// Run a handoff according to `plan` to its end.
+    async fn handoff(&self, plan: HandoffPlan) -> CoreResult<HandoffReport> {
+        self.begin_handoff(plan).await?.wait().await
+    }
 }

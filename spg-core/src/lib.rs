@@ -34,8 +34,8 @@ mod wal;
 pub mod wal_files;
 
 pub use autoscale::{
-    AutoscaleHandoff, ComputeLimits, HandoffPlan, HandoffReport, ScaleProfile, ScaleState,
-    RESERVED_SETTINGS,
+    AutoscaleHandoff, ComputeLimits, HandoffPlan, HandoffReport, HandoffRun, ScaleProfile,
+    ScaleState, RESERVED_SETTINGS,
 };
 pub use endpoint::ComputeEndpoint;
 pub use error::{CoreError, CoreResult};

@@ -1,5 +1,8 @@
 //! Test tooling (feature `testing`): a real, throwaway PostgreSQL server for tests of state
-//! stores and topologies.
+//! stores and topologies, and ([`fake`]) a scripted provisioner and gateway for tests of the
+//! control plane's state machines without PostgreSQL.
+
+pub mod fake;
 
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

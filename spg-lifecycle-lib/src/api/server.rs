@@ -807,10 +807,11 @@ async fn handoff_database(
     let db = db_name(&name)?;
     let req = json_body(body)?;
     // The handoff runs on in the background; its outcome is in the database's record.
-    let _running = st
+    let plan = st
         .cp
-        .start_handoff_because(&db, &req.profile, "requested through the API".into())
+        .handoff_plan(&db, &req.profile, "requested through the API".into())
         .await?;
+    let _running = spg_core::AutoscaleHandoff::begin_handoff(&st.cp, plan).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(st.cp.database(&db).await?.into()),

@@ -52,6 +52,8 @@ pub(crate) enum Command {
         reply: Reply<()>,
     },
     HandoffBegin {
+        /// The generation expected to run; another one running refuses the handoff.
+        from: Generation,
         profile: ScaleProfile,
         /// Who asked and why (`api`, or the autoscaler's reason).
         why: String,
@@ -294,11 +296,12 @@ impl DbActor {
                 let _ = reply.send(r);
             }
             Command::HandoffBegin {
+                from,
                 profile,
                 why,
                 reply,
             } => {
-                let r = self.handoff_begin(profile, why).await;
+                let r = self.handoff_begin(from, profile, why).await;
                 let _ = reply.send(r);
             }
             Command::Load { reply } => {
@@ -742,9 +745,16 @@ impl DbActor {
     /// Start a handoff to `profile`: the writer must run and no other handoff be in progress.
     async fn handoff_begin(
         &mut self,
+        expected: Generation,
         profile: ScaleProfile,
         why: String,
     ) -> Result<HandoffTicket, LifecycleError> {
+        if self.rec.generation != expected {
+            return Err(LifecycleError::Conflict(format!(
+                "a handoff from generation {expected}: generation {} runs",
+                self.rec.generation
+            )));
+        }
         if self.compute.is_none() || self.rec.state != ComputeState::Ready {
             return Err(LifecycleError::Invalid {
                 what: "handoff",

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use spg_core::{DatabaseName, Generation};
+use spg_core::{AutoscaleHandoff, DatabaseName, Generation, HandoffPlan};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -163,14 +163,22 @@ impl ControlPlane {
         // Whatever comes of it, the profile dwells from now: a failed attempt is not retried at
         // once.
         w.policy.changed(load.at);
-        match self
-            .start_handoff_because(db, &d.to, format!("autoscaler: {}", d.reason))
-            .await
-        {
-            Ok(handle) => {
+        let Some(to_profile) = self.shared.config.profile_named(&d.to).cloned() else {
+            warn!(%db, profile = %d.to, "the autoscaler chose a profile that does not exist");
+            return;
+        };
+        let plan = HandoffPlan {
+            database: db.clone(),
+            from: generation,
+            to_profile,
+            drain_timeout: self.shared.config.drain_timeout,
+            reason: format!("autoscaler: {}", d.reason),
+        };
+        match AutoscaleHandoff::begin_handoff(self, plan).await {
+            Ok(run) => {
                 let db = db.clone();
                 self.shared.tasks.spawn(async move {
-                    match handle.wait().await {
+                    match run.wait().await {
                         Ok(r) => {
                             info!(%db, to = %r.to, frozen_ms = r.frozen_for.as_millis() as u64,
                                        "autoscaler handoff done")

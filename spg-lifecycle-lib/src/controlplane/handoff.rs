@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use spg_core::{
-    AutoscaleHandoff, CoreResult, DatabaseName, Gateway, HandoffPlan, HandoffReport, PinnedSession,
-    ScaleProfile, ScaleState,
+    AutoscaleHandoff, CoreError, CoreResult, DatabaseName, Gateway, HandoffPlan, HandoffReport,
+    HandoffRun, PinnedSession, ScaleState,
 };
 use tracing::{info, info_span, warn, Instrument};
 
@@ -38,20 +38,6 @@ pub(crate) struct Census {
     pub(crate) in_flight: usize,
     /// Microseconds clients waited for a backend connection, in total.
     pub(crate) wait_us: u64,
-}
-
-/// A handoff started by [`ControlPlane::start_handoff`].
-pub struct HandoffHandle {
-    task: tokio::task::JoinHandle<Result<HandoffReport, LifecycleError>>,
-}
-
-impl HandoffHandle {
-    /// Wait for its outcome.
-    pub async fn wait(self) -> Result<HandoffReport, LifecycleError> {
-        self.task
-            .await
-            .map_err(|e| LifecycleError::Store(format!("handoff task failed: {e}")))?
-    }
 }
 
 impl ControlPlane {
@@ -123,61 +109,37 @@ impl ControlPlane {
         all
     }
 
-    /// Start a handoff of `db`'s writer to the profile named `profile`. Fails at once when the
-    /// profile is unknown, the database does not run, or a handoff is in progress; otherwise
-    /// the handoff goes on in the background (its progress is the database's `scale_state`).
-    pub async fn start_handoff(
-        &self,
-        db: &DatabaseName,
-        profile: &str,
-    ) -> Result<HandoffHandle, LifecycleError> {
-        self.start_handoff_because(db, profile, "requested".into())
-            .await
+    /// Start a handoff of `db`'s writer to the profile named `profile`
+    /// ([`ControlPlane::handoff_plan`], then [`AutoscaleHandoff::begin_handoff`]). Fails at once
+    /// when the profile is unknown, the database does not run, or a handoff is in progress;
+    /// otherwise the handoff goes on in the background (its progress is the database's
+    /// `scale_state`).
+    pub async fn start_handoff(&self, db: &DatabaseName, profile: &str) -> CoreResult<HandoffRun> {
+        let plan = self.handoff_plan(db, profile, "requested".into()).await?;
+        self.begin_handoff(plan).await
     }
 
-    /// [`ControlPlane::start_handoff`], with the reason kept in the database's transitions.
-    pub async fn start_handoff_because(
+    /// The plan of a handoff of `db`'s running writer to the profile named `profile` (with
+    /// this control plane's drain timeout), for `reason`.
+    pub async fn handoff_plan(
         &self,
         db: &DatabaseName,
         profile: &str,
-        why: String,
-    ) -> Result<HandoffHandle, LifecycleError> {
-        let profile = self
+        reason: String,
+    ) -> Result<HandoffPlan, LifecycleError> {
+        let to_profile = self
             .shared
             .config
             .profile_named(profile)
             .cloned()
             .ok_or_else(|| LifecycleError::invalid("profile", format!("no profile {profile:?}")))?;
-        let drain = self.shared.config.drain_timeout;
-        self.start_handoff_to(db, profile, drain, why).await
-    }
-
-    async fn start_handoff_to(
-        &self,
-        db: &DatabaseName,
-        profile: ScaleProfile,
-        drain_timeout: Duration,
-        why: String,
-    ) -> Result<HandoffHandle, LifecycleError> {
-        profile
-            .validate()
-            .map_err(|r| LifecycleError::invalid("profile", r))?;
-        let ticket = self
-            .ask(db, |reply| Command::HandoffBegin {
-                profile,
-                why,
-                reply,
-            })
-            .await?;
-        info!(%db, from = %ticket.from, to = %ticket.spec.generation,
-              profile = %ticket.spec.profile.name, "handoff started");
-        let cp = self.clone();
-        let db = db.clone();
-        let span = info_span!("handoff", %db, to = %ticket.spec.generation);
-        let task = self.shared.tasks.spawn(
-            async move { cp.run_handoff(&db, ticket, drain_timeout).await }.instrument(span),
-        );
-        Ok(HandoffHandle { task })
+        Ok(HandoffPlan {
+            database: db.clone(),
+            from: self.database(db).await?.record.generation,
+            to_profile,
+            drain_timeout: self.shared.config.drain_timeout,
+            reason,
+        })
     }
 
     async fn phase(&self, db: &DatabaseName, state: ScaleState, reason: String) {
@@ -465,22 +427,46 @@ fn describe(pinned: &[PinnedSession]) -> String {
 
 #[async_trait]
 impl AutoscaleHandoff for ControlPlane {
-    async fn handoff(&self, plan: HandoffPlan) -> CoreResult<HandoffReport> {
-        let running = self.database(&plan.database).await?.record.generation;
-        if running != plan.from {
-            return Err(spg_core::CoreError::StaleGeneration {
-                offered: plan.from.0,
+    async fn begin_handoff(&self, plan: HandoffPlan) -> CoreResult<HandoffRun> {
+        let HandoffPlan {
+            database: db,
+            from,
+            to_profile,
+            drain_timeout,
+            reason,
+        } = plan;
+        to_profile
+            .validate()
+            .map_err(|r| LifecycleError::invalid("profile", r))?;
+        let running = self.database(&db).await?.record.generation;
+        if running != from {
+            return Err(CoreError::StaleGeneration {
+                offered: from.0,
                 current: running.0,
             });
         }
-        let handle = self
-            .start_handoff_to(
-                &plan.database,
-                plan.to_profile,
-                plan.drain_timeout,
-                "requested".into(),
-            )
+        let ticket = self
+            .ask(&db, |reply| Command::HandoffBegin {
+                from,
+                profile: to_profile,
+                why: reason,
+                reply,
+            })
             .await?;
-        Ok(handle.wait().await?)
+        let to = ticket.spec.generation;
+        info!(%db, %from, %to, profile = %ticket.spec.profile.name, "handoff started");
+        let cp = self.clone();
+        let span = info_span!("handoff", %db, %to);
+        let task = self.shared.tasks.spawn(
+            async move { cp.run_handoff(&db, ticket, drain_timeout).await }.instrument(span),
+        );
+        Ok(HandoffRun::new(to, async move {
+            match task.await {
+                Ok(outcome) => outcome.map_err(CoreError::from),
+                Err(e) => Err(CoreError::Unavailable(format!(
+                    "the handoff task failed: {e}"
+                ))),
+            }
+        }))
     }
 }

@@ -29,7 +29,7 @@ use crate::provisioner::Provisioner;
 use crate::store::{DatabaseRecord, OwnershipClaim, RoleRecord, StateStore, Transition};
 use crate::LifecycleError;
 use actor::{Command, DbActor, LiveStatus};
-pub use handoff::{HandoffHandle, REMOTE_GATEWAY_TTL};
+pub use handoff::REMOTE_GATEWAY_TTL;
 pub use ownership::OwnershipConfig;
 use ownership::Ownerships;
 
