@@ -4,6 +4,12 @@
 //!   [`spg_gateway_lib::Waker`] — here one that starts a PostgreSQL compute with SPG's compute
 //!   agent on the first connection.
 //! - `api_client`: run the platform in-process and drive it through the HTTPS API client.
+//! - `custom_control_plane`: SPG's control plane and HTTPS API over your own `Provisioner` (a
+//!   fixed pool of data directories) and your own `StateStore` (in memory, checked by SPG's
+//!   StateStore conformance suite).
+//! - `property_test_my_page_store`: your own `PageStore` and `WalStore` checked by SPG's
+//!   exported suites (PageStore conformance; the safekeeper simulation, seeded and with
+//!   proptest's schedules of crashes and partitions), which also catch a broken variant.
 //!
 //! Run one with `cargo run -p spg-examples --example wake_on_connect`.
 
