@@ -51,6 +51,12 @@ async fn fixture(tune: impl FnOnce(&mut ControlPlaneConfig)) -> Fixture {
 }
 
 impl Fixture {
+    /// A handoff to L2 that must fail: what it failed with.
+    async fn failed_handoff(&self) -> String {
+        let run = self.cp.start_handoff(&db(), "L2").await.unwrap();
+        run.wait().await.unwrap_err().to_string()
+    }
+
     async fn status(&self) -> DatabaseStatus {
         self.cp.database(&db()).await.unwrap()
     }
@@ -217,14 +223,7 @@ async fn work_that_does_not_drain_aborts_the_handoff_and_unfreezes() {
     let f = fixture(|_| {}).await;
     let from = f.cp.wake(&db()).await.unwrap().generation;
     f.gateway.set_in_flight(&db(), 1);
-    let err =
-        f.cp.start_handoff(&db(), "L2")
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap_err()
-            .to_string();
+    let err = f.failed_handoff().await;
     assert!(err.contains("drain timed out"), "{err}");
     assert!(f.gateway.freezes() >= 1);
     assert!(!f.gateway.is_frozen(&db()), "unfrozen after the abort");
@@ -239,14 +238,7 @@ async fn a_standby_that_fails_aborts_the_handoff() {
     let f = fixture(|_| {}).await;
     let from = f.cp.wake(&db()).await.unwrap().generation;
     f.computes.fail_next_standbys(1);
-    let err =
-        f.cp.start_handoff(&db(), "L2")
-            .await
-            .unwrap()
-            .wait()
-            .await
-            .unwrap_err()
-            .to_string();
+    let err = f.failed_handoff().await;
     assert!(err.contains("standby did not start"), "{err}");
     let st = f.status().await;
     assert_eq!(st.record.scale_state, ScaleState::Aborted);

@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use spg_core::{CoreError, DatabaseName, Generation, ImageInfo, Lsn, PageStore};
+use spg_core::{Checkout, CoreError, DatabaseName, Generation, ImageInfo, Lsn, PageStore};
 
 /// A file the suite writes into every directory it writes back, and reads after a checkout.
 pub const MARKER: &str = "base/1/spg_conformance_marker";
@@ -134,6 +134,39 @@ fn stale<T: std::fmt::Debug>(r: Result<T, CoreError>, what: &str) {
     }
 }
 
+async fn checkout(store: &dyn PageStore, d: &DatabaseName, g: u64) -> Checkout {
+    store
+        .checkout(d, Generation(g), &[])
+        .await
+        .unwrap_or_else(|e| panic!("checkout of generation {g} of {d}: {e}"))
+}
+
+async fn write_back(store: &dyn PageStore, d: &DatabaseName, g: u64) -> ImageInfo {
+    store
+        .write_back(d, Generation(g))
+        .await
+        .unwrap_or_else(|e| panic!("write-back of generation {g} of {d}: {e}"))
+}
+
+/// Generation `g` checks `d` out, writes a clean cluster at `lsn` holding `marker`, and
+/// writes it back.
+async fn image(
+    store: &dyn PageStore,
+    d: &DatabaseName,
+    g: u64,
+    lsn: u64,
+    marker: &[u8],
+) -> ImageInfo {
+    let c = checkout(store, d, g).await;
+    write_cluster(&c.data_dir, Lsn(lsn), Shutdown::Clean, marker);
+    write_back(store, d, g).await
+}
+
+async fn assert_latest(store: &dyn PageStore, d: &DatabaseName, want: &ImageInfo, what: &str) {
+    let latest = store.latest_image(d).await.expect("latest image");
+    same_image(latest.as_ref(), want, what);
+}
+
 async fn write_back_makes_the_latest_image(store: &dyn PageStore) {
     let d = db("images");
     assert!(
@@ -144,46 +177,25 @@ async fn write_back_makes_the_latest_image(store: &dyn PageStore) {
             .is_none(),
         "a database nobody wrote has no image"
     );
-    let c1 = store
-        .checkout(&d, Generation(1), &[])
-        .await
-        .expect("checkout");
+    let c1 = checkout(store, &d, 1).await;
     assert!(c1.image.is_none(), "a new database starts without an image");
     assert!(c1.data_dir.is_dir(), "the checkout's directory exists");
     write_cluster(&c1.data_dir, Lsn(0x100_0028), Shutdown::Clean, b"one");
-    let i1 = store
-        .write_back(&d, Generation(1))
-        .await
-        .expect("write-back");
+    let i1 = write_back(store, &d, 1).await;
     assert_eq!(
         (&i1.database, i1.generation, i1.lsn),
         (&d, Generation(1), Lsn(0x100_0028)),
         "the image is of the generation that wrote it, at its checkpoint"
     );
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(latest.as_ref(), &i1, "the write-back is the latest image");
+    assert_latest(store, &d, &i1, "the write-back is the latest image").await;
 
-    let c2 = store
-        .checkout(&d, Generation(2), &[])
-        .await
-        .expect("checkout");
+    let c2 = checkout(store, &d, 2).await;
     same_image(c2.image.as_ref(), &i1, "the next checkout starts from it");
     assert_holds(&c2.data_dir, b"one", "the next checkout");
     write_cluster(&c2.data_dir, Lsn(0x200_0028), Shutdown::Clean, b"two");
-    let i2 = store
-        .write_back(&d, Generation(2))
-        .await
-        .expect("write-back");
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(
-        latest.as_ref(),
-        &i2,
-        "a newer write-back is the latest image",
-    );
-    let c3 = store
-        .checkout(&d, Generation(3), &[])
-        .await
-        .expect("checkout");
+    let i2 = write_back(store, &d, 2).await;
+    assert_latest(store, &d, &i2, "a newer write-back is the latest image").await;
+    let c3 = checkout(store, &d, 3).await;
     assert_holds(
         &c3.data_dir,
         b"two",
@@ -194,23 +206,9 @@ async fn write_back_makes_the_latest_image(store: &dyn PageStore) {
 
 async fn older_generations_are_fenced(store: &dyn PageStore) {
     let d = db("fence");
-    let c1 = store
-        .checkout(&d, Generation(1), &[])
-        .await
-        .expect("checkout");
-    write_cluster(&c1.data_dir, Lsn(0x100_0028), Shutdown::Clean, b"one");
-    let i1 = store
-        .write_back(&d, Generation(1))
-        .await
-        .expect("write-back");
-    let c2 = store
-        .checkout(&d, Generation(2), &[])
-        .await
-        .expect("checkout");
-    let c3 = store
-        .checkout(&d, Generation(3), &[])
-        .await
-        .expect("checkout");
+    let i1 = image(store, &d, 1, 0x100_0028, b"one").await;
+    let c2 = checkout(store, &d, 2).await;
+    let c3 = checkout(store, &d, 3).await;
     // Generation 2 runs on, unaware that 3 took over: its write-back is refused.
     write_cluster(&c2.data_dir, Lsn(0x300_0028), Shutdown::Clean, b"stale");
     stale(
@@ -225,45 +223,21 @@ async fn older_generations_are_fenced(store: &dyn PageStore) {
         store.checkout(&d, Generation(1), &[]).await,
         "a checkout of an older generation",
     );
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(
-        latest.as_ref(),
-        &i1,
-        "a refused write-back leaves the image",
-    );
+    assert_latest(store, &d, &i1, "a refused write-back leaves the image").await;
     write_cluster(&c3.data_dir, Lsn(0x400_0028), Shutdown::Clean, b"three");
-    let i3 = store
-        .write_back(&d, Generation(3))
-        .await
-        .expect("write-back");
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(latest.as_ref(), &i3, "the newest generation writes back");
+    let i3 = write_back(store, &d, 3).await;
+    assert_latest(store, &d, &i3, "the newest generation writes back").await;
 }
 
 async fn release_keeps_the_latest_image(store: &dyn PageStore) {
     let d = db("release");
-    let c1 = store
-        .checkout(&d, Generation(1), &[])
-        .await
-        .expect("checkout");
-    write_cluster(&c1.data_dir, Lsn(0x100_0028), Shutdown::Clean, b"one");
-    let i1 = store
-        .write_back(&d, Generation(1))
-        .await
-        .expect("write-back");
+    let i1 = image(store, &d, 1, 0x100_0028, b"one").await;
     // A compute that crashed: its directory is given back without a write-back.
-    let c2 = store
-        .checkout(&d, Generation(2), &[])
-        .await
-        .expect("checkout");
+    let c2 = checkout(store, &d, 2).await;
     write_cluster(&c2.data_dir, Lsn(0x200_0028), Shutdown::Crashed, b"crashed");
     store.release(&d, Generation(2)).await.expect("release");
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(latest.as_ref(), &i1, "a release makes no image");
-    let c3 = store
-        .checkout(&d, Generation(3), &[])
-        .await
-        .expect("checkout after a release");
+    assert_latest(store, &d, &i1, "a release makes no image").await;
+    let c3 = checkout(store, &d, 3).await;
     same_image(
         c3.image.as_ref(),
         &i1,
@@ -278,49 +252,22 @@ async fn release_keeps_the_latest_image(store: &dyn PageStore) {
 
 async fn an_unclean_directory_is_not_written_back(store: &dyn PageStore) {
     let d = db("unclean");
-    let c1 = store
-        .checkout(&d, Generation(1), &[])
-        .await
-        .expect("checkout");
-    write_cluster(&c1.data_dir, Lsn(0x100_0028), Shutdown::Clean, b"one");
-    let i1 = store
-        .write_back(&d, Generation(1))
-        .await
-        .expect("write-back");
-    let c2 = store
-        .checkout(&d, Generation(2), &[])
-        .await
-        .expect("checkout");
+    let i1 = image(store, &d, 1, 0x100_0028, b"one").await;
+    let c2 = checkout(store, &d, 2).await;
     write_cluster(&c2.data_dir, Lsn(0x200_0028), Shutdown::Crashed, b"killed");
     let r = store.write_back(&d, Generation(2)).await;
     assert!(
         r.is_err(),
         "a directory that was not shut down cleanly became an image: {r:?}"
     );
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(
-        latest.as_ref(),
-        &i1,
-        "a refused write-back leaves the image",
-    );
+    assert_latest(store, &d, &i1, "a refused write-back leaves the image").await;
     store.release(&d, Generation(2)).await.expect("release");
 }
 
 async fn standbys_fence_nothing_until_adopted(store: &dyn PageStore) {
     let d = db("standby");
-    let c1 = store
-        .checkout(&d, Generation(1), &[])
-        .await
-        .expect("checkout");
-    write_cluster(&c1.data_dir, Lsn(0x100_0028), Shutdown::Clean, b"one");
-    store
-        .write_back(&d, Generation(1))
-        .await
-        .expect("write-back");
-    let c2 = store
-        .checkout(&d, Generation(2), &[])
-        .await
-        .expect("checkout");
+    image(store, &d, 1, 0x100_0028, b"one").await;
+    let c2 = checkout(store, &d, 2).await;
     let standby = match store.checkout_standby(&d, Generation(3), &[]).await {
         Ok(s) => s,
         // One directory per database: no standbys, nothing more to check.
@@ -336,12 +283,8 @@ async fn standbys_fence_nothing_until_adopted(store: &dyn PageStore) {
     );
     // The writer still writes back: the standby fenced nothing.
     write_cluster(&c2.data_dir, Lsn(0x200_0028), Shutdown::Clean, b"two");
-    let i2 = store
-        .write_back(&d, Generation(2))
-        .await
-        .expect("the writer's write-back beside a standby");
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(latest.as_ref(), &i2, "the writer's write-back");
+    let i2 = write_back(store, &d, 2).await;
+    assert_latest(store, &d, &i2, "the writer's write-back beside a standby").await;
     store.adopt(&d, Generation(3)).await.expect("adopt");
     stale(
         store.checkout(&d, Generation(2), &[]).await,
@@ -353,10 +296,6 @@ async fn standbys_fence_nothing_until_adopted(store: &dyn PageStore) {
         Shutdown::Clean,
         b"three",
     );
-    let i3 = store
-        .write_back(&d, Generation(3))
-        .await
-        .expect("the adopted standby writes back");
-    let latest = store.latest_image(&d).await.expect("latest image");
-    same_image(latest.as_ref(), &i3, "the adopted standby's write-back");
+    let i3 = write_back(store, &d, 3).await;
+    assert_latest(store, &d, &i3, "the adopted standby's write-back").await;
 }
