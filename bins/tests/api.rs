@@ -297,6 +297,15 @@ async fn api_requires_its_key_and_manages_databases_and_roles() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_client_keeps_the_lease_contract() {
+    let t = TestPlatform::start(Duration::from_secs(60)).await;
+    let ca = std::fs::read(t.ca_file()).unwrap();
+    let api = spg_lifecycle_lib::api::ApiClient::new(&t.p().api_url(), API_KEY, &ca).unwrap();
+    let db = spg_core::DatabaseName::new("appdb").unwrap();
+    spg_lifecycle_lib::testing::lease_conformance::run_all(&api, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_over_the_api_keep_a_database_awake() {
     let t = TestPlatform::start(Duration::from_millis(800)).await;
     let c = http(&t);

@@ -28,6 +28,8 @@ mod page_store;
 pub mod pg_control;
 pub mod scram;
 mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod throttle;
 mod types;
 mod wal;

@@ -1,8 +1,10 @@
 //! Test tooling (feature `testing`): a real, throwaway PostgreSQL server for tests of state
 //! stores and topologies, and ([`fake`]) a scripted provisioner and gateway for tests of the
-//! control plane's state machines without PostgreSQL.
+//! control plane's state machines without PostgreSQL, and ([`lease_conformance`]) the suite
+//! every `Lease` passes.
 
 pub mod fake;
+pub mod lease_conformance;
 
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

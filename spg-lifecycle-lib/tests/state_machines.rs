@@ -294,3 +294,13 @@ async fn handoffs_are_refused_at_once_when_they_cannot_start() {
         .iter()
         .all(|e| !matches!(e, FakeEvent::Promoted(..))));
 }
+
+#[tokio::test]
+async fn the_fake_gateway_keeps_the_gateway_contract() {
+    spg_core::testing::gateway_conformance::run_all(
+        &FakeGateway::new(),
+        &db(),
+        &DatabaseName::new("other").unwrap(),
+    )
+    .await;
+}

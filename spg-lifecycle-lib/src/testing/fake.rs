@@ -362,7 +362,8 @@ impl Standby for FakeStandby {
 struct GatewayState {
     pinned: BTreeMap<DatabaseName, Vec<PinnedSession>>,
     in_flight: BTreeMap<DatabaseName, usize>,
-    frozen: BTreeMap<DatabaseName, bool>,
+    /// Until when new work is held back, per database.
+    frozen: BTreeMap<DatabaseName, Instant>,
     targets: BTreeMap<DatabaseName, ComputeEndpoint>,
     freezes: usize,
 }
@@ -400,9 +401,12 @@ impl FakeGateway {
         self.lock().in_flight.insert(db.clone(), n);
     }
 
-    /// Whether new work for `db` is frozen now.
+    /// Whether new work for `db` is frozen now (a freeze ends with its bound).
     pub fn is_frozen(&self, db: &DatabaseName) -> bool {
-        self.lock().frozen.get(db).copied().unwrap_or(false)
+        self.lock()
+            .frozen
+            .get(db)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     /// How many freezes it was asked for, over all databases.
@@ -419,12 +423,13 @@ impl FakeGateway {
 #[async_trait]
 impl Gateway for FakeGateway {
     async fn sessions(&self, db: &DatabaseName) -> CoreResult<GatewaySessions> {
+        let frozen = self.is_frozen(db);
         let st = self.lock();
         let pinned = st.pinned.get(db).cloned().unwrap_or_default();
         Ok(GatewaySessions {
             database: db.clone(),
             sessions: pinned.len(),
-            frozen: st.frozen.get(db).copied().unwrap_or(false),
+            frozen,
             in_flight: st.in_flight.get(db).copied().unwrap_or(0),
             pinned,
             waiting: 0,
@@ -434,10 +439,15 @@ impl Gateway for FakeGateway {
 
     async fn set_frozen(&self, db: &DatabaseName, bound: Option<Duration>) -> CoreResult<()> {
         let mut st = self.lock();
-        if bound.is_some() {
-            st.freezes += 1;
+        match bound {
+            Some(bound) => {
+                st.freezes += 1;
+                st.frozen.insert(db.clone(), Instant::now() + bound);
+            }
+            None => {
+                st.frozen.remove(db);
+            }
         }
-        st.frozen.insert(db.clone(), bound.is_some());
         Ok(())
     }
 
