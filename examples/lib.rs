@@ -7,6 +7,8 @@
 //! - `custom_control_plane`: SPG's control plane and HTTPS API over your own `Provisioner` (a
 //!   fixed pool of data directories) and your own `StateStore` (in memory, checked by SPG's
 //!   StateStore conformance suite).
+//! - `reference_daemons`: the daemons of the multi-host topology on loopback, each from its
+//!   own config file, queried through the DSN naming both gateways.
 //! - `property_test_my_page_store`: your own `PageStore` and `WalStore` checked by SPG's
 //!   exported suites (PageStore conformance; the safekeeper simulation, seeded and with
 //!   proptest's schedules of crashes and partitions), which also catch a broken variant.
