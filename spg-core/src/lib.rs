@@ -14,6 +14,26 @@
 //!
 //! Libraries (`spg-gateway-lib`, `spg-storage-lib`, `spg-lifecycle-lib`) depend on this crate only,
 //! never on each other; binaries compose concrete implementations.
+//!
+//! Names are validated where they are made, and ordered types say what they are:
+//!
+//! ```
+//! use spg_core::{DatabaseName, Generation, Lsn, RoleName};
+//!
+//! let db = DatabaseName::new("shop").unwrap();
+//! assert!(DatabaseName::new("shop; DROP TABLE x").is_err());
+//! assert!(RoleName::new("app").is_ok());
+//! // A newer generation fences every older one (see `WalQuorum` and `PageStore`).
+//! assert!(Generation(3) > Generation(2));
+//! assert_eq!(Lsn(0x1_0000_0028).to_string(), "1/28");
+//! # let _ = db;
+//! ```
+//!
+//! With the `testing` feature, `testing::gateway_conformance` is the conformance suite of
+//! [`Gateway`], whose implementations live in two crates. The suites of the other traits live
+//! beside SPG's implementations of them: `spg_storage_lib::page_store_conformance`,
+//! `spg_storage_lib::safekeeper::simulation` (a `WalStore` under the quorum protocol) and
+//! `spg_lifecycle_lib::testing::lease_conformance`.
 
 #![deny(missing_docs)]
 

@@ -15,6 +15,18 @@
 //!   `bins/` only parse and compose these.
 //! - `testing` (feature `testing`): process guards and the multi-host topology of the tests and
 //!   benchmarks.
+//!
+//! The whole platform in this process, as `spg up` runs it:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use spg::platform::{Platform, PlatformConfig};
+//!
+//! let platform = Platform::start(PlatformConfig::new("/var/lib/spg")).await?;
+//! println!("API: {}", platform.api_url());
+//! platform.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 pub mod adapters;
 pub mod branch;

@@ -17,6 +17,35 @@
 //! - [`pg_control`]: a reader of PostgreSQL's `global/pg_control`, used to learn the checkpoint LSN
 //!   and whether a data directory was shut down cleanly.
 //! - [`fuzzing`]: entry points of the fuzz targets over untrusted bytes.
+//! - [`safekeeper`]: the WAL quorum — the protocol state machine over a [`safekeeper::WalStore`],
+//!   its files, the replication client and the quorum ([`spg_core::WalQuorum`]).
+//!
+//! A page store over object storage (here in memory): a new database's first checkout is an
+//! empty directory for `initdb`; after a clean shutdown, `write_back` makes it an image, and
+//! every later checkout starts from the newest image.
+//!
+//! ```
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use spg_core::{DatabaseName, Generation, PageStore};
+//! use spg_storage_lib::image::ImageStore;
+//! use spg_storage_lib::ObjectPageStore;
+//!
+//! let images = ImageStore::new(Arc::new(object_store::memory::InMemory::new()), "images");
+//! let cache = std::env::temp_dir().join("spg-doc-cache");
+//! let pages = ObjectPageStore::new(images, cache);
+//! let db = DatabaseName::new("shop")?;
+//! let c = pages.checkout(&db, Generation(1), &[]).await?;
+//! assert!(c.image.is_none());
+//! // ... initdb and run PostgreSQL in c.data_dir, shut it down cleanly, then:
+//! // pages.write_back(&db, Generation(1)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! With the `testing` feature: the [`spg_core::PageStore`] conformance suite
+//! (`page_store_conformance`), the image-repository suite (`image::conformance`), the
+//! safekeeper simulation over any `WalStore` with its `proptest` strategies
+//! (`safekeeper::simulation`), and an S3-protocol server on loopback (`testing`).
 
 #![deny(missing_docs)]
 
