@@ -43,7 +43,8 @@
 //! ```
 //!
 //! With the `testing` feature: the [`spg_core::PageStore`] conformance suite
-//! (`page_store_conformance`), the image-repository suite (`image::conformance`), the
+//! (`page_store_conformance`), the [`spg_core::WalQuorum`] suite (`wal_quorum_conformance`),
+//! the image-repository suite (`image::conformance`), the
 //! safekeeper simulation over any `WalStore` with its `proptest` strategies
 //! (`safekeeper::simulation`), and an S3-protocol server on loopback (`testing`).
 
@@ -60,6 +61,8 @@ pub mod object_pages;
 mod objects;
 #[cfg(any(test, feature = "testing"))]
 pub mod page_store_conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod wal_quorum_conformance;
 pub use objects::open_url as open_object_store;
 pub mod pageserver;
 pub use spg_core::pg_control;
