@@ -8,11 +8,14 @@
 //! `cargo run -p spg-examples --example wake_on_connect` — prints a DSN and serves until Ctrl-C.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use prometheus_client::registry::Registry;
 use spg_core::scram::ScramVerifier;
 use spg_core::{ComputeEndpoint, CoreError, CoreResult, DatabaseName, Generation, RoleName};
+use spg_gateway_lib::pool::{PoolConfig, PoolMode};
 use spg_gateway_lib::{
     AuthSource, GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer, GatewayTls, Waker,
 };
@@ -97,12 +100,13 @@ fn self_signed_tls() -> Result<GatewayTls> {
     Ok(GatewayTls::new(vec![cert.cert.der().clone()], key)?)
 }
 
-/// Serve until `stop`; returns the DSN through `dsn_tx` once listening.
+/// Serve until `stop`; returns the DSN through `dsn_tx` once listening, and the gateway's
+/// metrics (Prometheus text) at the end.
 async fn run(
     password: &str,
     dsn_tx: tokio::sync::oneshot::Sender<String>,
     stop: CancellationToken,
-) -> Result<()> {
+) -> Result<String> {
     let dir = spg_examples::scratch_dir("wake-on-connect")?;
     let auth = Arc::new(OneRole {
         db: DatabaseName::new("demo")?,
@@ -119,9 +123,22 @@ async fn run(
         running: Mutex::new(None),
         generation: Default::default(),
     });
+    // Transaction pooling (PgBouncer's `pool_mode = transaction`): a client holds a backend
+    // connection only while a transaction runs; five per (database, role), and a client waits
+    // at most 10 s for one.
+    let pool = PoolConfig {
+        mode: PoolMode::Transaction,
+        size: 5,
+        query_wait_timeout: Duration::from_secs(10),
+        ..PoolConfig::default()
+    };
+    // The gateway's Prometheus metrics (`spg_gateway_*`): wakes, logins, sessions, pool waits.
+    let mut registry = Registry::default();
+    let metrics = GatewayMetrics::register(&mut registry);
     let gateway = GatewayServer::new(
         GatewayConfig {
             tls: Some(self_signed_tls()?),
+            pool,
             ..GatewayConfig::default()
         },
         GatewayDeps {
@@ -129,7 +146,7 @@ async fn run(
             waker: waker.clone(),
             lease: None,
         },
-        GatewayMetrics::default(),
+        metrics,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -142,7 +159,9 @@ async fn run(
         println!("compute stopped cleanly: {}", report.clean);
     }
     std::fs::remove_dir_all(&dir)?;
-    Ok(())
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
 }
 
 #[cfg_attr(test, allow(dead_code))]
@@ -155,7 +174,9 @@ async fn main() -> Result<()> {
     println!("(nothing runs until the first connection; Ctrl-C to stop)");
     tokio::signal::ctrl_c().await?;
     stop.cancel();
-    server.await?
+    let metrics = server.await??;
+    println!("{metrics}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +198,12 @@ async fn example_runs_and_wakes_on_connect() {
     assert_eq!(who, "demo");
     drop(client);
     stop.cancel();
-    server.await.unwrap().unwrap();
+    let metrics = server.await.unwrap().unwrap();
+    assert!(metrics.contains("spg_gateway_wakes_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("spg_gateway_connections_total 1"),
+        "{metrics}"
+    );
 }
 
 /// A minimal `MakeTlsConnect` for tokio-postgres over rustls that accepts any certificate — only
