@@ -91,6 +91,9 @@ impl Provisioner for PoolProvisioner {
 #[derive(Default)]
 pub struct MemoryStateStore {
     state: Mutex<Memory>,
+    /// Accept a role of a database that does not exist (a bug the conformance suite catches;
+    /// for this example's test only).
+    orphan_roles: bool,
 }
 
 #[derive(Default)]
@@ -205,7 +208,7 @@ impl StateStore for MemoryStateStore {
 
     async fn insert_role(&self, rec: &RoleRecord) -> Result<(), LifecycleError> {
         self.with(|m| {
-            if !m.databases.contains_key(&rec.database) {
+            if !self.orphan_roles && !m.databases.contains_key(&rec.database) {
                 return Err(LifecycleError::DatabaseNotFound(rec.database.to_string()));
             }
             let key = (rec.database.clone(), rec.name.clone());
@@ -425,4 +428,21 @@ async fn the_memory_store_passes_the_state_store_conformance_suite() {
         async move { s }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_store_that_accepts_orphan_roles_is_caught() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore {
+        orphan_roles: true,
+        ..MemoryStateStore::default()
+    });
+    let run = spg_lifecycle_lib::store::conformance::run(|| {
+        let s = Arc::clone(&store);
+        async move { s }
+    });
+    let caught = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await;
+    assert!(
+        caught.is_err(),
+        "the suite passed a store that keeps orphan roles"
+    );
 }
