@@ -3,55 +3,19 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use spg::tls::TlsMaterial;
-use spg_core::scram::ScramVerifier;
-use spg_core::{ComputeEndpoint, CoreError, CoreResult, DatabaseName, RoleName};
-use spg_gateway_lib::{
-    AuthSource, GatewayConfig, GatewayDeps, GatewayMetrics, GatewayServer, Waker,
-};
+use spg_core::DatabaseName;
+use spg_gateway_lib::testing::gateway_of_nobody;
 use spg_lifecycle_lib::api::gateway_control::{router, RemoteGateway};
 use spg_lifecycle_lib::api::ApiKey;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "gw-control-token-0123456789";
 
-/// Knows no roles and wakes nothing: the suite connects no client.
-struct Nobody;
-
-#[async_trait]
-impl AuthSource for Nobody {
-    async fn role_verifier(
-        &self,
-        _db: &DatabaseName,
-        _role: &RoleName,
-    ) -> CoreResult<Option<ScramVerifier>> {
-        Ok(None)
-    }
-}
-
-#[async_trait]
-impl Waker for Nobody {
-    async fn wake(&self, db: &DatabaseName) -> CoreResult<ComputeEndpoint> {
-        Err(CoreError::DatabaseNotFound(db.to_string()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_over_its_control_routes_keeps_the_gateway_contract() {
     let tmp = tempfile::tempdir().unwrap();
-    let gw = GatewayServer::new(
-        GatewayConfig {
-            allow_plaintext: true,
-            ..GatewayConfig::default()
-        },
-        GatewayDeps {
-            auth: Arc::new(Nobody),
-            waker: Arc::new(Nobody),
-            lease: None,
-        },
-        GatewayMetrics::default(),
-    );
+    let gw = gateway_of_nobody(Default::default());
     let tls = TlsMaterial::load_or_generate(&tmp.path().join("tls"), None, None, None).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());

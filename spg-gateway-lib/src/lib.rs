@@ -58,6 +58,8 @@ mod server;
 mod session;
 pub mod sessions;
 pub mod stream;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod wake;
 

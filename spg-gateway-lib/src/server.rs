@@ -297,46 +297,14 @@ impl spg_core::Gateway for GatewayServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
-    use spg_core::scram::ScramVerifier;
-    use spg_core::{ComputeEndpoint, CoreError, CoreResult, RoleName};
     use tokio::io::AsyncReadExt;
-
-    struct Nobody;
-
-    #[async_trait]
-    impl AuthSource for Nobody {
-        async fn role_verifier(
-            &self,
-            _db: &DatabaseName,
-            _role: &RoleName,
-        ) -> CoreResult<Option<ScramVerifier>> {
-            Ok(None)
-        }
-    }
-
-    #[async_trait]
-    impl Waker for Nobody {
-        async fn wake(&self, db: &DatabaseName) -> CoreResult<ComputeEndpoint> {
-            Err(CoreError::DatabaseNotFound(db.to_string()))
-        }
-    }
 
     #[tokio::test]
     async fn shutdown_waits_the_grace_period_then_closes_what_is_left() {
-        let gw = GatewayServer::new(
-            GatewayConfig {
-                allow_plaintext: true,
-                shutdown_grace: Duration::from_millis(300),
-                ..GatewayConfig::default()
-            },
-            GatewayDeps {
-                auth: Arc::new(Nobody),
-                waker: Arc::new(Nobody),
-                lease: None,
-            },
-            GatewayMetrics::default(),
-        );
+        let gw = crate::testing::gateway_of_nobody(GatewayConfig {
+            shutdown_grace: Duration::from_millis(300),
+            ..GatewayConfig::default()
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();

@@ -42,8 +42,8 @@ use tracing::{info, warn};
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::image::format::decode_list;
 use crate::image::{
-    Basebackup, CaptureSource, ChunkHash, ChunkOrigin, Content, ImageId, ImageStore, Manifest,
-    ObjectKind, SourceFile, DEFAULT_CHUNK_SIZE,
+    fence_for_checkout, refuse_unless_newer, Basebackup, CaptureSource, ChunkHash, ChunkOrigin,
+    Content, ImageId, ImageStore, Manifest, ObjectKind, SourceFile, DEFAULT_CHUNK_SIZE,
 };
 use crate::lazyfs::{self, ImageChunks, LazyTree};
 use crate::pg_control::ControlFile;
@@ -378,27 +378,15 @@ impl ObjectPageStore {
     ) -> Result<Checkout, StorageError> {
         // A generation this cache runs (or ran without a write-back yet) is refused here; the
         // repository refuses one that any generation anywhere as new or newer fenced.
-        if let Some(newest) = st.checkouts.keys().copied().max().filter(|n| *n >= g) {
-            return Err(StorageError::StaleGeneration {
-                offered: g.0,
-                current: newest.0,
-            });
-        }
+        refuse_unless_newer(st.checkouts.keys().copied().max(), g)?;
         // A primary's checkout from its own images fences and fetches in one step
         // (ImageRepo::checkout); a standby does not fence, a branch's first checkout reads
         // another database's image.
         let one_step = !standby && from.is_none();
-        if !one_step {
-            let newest = self.images.newest_fence(db).await?;
-            if let Some(newest) = newest.filter(|n| *n >= g) {
-                return Err(StorageError::StaleGeneration {
-                    offered: g.0,
-                    current: newest.0,
-                });
-            }
-            if !standby {
-                self.images.fence(db, g).await?;
-            }
+        if standby {
+            refuse_unless_newer(self.images.newest_fence(db).await?, g)?;
+        } else if !one_step {
+            fence_for_checkout(self.images.repo().as_ref(), db, g).await?;
         }
         let dir = self.data_dir(db, g);
         let db_root = self.cache.join(db.as_str());

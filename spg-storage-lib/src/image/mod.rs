@@ -12,7 +12,9 @@ pub mod repo;
 mod store;
 
 pub use format::{ChunkHash, Content, FileEntry, ImageId, Manifest, DEFAULT_CHUNK_SIZE};
-pub use repo::{fence_for_checkout, ImageRepo, ObjectKind, ObjectRepo, RawBasebackup};
+pub use repo::{
+    fence_for_checkout, refuse_unless_newer, ImageRepo, ObjectKind, ObjectRepo, RawBasebackup,
+};
 pub use store::{
     Basebackup, CaptureSource, CaptureStats, ChunkOrigin, ImageStore, RestoreStats, SourceFile,
     WarmRef,

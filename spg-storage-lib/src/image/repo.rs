@@ -185,13 +185,20 @@ pub async fn fence_for_checkout<R: ImageRepo + ?Sized>(
     db: &DatabaseName,
     g: Generation,
 ) -> Result<(), StorageError> {
-    if let Some(newest) = repo.newest_fence(db).await?.filter(|n| *n >= g) {
-        return Err(StorageError::StaleGeneration {
+    refuse_unless_newer(repo.newest_fence(db).await?, g)?;
+    repo.fence(db, g).await
+}
+
+/// `StaleGeneration` when `g` is not newer than `newest` (a generation that fenced or checked
+/// out already).
+pub fn refuse_unless_newer(newest: Option<Generation>, g: Generation) -> Result<(), StorageError> {
+    match newest.filter(|n| *n >= g) {
+        Some(newest) => Err(StorageError::StaleGeneration {
             offered: g.0,
             current: newest.0,
-        });
+        }),
+        None => Ok(()),
     }
-    repo.fence(db, g).await
 }
 
 /// The newest of `ids` on `history` ([`ImageId::on_path`]).

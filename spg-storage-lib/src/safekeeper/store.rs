@@ -71,20 +71,6 @@ impl MemWalStore {
     pub fn crash(&mut self) {
         self.live = self.durable.clone();
     }
-
-    /// The durable control state and flush, as a restart would see them.
-    pub fn durable_control(&self) -> Option<Control> {
-        let mut c = self.durable.control.clone()?;
-        if let Some(f) = self.durable.flush {
-            c.log.flush = c.log.flush.max(f);
-        }
-        Some(c)
-    }
-
-    /// The durable byte at `lsn`.
-    pub fn durable_byte(&self, lsn: Lsn) -> Option<u8> {
-        self.durable.bytes.get(&lsn.0).copied()
-    }
 }
 
 impl WalStore for MemWalStore {
