@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use spg::pageserver_http::{router, GcRequest, HttpPageserver};
-use spg::tls::TlsMaterial;
+use spg::testing::https::Served;
 use spg_core::DatabaseName;
 use spg_lifecycle_lib::api::ApiKey;
 use spg_storage_lib::image::{conformance, ImageRepo, ImageStore, ObjectRepo};
 use spg_storage_lib::pageserver::{Pageserver, PageserverConfig};
 use spg_storage_lib::DurableLocalStore;
 use spg_storage_lib::StorageError;
-use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "ps-test-key-0123456789";
 
@@ -30,24 +29,17 @@ async fn the_conformance_suite_passes_over_https() {
     );
     let mut registry = Registry::default();
     ps.metrics().register(&mut registry);
-    let tls = TlsMaterial::load_or_generate(&tmp.path().join("tls"), None, None, None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(spg_lifecycle_lib::api::http::serve_https(
-        listener,
-        tls.https().unwrap(),
+    let served = Served::start(
         router(
             Arc::clone(&ps),
             ApiKey::new(KEY),
             Arc::new(registry),
             Some("wal".into()),
         ),
-        stop.clone(),
-        spg_lifecycle_lib::api::http::HttpLimits::default(),
-    ));
-    let ca = std::fs::read(&tls.ca_file).unwrap();
-    let client = Arc::new(HttpPageserver::new(&url, KEY, &ca).unwrap());
+        &tmp.path().join("tls"),
+    )
+    .await;
+    let client = Arc::new(HttpPageserver::new(&served.url, KEY, &served.ca_pem).unwrap());
     let store = ImageStore::with_repo(client.clone());
     conformance::run_all(&store, &raw, tmp.path()).await;
 
@@ -73,12 +65,12 @@ async fn the_conformance_suite_passes_over_https() {
     store.manifest(&db, &left[0]).await.unwrap();
 
     // A wrong key is refused, clearly.
-    let intruder = HttpPageserver::new(&url, "wrong-key-0123456789", &ca).unwrap();
+    let intruder =
+        HttpPageserver::new(&served.url, "wrong-key-0123456789", &served.ca_pem).unwrap();
     let err = intruder.images(&db).await.expect_err("wrong key");
     assert!(matches!(err, StorageError::Protocol(_)), "{err}");
     assert!(err.to_string().contains("401"), "{err}");
-    stop.cancel();
-    let _ = server.await;
+    served.stop().await;
     // And a pageserver that is gone is "unavailable", which callers retry.
     let err = client.images(&db).await.expect_err("server stopped");
     assert!(matches!(err, StorageError::Unavailable { .. }), "{err}");

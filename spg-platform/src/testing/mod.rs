@@ -1,6 +1,7 @@
 //! Test and benchmark tooling (feature `testing`): process guards and a whole multi-host
 //! topology of daemons on loopback addresses.
 
+pub mod https;
 pub mod kubesim;
 pub mod procs;
 pub mod stats;
