@@ -2,7 +2,7 @@
 //! ~10 MB database → the first query result through the gateway, on two platforms in the same
 //! run, alternating — one runs the compute agent inside its own process (the anchor), the other
 //! one `spg-compute` process per generation (spawned, driven over HTTPS, reaching the
-//! platform's pageserver and safekeepers over loopback HTTPS), each run 0.8 s after the
+//! platform's pageserver and safekeepers over its storage socket), each run 0.8 s after the
 //! previous stop. Target: at most 20 ms more at p50.
 //!
 //! `cargo build --release -p spg-bins --bin spg-compute --bin spg-wal-restore &&

@@ -112,6 +112,21 @@ async fn killing_one_compute_process_tree_leaves_the_other_databases_serving() {
         4,
         "one agent process per database"
     );
+    // They reach this platform's storage daemons through its private Unix socket: plain
+    // http://localhost URLs and no CA to trust, which only the socket can serve.
+    let conf: toml::Table =
+        toml::from_str(&std::fs::read_to_string(data.join("compute-agent/agent.toml")).unwrap())
+            .unwrap();
+    let socket = conf["storage_socket"].as_str().unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(&std::fs::metadata(socket).unwrap().file_type()),
+        "{socket}"
+    );
+    assert_eq!(
+        conf["pageserver"].as_str(),
+        Some("http://localhost/pageserver")
+    );
+    assert!(!conf.contains_key("pageserver_ca") && !conf.contains_key("safekeeper_ca"));
 
     // The other three keep inserting, each acknowledged row counted.
     let stop = Arc::new(AtomicBool::new(false));

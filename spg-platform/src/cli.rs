@@ -294,14 +294,37 @@ pub fn parse_https_url(s: &str) -> Result<String, String> {
 
 /// A `name=https://host:port` pair.
 pub fn parse_named_url(s: &str) -> Result<String, String> {
-    let (name, url) = s
+    parse_named(s, parse_https_url)
+}
+
+/// A `name=URL` pair whose URL `url` accepts.
+fn parse_named(s: &str, url: fn(&str) -> Result<String, String>) -> Result<String, String> {
+    let (name, u) = s
         .split_once('=')
         .ok_or_else(|| "expected name=https://host:port".to_string())?;
     if name.trim().is_empty() {
         return Err("expected name=https://host:port (the name is empty)".into());
     }
-    parse_https_url(url)?;
+    url(u)?;
     Ok(s.to_string())
+}
+
+/// A storage daemon's URL for the compute agent: `https://host:port[/prefix]`, or
+/// `http://localhost/<prefix>` for the platform's own daemons behind its storage socket.
+pub fn parse_storage_url(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    match u.scheme() {
+        "http" if u.host_str() == Some("localhost") => Ok(s.trim_end_matches('/').to_string()),
+        "http" => {
+            Err("plain http:// is only for http://localhost/<prefix> on the storage socket".into())
+        }
+        _ => parse_https_url(s),
+    }
+}
+
+/// A `name=URL` pair of [`parse_storage_url`].
+pub fn parse_named_storage_url(s: &str) -> Result<String, String> {
+    parse_named(s, parse_storage_url)
 }
 
 /// The PEM file at `path` (`what` names it in the error).
@@ -594,5 +617,28 @@ pub fn object_store(
                 .with_context(|| format!("opening {}", dir.display()))?,
         ))),
         (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_urls_are_https_or_the_sockets_localhost() {
+        assert_eq!(
+            parse_storage_url("https://10.0.0.5:7676/").as_deref(),
+            Ok("https://10.0.0.5:7676")
+        );
+        assert_eq!(
+            parse_storage_url("http://localhost/pageserver").as_deref(),
+            Ok("http://localhost/pageserver")
+        );
+        for bad in ["http://10.0.0.5:7676", "ftp://localhost/x", "localhost", ""] {
+            assert!(parse_storage_url(bad).is_err(), "{bad}");
+        }
+        assert!(parse_named_storage_url("sk1=http://localhost/sk1").is_ok());
+        assert!(parse_named_storage_url("=http://localhost/sk1").is_err());
+        assert!(parse_named_url("sk1=http://localhost/sk1").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! `spg-compute`: the compute agent as its own process — the unit a pod runs. It serves the
 //! agent API ([`spg_lifecycle_lib::agent`]) over HTTPS, and runs the one generation it is asked
 //! for on images reached through a pageserver and WAL on the safekeepers, both daemons it talks
-//! to over their HTTPS APIs (for `spg up`, the platform serves its in-process ones on loopback).
+//! to over their HTTPS APIs (for `spg up`, the platform serves its in-process ones on a Unix
+//! socket, plain HTTP: `--storage-socket`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,25 +76,35 @@ pub struct ComputeArgs {
     /// environment variables).
     #[arg(long, env = "SPG_OBJECT_STORE", value_parser = crate::cli::parse_object_store)]
     pub object_store: String,
-    /// A safekeeper, `name=https://host:port` (repeat for each).
+    /// A safekeeper, `name=https://host:port` (repeat for each), or
+    /// `name=http://localhost/<prefix>` behind --storage-socket.
     #[arg(long = "safekeeper", env = "SPG_SAFEKEEPER_URLS", value_delimiter = ',',
-          value_parser = crate::cli::parse_named_url, required = true)]
+          value_parser = crate::cli::parse_named_storage_url, required = true)]
     pub safekeepers: Vec<String>,
     /// API key of the safekeepers.
     #[arg(long, env = "SPG_SAFEKEEPER_API_KEY", hide_env_values = true)]
     pub safekeeper_api_key: String,
-    /// CA certificates (PEM) the safekeepers' certificates are checked against.
+    /// CA certificates (PEM) the safekeepers' certificates are checked against (for https://
+    /// safekeepers).
     #[arg(long, env = "SPG_SAFEKEEPER_CA")]
-    pub safekeeper_ca: PathBuf,
-    /// The pageserver, `https://host:port`.
-    #[arg(long, env = "SPG_PAGESERVER_URL", value_parser = crate::cli::parse_https_url)]
+    pub safekeeper_ca: Option<PathBuf>,
+    /// The pageserver, `https://host:port`, or `http://localhost/<prefix>` behind
+    /// --storage-socket.
+    #[arg(long, env = "SPG_PAGESERVER_URL", value_parser = crate::cli::parse_storage_url)]
     pub pageserver: String,
     /// API key of the pageserver.
     #[arg(long, env = "SPG_PAGESERVER_API_KEY", hide_env_values = true)]
     pub pageserver_api_key: String,
-    /// CA certificates (PEM) the pageserver's certificate is checked against.
+    /// CA certificates (PEM) the pageserver's certificate is checked against (for an https://
+    /// pageserver).
     #[arg(long, env = "SPG_PAGESERVER_CA")]
-    pub pageserver_ca: PathBuf,
+    pub pageserver_ca: Option<PathBuf>,
+    /// The Unix socket of the platform's own storage daemons on this host (a local control
+    /// plane's): the `http://localhost/...` storage URLs are reached through it, over plain
+    /// HTTP — no TLS work on the wake path; who may connect is decided by the socket's
+    /// directory, and the API keys are still checked.
+    #[arg(long, env = "SPG_STORAGE_SOCKET")]
+    pub storage_socket: Option<PathBuf>,
     /// The address PostgreSQL listens on (in a pod: its IP, `$(POD_IP)`); on a non-loopback
     /// address, tenants and the safekeepers may log in (SCRAM) from other hosts.
     #[arg(long, env = "SPG_POSTGRES_LISTEN", default_value = "127.0.0.1")]
@@ -155,18 +166,28 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
             crate::config::mask_url(&args.object_store)
         )
     })?;
-    let sk_ca = crate::cli::read_pem(&args.safekeeper_ca, "safekeeper_ca")?;
+    let reach = StorageReach {
+        socket: args.storage_socket.as_deref(),
+    };
     let mut safekeepers = Vec::new();
     for s in &args.safekeepers {
         let (name, url) = s
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("safekeeper {s:?}: expected name=url"))?;
-        safekeepers.push(Arc::new(HttpSafekeeper::new(
-            name.trim(),
-            url.trim(),
-            &args.safekeeper_api_key,
-            &sk_ca,
-        )?));
+        let (name, url) = (name.trim(), url.trim());
+        safekeepers.push(Arc::new(
+            match reach.socket_for(url, "safekeeper", args.safekeeper_ca.is_some())? {
+                Some(socket) => {
+                    HttpSafekeeper::over_socket(name, socket, url, &args.safekeeper_api_key)?
+                }
+                None => HttpSafekeeper::new(
+                    name,
+                    url,
+                    &args.safekeeper_api_key,
+                    &read_ca(&args.safekeeper_ca, "safekeeper_ca")?,
+                )?,
+            },
+        ));
     }
     let members: Vec<Arc<dyn SafekeeperApi>> = safekeepers
         .iter()
@@ -174,11 +195,18 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
         .collect();
     let quorum =
         Arc::new(SafekeeperSet::new(members, Duration::from_secs(5)).with_archive(archive));
-    let pageserver = Arc::new(HttpPageserver::new(
-        &args.pageserver,
-        &args.pageserver_api_key,
-        &crate::cli::read_pem(&args.pageserver_ca, "pageserver_ca")?,
-    )?);
+    let pageserver = Arc::new(
+        match reach.socket_for(&args.pageserver, "pageserver", args.pageserver_ca.is_some())? {
+            Some(socket) => {
+                HttpPageserver::over_socket(socket, &args.pageserver, &args.pageserver_api_key)?
+            }
+            None => HttpPageserver::new(
+                &args.pageserver,
+                &args.pageserver_api_key,
+                &read_ca(&args.pageserver_ca, "pageserver_ca")?,
+            )?,
+        },
+    );
     let pages: Arc<dyn PageStore> = Arc::new(
         ObjectPageStore::new(
             ImageStore::with_repo(Arc::clone(&pageserver) as _),
@@ -256,6 +284,37 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
     stop.cancel();
     let _ = server.await;
     Ok(())
+}
+
+/// How the agent reaches a storage daemon: `https://` URLs over TLS (with a CA), the
+/// `http://localhost/...` ones through the storage socket.
+struct StorageReach<'a> {
+    socket: Option<&'a std::path::Path>,
+}
+
+impl StorageReach<'_> {
+    /// The socket `url` is reached through (`None`: over HTTPS); `what` names the daemon and
+    /// `has_ca` says whether its CA was given, in the errors.
+    fn socket_for(&self, url: &str, what: &str, has_ca: bool) -> Result<Option<&std::path::Path>> {
+        match (url.starts_with("http://"), self.socket) {
+            (true, Some(socket)) => Ok(Some(socket)),
+            (true, None) => anyhow::bail!(
+                "{what} {url}: a plain http:// address needs the storage socket (storage_socket)"
+            ),
+            (false, _) if !has_ca => {
+                anyhow::bail!("{what} {url}: missing setting `{what}_ca` (its CA certificate)")
+            }
+            (false, _) => Ok(None),
+        }
+    }
+}
+
+/// The CA file `path` names (`what` is its setting).
+fn read_ca(path: &Option<PathBuf>, what: &str) -> Result<Vec<u8>> {
+    let path = path
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("missing setting `{what}`"))?;
+    crate::cli::read_pem(path, what)
 }
 
 /// `kill -9` of the postmasters running on this agent's data directories

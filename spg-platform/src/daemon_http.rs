@@ -102,6 +102,18 @@ pub fn client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// A plain-HTTP client of daemons on this host behind the Unix socket at `socket`: every
+/// request goes there whatever its URL's host (`http://localhost/...`). Same timeouts and pool
+/// as [`client`]; no TLS (the socket's directory is the access control).
+pub fn socket_client(socket: &std::path::Path) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .unix_socket(socket)
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .build()?)
+}
+
 /// Open (or keep open) a pooled connection of `http` to the daemon at `base`: a request to its
 /// open `/healthz`, whose answer does not matter.
 pub async fn warm(http: &reqwest::Client, base: &str) {

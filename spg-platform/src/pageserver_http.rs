@@ -467,6 +467,21 @@ impl HttpPageserver {
         })
     }
 
+    /// The pageserver behind the Unix socket `socket` on this host, its routes under
+    /// `base_url` (`http://localhost/<prefix>`), over plain HTTP.
+    pub fn over_socket(
+        socket: &std::path::Path,
+        base_url: &str,
+        api_key: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(HttpPageserver {
+            base: base_url.trim_end_matches('/').into(),
+            key: api_key.into(),
+            http: crate::daemon_http::socket_client(socket)?,
+            local: true,
+        })
+    }
+
     fn url(&self, db: &DatabaseName, rest: &str) -> String {
         format!("{}/v1/pageserver/{}/{rest}", self.base, db.as_str())
     }

@@ -169,6 +169,22 @@ impl HttpSafekeeper {
         })
     }
 
+    /// Safekeeper `name` behind the Unix socket `socket` on this host, its routes under
+    /// `base_url` (`http://localhost/<prefix>`), over plain HTTP.
+    pub fn over_socket(
+        name: &str,
+        socket: &std::path::Path,
+        base_url: &str,
+        api_key: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(HttpSafekeeper {
+            name: name.into(),
+            base: base_url.trim_end_matches('/').into(),
+            key: api_key.into(),
+            http: crate::daemon_http::socket_client(socket)?,
+        })
+    }
+
     fn url(&self, db: &DatabaseName, rest: &str) -> String {
         format!("{}/v1/safekeeper/{}{rest}", self.base, db.as_str())
     }

@@ -278,8 +278,45 @@ pub async fn serve_http(
     serve(listener, None, router, shutdown, limits).await
 }
 
-async fn serve(
-    listener: TcpListener,
+/// Serve `router` over plain HTTP on a Unix socket under `limits`: for peers on the same host
+/// only, where the socket's directory decides who may connect (API keys are still checked).
+/// Every peer counts as one source address, [`UNIX_PEER`], for the throttling of wrong keys.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: HttpLimits,
+) {
+    serve(listener, None, router, shutdown, limits).await
+}
+
+/// The source address a Unix socket's peers are known by.
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// A listener [`serve`] accepts connections from.
+trait Listener {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, SocketAddr)>;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, SocketAddr)> {
+        let (tcp, peer) = self.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        Ok((tcp, peer))
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, SocketAddr)> {
+        Ok((self.accept().await?.0, UNIX_PEER))
+    }
+}
+
+async fn serve<L: Listener>(
+    listener: L,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     shutdown: CancellationToken,
@@ -294,7 +331,7 @@ async fn serve(
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
+            r = listener.accept_one() => r,
         };
         let (tcp, peer) = match accepted {
             Ok(x) => x,
@@ -312,7 +349,6 @@ async fn serve(
             drop(tcp);
             continue;
         }
-        let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let token = shutdown.clone();
         let acceptor = acceptor.clone();

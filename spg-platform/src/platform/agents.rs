@@ -1,6 +1,7 @@
 //! Compute generations as `spg-compute` processes: the agents' configuration file, their TLS
-//! material, and (when the safekeepers and the pageserver run in this process) a loopback HTTPS
-//! listener through which the agents reach them.
+//! material, and (when the safekeepers and the pageserver run in this process) the listener
+//! through which the agents reach them: a Unix socket in the platform's private directory,
+//! plain HTTP (a wake's storage round trips do no TLS work), else loopback HTTPS.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,10 @@ use spg_lifecycle_lib::provisioner::kubernetes::KubernetesProvisioner;
 use spg_lifecycle_lib::provisioner::process::{ProcessLaunch, ProcessProvisioner};
 use spg_storage_lib::pageserver::Pageserver;
 use spg_storage_lib::safekeeper::node::SafekeeperNode;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 use zeroize::Zeroizing;
 
 use super::PlatformConfig;
@@ -83,10 +85,16 @@ pub(super) async fn process_provisioner(
     let mut serving = None;
     let storage_key = Zeroizing::new(crate::random_secret(40));
     if !storage.safekeepers.is_empty() || storage.pageserver.is_some() {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .context("listening for the compute agents' storage requests")?;
-        let base = format!("https://{}", listener.local_addr()?);
+        let listener = StorageListener::bind(&conf_dir).await?;
+        let base = listener.base()?;
+        let ca = match &listener {
+            // Plain HTTP on the socket: no CA to trust.
+            StorageListener::Unix(_, socket) => {
+                set("storage_socket", path(socket));
+                None
+            }
+            StorageListener::Tcp(_) => Some(path(&cert_dir.join("ca.pem"))),
+        };
         let metrics = Arc::new(Registry::default());
         let mut router = axum::Router::new();
         for n in storage.safekeepers {
@@ -117,7 +125,9 @@ pub(super) async fn process_provisioner(
                 "pageserver_api_key",
                 toml::Value::String(storage_key.to_string()),
             );
-            set("pageserver_ca", path(&cert_dir.join("ca.pem")));
+            if let Some(ca) = &ca {
+                set("pageserver_ca", ca.clone());
+            }
         }
         if !storage.safekeepers.is_empty() {
             let list = storage
@@ -130,15 +140,23 @@ pub(super) async fn process_provisioner(
                 "safekeeper_api_key",
                 toml::Value::String(storage_key.to_string()),
             );
-            set("safekeeper_ca", path(&cert_dir.join("ca.pem")));
+            if let Some(ca) = ca {
+                set("safekeeper_ca", ca);
+            }
         }
-        serving = Some(tokio::spawn(api::http::serve_https(
-            listener,
-            tls.https()?,
-            router,
-            stop,
-            api::http::HttpLimits::default(),
-        )));
+        let limits = api::http::HttpLimits::default();
+        serving = Some(match listener {
+            StorageListener::Unix(l, _) => {
+                tokio::spawn(api::http::serve_unix(l, router, stop, limits))
+            }
+            StorageListener::Tcp(l) => tokio::spawn(api::http::serve_https(
+                l,
+                tls.https()?,
+                router,
+                stop,
+                limits,
+            )),
+        });
     }
     if !cfg.remote_safekeepers.is_empty() {
         let list = cfg
@@ -190,6 +208,48 @@ pub(super) async fn process_provisioner(
         spares: 1,
     };
     Ok((ProcessProvisioner::new(launch, passage_group)?, serving))
+}
+
+/// Where this process serves its own storage daemons to the agents it runs (on this host).
+enum StorageListener {
+    /// A Unix socket in the platform's private directory: plain HTTP, no TLS on the wake path.
+    Unix(UnixListener, PathBuf),
+    /// Loopback HTTPS, where the socket's path would be too long for a socket address.
+    Tcp(TcpListener),
+}
+
+/// The longest socket path a `sockaddr_un` holds, with its terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+impl StorageListener {
+    async fn bind(private_dir: &Path) -> Result<Self> {
+        let socket = private_dir.join("storage.sock");
+        if socket.as_os_str().len() <= MAX_SOCKET_PATH {
+            // One left by an earlier run of this data directory (its lock is ours now).
+            match std::fs::remove_file(&socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+            }
+            let l = UnixListener::bind(&socket)
+                .with_context(|| format!("listening on {}", socket.display()))?;
+            return Ok(StorageListener::Unix(l, socket));
+        }
+        info!(socket = %socket.display(), "socket path too long; agents reach storage over loopback HTTPS");
+        Ok(StorageListener::Tcp(
+            TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .context("listening for the compute agents' storage requests")?,
+        ))
+    }
+
+    /// The base URL of the daemons' routes.
+    fn base(&self) -> Result<String> {
+        Ok(match self {
+            StorageListener::Unix(..) => "http://localhost".into(),
+            StorageListener::Tcp(l) => format!("https://{}", l.local_addr()?),
+        })
+    }
 }
 
 /// `spg-compute` next to the running executable, or one directory up (a test binary in
