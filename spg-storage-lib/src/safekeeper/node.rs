@@ -96,6 +96,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StorageError::Protocol(format!("storage task failed: {e}")))?
 }
 
+/// How long a shutdown waits for the spare segment being made.
+const SPARES_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl SafekeeperNode {
     /// A node over `cfg.dir` (created if missing); databases are opened on first use.
     pub fn new(cfg: NodeConfig) -> Result<Arc<Self>, StorageError> {
@@ -343,8 +346,16 @@ impl SafekeeperNode {
         .await
     }
 
-    /// Stop every stream (for shutdown).
+    /// Stop every stream and the making of spare segments (for shutdown): afterwards the node
+    /// writes nothing in its directory on its own.
     pub async fn shutdown(&self) {
+        let spares = Arc::clone(&self.spares);
+        if !matches!(
+            tokio::task::spawn_blocking(move || spares.close(SPARES_CLOSE_TIMEOUT)).await,
+            Ok(true)
+        ) {
+            tracing::warn!(node = %self.cfg.name, "a spare segment was still being made at shutdown");
+        }
         let dbs: Vec<Arc<Db>> = self
             .dbs
             .lock()

@@ -30,6 +30,8 @@ pub struct SpareSegments {
     file_size: u64,
     want: usize,
     filling: AtomicBool,
+    /// No more spares are made ([`SpareSegments::close`]).
+    closed: AtomicBool,
     next: AtomicU64,
 }
 
@@ -62,6 +64,7 @@ impl SpareSegments {
             file_size: segment_size + SEAL_AREA,
             want,
             filling: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             next: AtomicU64::new(next),
         }))
     }
@@ -104,7 +107,7 @@ impl SpareSegments {
     }
 
     fn refill_after(self: &Arc<Self>, delay: Duration) {
-        if self.filling.swap(true, Ordering::AcqRel) {
+        if self.closed.load(Ordering::Acquire) || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = Arc::clone(self);
@@ -122,9 +125,24 @@ impl SpareSegments {
         }
     }
 
-    /// Make spares until `want` are ready (blocking).
+    /// Make no more spares, and wait (blocking, up to `timeout`) for the one being made to be
+    /// finished: afterwards nothing writes in the directory (a node's shutdown; its directory
+    /// may be removed next). `false` when the wait timed out.
+    pub fn close(&self, timeout: Duration) -> bool {
+        self.closed.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.filling.load(Ordering::Acquire) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Make spares until `want` are ready (blocking); stops early once closed.
     pub fn fill(&self) -> Result<(), StorageError> {
-        while self.ready().len() < self.want {
+        while !self.closed.load(Ordering::Acquire) && self.ready().len() < self.want {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let tmp = self.dir.join(format!("spare-{n}.tmp"));
             let done = self.dir.join(format!("spare-{n}"));
@@ -146,6 +164,27 @@ impl SpareSegments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_pool_makes_no_more_spares() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = SpareSegments::open(dir.path().join("s"), 1 << 20, 2).unwrap();
+        pool.refill_in_background();
+        assert!(pool.close(Duration::from_secs(30)));
+        let made = pool.ready().len();
+        pool.refill_in_background();
+        pool.fill().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(pool.ready().len(), made, "nothing is made after close");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("s"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), made, "no unfinished file is left: {names:?}");
+        // The directory can go now.
+        std::fs::remove_dir_all(dir.path().join("s")).unwrap();
+    }
 
     #[test]
     fn spares_are_zeroed_complete_and_taken_once() {
