@@ -1,8 +1,9 @@
 //! A control plane of your own, assembled from `spg-lifecycle-lib`: SPG's [`ControlPlane`]
 //! (database actors, generations, leases, idle stops, handoffs) and its HTTPS API, over
 //!
-//! - your [`StateStore`](spg_lifecycle_lib::store::StateStore) — here [`MemoryStateStore`] (`memory_store.rs`), state in memory (it
-//!   passes SPG's StateStore conformance suite, run in this example's test), and
+//! - your [`StateStore`](spg_lifecycle_lib::store::StateStore) — here [`MemoryStateStore`]
+//!   (`memory_store.rs`), state in memory (it passes SPG's StateStore conformance suite, run
+//!   in this example's test), and
 //! - your [`Provisioner`] — here [`PoolProvisioner`], which runs computes on a fixed pool of
 //!   data directories: a database gets a slot on its first start and keeps it; when every
 //!   slot is taken, a start is refused with a clear error.

@@ -294,16 +294,20 @@ pub fn parse_https_url(s: &str) -> Result<String, String> {
 
 /// A `name=https://host:port` pair.
 pub fn parse_named_url(s: &str) -> Result<String, String> {
-    parse_named(s, parse_https_url)
+    parse_named(s, parse_https_url, "https://host:port")
 }
 
-/// A `name=URL` pair whose URL `url` accepts.
-fn parse_named(s: &str, url: fn(&str) -> Result<String, String>) -> Result<String, String> {
+/// A `name=URL` pair whose URL `url` accepts (`form` shows one in the errors).
+fn parse_named(
+    s: &str,
+    url: fn(&str) -> Result<String, String>,
+    form: &str,
+) -> Result<String, String> {
     let (name, u) = s
         .split_once('=')
-        .ok_or_else(|| "expected name=https://host:port".to_string())?;
+        .ok_or_else(|| format!("expected name={form}"))?;
     if name.trim().is_empty() {
-        return Err("expected name=https://host:port (the name is empty)".into());
+        return Err(format!("expected name={form} (the name is empty)"));
     }
     url(u)?;
     Ok(s.to_string())
@@ -324,7 +328,11 @@ pub fn parse_storage_url(s: &str) -> Result<String, String> {
 
 /// A `name=URL` pair of [`parse_storage_url`].
 pub fn parse_named_storage_url(s: &str) -> Result<String, String> {
-    parse_named(s, parse_storage_url)
+    parse_named(
+        s,
+        parse_storage_url,
+        "https://host:port (or http://localhost/<prefix>)",
+    )
 }
 
 /// The PEM file at `path` (`what` names it in the error).

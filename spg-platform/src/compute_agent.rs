@@ -86,7 +86,11 @@ pub struct ComputeArgs {
     pub safekeeper_api_key: String,
     /// CA certificates (PEM) the safekeepers' certificates are checked against (for https://
     /// safekeepers).
-    #[arg(long, env = "SPG_SAFEKEEPER_CA")]
+    #[arg(
+        long,
+        env = "SPG_SAFEKEEPER_CA",
+        required_unless_present = "storage_socket"
+    )]
     pub safekeeper_ca: Option<PathBuf>,
     /// The pageserver, `https://host:port`, or `http://localhost/<prefix>` behind
     /// --storage-socket.
@@ -97,7 +101,11 @@ pub struct ComputeArgs {
     pub pageserver_api_key: String,
     /// CA certificates (PEM) the pageserver's certificate is checked against (for an https://
     /// pageserver).
-    #[arg(long, env = "SPG_PAGESERVER_CA")]
+    #[arg(
+        long,
+        env = "SPG_PAGESERVER_CA",
+        required_unless_present = "storage_socket"
+    )]
     pub pageserver_ca: Option<PathBuf>,
     /// The Unix socket of the platform's own storage daemons on this host (a local control
     /// plane's): the `http://localhost/...` storage URLs are reached through it, over plain
@@ -166,26 +174,17 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
             crate::config::mask_url(&args.object_store)
         )
     })?;
-    let reach = StorageReach {
-        socket: args.storage_socket.as_deref(),
-    };
     let mut safekeepers = Vec::new();
     for s in &args.safekeepers {
         let (name, url) = s
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("safekeeper {s:?}: expected name=url"))?;
         let (name, url) = (name.trim(), url.trim());
+        let key = &args.safekeeper_api_key;
         safekeepers.push(Arc::new(
-            match reach.socket_for(url, "safekeeper", args.safekeeper_ca.is_some())? {
-                Some(socket) => {
-                    HttpSafekeeper::over_socket(name, socket, url, &args.safekeeper_api_key)?
-                }
-                None => HttpSafekeeper::new(
-                    name,
-                    url,
-                    &args.safekeeper_api_key,
-                    &read_ca(&args.safekeeper_ca, "safekeeper_ca")?,
-                )?,
+            match Reach::of(url, &args.storage_socket, &args.safekeeper_ca, "safekeeper")? {
+                Reach::Socket(socket) => HttpSafekeeper::over_socket(name, socket, url, key)?,
+                Reach::Https { ca_pem } => HttpSafekeeper::new(name, url, key, &ca_pem)?,
             },
         ));
     }
@@ -195,16 +194,11 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
         .collect();
     let quorum =
         Arc::new(SafekeeperSet::new(members, Duration::from_secs(5)).with_archive(archive));
+    let (url, key) = (&args.pageserver, &args.pageserver_api_key);
     let pageserver = Arc::new(
-        match reach.socket_for(&args.pageserver, "pageserver", args.pageserver_ca.is_some())? {
-            Some(socket) => {
-                HttpPageserver::over_socket(socket, &args.pageserver, &args.pageserver_api_key)?
-            }
-            None => HttpPageserver::new(
-                &args.pageserver,
-                &args.pageserver_api_key,
-                &read_ca(&args.pageserver_ca, "pageserver_ca")?,
-            )?,
+        match Reach::of(url, &args.storage_socket, &args.pageserver_ca, "pageserver")? {
+            Reach::Socket(socket) => HttpPageserver::over_socket(socket, url, key)?,
+            Reach::Https { ca_pem } => HttpPageserver::new(url, key, &ca_pem)?,
         },
     );
     let pages: Arc<dyn PageStore> = Arc::new(
@@ -286,35 +280,37 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
     Ok(())
 }
 
-/// How the agent reaches a storage daemon: `https://` URLs over TLS (with a CA), the
-/// `http://localhost/...` ones through the storage socket.
-struct StorageReach<'a> {
-    socket: Option<&'a std::path::Path>,
+/// How the agent reaches a storage daemon.
+enum Reach<'a> {
+    /// `http://localhost/...`: through the storage socket.
+    Socket(&'a std::path::Path),
+    /// `https://...`: over TLS, trusting this CA.
+    Https { ca_pem: Vec<u8> },
 }
 
-impl StorageReach<'_> {
-    /// The socket `url` is reached through (`None`: over HTTPS); `what` names the daemon and
-    /// `has_ca` says whether its CA was given, in the errors.
-    fn socket_for(&self, url: &str, what: &str, has_ca: bool) -> Result<Option<&std::path::Path>> {
-        match (url.starts_with("http://"), self.socket) {
-            (true, Some(socket)) => Ok(Some(socket)),
-            (true, None) => anyhow::bail!(
+impl<'a> Reach<'a> {
+    /// How `url` of daemon `what` is reached, given the storage socket and the daemon's CA
+    /// file (setting `<what>_ca`).
+    fn of(
+        url: &str,
+        socket: &'a Option<PathBuf>,
+        ca: &Option<PathBuf>,
+        what: &str,
+    ) -> Result<Self> {
+        let plain = url::Url::parse(url).is_ok_and(|u| u.scheme() == "http");
+        match (plain, socket, ca) {
+            (true, Some(socket), _) => Ok(Reach::Socket(socket)),
+            (true, None, _) => anyhow::bail!(
                 "{what} {url}: a plain http:// address needs the storage socket (storage_socket)"
             ),
-            (false, _) if !has_ca => {
+            (false, _, Some(ca)) => Ok(Reach::Https {
+                ca_pem: crate::cli::read_pem(ca, &format!("{what}_ca"))?,
+            }),
+            (false, _, None) => {
                 anyhow::bail!("{what} {url}: missing setting `{what}_ca` (its CA certificate)")
             }
-            (false, _) => Ok(None),
         }
     }
-}
-
-/// The CA file `path` names (`what` is its setting).
-fn read_ca(path: &Option<PathBuf>, what: &str) -> Result<Vec<u8>> {
-    let path = path
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("missing setting `{what}`"))?;
-    crate::cli::read_pem(path, what)
 }
 
 /// `kill -9` of the postmasters running on this agent's data directories
@@ -354,5 +350,29 @@ async fn parent_gone(parent: u32) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_urls_are_reached_by_their_scheme() {
+        let socket = Some(PathBuf::from("/run/spg/storage.sock"));
+        let no_ca = None;
+        assert!(matches!(
+            Reach::of("http://localhost/pageserver", &socket, &no_ca, "pageserver"),
+            Ok(Reach::Socket(_))
+        ));
+        // Whatever its case, plain http never goes anywhere but the socket.
+        assert!(matches!(
+            Reach::of("HTTP://localhost/pageserver", &socket, &no_ca, "pageserver"),
+            Ok(Reach::Socket(_))
+        ));
+        let e = Reach::of("HTTP://localhost/x", &None, &no_ca, "pageserver").err();
+        assert!(e.unwrap().to_string().contains("storage socket"));
+        let e = Reach::of("https://10.0.0.5:7676", &socket, &no_ca, "safekeeper").err();
+        assert!(e.unwrap().to_string().contains("safekeeper_ca"));
     }
 }

@@ -94,24 +94,24 @@ pub fn with_open_routes(v1: Router, key: ApiKey, metrics: Arc<Registry>) -> Rout
 
 /// An HTTPS client of a daemon whose certificate `ca_pem` signed (no other roots).
 pub fn client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
-    Ok(spg_lifecycle_lib::api::http::client_trusting(ca_pem)
-        .map_err(|e| anyhow::anyhow!("CA certificate: {e}"))?
+    let builder = spg_lifecycle_lib::api::http::client_trusting(ca_pem)
+        .map_err(|e| anyhow::anyhow!("CA certificate: {e}"))?;
+    Ok(daemon_settings(builder).build()?)
+}
+
+/// Timeouts and pool of every daemon client.
+fn daemon_settings(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    builder
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
-        .build()?)
 }
 
 /// A plain-HTTP client of daemons on this host behind the Unix socket at `socket`: every
 /// request goes there whatever its URL's host (`http://localhost/...`). Same timeouts and pool
 /// as [`client`]; no TLS (the socket's directory is the access control).
 pub fn socket_client(socket: &std::path::Path) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .unix_socket(socket)
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(32)
-        .build()?)
+    Ok(daemon_settings(reqwest::Client::builder().unix_socket(socket).no_proxy()).build()?)
 }
 
 /// Open (or keep open) a pooled connection of `http` to the daemon at `base`: a request to its

@@ -437,7 +437,8 @@ pub fn router(
     crate::daemon_http::with_open_routes(v1, key, metrics)
 }
 
-/// A remote pageserver over its HTTPS API, as an [`ImageRepo`].
+/// A pageserver over its HTTP API (HTTPS, or plain HTTP on this host's storage socket), as an
+/// [`ImageRepo`].
 pub struct HttpPageserver {
     base: String,
     key: String,

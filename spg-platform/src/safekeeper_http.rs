@@ -150,7 +150,7 @@ pub fn router(node: Arc<SafekeeperNode>, key: ApiKey, metrics: Arc<Registry>) ->
     crate::daemon_http::with_open_routes(v1, key, metrics)
 }
 
-/// A remote safekeeper over its HTTPS API.
+/// A safekeeper over its HTTP API (HTTPS, or plain HTTP on this host's storage socket).
 pub struct HttpSafekeeper {
     name: String,
     base: String,

@@ -19,7 +19,7 @@ use spg_storage_lib::safekeeper::node::SafekeeperNode;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::PlatformConfig;
@@ -224,18 +224,12 @@ const MAX_SOCKET_PATH: usize = 107;
 impl StorageListener {
     async fn bind(private_dir: &Path) -> Result<Self> {
         let socket = private_dir.join("storage.sock");
-        if socket.as_os_str().len() <= MAX_SOCKET_PATH {
-            // One left by an earlier run of this data directory (its lock is ours now).
-            match std::fs::remove_file(&socket) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
-            }
-            let l = UnixListener::bind(&socket)
-                .with_context(|| format!("listening on {}", socket.display()))?;
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            info!(socket = %socket.display(),
+                  "socket path too long; agents reach storage over loopback HTTPS");
+        } else if let Some(l) = bind_socket(&socket)? {
             return Ok(StorageListener::Unix(l, socket));
         }
-        info!(socket = %socket.display(), "socket path too long; agents reach storage over loopback HTTPS");
         Ok(StorageListener::Tcp(
             TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -249,6 +243,36 @@ impl StorageListener {
             StorageListener::Unix(..) => "http://localhost".into(),
             StorageListener::Tcp(l) => format!("https://{}", l.local_addr()?),
         })
+    }
+}
+
+/// A listener on `socket`; `None` where this file system cannot hold one (the caller falls
+/// back to loopback HTTPS). A socket an earlier run left is replaced; one somebody still serves
+/// on, or anything else at that path, is an error.
+fn bind_socket(socket: &Path) -> Result<Option<UnixListener>> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                anyhow::bail!(
+                    "{} is in use: does another platform run on this data directory?",
+                    socket.display()
+                );
+            }
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing the stale {}", socket.display()))?;
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket", socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("looking at {}", socket.display())),
+    }
+    match UnixListener::bind(socket) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => {
+            warn!(socket = %socket.display(), error = %e,
+                  "cannot listen on a Unix socket here; agents reach storage over loopback HTTPS");
+            Ok(None)
+        }
     }
 }
 
@@ -375,4 +399,37 @@ pub(super) async fn kube_provisioner(
         .await
         .context("writing the compute agents' Secret")?;
     Ok(provisioner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_storage_socket_replaces_only_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("storage.sock");
+        let first = bind_socket(&socket).unwrap().expect("a socket here");
+        let in_use = bind_socket(&socket).unwrap_err().to_string();
+        assert!(in_use.contains("in use"), "{in_use}");
+        drop(first);
+        assert!(socket.exists(), "a dropped listener leaves its file");
+        bind_socket(&socket)
+            .unwrap()
+            .expect("a stale socket is replaced");
+
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep me").unwrap();
+        assert!(bind_socket(&file).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+        // Where no socket can be made, the caller falls back to loopback HTTPS.
+        assert!(bind_socket(&dir.path().join("missing/storage.sock"))
+            .unwrap()
+            .is_none());
+        let fallback = StorageListener::bind(&dir.path().join("missing"))
+            .await
+            .unwrap();
+        assert!(fallback.base().unwrap().starts_with("https://127.0.0.1:"));
+    }
 }

@@ -378,6 +378,14 @@ async fn stop(f: Option<Follower>) {
 
 pub use spg_core::wal_files::parse_history_name;
 
+impl Drop for SafekeeperNode {
+    /// Dropped without [`SafekeeperNode::shutdown`] (a failed test, say): no spare segment is
+    /// made after this (one being made is finished).
+    fn drop(&mut self) {
+        self.spares.close(std::time::Duration::ZERO);
+    }
+}
+
 /// The history file of timeline `tli` as seen on `path`, if `tli` is on it.
 pub fn history_file(path: &History, tli: TimelineId) -> Option<String> {
     if !path.contains(tli) {

@@ -23,6 +23,9 @@ use crate::StorageError;
 /// How long after a spare was taken the next one is made.
 pub const REFILL_DELAY: Duration = Duration::from_secs(1);
 
+/// How often a close and a delayed refill look at each other.
+const CLOSE_POLL: Duration = Duration::from_millis(5);
+
 /// Zeroed, synced segment files ready to be taken; see the module documentation.
 #[derive(Debug)]
 pub struct SpareSegments {
@@ -107,21 +110,27 @@ impl SpareSegments {
     }
 
     fn refill_after(self: &Arc<Self>, delay: Duration) {
-        if self.closed.load(Ordering::Acquire) || self.filling.swap(true, Ordering::AcqRel) {
+        // SeqCst here, in `fill` and in `close`: when `close` sees no fill running, a fill that
+        // starts after it sees `closed`.
+        if self.closed.load(Ordering::SeqCst) || self.filling.swap(true, Ordering::SeqCst) {
             return;
         }
         let pool = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("spg-spare-segments".into())
             .spawn(move || {
-                std::thread::sleep(delay);
+                // Waited out in steps, so that a close does not wait for the delay.
+                let until = std::time::Instant::now() + delay;
+                while !pool.closed.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(CLOSE_POLL.min(delay));
+                }
                 if let Err(e) = pool.fill() {
                     tracing::debug!(dir = %pool.dir.display(), error = %e, "making spare segments");
                 }
-                pool.filling.store(false, Ordering::Release);
+                pool.filling.store(false, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            self.filling.store(false, Ordering::Release);
+            self.filling.store(false, Ordering::SeqCst);
         }
     }
 
@@ -129,20 +138,20 @@ impl SpareSegments {
     /// finished: afterwards nothing writes in the directory (a node's shutdown; its directory
     /// may be removed next). `false` when the wait timed out.
     pub fn close(&self, timeout: Duration) -> bool {
-        self.closed.store(true, Ordering::Release);
+        self.closed.store(true, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + timeout;
-        while self.filling.load(Ordering::Acquire) {
+        while self.filling.load(Ordering::SeqCst) {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(CLOSE_POLL);
         }
         true
     }
 
     /// Make spares until `want` are ready (blocking); stops early once closed.
     pub fn fill(&self) -> Result<(), StorageError> {
-        while !self.closed.load(Ordering::Acquire) && self.ready().len() < self.want {
+        while !self.closed.load(Ordering::SeqCst) && self.ready().len() < self.want {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let tmp = self.dir.join(format!("spare-{n}.tmp"));
             let done = self.dir.join(format!("spare-{n}"));
@@ -172,6 +181,12 @@ mod tests {
         pool.refill_in_background();
         assert!(pool.close(Duration::from_secs(30)));
         let made = pool.ready().len();
+        // A refill waiting out its delay ends at the close, not after the delay.
+        let other = SpareSegments::open(dir.path().join("t"), 1 << 20, 1).unwrap();
+        other.refill_after(Duration::from_secs(3600));
+        // (Were the delay waited out, the close would give up after its 30 s and say so.)
+        assert!(other.close(Duration::from_secs(30)));
+        assert!(other.ready().is_empty());
         pool.refill_in_background();
         pool.fill().unwrap();
         std::thread::sleep(Duration::from_millis(50));
