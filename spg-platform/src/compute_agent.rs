@@ -180,13 +180,13 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("safekeeper {s:?}: expected name=url"))?;
         let (name, url) = (name.trim(), url.trim());
-        let key = &args.safekeeper_api_key;
-        safekeepers.push(Arc::new(
-            match Reach::of(url, &args.storage_socket, &args.safekeeper_ca, "safekeeper")? {
-                Reach::Socket(socket) => HttpSafekeeper::over_socket(name, socket, url, key)?,
-                Reach::Https { ca_pem } => HttpSafekeeper::new(name, url, key, &ca_pem)?,
-            },
-        ));
+        let http = Reach::of(url, &args.storage_socket, &args.safekeeper_ca, "safekeeper")?;
+        safekeepers.push(Arc::new(HttpSafekeeper::with_client(
+            name,
+            url,
+            &args.safekeeper_api_key,
+            http.client()?,
+        )));
     }
     let members: Vec<Arc<dyn SafekeeperApi>> = safekeepers
         .iter()
@@ -194,13 +194,13 @@ pub async fn run(args: ComputeArgs) -> Result<()> {
         .collect();
     let quorum =
         Arc::new(SafekeeperSet::new(members, Duration::from_secs(5)).with_archive(archive));
-    let (url, key) = (&args.pageserver, &args.pageserver_api_key);
-    let pageserver = Arc::new(
-        match Reach::of(url, &args.storage_socket, &args.pageserver_ca, "pageserver")? {
-            Reach::Socket(socket) => HttpPageserver::over_socket(socket, url, key)?,
-            Reach::Https { ca_pem } => HttpPageserver::new(url, key, &ca_pem)?,
-        },
-    );
+    let url = &args.pageserver;
+    let http = Reach::of(url, &args.storage_socket, &args.pageserver_ca, "pageserver")?;
+    let pageserver = Arc::new(HttpPageserver::with_client(
+        url,
+        &args.pageserver_api_key,
+        http.client()?,
+    ));
     let pages: Arc<dyn PageStore> = Arc::new(
         ObjectPageStore::new(
             ImageStore::with_repo(Arc::clone(&pageserver) as _),
@@ -309,6 +309,14 @@ impl<'a> Reach<'a> {
             (false, _, None) => {
                 anyhow::bail!("{what} {url}: missing setting `{what}_ca` (its CA certificate)")
             }
+        }
+    }
+
+    /// The HTTP client that reaches the daemon so.
+    fn client(&self) -> Result<reqwest::Client> {
+        match self {
+            Reach::Socket(socket) => crate::daemon_http::socket_client(socket),
+            Reach::Https { ca_pem } => crate::daemon_http::client(ca_pem),
         }
     }
 }

@@ -458,29 +458,25 @@ impl std::fmt::Debug for HttpPageserver {
 impl HttpPageserver {
     /// The pageserver at `base_url`, trusting `ca_pem` only.
     pub fn new(base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
-        // On the same host, compressing a basebackup costs more than moving it.
-        let local = spg_lifecycle_lib::api::gateway_control::is_loopback_url(base_url);
-        Ok(HttpPageserver {
-            base: base_url.trim_end_matches('/').into(),
-            key: api_key.into(),
-            http: crate::daemon_http::client(ca_pem)?,
-            local,
-        })
+        Ok(Self::with_client(
+            base_url,
+            api_key,
+            crate::daemon_http::client(ca_pem)?,
+        ))
     }
 
-    /// The pageserver behind the Unix socket `socket` on this host, its routes under
-    /// `base_url` (`http://localhost/<prefix>`), over plain HTTP.
-    pub fn over_socket(
-        socket: &std::path::Path,
-        base_url: &str,
-        api_key: &str,
-    ) -> anyhow::Result<Self> {
-        Ok(HttpPageserver {
+    /// The pageserver at `base_url`, reached with `http` (an HTTPS client of
+    /// [`crate::daemon_http::client`], or [`crate::daemon_http::socket_client`] for
+    /// `http://localhost/<prefix>` on this host's storage socket).
+    pub fn with_client(base_url: &str, api_key: &str, http: reqwest::Client) -> Self {
+        // On the same host, compressing a basebackup costs more than moving it.
+        let local = spg_lifecycle_lib::api::gateway_control::is_loopback_url(base_url);
+        HttpPageserver {
             base: base_url.trim_end_matches('/').into(),
             key: api_key.into(),
-            http: crate::daemon_http::socket_client(socket)?,
-            local: true,
-        })
+            http,
+            local,
+        }
     }
 
     fn url(&self, db: &DatabaseName, rest: &str) -> String {

@@ -161,28 +161,23 @@ pub struct HttpSafekeeper {
 impl HttpSafekeeper {
     /// The safekeeper `name` at `base_url`, trusting `ca_pem` only.
     pub fn new(name: &str, base_url: &str, api_key: &str, ca_pem: &[u8]) -> anyhow::Result<Self> {
-        Ok(HttpSafekeeper {
-            name: name.into(),
-            base: base_url.trim_end_matches('/').into(),
-            key: api_key.into(),
-            http: crate::daemon_http::client(ca_pem)?,
-        })
+        Ok(Self::with_client(
+            name,
+            base_url,
+            api_key,
+            crate::daemon_http::client(ca_pem)?,
+        ))
     }
 
-    /// Safekeeper `name` behind the Unix socket `socket` on this host, its routes under
-    /// `base_url` (`http://localhost/<prefix>`), over plain HTTP.
-    pub fn over_socket(
-        name: &str,
-        socket: &std::path::Path,
-        base_url: &str,
-        api_key: &str,
-    ) -> anyhow::Result<Self> {
-        Ok(HttpSafekeeper {
+    /// The safekeeper `name` at `base_url`, reached with `http` (see
+    /// [`crate::pageserver_http::HttpPageserver::with_client`]).
+    pub fn with_client(name: &str, base_url: &str, api_key: &str, http: reqwest::Client) -> Self {
+        HttpSafekeeper {
             name: name.into(),
             base: base_url.trim_end_matches('/').into(),
             key: api_key.into(),
-            http: crate::daemon_http::socket_client(socket)?,
-        })
+            http,
+        }
     }
 
     fn url(&self, db: &DatabaseName, rest: &str) -> String {
